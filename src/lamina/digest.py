@@ -1,0 +1,181 @@
+"""Content addresses: the ``Digest`` value and streams that hash while they move bytes.
+
+OCI image-spec "Digests": ``algorithm ":" encoded``; lamina writes sha256 and reads
+sha256 and sha512 (the registered algorithms).  Nothing read from disk, an archive or the
+network is trusted until the digest of its bytes has been compared with the name it came
+under; ``VerifyingReader`` does that comparison at end of stream so that checking costs
+no second pass over the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from lamina.errors import IntegrityError, InvalidReference
+
+# image-spec descriptor.md "Digests": registered algorithms and their encoded forms.
+_ENCODED = {"sha256": re.compile(r"^[a-f0-9]{64}$"), "sha512": re.compile(r"^[a-f0-9]{128}$")}
+_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Digest:
+    """A content address such as ``sha256:9f86d0...``."""
+
+    algorithm: str
+    encoded: str
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        if not isinstance(text, str) or not _GRAMMAR.match(text):
+            raise InvalidReference(f"invalid digest {text!r}: expected ALGORITHM:HEX")
+        algorithm, encoded = text.split(":", 1)
+        pattern = _ENCODED.get(algorithm)
+        if pattern is None:
+            raise InvalidReference(f"unsupported digest algorithm {algorithm!r} in {text!r}")
+        if not pattern.match(encoded):
+            raise InvalidReference(f"invalid {algorithm} digest {text!r}")
+        return cls(algorithm, encoded)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, algorithm: str = "sha256") -> Digest:
+        return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
+
+    @classmethod
+    def from_hasher(cls, hasher: hashlib._Hash) -> Digest:
+        return cls(hasher.name, hasher.hexdigest())
+
+    def hasher(self) -> hashlib._Hash:
+        return hashlib.new(self.algorithm)
+
+    @property
+    def short(self) -> str:
+        """The 12-character id Docker shows for images and layers."""
+        return self.encoded[:12]
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.encoded}"
+
+
+def is_digest(text: str) -> bool:
+    try:
+        Digest.parse(text)
+    except InvalidReference:
+        return False
+    return True
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class VerifyingReader:
+    """Wraps a stream; hashes and counts what is read; checks digest and size at EOF.
+
+    A mismatch raises ``IntegrityError`` from the ``read`` that reaches the end (or from
+    ``verify``), so a consumer that reads to the end cannot miss it.
+    """
+
+    def __init__(
+        self, raw: Readable, expected: Digest, size: int | None = None, what: str = "blob"
+    ) -> None:
+        self._raw = raw
+        self.expected = expected
+        self.size = size
+        self.what = what
+        self._hasher = expected.hasher()
+        self.count = 0
+        self._done = False
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self._done:
+            return b""
+        data = self._raw.read(n)
+        if data:
+            self._hasher.update(data)
+            self.count += len(data)
+            if self.size is not None and self.count > self.size:
+                raise IntegrityError(
+                    f"{self.what} {self.expected}: more than the declared {self.size} bytes"
+                )
+        else:
+            self._finish()
+        return data
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self.size is not None and self.count != self.size:
+            raise IntegrityError(
+                f"{self.what} {self.expected}: got {self.count} bytes, expected {self.size}"
+            )
+        got = self._hasher.hexdigest()
+        if got != self.expected.encoded:
+            raise IntegrityError(
+                f"{self.what} {self.expected}: content has digest "
+                f"{self.expected.algorithm}:{got} (corrupt or wrong blob)"
+            )
+
+    def verify(self) -> None:
+        """Drain whatever is left and check; call after a consumer that may stop early."""
+        while self.read(CHUNK):
+            pass
+        self._finish()
+
+    def close(self) -> None:
+        close = getattr(self._raw, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> VerifyingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class HashingWriter:
+    """Passes writes through to ``raw`` while hashing and counting them."""
+
+    def __init__(self, raw: BinaryIO | None = None, algorithm: str = "sha256") -> None:
+        self._raw = raw
+        self._hasher = hashlib.new(algorithm)
+        self.count = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._hasher.update(data)
+        n = len(data)
+        self.count += n
+        if self._raw is not None:
+            self._raw.write(data)
+        return n
+
+    def flush(self) -> None:
+        if self._raw is not None:
+            self._raw.flush()
+
+    @property
+    def digest(self) -> Digest:
+        return Digest.from_hasher(self._hasher)
+
+
+def digest_file(path: str, algorithm: str = "sha256") -> tuple[Digest, int]:
+    """Hash a file without reading it whole into memory."""
+    h = hashlib.new(algorithm)
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return Digest.from_hasher(h), size
