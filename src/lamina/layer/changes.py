@@ -1,0 +1,220 @@
+"""Changesets: what differs between two directory trees (image-spec layer.md
+"Change Types" and "Determining Changes").
+
+``diff_trees(lower, upper)`` walks both trees together, one directory at a time, and
+records every path of ``upper`` that was added or modified and every path of ``lower``
+that is gone.  The rule for "modified" (the one Docker's ``archive/changes.go`` and
+rsync's quick check use, so content is never read to compare):
+
+* a different file type, permission bits (incl. setuid/setgid/sticky), uid or gid;
+* for non-directories, a different size or mtime (nanoseconds), symlink target or
+  device number;
+* different extended attributes (compared only when everything above is equal).
+
+Directory mtimes are ignored: they change whenever a child does, and the children
+themselves are in the changeset.  A file touched without changing its bytes is
+"modified" (so is Docker's view); reproducible layers come from clamping mtimes to
+SOURCE_DATE_EPOCH when writing, not from comparing content here.
+
+Every ancestor directory of a change is included as an entry of its own (as
+containerd's and Docker's writers do), so the mode and owner of each directory a
+change sits in are carried by the layer.  Changes are sorted in tar order
+(``paths.sort_key`` of the name written to the tar).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lamina.errors import InvalidInput
+from lamina.layer.paths import sort_key
+from lamina.layer.whiteout import OPAQUE, whiteout_name
+
+
+class ChangeKind(enum.Enum):
+    ADDED = "A"
+    MODIFIED = "C"
+    DELETED = "D"
+    OPAQUE = "O"  # every lower entry of this directory is hidden (``.wh..wh..opq``)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change; ``path`` is relative to the layer root, '/'-separated, no leading '/'.
+
+    ``stat`` is the ``lstat`` of ``upper/path`` taken while diffing, for ADDED and
+    MODIFIED changes (None for DELETED and OPAQUE).
+    """
+
+    path: str
+    kind: ChangeKind
+    stat: os.stat_result | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def tar_name(self) -> str:
+        """The entry name this change has in a layer tar (directories end in '/')."""
+        if self.kind is ChangeKind.DELETED:
+            head, _, base = self.path.rpartition("/")
+            return f"{head}/{whiteout_name(base)}" if head else whiteout_name(base)
+        if self.kind is ChangeKind.OPAQUE:
+            return f"{self.path}/{OPAQUE}"
+        if self.stat is not None and stat.S_ISDIR(self.stat.st_mode):
+            return self.path + "/"
+        return self.path
+
+
+def _order(change: Change) -> tuple[bytes, ...]:
+    return sort_key(change.tar_name.rstrip("/"))
+
+
+@dataclass
+class Changeset:
+    """The result of a diff: changes in tar order, and the tree to read content from."""
+
+    upper: Path
+    changes: list[Change]
+
+    def __post_init__(self) -> None:
+        self.changes.sort(key=_order)
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def __iter__(self) -> Iterator[Change]:
+        return iter(self.changes)
+
+    def _of(self, kind: ChangeKind) -> list[str]:
+        return [c.path for c in self.changes if c.kind is kind]
+
+    @property
+    def added(self) -> list[str]:
+        return self._of(ChangeKind.ADDED)
+
+    @property
+    def modified(self) -> list[str]:
+        return self._of(ChangeKind.MODIFIED)
+
+    @property
+    def deleted(self) -> list[str]:
+        return self._of(ChangeKind.DELETED)
+
+    @property
+    def opaque(self) -> list[str]:
+        return self._of(ChangeKind.OPAQUE)
+
+
+def _scan(path: str) -> dict[str, os.DirEntry[str]]:
+    with os.scandir(path) as it:
+        return {e.name: e for e in it}
+
+
+def _xattrs(path: str) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:  # filesystem without xattrs
+        return {}
+    out: dict[str, bytes] = {}
+    for name in names:
+        try:
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+    return out
+
+
+def _differs(lower_path: str, upper_path: str, ls: os.stat_result, us: os.stat_result) -> bool:
+    if (
+        stat.S_IFMT(ls.st_mode) != stat.S_IFMT(us.st_mode)
+        or ls.st_mode != us.st_mode
+        or ls.st_uid != us.st_uid
+        or ls.st_gid != us.st_gid
+    ):
+        return True
+    if not stat.S_ISDIR(us.st_mode):
+        if ls.st_size != us.st_size or ls.st_mtime_ns != us.st_mtime_ns:
+            return True
+        if stat.S_ISLNK(us.st_mode) and os.readlink(lower_path) != os.readlink(upper_path):
+            return True
+        if (stat.S_ISCHR(us.st_mode) or stat.S_ISBLK(us.st_mode)) and ls.st_rdev != us.st_rdev:
+            return True
+    return _xattrs(lower_path) != _xattrs(upper_path)
+
+
+class _Walker:
+    def __init__(self, lower: str | None, upper: str) -> None:
+        self.lower = lower
+        self.upper = upper
+        self.changes: dict[str, Change] = {}
+        self.parents: set[str] = set()
+
+    def _record(self, rel: str, kind: ChangeKind, st: os.stat_result | None) -> None:
+        self.changes[rel] = Change(rel, kind, st)
+        parent = rel.rpartition("/")[0]
+        while parent and parent not in self.parents:
+            self.parents.add(parent)
+            parent = parent.rpartition("/")[0]
+
+    def walk(self, rel: str, has_lower: bool) -> None:
+        upper_dir = os.path.join(self.upper, rel) if rel else self.upper
+        upper_entries = _scan(upper_dir)
+        lower_entries: dict[str, os.DirEntry[str]] = {}
+        if has_lower and self.lower is not None:
+            lower_dir = os.path.join(self.lower, rel) if rel else self.lower
+            lower_entries = _scan(lower_dir)
+        for name, ue in upper_entries.items():
+            child = f"{rel}/{name}" if rel else name
+            us = ue.stat(follow_symlinks=False)
+            if stat.S_ISSOCK(us.st_mode):
+                continue  # sockets cannot be put in a tar (Docker skips them too)
+            le = lower_entries.get(name)
+            if le is None:
+                self._record(child, ChangeKind.ADDED, us)
+                if stat.S_ISDIR(us.st_mode):
+                    self.walk(child, False)
+                continue
+            ls = le.stat(follow_symlinks=False)
+            if stat.S_ISSOCK(ls.st_mode):
+                self._record(child, ChangeKind.ADDED, us)
+                if stat.S_ISDIR(us.st_mode):
+                    self.walk(child, False)
+                continue
+            if _differs(le.path, ue.path, ls, us):
+                self._record(child, ChangeKind.MODIFIED, us)
+            if stat.S_ISDIR(us.st_mode):
+                # A directory that replaced a non-directory has no lower contents.
+                self.walk(child, stat.S_ISDIR(ls.st_mode))
+        for name, le in lower_entries.items():
+            if name not in upper_entries:
+                if stat.S_ISSOCK(le.stat(follow_symlinks=False).st_mode):
+                    continue
+                child = f"{rel}/{name}" if rel else name
+                self._record(child, ChangeKind.DELETED, None)
+
+    def result(self) -> list[Change]:
+        for parent in self.parents:
+            if parent not in self.changes:
+                st = os.lstat(os.path.join(self.upper, parent))
+                self.changes[parent] = Change(parent, ChangeKind.MODIFIED, st)
+        return list(self.changes.values())
+
+
+def diff_trees(lower: Path | None, upper: Path) -> Changeset:
+    """The changes that turn ``lower`` into ``upper``; ``lower=None`` adds everything.
+
+    The root directories themselves are not compared or recorded (layers carry no
+    entry for their root, as Docker's do not).
+    """
+    upper_s = os.fspath(upper)
+    if not os.path.isdir(upper_s):
+        raise InvalidInput(f"{upper_s}: not a directory")
+    lower_s = None if lower is None else os.fspath(lower)
+    if lower_s is not None and not os.path.isdir(lower_s):
+        raise InvalidInput(f"{lower_s}: not a directory")
+    walker = _Walker(lower_s, upper_s)
+    walker.walk("", lower_s is not None)
+    return Changeset(Path(upper_s), walker.result())

@@ -1,0 +1,73 @@
+"""The knobs of layer writing and layer applying, as frozen values (one options object
+instead of many arguments)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from lamina.errors import InvalidInput
+
+Compression = Literal["gzip", "zstd", "none"]
+COMPRESSIONS: tuple[str, ...] = get_args(Compression)
+
+# isal offers levels 0-3 (1 is as good as zlib -6 for tars and several times faster);
+# zstd 3 is the zstd CLI's default and what containerd uses for zstd layers.
+DEFAULT_LEVEL: dict[str, int] = {"gzip": 1, "zstd": 3, "none": 0}
+LEVEL_RANGE: dict[str, tuple[int, int]] = {"gzip": (0, 3), "zstd": (-7, 22), "none": (0, 0)}
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """How to write a layer.
+
+    ``source_date_epoch`` clamps every mtime to at most that many seconds since the
+    epoch (reproducible-builds.org SOURCE_DATE_EPOCH).  The library never reads the
+    environment itself: the caller decides whether the env var applies.
+    ``threads`` is the number of compression threads; the bytes written do not depend
+    on it.
+    """
+
+    compression: Compression = "gzip"
+    level: int | None = None
+    source_date_epoch: int | None = None
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.compression not in COMPRESSIONS:
+            raise InvalidInput(
+                f"unknown layer compression {self.compression!r}: "
+                f"expected one of {', '.join(COMPRESSIONS)}"
+            )
+        if self.level is not None:
+            low, high = LEVEL_RANGE[self.compression]
+            if not low <= self.level <= high:
+                raise InvalidInput(
+                    f"{self.compression} level {self.level} is out of range {low}..{high}"
+                )
+        if self.threads < 1:
+            raise InvalidInput(f"threads must be at least 1, got {self.threads}")
+        if self.source_date_epoch is not None and self.source_date_epoch < 0:
+            raise InvalidInput(f"source_date_epoch must be >= 0, got {self.source_date_epoch}")
+
+    @property
+    def effective_level(self) -> int:
+        return DEFAULT_LEVEL[self.compression] if self.level is None else self.level
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """How to apply a layer onto a directory.
+
+    ``same_owner``: chown entries to their numeric uid/gid; when False ownership is
+    left to whoever runs lamina, as GNU tar does for non-root users.
+    ``devices``: create character/block device nodes; when False they are skipped
+    (counted, not an error).  FIFOs are always created.
+    ``whiteouts``: honour ``.wh.`` files (image-spec layer.md "Whiteouts"); False
+    extracts them as plain files.
+    """
+
+    same_owner: bool = os.geteuid() == 0
+    devices: bool = os.geteuid() == 0
+    whiteouts: bool = True

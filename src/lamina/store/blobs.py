@@ -1,0 +1,213 @@
+"""Blobs by digest: ``blobs/<algorithm>/<encoded>``, written through the ingest area.
+
+Commit protocol (containerd content.Writer.Commit): bytes go to ``ingest/<random>`` while
+being hashed; on commit the size and digest are checked, the file is fsynced and renamed
+into place, so a crash never leaves a half blob under a real name.  Committing a blob
+that already exists is success and stores nothing twice.  An ingest file is held under
+an ``fcntl`` lock while it is written; ``gc`` removes only ingest files whose lock it can
+take, i.e. those abandoned by a dead writer.
+
+Roles (containerd ``content``): ``BlobProvider`` reads, ``BlobIngester`` writes, and
+``BlobStore`` adds management (list, delete).  Functions ask for the narrowest role.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from lamina.digest import CHUNK, Digest, HashingWriter, VerifyingReader
+from lamina.errors import IntegrityError, NotFound, StoreError
+
+
+class BlobProvider(Protocol):
+    def has(self, digest: Digest) -> bool: ...
+    def size(self, digest: Digest) -> int: ...
+    def open(self, digest: Digest, size: int | None = None) -> VerifyingReader: ...
+    def read_bytes(self, digest: Digest, size: int | None = None) -> bytes: ...
+
+
+class BlobIngester(Protocol):
+    def writer(self) -> BlobWriter: ...
+    def put_bytes(self, data: bytes, expected: Digest | None = None) -> Digest: ...
+
+
+def _disk_error(e: OSError, what: str) -> StoreError:
+    if e.errno == errno.ENOSPC:
+        return StoreError(f"no space left on device while writing {what}")
+    if e.errno == errno.EDQUOT:
+        return StoreError(f"disk quota exceeded while writing {what}")
+    return StoreError(f"cannot write {what}: {e.strerror or e}")
+
+
+class BlobWriter:
+    """One blob being written.  Use as a context manager: leaving without ``commit``
+    (or with an exception) removes the ingest file."""
+
+    def __init__(self, blobs: BlobStore, algorithm: str = "sha256") -> None:
+        self._blobs = blobs
+        self.path = blobs.ingest_dir / f"{algorithm}-{secrets.token_hex(8)}"
+        try:
+            self._file: BinaryIO = open(self.path, "xb")  # noqa: SIM115 - closed in commit/abort
+        except OSError as e:
+            raise _disk_error(e, "an ingest file") from None
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._hash = HashingWriter(self._file, algorithm)
+        self._closed = False
+
+    @property
+    def count(self) -> int:
+        return self._hash.count
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        try:
+            return self._hash.write(data)
+        except OSError as e:
+            raise _disk_error(e, "a blob") from None
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def copy_from(self, src: BinaryIO | VerifyingReader) -> None:
+        while chunk := src.read(CHUNK):
+            self.write(chunk)
+
+    def commit(self, expected: Digest | None = None, size: int | None = None) -> Digest:
+        """Check, fsync and rename into place; return the blob's digest."""
+        digest = self._hash.digest
+        try:
+            if size is not None and self.count != size:
+                raise IntegrityError(f"blob {expected or digest}: got {self.count} bytes, "
+                                     f"expected {size}")
+            if expected is not None and digest != expected:
+                raise IntegrityError(f"blob {expected}: content has digest {digest} "
+                                     "(corrupt or wrong blob)")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            final = self._blobs.path(digest)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            # rename over an existing blob is harmless: same name, same bytes.
+            os.replace(self.path, final)
+        except OSError as e:
+            self.abort()
+            raise _disk_error(e, f"blob {digest}") from None
+        except BaseException:
+            self.abort()
+            raise
+        self._close()
+        return digest
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._file.close()
+
+    def abort(self) -> None:
+        self._close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._closed:
+            self.abort()
+
+
+class BlobStore:
+    """The blob area of a store: provider, ingester and manager in one."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blob_dir = root / "blobs"
+        self.ingest_dir = root / "ingest"
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.ingest_dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: Digest) -> Path:
+        return self.blob_dir / digest.algorithm / digest.encoded
+
+    def has(self, digest: Digest) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: Digest) -> int:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} not in the store") from None
+
+    def open(self, digest: Digest, size: int | None = None) -> VerifyingReader:
+        """A reader that raises IntegrityError at end of stream if the bytes are wrong."""
+        try:
+            f = open(self.path(digest), "rb")  # noqa: SIM115 - owned by the reader
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} not in the store") from None
+        return VerifyingReader(f, digest, size, what="stored blob")
+
+    def read_bytes(self, digest: Digest, size: int | None = None) -> bytes:
+        with self.open(digest, size) as r:
+            data = r.read()
+            r.verify()
+        return data
+
+    def writer(self, algorithm: str = "sha256") -> BlobWriter:
+        return BlobWriter(self, algorithm)
+
+    def put_bytes(self, data: bytes, expected: Digest | None = None) -> Digest:
+        if expected is None and self.has(d := Digest.from_bytes(data)):
+            return d
+        with self.writer(expected.algorithm if expected else "sha256") as w:
+            w.write(data)
+            return w.commit(expected, len(data))
+
+    def list(self) -> Iterator[Digest]:
+        for alg_dir in sorted(self.blob_dir.iterdir()):
+            if not alg_dir.is_dir():
+                continue
+            for entry in sorted(os.scandir(alg_dir), key=lambda e: e.name):
+                try:
+                    yield Digest.parse(f"{alg_dir.name}:{entry.name}")
+                except Exception:  # noqa: BLE001 - stray files are not blobs; fsck reports them
+                    continue
+
+    def delete(self, digest: Digest) -> bool:
+        try:
+            self.path(digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def sweep_ingest(self, min_age: float = 60.0) -> int:
+        """Remove ingest files no live writer holds (their lock is free). Returns count."""
+        removed = 0
+        now = time.time()
+        for entry in os.scandir(self.ingest_dir):
+            try:
+                # A writer creates its file, then locks it: leave very young files alone
+                # so that the gap between the two is never mistaken for abandonment.
+                if now - entry.stat().st_mtime < min_age:
+                    continue
+                fd = os.open(entry.path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
+        return removed

@@ -1,0 +1,261 @@
+"""Store metadata in SQLite (WAL mode, so several lamina processes share one store).
+
+What lives here, and why it is not in files:
+  tags             name → manifest digest: what users call images
+  images           image records (manifest or index digests), tagged or not
+  refs             content graph edges parent → child (manifest → config/layers,
+                   index → manifests, image → snapshot): gc walks them without re-parsing
+  layers           layer blob digest ↔ diff_id (compressed vs uncompressed names)
+  snapshots        unpacked layer stacks keyed by chain id
+  leases           protect what an import, pull or build is still writing from gc
+
+Node keys in ``refs`` and leases are strings: a blob is its digest (``sha256:…``), a
+snapshot is ``snapshot:<chain id>``.  The store knows nothing of manifest formats: the
+room that writes a manifest also says what it references.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lamina.errors import StoreBusy, StoreError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tags(
+    name TEXT PRIMARY KEY, digest TEXT NOT NULL, media_type TEXT NOT NULL, updated REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS tags_digest ON tags(digest);
+CREATE TABLE IF NOT EXISTS images(
+    digest TEXT PRIMARY KEY, media_type TEXT NOT NULL, size INTEGER NOT NULL,
+    created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS refs(
+    parent TEXT NOT NULL, child TEXT NOT NULL, PRIMARY KEY(parent, child)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS refs_child ON refs(child);
+CREATE TABLE IF NOT EXISTS layers(
+    digest TEXT PRIMARY KEY, diff_id TEXT NOT NULL, media_type TEXT NOT NULL,
+    size INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS layers_diff_id ON layers(diff_id);
+CREATE TABLE IF NOT EXISTS snapshots(
+    chain_id TEXT PRIMARY KEY, parent TEXT, diff_id TEXT NOT NULL, size INTEGER NOT NULL,
+    created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS leases(
+    id TEXT PRIMARY KEY, created REAL NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS lease_resources(
+    lease TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY(lease, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class TagRecord:
+    name: str
+    digest: str
+    media_type: str
+    updated: float
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    digest: str
+    media_type: str
+    size: int
+    created: float
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    digest: str
+    diff_id: str
+    media_type: str
+    size: int
+
+
+class Metadata:
+    """One connection to the metadata database; safe to share between threads."""
+
+    def __init__(self, path: Path, timeout: float = 60.0) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            with self.transaction():
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        self._db.execute(stmt)
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)",
+                                 (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"store metadata {path} is unusable: {e}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: takes the write lock at once, so read-then-write
+        sequences (gc's mark and sweep) see no writer in between."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                raise StoreBusy(f"store metadata is locked by another process: {e}") from None
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- tags ------------------------------------------------------------------------
+    def set_tag(self, name: str, digest: str, media_type: str) -> str | None:
+        """Point ``name`` at ``digest``; returns the digest it pointed at before."""
+        with self.transaction() as db:
+            row = db.execute("SELECT digest FROM tags WHERE name=?", (name,)).fetchone()
+            db.execute("INSERT OR REPLACE INTO tags VALUES(?,?,?,?)",
+                       (name, digest, media_type, time.time()))
+        return str(row[0]) if row else None
+
+    def get_tag(self, name: str) -> TagRecord | None:
+        rows = self._query("SELECT name, digest, media_type, updated FROM tags WHERE name=?",
+                           (name,))
+        return TagRecord(*rows[0]) if rows else None  # type: ignore[arg-type]
+
+    def delete_tag(self, name: str) -> bool:
+        with self.transaction() as db:
+            return db.execute("DELETE FROM tags WHERE name=?", (name,)).rowcount > 0
+
+    def tags(self) -> list[TagRecord]:
+        rows = self._query("SELECT name, digest, media_type, updated FROM tags ORDER BY name")
+        return [TagRecord(*r) for r in rows]  # type: ignore[arg-type]
+
+    def tags_for(self, digest: str) -> list[str]:
+        return [str(r[0]) for r in self._query(
+            "SELECT name FROM tags WHERE digest=? ORDER BY name", (digest,))]
+
+    # -- images and the content graph -------------------------------------------------
+    def add_image(self, digest: str, media_type: str, size: int, children: Iterable[str],
+                  tag: str | None = None) -> None:
+        """Record an image (manifest or index) and its edges, and tag it, atomically."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO images VALUES(?,?,?,?)",
+                       (digest, media_type, size, now))
+            db.executemany("INSERT OR IGNORE INTO refs VALUES(?,?)",
+                           [(digest, c) for c in children])
+            if tag is not None:
+                db.execute("INSERT OR REPLACE INTO tags VALUES(?,?,?,?)",
+                           (tag, digest, media_type, now))
+
+    def add_refs(self, parent: str, children: Iterable[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO refs VALUES(?,?)",
+                           [(parent, c) for c in children])
+
+    def get_image(self, digest: str) -> ImageRecord | None:
+        rows = self._query("SELECT digest, media_type, size, created FROM images WHERE digest=?",
+                           (digest,))
+        return ImageRecord(*rows[0]) if rows else None  # type: ignore[arg-type]
+
+    def images(self) -> list[ImageRecord]:
+        rows = self._query("SELECT digest, media_type, size, created FROM images "
+                           "ORDER BY created DESC")
+        return [ImageRecord(*r) for r in rows]  # type: ignore[arg-type]
+
+    def find_images(self, prefix: str) -> list[str]:
+        """Image digests whose encoded part starts with ``prefix`` (short ids)."""
+        rows = self._query("SELECT digest FROM images WHERE substr(digest, instr(digest, ':')+1) "
+                           "LIKE ? ESCAPE '\\'", (prefix.replace("_", "\\_").replace("%", "") + "%",))
+        return [str(r[0]) for r in rows]
+
+    def delete_image(self, digest: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM images WHERE digest=?", (digest,))
+            db.execute("DELETE FROM refs WHERE parent=?", (digest,))
+
+    def children(self, parent: str) -> list[str]:
+        return [str(r[0]) for r in self._query("SELECT child FROM refs WHERE parent=?",
+                                               (parent,))]
+
+    def parents(self, child: str) -> list[str]:
+        return [str(r[0]) for r in self._query("SELECT parent FROM refs WHERE child=?",
+                                               (child,))]
+
+    def all_refs(self) -> list[tuple[str, str]]:
+        return [(str(p), str(c)) for p, c in self._query("SELECT parent, child FROM refs")]
+
+    # -- layers -------------------------------------------------------------------------
+    def add_layer(self, digest: str, diff_id: str, media_type: str, size: int) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO layers VALUES(?,?,?,?)",
+                       (digest, diff_id, media_type, size))
+
+    def layer(self, digest: str) -> LayerRecord | None:
+        rows = self._query("SELECT digest, diff_id, media_type, size FROM layers WHERE digest=?",
+                           (digest,))
+        return LayerRecord(*rows[0]) if rows else None  # type: ignore[arg-type]
+
+    def layers_by_diff_id(self, diff_id: str) -> list[LayerRecord]:
+        rows = self._query("SELECT digest, diff_id, media_type, size FROM layers "
+                           "WHERE diff_id=?", (diff_id,))
+        return [LayerRecord(*r) for r in rows]  # type: ignore[arg-type]
+
+    def layers(self) -> list[LayerRecord]:
+        rows = self._query("SELECT digest, diff_id, media_type, size FROM layers")
+        return [LayerRecord(*r) for r in rows]  # type: ignore[arg-type]
+
+    # -- snapshots ----------------------------------------------------------------------
+    def add_snapshot(self, chain_id: str, parent: str | None, diff_id: str, size: int) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO snapshots VALUES(?,?,?,?,?)",
+                       (chain_id, parent, diff_id, size, time.time()))
+
+    def snapshots(self) -> list[tuple[str, str | None, str, int]]:
+        return [(str(a), None if b is None else str(b), str(c), int(d))  # type: ignore[call-overload]
+                for a, b, c, d in self._query(
+                    "SELECT chain_id, parent, diff_id, size FROM snapshots")]
+
+    def has_snapshot(self, chain_id: str) -> bool:
+        return bool(self._query("SELECT 1 FROM snapshots WHERE chain_id=?", (chain_id,)))
+
+    # -- leases -------------------------------------------------------------------------
+    def create_lease(self, ttl: float = 3600.0) -> str:
+        lease_id = secrets.token_hex(8)
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("INSERT INTO leases VALUES(?,?,?)", (lease_id, now, now + ttl))
+        return lease_id
+
+    def add_lease_resource(self, lease_id: str, key: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO lease_resources VALUES(?,?)", (lease_id, key))
+
+    def delete_lease(self, lease_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM lease_resources WHERE lease=?", (lease_id,))
+            db.execute("DELETE FROM leases WHERE id=?", (lease_id,))
+
+    def leases(self) -> list[tuple[str, float]]:
+        return [(str(a), float(b)) for a, b in self._query(  # type: ignore[arg-type]
+            "SELECT id, expires FROM leases")]
+
+    def find_parents_by_child_prefix(self, prefix: str) -> list[str]:
+        rows = self._query("SELECT DISTINCT parent FROM refs WHERE child >= ? AND child < ?",
+                           (prefix, prefix + "\uffff"))
+        return [str(r[0]) for r in rows]

@@ -1,0 +1,81 @@
+"""Copy an image between any two transports, moving only what the destination lacks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lamina.image.manifest import Descriptor, Index, Manifest, Platform, current_platform
+from lamina.transport.base import ImageSink, ImageSource, read_blob
+from lamina.transport.resolve import fetch_manifest
+
+
+@dataclass(frozen=True)
+class CopyEvent:
+    """What happened to one blob: ``exists`` (skipped), ``start``, ``progress``, ``done``."""
+
+    kind: str
+    descriptor: Descriptor
+    done: int = 0
+    total: int | None = None
+
+
+@dataclass(frozen=True)
+class CopyOptions:
+    platform: Platform | None = None
+    all_platforms: bool = False     # copy every manifest of an index (sink permitting)
+    on_event: Callable[[CopyEvent], None] | None = None
+
+
+def _emit(opts: CopyOptions, event: CopyEvent) -> None:
+    if opts.on_event is not None:
+        opts.on_event(event)
+
+
+def _copy_blob(source: ImageSource, sink: ImageSink, desc: Descriptor, opts: CopyOptions) -> None:
+    if sink.has_blob(desc):
+        _emit(opts, CopyEvent("exists", desc, desc.size, desc.size))
+        return
+    _emit(opts, CopyEvent("start", desc, 0, desc.size))
+
+    def progress(done: int, total: int | None) -> None:
+        _emit(opts, CopyEvent("progress", desc, done, total))
+
+    with source.open_blob(desc) as reader:
+        sink.put_blob(desc, reader, progress if opts.on_event else None)
+    _emit(opts, CopyEvent("done", desc, desc.size, desc.size))
+
+
+def _copy_manifest(source: ImageSource, sink: ImageSink, desc: Descriptor, manifest: Manifest,
+                   names: list[str] | None, opts: CopyOptions) -> None:
+    for blob in manifest.blobs():
+        _copy_blob(source, sink, blob, opts)
+    sink.put_manifest(desc, manifest.raw, names)
+
+
+def copy_image(source: ImageSource, desc: Descriptor, sink: ImageSink, names: list[str],
+               opts: CopyOptions | None = None) -> Descriptor:
+    """Copy the image ``desc`` names in ``source`` to ``sink`` under ``names``; return the
+    descriptor of what was written at the top (the index, or the chosen manifest).
+
+    Does not close the sink: several images may go into one archive."""
+    opts = opts or CopyOptions()
+    doc = fetch_manifest(source, desc)
+    if isinstance(doc, Index):
+        if opts.all_platforms and sink.accepts_index:
+            for child in doc.manifests:
+                sub = fetch_manifest(source, child)
+                if isinstance(sub, Index):
+                    copy_image(source, child, sink, [], opts)
+                    continue
+                _copy_manifest(source, sink, child, sub, None, opts)
+            sink.put_manifest(desc, doc.raw, names)
+            return desc
+        chosen = doc.select(opts.platform or current_platform())
+        return copy_image(source, chosen, sink, names, opts)
+    _copy_manifest(source, sink, desc, doc, names, opts)
+    return desc
+
+
+def manifest_bytes(source: ImageSource, desc: Descriptor) -> bytes:
+    return read_blob(source, desc)

@@ -1,0 +1,292 @@
+"""Archives and folders as trees of named files, read and written the same way.
+
+An OCI layout and a ``docker save`` archive are each either a directory or a tar of one;
+the readers and writers of those formats see only this small interface, so each format
+is written once.  Reading a tar seeks to members (no extraction); a compressed tar is
+first decompressed into a temporary file so it can be seeked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Protocol
+
+from lamina.digest import CHUNK
+from lamina.errors import InvalidInput, NotFound, StoreError, UnsafeArchive
+
+
+def clean_name(name: str) -> str:
+    """Normalise a member name (``./index.json`` → ``index.json``); refuse escapes."""
+    p = PurePosixPath(name.lstrip("/"))
+    parts = [x for x in p.parts if x not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchive(f"archive member {name!r} climbs out of the archive")
+    return "/".join(parts)
+
+
+class FileTree(Protocol):
+    """Read side: named files."""
+
+    where: str
+
+    def names(self) -> list[str]: ...
+    def exists(self, name: str) -> bool: ...
+    def size(self, name: str) -> int: ...
+    def open(self, name: str) -> BinaryIO: ...
+    def close(self) -> None: ...
+
+
+class DirTree:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.where = str(root)
+
+    def _path(self, name: str) -> Path:
+        return self.root / clean_name(name)
+
+    def names(self) -> list[str]:
+        out = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            rel = os.path.relpath(dirpath, self.root)
+            for f in files:
+                out.append(f if rel == "." else f"{rel}/{f}")
+        return sorted(out)
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def size(self, name: str) -> int:
+        try:
+            return self._path(name).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"{self.where}: no {name}") from None
+
+    def open(self, name: str) -> BinaryIO:
+        try:
+            return open(self._path(name), "rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise NotFound(f"{self.where}: no {name}") from None
+
+    def close(self) -> None:
+        pass
+
+
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
+
+
+class TarTree:
+    """A tar archive read in place.  gzip/zstd archives are decompressed to a temp file."""
+
+    def __init__(self, path: Path, tmpdir: Path | None = None) -> None:
+        self.where = str(path)
+        self._tmp: Path | None = None
+        try:
+            magic = _magic(path)
+        except FileNotFoundError:
+            raise NotFound(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise InvalidInput(f"{path} is a directory, not an archive") from None
+        source = path
+        if magic[:2] == b"\x1f\x8b" or magic == b"\x28\xb5\x2f\xfd":
+            source = self._decompress(path, magic, tmpdir)
+        try:
+            self._file = open(source, "rb")  # noqa: SIM115 - closed in close()
+            self._tar = tarfile.open(fileobj=self._file, mode="r:")
+            self._members: dict[str, tarfile.TarInfo] = {}
+            for m in self._tar:
+                if m.isfile():
+                    self._members[clean_name(m.name)] = m
+        except tarfile.TarError as e:
+            self.close()
+            raise InvalidInput(f"{path} is not a readable tar archive: {e}") from None
+
+    def _decompress(self, path: Path, magic: bytes, tmpdir: Path | None) -> Path:
+        fd, name = tempfile.mkstemp(prefix="lamina-archive-", dir=tmpdir)
+        self._tmp = Path(name)
+        try:
+            with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+                if magic[:2] == b"\x1f\x8b":
+                    from isal import igzip
+
+                    with igzip.IGzipFile(fileobj=src, mode="rb") as z:
+                        shutil.copyfileobj(z, dst, CHUNK)
+                else:
+                    import zstandard
+
+                    zstandard.ZstdDecompressor().copy_stream(src, dst)
+        except (OSError, EOFError, ValueError) as e:
+            self._tmp.unlink(missing_ok=True)
+            raise InvalidInput(f"{path}: cannot decompress archive: {e}") from None
+        return self._tmp
+
+    def names(self) -> list[str]:
+        return sorted(self._members)
+
+    def exists(self, name: str) -> bool:
+        return clean_name(name) in self._members
+
+    def size(self, name: str) -> int:
+        m = self._members.get(clean_name(name))
+        if m is None:
+            raise NotFound(f"{self.where}: no {name}")
+        return m.size
+
+    def open(self, name: str) -> BinaryIO:
+        m = self._members.get(clean_name(name))
+        if m is None:
+            raise NotFound(f"{self.where}: no {name}")
+        f = self._tar.extractfile(m)
+        assert f is not None
+        return f  # type: ignore[return-value]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._tar.close()
+        with contextlib.suppress(Exception):
+            self._file.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+
+def open_tree(path: Path, tmpdir: Path | None = None) -> FileTree:
+    if path.is_dir():
+        return DirTree(path)
+    return TarTree(path, tmpdir)
+
+
+class TreeWriter(Protocol):
+    """Write side: add named files, then ``finish`` (or ``abort`` to leave nothing)."""
+
+    where: str
+
+    def has(self, name: str) -> bool: ...
+    def add(self, name: str, size: int, stream: BinaryIO) -> None: ...
+    def add_bytes(self, name: str, data: bytes) -> None: ...
+    def finish(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class DirWriter:
+    """Writes into a directory; each file lands via temp + rename.  ``abort`` removes
+    the files this writer added (and the directory if it created it)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.where = str(root)
+        self._created = not root.exists()
+        self._added: list[Path] = []
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create {root}: {e.strerror or e}") from None
+
+    def has(self, name: str) -> bool:
+        return (self.root / clean_name(name)).is_file()
+
+    def add(self, name: str, size: int, stream: BinaryIO) -> None:
+        dest = self.root / clean_name(name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                shutil.copyfileobj(stream, f, CHUNK)
+            os.replace(tmp, dest)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write {dest}: {e.strerror or e}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._added.append(dest)
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        import io
+
+        self.add(name, len(data), io.BytesIO(data))
+
+    def finish(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        if self._created:
+            shutil.rmtree(self.root, ignore_errors=True)
+            return
+        for p in self._added:
+            p.unlink(missing_ok=True)
+
+
+class TarWriter:
+    """Writes a tar to ``path`` via ``path.tmp``; renamed into place by ``finish``."""
+
+    def __init__(self, path: Path, mtime: int = 0) -> None:
+        self.path = path
+        self.where = str(path)
+        self._tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        self._mtime = mtime
+        self._names: set[str] = set()
+        try:
+            self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in finish/abort
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
+        self._tar = tarfile.open(fileobj=self._file, mode="w:", format=tarfile.PAX_FORMAT)
+        self._dirs: set[str] = set()
+
+    def has(self, name: str) -> bool:
+        return clean_name(name) in self._names
+
+    def _add_dirs(self, name: str) -> None:
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in self._dirs:
+                self._dirs.add(d)
+                info = tarfile.TarInfo(d)
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                info.mtime = self._mtime
+                self._tar.addfile(info)
+
+    def add(self, name: str, size: int, stream: BinaryIO) -> None:
+        name = clean_name(name)
+        if name in self._names:
+            return
+        self._add_dirs(name)
+        info = tarfile.TarInfo(name)
+        info.size = size
+        info.mode = 0o644
+        info.mtime = self._mtime
+        try:
+            self._tar.addfile(info, stream)
+        except OSError as e:
+            raise StoreError(f"cannot write {self.path}: {e.strerror or e}") from None
+        self._names.add(name)
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        import io
+
+        self.add(name, len(data), io.BytesIO(data))
+
+    def finish(self) -> None:
+        try:
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except OSError as e:
+            self.abort()
+            raise StoreError(f"cannot write {self.path}: {e.strerror or e}") from None
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._tar.close()
+        with contextlib.suppress(Exception):
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)

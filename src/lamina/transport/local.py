@@ -1,0 +1,141 @@
+"""The local store as a transport: what ``lamina load``, ``save`` and ``import`` read and
+write.  Names are full references (``docker.io/library/busybox:latest``)."""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+from lamina.digest import Digest, VerifyingReader
+from lamina.errors import InvalidReference, NotFound
+from lamina.image import mediatypes as mt
+from lamina.image.config import parse_config
+from lamina.image.manifest import Descriptor, Index, Manifest, parse
+from lamina.image.reference import Reference
+from lamina.store.store import Store
+from lamina.transport.base import NamedImage, Progress
+
+
+class StoreTransport:
+    """Source and sink over a Store.  As a sink it holds a lease from creation to
+    ``close``/``abort`` so gc never removes a blob it wrote but has not yet named."""
+
+    accepts_index = True
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lease_id: str | None = None
+
+    # -- source ----------------------------------------------------------------------
+    def images(self) -> list[NamedImage]:
+        out = []
+        for tag in self.store.meta.tags():
+            rec = self.store.meta.get_image(tag.digest)
+            size = rec.size if rec else self.store.blobs.size(Digest.parse(tag.digest))
+            out.append(NamedImage(tag.name, Descriptor(tag.media_type, Digest.parse(tag.digest),
+                                                       size)))
+        return out
+
+    def _descriptor(self, digest: str) -> Descriptor:
+        rec = self.store.meta.get_image(digest)
+        if rec is None:
+            raise NotFound(f"image {digest} not in the store")
+        return Descriptor(rec.media_type, Digest.parse(rec.digest), rec.size)
+
+    def resolve(self, name: str | None) -> Descriptor:
+        """A reference (``name[:tag]``, ``name@digest``), a manifest digest, or an image
+        id (config digest) or a unique prefix of one, as Docker accepts."""
+        if name is None:
+            raise InvalidReference("name an image")
+        text = name.removeprefix("sha256:") if len(name) < 71 else name
+        if ":" not in text and "/" not in text and 4 <= len(text) <= 64 and all(
+            c in "0123456789abcdef" for c in text
+        ):
+            found = self.find_by_id(text)
+            if found is not None:
+                return found
+        if name.startswith("sha256:") or name.startswith("sha512:"):
+            return self._descriptor(str(Digest.parse(name)))
+        ref = Reference.parse(name)
+        if ref.digest is not None:
+            return self._descriptor(str(ref.digest))
+        tag = self.store.meta.get_tag(str(ref))
+        if tag is None:
+            raise NotFound(f"image {ref.familiar} not in the store")
+        return self._descriptor(tag.digest)
+
+    def find_by_id(self, prefix: str) -> Descriptor | None:
+        hits = set(self.store.meta.find_images(prefix))
+        # image ids are config digests: find manifests whose config starts with prefix
+        for parent in self.store.meta.find_parents_by_child_prefix(f"sha256:{prefix}"):
+            if self.store.meta.get_image(parent) is not None:
+                hits.add(parent)
+        if len(hits) > 1:
+            raise InvalidReference(f"short id {prefix!r} matches {len(hits)} images")
+        return self._descriptor(hits.pop()) if hits else None
+
+    def open_blob(self, desc: Descriptor) -> VerifyingReader:
+        return self.store.blobs.open(desc.digest, desc.size)
+
+    # -- sink ------------------------------------------------------------------------
+    def _lease(self) -> str:
+        if self._lease_id is None:
+            self._lease_id = self.store.meta.create_lease()
+        return self._lease_id
+
+    def has_blob(self, desc: Descriptor) -> bool:
+        # Register first, then look: a blob that exists now cannot be collected before
+        # the manifest naming it is recorded (see store/gc.py).
+        self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
+        return self.store.blobs.has(desc.digest)
+
+    def put_blob(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
+                 progress: Progress | None = None) -> None:
+        self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
+        with self.store.blobs.writer(desc.digest.algorithm) as w:
+            from lamina.transport.base import pump
+
+            pump(stream, w.write, desc.size, progress)
+            w.commit(desc.digest, desc.size)
+
+    def put_manifest(self, desc: Descriptor, raw: bytes, names: list[str] | None) -> None:
+        self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
+        if not self.store.blobs.has(desc.digest):
+            self.store.blobs.put_bytes(raw, desc.digest)
+        doc = parse(raw, desc.media_type, what=f"manifest {desc.digest}")
+        children: list[str]
+        if isinstance(doc, Manifest):
+            children = [str(d.digest) for d in doc.blobs()]
+            self._record_layers(doc)
+        else:
+            assert isinstance(doc, Index)
+            children = [str(d.digest) for d in doc.manifests]
+        if names is None:
+            self.store.meta.add_refs(str(desc.digest), children)
+            return
+        refs = [str(Reference.parse(n)) for n in names]
+        self.store.meta.add_image(str(desc.digest), desc.media_type, desc.size, children,
+                                  refs[0] if refs else None)
+        for r in refs[1:]:
+            self.store.meta.set_tag(r, str(desc.digest), desc.media_type)
+
+    def _record_layers(self, manifest: Manifest) -> None:
+        """Remember each layer's diff_id (from the config) for dedup and unpacking."""
+        if manifest.config.media_type not in mt.CONFIGS or not self.store.blobs.has(
+            manifest.config.digest
+        ):
+            return
+        config = parse_config(self.store.blobs.read_bytes(manifest.config.digest,
+                                                          manifest.config.size))
+        for layer, diff_id in zip(manifest.layers, config.diff_ids, strict=False):
+            self.store.meta.add_layer(str(layer.digest), str(diff_id), layer.media_type,
+                                      layer.size)
+
+    def close(self) -> None:
+        if self._lease_id is not None:
+            self.store.meta.delete_lease(self._lease_id)
+            self._lease_id = None
+
+    def abort(self) -> None:
+        # Blobs already committed are harmless: unnamed, gc removes them once the lease
+        # is gone.  Nothing was tagged unless put_manifest finished.
+        self.close()
