@@ -1,0 +1,416 @@
+"""Applying a layer onto a directory, safely (image-spec layer.md "Applying Changesets").
+
+Contract:
+
+* Every path lands inside ``target``.  Names are cleaned lexically (a leading '/' is
+  dropped, as Docker and containerd do; a '..' that climbs above the root is refused).
+  Parent components are then resolved one at a time with ``lstat`` inside the target:
+  a symlink in a parent is followed as if the target were the root of a chroot
+  (absolute link targets start at the target), and one whose resolution would climb
+  above the target is refused.  The last component is never followed: an existing
+  symlink there is replaced, never written through.  Hard links must name a path
+  inside the target.  Whiteouts of '.', '..' or of nothing, and entries that would turn
+  the target root into something other than a directory, are refused.  All of these
+  raise ``UnsafeArchive`` before the offending entry touches the filesystem.
+* Whiteouts (``.wh.NAME``) and opaque markers (``.wh..wh..opq``) delete only what the
+  lower layers had: anything this layer itself adds survives them wherever they sit in
+  the tar ("Files that are present in the same layer as a whiteout file can only be
+  hidden by whiteout files in subsequent layers").  Deleting never follows symlinks.
+* An entry whose path already exists replaces it, unless both are directories (then
+  the lower directory is kept, with this entry's metadata).  A directory replaced by a
+  non-directory is removed with its contents first.
+* The uncompressed stream is hashed while it is read, to its very end, and compared
+  with ``expected_diff_id``: a mismatch raises ``IntegrityError`` (after extraction:
+  callers should apply into a fresh directory and drop it on any error).
+* Directory modes and mtimes are set last, so that writing their contents neither
+  fails on read-only directories nor bumps their mtimes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from lamina.digest import Digest
+from lamina.errors import IntegrityError, InvalidInput, UnsafeArchive, Unsupported
+from lamina.layer import tarformat as tf
+from lamina.layer.compress import open_decompressed
+from lamina.layer.options import ApplyOptions
+from lamina.layer.paths import clean_name
+from lamina.layer.tarreader import TarEntry, TarReader
+from lamina.layer.whiteout import OPAQUE, PREFIX, whiteout_target
+
+_O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_SYMLINKS = 40  # Linux's limit on symlinks followed in one lookup (path_resolution(7))
+_IGNORED_XATTR_ERRORS = (errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+@dataclass(frozen=True)
+class AppliedLayer:
+    diff_id: Digest
+    uncompressed_size: int
+    entries: int
+
+
+def _umask() -> int:
+    # Read without changing it (os.umask would change it for every thread).
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+class _Applier:
+    def __init__(self, root: str, options: ApplyOptions) -> None:
+        self.root = root
+        self.opts = options
+        self.is_root = os.geteuid() == 0
+        self.umask = _umask()
+        # Lexical parent path -> real absolute directory.  Valid while no directory or
+        # symlink on the way is removed; _forget() clears it when one is.
+        self._dirs: dict[str, str] = {"": root}
+        # Real paths this layer wrote, and their ancestors: whiteouts spare them.
+        self._added: set[str] = set()
+        self._ancestors: set[str] = set()
+        # Directory path -> (mode, mtime); applied at the end.
+        self._dir_meta: dict[str, tuple[int, int]] = {}
+
+    # -- resolving paths inside the target ----------------------------------------
+
+    def _forget(self) -> None:
+        self._dirs = {"": self.root}
+
+    def _rel_parts(self, real: str) -> list[str]:
+        return [] if real == self.root else real[len(self.root) + 1 :].split("/")
+
+    def resolve_dir(self, parts: list[str], create: bool, name: str) -> str | None:
+        """The real directory ``parts`` denotes inside the target, following parent
+        symlinks as in a chroot; None if it does not exist (and ``create`` is False)
+        or is not a directory (and ``create`` is False)."""
+        key = "/".join(parts)
+        hit = self._dirs.get(key)
+        if hit is not None:
+            return hit
+        # Start from the longest cached prefix.
+        cut = len(parts) - 1
+        while cut > 0 and "/".join(parts[:cut]) not in self._dirs:
+            cut -= 1
+        real = self._rel_parts(self._dirs["/".join(parts[:cut])])
+        todo = list(reversed(parts[cut:]))
+        hops = 0
+        while todo:
+            comp = todo.pop()
+            if comp == "" or comp == ".":
+                continue
+            if comp == "..":
+                if not real:
+                    raise UnsafeArchive(
+                        f"archive entry {name!r} goes through a symlink that points "
+                        "outside the target"
+                    )
+                real.pop()
+                continue
+            real.append(comp)
+            path = self.root + "/" + "/".join(real)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                if not create:
+                    return None
+                os.mkdir(path, 0o755)
+                self._note_added(path)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > _MAX_SYMLINKS:
+                    raise UnsafeArchive(f"archive entry {name!r}: too many levels of symlinks")
+                real.pop()
+                target = os.readlink(path)
+                if target.startswith("/"):
+                    real = []  # absolute targets start at the target root (chroot)
+                todo.extend(reversed(target.split("/")))
+                continue
+            if not create:
+                return None
+            raise InvalidInput(
+                f"archive entry {name!r}: parent {'/'.join(real)!r} is not a directory"
+            )
+        result = self.root + "/" + "/".join(real) if real else self.root
+        self._dirs[key] = result
+        return result
+
+    def _note_added(self, path: str) -> None:
+        self._added.add(path)
+        parent = path.rpartition("/")[0]
+        while len(parent) > len(self.root) and parent not in self._ancestors:
+            self._ancestors.add(parent)
+            parent = parent.rpartition("/")[0]
+
+    # -- removing -----------------------------------------------------------------
+
+    def _remove(self, path: str, st: os.stat_result) -> None:
+        if stat.S_ISDIR(st.st_mode):
+            # shutil.rmtree uses the fd-based walk on Linux and never follows
+            # symlinks inside the tree (it unlinks them).
+            shutil.rmtree(path)
+            if path in self._added or path in self._ancestors:
+                # Only this layer's directories have pending metadata.
+                self._dir_meta = {p: m for p, m in self._dir_meta.items() if not _under(p, path)}
+            self._forget()
+        else:
+            os.unlink(path)
+            if stat.S_ISLNK(st.st_mode):
+                self._forget()
+
+    def remove_lower(self, path: str) -> None:
+        """Delete what lower layers have at ``path``, sparing what this layer added."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if path in self._added or path in self._ancestors:
+            if stat.S_ISDIR(st.st_mode):
+                with os.scandir(path) as it:
+                    children = [e.path for e in it]
+                for child in children:
+                    self.remove_lower(child)
+            return
+        self._remove(path, st)
+
+    def _make_room(self, path: str, for_dir: bool) -> bool:
+        """Clear ``path`` for a new entry; True if an existing directory is kept."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        if for_dir and stat.S_ISDIR(st.st_mode):
+            return True
+        self._remove(path, st)
+        return False
+
+    # -- entries ------------------------------------------------------------------
+
+    def whiteout(self, entry: TarEntry, parts: list[str]) -> bool:
+        """Honour ``entry`` if it is a whiteout; True if it was one."""
+        base = parts[-1]
+        if not base.startswith(PREFIX):
+            return False
+        parent = self.resolve_dir(parts[:-1], False, entry.name)
+        if base == OPAQUE:
+            if parent is not None:
+                with os.scandir(parent) as it:
+                    children = [e.path for e in it]
+                for child in children:
+                    self.remove_lower(child)
+            return True
+        victim = whiteout_target(base, entry.name)
+        if victim is not None and parent is not None:
+            self.remove_lower(parent + "/" + victim)
+        return True
+
+    def apply(self, entry: TarEntry, reader: TarReader) -> None:
+        parts = clean_name(entry.name)
+        if not parts:
+            if entry.type != tf.DIR:
+                raise UnsafeArchive(
+                    f"archive entry {entry.name!r} would replace the target root "
+                    "with a non-directory"
+                )
+            self._dir_entry(self.root, entry, existing_ok=True)
+            return
+        if self.opts.whiteouts and self.whiteout(entry, parts):
+            return
+        parent = self.resolve_dir(parts[:-1], True, entry.name)
+        assert parent is not None
+        path = parent + "/" + parts[-1]
+        t = entry.type
+        if t == tf.REG:
+            self._file(path, entry, reader)
+        elif t == tf.DIR:
+            self._dir_entry(path, entry, existing_ok=False)
+        elif t == tf.SYM:
+            self._create(path, lambda: os.symlink(entry.linkname, path))
+            self._owner_time_xattrs(path, entry)
+        elif t == tf.LNK:
+            self._hardlink(path, entry)
+        elif t == tf.FIFO:
+            self._create(path, lambda: os.mkfifo(path, 0o600))
+            self._owner_time_xattrs(path, entry, chmod=True)
+        elif t in (tf.CHR, tf.BLK):
+            if not self.opts.devices:
+                return  # skipped when we may not create devices (GNU tar as non-root)
+            kind = stat.S_IFCHR if t == tf.CHR else stat.S_IFBLK
+            dev = os.makedev(entry.devmajor, entry.devminor)
+            self._create(path, lambda: os.mknod(path, kind | 0o600, dev))
+            self._owner_time_xattrs(path, entry, chmod=True)
+        else:
+            raise Unsupported(f"archive entry {entry.name!r} has unsupported tar type {t!r}")
+
+    def _create(self, path: str, make: Callable[[], None]) -> None:
+        try:
+            make()
+        except FileExistsError:
+            self._make_room(path, False)
+            make()
+        self._note_added(path)
+
+    def _owner_time_xattrs(self, path: str, entry: TarEntry, chmod: bool = False) -> None:
+        if self.opts.same_owner:
+            os.chown(path, entry.uid, entry.gid, follow_symlinks=False)
+        if chmod:
+            os.chmod(path, entry.mode)  # a fifo or device we just created, not a symlink
+        self._set_xattrs(path, entry)
+        ns = entry.mtime * 1_000_000_000
+        os.utime(path, ns=(ns, ns), follow_symlinks=False)
+
+    def _set_xattrs(self, target: str | int, entry: TarEntry) -> None:
+        for key, value in entry.xattrs.items():
+            try:
+                if isinstance(target, int):
+                    os.setxattr(target, key, value)
+                else:
+                    os.setxattr(target, key, value, follow_symlinks=False)
+            except OSError as exc:
+                # Filesystems without xattrs, and namespaces an unprivileged user may
+                # not write (security.*, trusted.*, user.* on symlinks), are skipped
+                # like GNU tar's --xattrs does; as root anything else is an error.
+                if exc.errno in _IGNORED_XATTR_ERRORS:
+                    continue
+                if exc.errno == errno.EPERM and (not self.is_root or not isinstance(target, int)):
+                    continue
+                raise
+
+    def _file(self, path: str, entry: TarEntry, reader: TarReader) -> None:
+        mode = entry.mode
+        open_mode = mode & 0o777
+        try:
+            fd = os.open(path, _O_CREATE, open_mode)
+        except FileExistsError:
+            self._make_room(path, False)
+            fd = os.open(path, _O_CREATE, open_mode)
+        try:
+            self._note_added(path)
+            for view in reader.data():
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+            if self.opts.same_owner:
+                os.fchown(fd, entry.uid, entry.gid)  # clears setuid: chmod comes after
+            if mode != open_mode & ~self.umask:
+                os.fchmod(fd, mode)
+            if entry.xattrs:
+                self._set_xattrs(fd, entry)  # after chown, which drops security.capability
+            ns = entry.mtime * 1_000_000_000
+            os.utime(fd, ns=(ns, ns))
+        finally:
+            os.close(fd)
+
+    def _dir_entry(self, path: str, entry: TarEntry, existing_ok: bool) -> None:
+        if not existing_ok:
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                if not self._make_room(path, True):
+                    os.mkdir(path, 0o700)
+            self._note_added(path)
+        if self.opts.same_owner:
+            os.chown(path, entry.uid, entry.gid, follow_symlinks=False)
+        self._set_xattrs(path, entry)
+        self._dir_meta[path] = (entry.mode, entry.mtime)
+
+    def _hardlink(self, path: str, entry: TarEntry) -> None:
+        tparts = clean_name(entry.linkname)
+        if not tparts:
+            raise UnsafeArchive(f"hard link {entry.name!r} points at the target root")
+        tparent = self.resolve_dir(tparts[:-1], False, entry.linkname)
+        source = None if tparent is None else tparent + "/" + tparts[-1]
+        try:
+            st = None if source is None else os.lstat(source)
+        except FileNotFoundError:
+            st = None
+        if source is None or st is None:
+            raise InvalidInput(
+                f"hard link {entry.name!r} points at {entry.linkname!r}, which is not in the target"
+            )
+        if stat.S_ISDIR(st.st_mode):
+            raise UnsafeArchive(f"hard link {entry.name!r} points at directory {entry.linkname!r}")
+        if source == path:
+            return
+        try:
+            os.link(source, path, follow_symlinks=False)
+        except FileExistsError:
+            self._make_room(path, False)
+            os.link(source, path, follow_symlinks=False)
+        self._note_added(path)
+
+    def finish(self) -> None:
+        # Children before parents (reverse of creation), so a read-only parent does
+        # not stop us; chmod and utime on a directory do not touch its parent's mtime.
+        for path, (mode, mtime) in reversed(self._dir_meta.items()):
+            try:
+                fd = os.open(path, _O_DIR)
+            except OSError:
+                continue  # replaced by a later entry: its own metadata applies
+            try:
+                os.fchmod(fd, mode)
+                ns = mtime * 1_000_000_000
+                os.utime(fd, ns=(ns, ns))
+            finally:
+                os.close(fd)
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + "/")
+
+
+def apply_layer(
+    stream: BinaryIO,
+    target: Path,
+    expected_diff_id: Digest | None = None,
+    options: ApplyOptions = ApplyOptions(),
+) -> AppliedLayer:
+    """Extract the layer in ``stream`` (gzip, zstd or plain tar) onto ``target``.
+
+    ``target`` is created if missing.  Returns the diff_id of the uncompressed tar as
+    read (the whole stream, padding included); raises ``IntegrityError`` if it is not
+    ``expected_diff_id``, ``UnsafeArchive`` for hostile entries, ``InvalidInput`` for
+    malformed tars.
+    """
+    algorithm = "sha256" if expected_diff_id is None else expected_diff_id.algorithm
+    os.makedirs(target, exist_ok=True)
+    root = os.path.realpath(target)
+    if not os.path.isdir(root):
+        raise InvalidInput(f"{target}: not a directory")
+    applier = _Applier(root, options)
+    source = open_decompressed(stream, algorithm)
+    try:
+        reader = TarReader(source)
+        entries = 0
+        while (entry := reader.next()) is not None:
+            entries += 1
+            applier.apply(entry, reader)
+        reader.drain()
+        applier.finish()
+        diff_id = source.digest()
+        size = source.count
+    finally:
+        source.close()
+    if expected_diff_id is not None and diff_id != expected_diff_id:
+        raise IntegrityError(
+            f"layer content has diff_id {diff_id}, expected {expected_diff_id} "
+            "(corrupt layer or wrong config)"
+        )
+    return AppliedLayer(diff_id, size, entries)

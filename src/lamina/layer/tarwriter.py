@@ -1,0 +1,287 @@
+"""Writing a changeset as a deterministic layer tar (image-spec layer.md).
+
+The bytes depend only on the changeset's content and metadata, never on the machine
+or the moment: entries in ``paths.sort_key`` order, POSIX ustar headers with a PAX
+header only when something does not fit (long names and link targets, ids or sizes too
+big for octal, xattrs, times before 1970), numeric owners with empty user/group
+names, whole-second mtimes clamped to ``source_date_epoch``, no atime/ctime, and no
+padding to a tar record (the archive ends after its two zero blocks, as Go's
+``archive/tar`` and so Docker and containerd end it).
+
+The tar is assembled in 1 MiB blocks: file contents are read straight into the block
+(``os.readv``), each full block is hashed (diff_id) and handed to the compressor,
+which works on other threads while the next block is filled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from lamina.digest import Digest
+from lamina.errors import InvalidInput
+from lamina.layer import tarformat as tf
+from lamina.layer.changes import Change, ChangeKind, Changeset, diff_trees
+from lamina.layer.compress import BLOCK_SIZE, BlockCompressor, compressor
+from lamina.layer.options import Compression, LayerOptions
+
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class TarInfo:
+    """What writing a layer tells the caller (the compressed digest is the caller's:
+    ``out`` is expected to hash what it is given)."""
+
+    diff_id: Digest
+    uncompressed_size: int
+    compression: Compression
+    entries: int
+
+
+class _Blocks:
+    """Fixed-size blocks of the tar stream; full blocks are hashed and passed on.
+
+    Fresh blocks are zero-filled, so tar padding is written by skipping over it.
+    """
+
+    def __init__(self, sink: BlockCompressor) -> None:
+        self._sink = sink
+        self._hasher = hashlib.sha256()
+        self._buf = bytearray(BLOCK_SIZE)
+        self._view = memoryview(self._buf)
+        self._pos = 0
+        self.size = 0
+
+    def _emit(self) -> None:
+        block = self._buf if self._pos == BLOCK_SIZE else self._buf[: self._pos]
+        self._hasher.update(block)
+        self._sink.put(block)
+        self.size += len(block)
+        self._buf = bytearray(BLOCK_SIZE)
+        self._view = memoryview(self._buf)
+        self._pos = 0
+
+    def write(self, data: bytes) -> None:
+        n = len(data)
+        pos = self._pos
+        if pos + n < BLOCK_SIZE:
+            self._buf[pos : pos + n] = data
+            self._pos = pos + n
+            return
+        view = memoryview(data)
+        while n:
+            k = min(n, BLOCK_SIZE - self._pos)
+            self._buf[self._pos : self._pos + k] = view[:k]
+            self._pos += k
+            view = view[k:]
+            n -= k
+            if self._pos == BLOCK_SIZE:
+                self._emit()
+
+    def skip(self, n: int) -> None:
+        """Advance over ``n`` zero bytes (padding)."""
+        while n:
+            k = min(n, BLOCK_SIZE - self._pos)
+            self._pos += k
+            n -= k
+            if self._pos == BLOCK_SIZE:
+                self._emit()
+
+    def read_from(self, fd: int, size: int, path: str) -> None:
+        """Copy exactly ``size`` bytes from ``fd`` into the stream."""
+        left = size
+        while left:
+            k = min(left, BLOCK_SIZE - self._pos)
+            got = os.readv(fd, [self._view[self._pos : self._pos + k]])
+            if got == 0:
+                raise InvalidInput(
+                    f"{path}: file shrank while being written to a layer "
+                    f"({size - left} of {size} bytes); is something changing the tree?"
+                )
+            self._pos += got
+            left -= got
+            if self._pos == BLOCK_SIZE:
+                self._emit()
+
+    def finish(self) -> Digest:
+        if self._pos:
+            self._emit()
+        return Digest.from_hasher(self._hasher)
+
+
+def _xattr_records(path: str) -> list[tuple[str, bytes]]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return []
+    if not names:
+        return []
+    records = []
+    for name in sorted(names):
+        try:
+            records.append((name, os.getxattr(path, name, follow_symlinks=False)))
+        except OSError:
+            continue
+    return records
+
+
+class _TarWriter:
+    def __init__(self, blocks: _Blocks, source_date_epoch: int | None) -> None:
+        self._blocks = blocks
+        self._sde = source_date_epoch
+        self._inodes: dict[tuple[int, int], bytes] = {}
+        self.entries = 0
+
+    def _mtime(self, st: os.stat_result) -> int:
+        mtime = st.st_mtime_ns // 1_000_000_000
+        if self._sde is not None and mtime > self._sde:
+            mtime = self._sde
+        return mtime
+
+    def header(
+        self,
+        name: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        size: int,
+        mtime: int,
+        typeflag: bytes,
+        linkname: bytes = b"",
+        devmajor: int = 0,
+        devminor: int = 0,
+        xattrs: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        pax: list[bytes] = []
+        split = tf.split_ustar_name(name)
+        if split is None:
+            pax.append(tf.pax_record("path", name))
+            prefix, short = b"", name[:100]
+        else:
+            prefix, short = split
+        if len(linkname) > 100:
+            pax.append(tf.pax_record("linkpath", linkname))
+            linkname = linkname[:100]
+        if uid > tf.MAX_ID:
+            pax.append(tf.pax_record("uid", b"%d" % uid))
+            uid = 0
+        if gid > tf.MAX_ID:
+            pax.append(tf.pax_record("gid", b"%d" % gid))
+            gid = 0
+        if size > tf.MAX_SIZE:
+            pax.append(tf.pax_record("size", b"%d" % size))
+        if not 0 <= mtime <= tf.MAX_SIZE:
+            pax.append(tf.pax_record("mtime", b"%d" % mtime))
+            mtime = 0
+        if devmajor > tf.MAX_DEV or devminor > tf.MAX_DEV:
+            raise InvalidInput(f"{name!r}: device number too large for a tar header")
+        if xattrs:
+            for key, value in xattrs:
+                pax.append(tf.pax_record(tf.XATTR_PREFIX + key, value))
+        if pax:
+            # The records follow the sorted order above: they are part of the digest.
+            data = b"".join(pax)
+            self._blocks.write(tf.ustar_header(b"././@PaxHeader", 0o644, 0, 0, len(data), 0, b"x"))
+            self._blocks.write(data)
+            self._blocks.skip(tf.pad_len(len(data)))
+        self._blocks.write(
+            tf.ustar_header(
+                short,
+                mode,
+                uid,
+                gid,
+                0 if size > tf.MAX_SIZE else size,
+                mtime,
+                typeflag,
+                linkname,
+                devmajor,
+                devminor,
+                prefix,
+            )
+        )
+        self.entries += 1
+
+    def add(self, root: str, change: Change) -> None:
+        path = change.path
+        if change.kind is ChangeKind.DELETED or change.kind is ChangeKind.OPAQUE:
+            # Whiteout files carry no metadata worth keeping (image-spec: only the name
+            # matters); fixed values keep the bytes reproducible.
+            self.header(os.fsencode(change.tar_name), 0o644, 0, 0, 0, 0, b"0")
+            return
+        st = change.stat
+        full = os.path.join(root, path)
+        if st is None:
+            st = os.lstat(full)
+        mode = st.st_mode
+        perm = stat.S_IMODE(mode)
+        name = os.fsencode(path)
+        mtime = self._mtime(st)
+        xattrs = _xattr_records(full)
+        if stat.S_ISREG(mode):
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                first = self._inodes.get(key)
+                if first is not None:
+                    # Same inode as an earlier entry: a hard link to it (the first
+                    # path in tar order carries the data).
+                    self.header(name, perm, st.st_uid, st.st_gid, 0, mtime, b"1", first)
+                    return
+                self._inodes[key] = name
+            size = st.st_size
+            fd = os.open(full, _O_READ)
+            try:
+                self.header(name, perm, st.st_uid, st.st_gid, size, mtime, b"0", xattrs=xattrs)
+                self._blocks.read_from(fd, size, full)
+            finally:
+                os.close(fd)
+            self._blocks.skip(tf.pad_len(size))
+        elif stat.S_ISDIR(mode):
+            self.header(name + b"/", perm, st.st_uid, st.st_gid, 0, mtime, b"5", xattrs=xattrs)
+        elif stat.S_ISLNK(mode):
+            target = os.fsencode(os.readlink(full))
+            self.header(name, perm, st.st_uid, st.st_gid, 0, mtime, b"2", target, xattrs=xattrs)
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            flag = b"3" if stat.S_ISCHR(mode) else b"4"
+            major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+            self.header(name, perm, st.st_uid, st.st_gid, 0, mtime, flag, b"", major, minor, xattrs)
+        elif stat.S_ISFIFO(mode):
+            self.header(name, perm, st.st_uid, st.st_gid, 0, mtime, b"6", xattrs=xattrs)
+        # Sockets and anything else have no tar representation; diff_trees skips them.
+
+    def close(self) -> None:
+        # End of archive: two zero blocks (ustar), nothing more.
+        self._blocks.skip(2 * tf.BLOCK)
+
+
+def write_changeset(cs: Changeset, out: BinaryIO, options: LayerOptions) -> TarInfo:
+    """Write ``cs`` as a compressed layer to ``out``; return the diff_id and counts.
+
+    ``out`` receives only compressed bytes, in order, from this thread; hash them
+    there (a blob writer) to get the layer digest without reading it back.
+    """
+    sink = compressor(out, options)
+    blocks = _Blocks(sink)
+    writer = _TarWriter(blocks, options.source_date_epoch)
+    root = os.fspath(cs.upper)
+    try:
+        for change in cs.changes:
+            writer.add(root, change)
+        writer.close()
+        diff_id = blocks.finish()
+        sink.finish()
+    except BaseException:
+        close = getattr(sink, "close", None)
+        if close is not None:
+            close()
+        raise
+    return TarInfo(diff_id, blocks.size, options.compression, writer.entries)
+
+
+def write_tree(root: Path, out: BinaryIO, options: LayerOptions) -> TarInfo:
+    """A layer holding everything under ``root`` (a base layer)."""
+    return write_changeset(diff_trees(None, root), out, options)
