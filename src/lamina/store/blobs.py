@@ -66,6 +66,11 @@ class BlobWriter:
     def count(self) -> int:
         return self._hash.count
 
+    @property
+    def digest(self) -> Digest:
+        """The digest of what was written so far (register it in a lease, then commit)."""
+        return self._hash.digest
+
     def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
             return self._hash.write(data)

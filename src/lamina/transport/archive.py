@@ -1,0 +1,168 @@
+"""``lamina load`` and ``lamina save``: archives and layouts in and out of the store.
+
+Format detection looks inside, not at the file name: a tree with ``manifest.json`` is a
+``docker save`` archive (classic or Docker ≥ 25's OCI-based one), else a tree with
+``oci-layout`` is an OCI image layout; each may be a directory or a (compressed) tar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from lamina.errors import InvalidInput, InvalidReference, LaminaError
+from lamina.image.manifest import Descriptor, Platform
+from lamina.image.reference import Reference
+from lamina.store.store import Store
+from lamina.transport.base import ImageSink, ImageSource
+from lamina.transport.copy import CopyEvent, CopyOptions, copy_image
+from lamina.transport.docker_archive import DockerArchiveSink, DockerArchiveSource, is_docker_archive
+from lamina.transport.filetree import open_tree
+from lamina.transport.local import StoreTransport
+from lamina.transport.oci_layout import (
+    CONTAINERD_NAME,
+    REF_NAME,
+    OciLayoutSink,
+    OciLayoutSource,
+    is_oci_layout,
+)
+
+Format = Literal["oci", "oci-archive", "docker-archive", "docker-oci-archive"]
+FORMATS: tuple[str, ...] = ("oci", "oci-archive", "docker-archive", "docker-oci-archive")
+
+
+def open_archive(path: Path, tmpdir: Path | None = None) -> ImageSource:
+    """Open a docker archive or OCI layout (directory or tar) as an image source."""
+    tree = open_tree(path, tmpdir)
+    try:
+        if is_docker_archive(tree):
+            return DockerArchiveSource(tree)
+        if is_oci_layout(tree):
+            return OciLayoutSource(tree)
+    except BaseException:
+        tree.close()
+        raise
+    tree.close()
+    raise InvalidInput(f"{path} is neither a docker save archive (no manifest.json) nor an "
+                       "OCI image layout (no oci-layout)")
+
+
+def open_sink(path: Path, fmt: Format) -> ImageSink:
+    if fmt == "oci":
+        return OciLayoutSink.to_dir(path)
+    if fmt == "oci-archive":
+        return OciLayoutSink.to_tar(path)
+    if fmt == "docker-archive":
+        return DockerArchiveSink.to_tar(path)
+    if fmt == "docker-oci-archive":
+        return DockerArchiveSink.to_tar(path, oci=True)
+    raise InvalidInput(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    name: str | None          # full reference it was tagged as, or None (untagged)
+    descriptor: Descriptor
+
+
+def _looks_like_reference(text: str) -> bool:
+    return any(c in text for c in ":/@")
+
+
+def _name_for(desc: Descriptor, given: str | None, fallback: str, archive_name: str | None,
+              is_layout: bool) -> str | None:
+    """io.containerd.image.name, else the archive's RepoTags, else --name or the
+    folder's name with the ref.name tag (as the issue and skopeo's conventions say)."""
+    if is_layout:
+        full = desc.annotations.get(CONTAINERD_NAME)
+        if full:
+            return str(Reference.parse(full))
+        tag = desc.annotations.get(REF_NAME)
+        if tag and _looks_like_reference(tag):
+            return str(Reference.parse(tag))
+        if given:
+            base = Reference.parse(given, default_tag=False)
+            if tag and base.tag is None and base.digest is None:
+                return str(base.with_tag(tag))
+            return str(Reference.parse(given))
+        if tag:
+            return str(Reference.parse(f"{fallback}:{tag}"))
+        return None
+    if archive_name:
+        return archive_name
+    return str(Reference.parse(given)) if given else None
+
+
+def _fallback_name(path: Path) -> str:
+    stem = path.name
+    for suffix in (".tar.gz", ".tgz", ".tar.zst", ".tar", ".oci"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem.lower()).strip("._-")
+    return name or "image"
+
+
+def load_archive(store: Store, path: Path, name: str | None = None,
+                 on_event: CopyOptions | None = None) -> list[Loaded]:
+    """Copy every image of an archive or layout into the store, all platforms."""
+    if name is not None:
+        Reference.parse(name)  # fail before reading anything
+    source = open_archive(path, store.root / "tmp")
+    sink = StoreTransport(store)
+    loaded: list[Loaded] = []
+    opts = on_event or CopyOptions()
+    opts = CopyOptions(opts.platform, True, opts.on_event)
+    try:
+        is_layout = isinstance(source, OciLayoutSource)
+        fallback = _fallback_name(path)
+        for named in source.images():
+            try:
+                ref = _name_for(named.descriptor, name, fallback, named.name, is_layout)
+            except InvalidReference as e:
+                raise e.context(f"{path}") from None
+            top = copy_image(source, named.descriptor, sink, [ref] if ref else [], opts)
+            loaded.append(Loaded(ref, top))
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        source.close()
+    return loaded
+
+
+def save_images(store: Store, refs: Sequence[str], path: Path, fmt: Format,
+                platform: Platform | None = None,
+                on_event: CopyOptions | None = None) -> list[Descriptor]:
+    """Write the named store images into one archive or layout."""
+    if not refs:
+        raise InvalidInput("save needs at least one image")
+    source = StoreTransport(store)
+    resolved = [(source.resolve(r), r) for r in refs]  # all names checked before writing
+    sink = open_sink(path, fmt)
+    out = []
+    opts = CopyOptions(platform, False, on_event.on_event if on_event else None)
+    try:
+        for desc, text in resolved:
+            names = []
+            try:
+                full = str(Reference.parse(text))
+                # only a name the store really holds is a name (not a short image id)
+                tag = store.meta.get_tag(full)
+                if tag is not None and tag.digest == str(desc.digest):
+                    names = [full]
+            except LaminaError:
+                names = []
+            out.append(copy_image(source, desc, sink, names, opts))
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    return out
+
+
+__all__ = ["FORMATS", "CopyEvent", "Format", "Loaded", "load_archive", "open_archive",
+           "open_sink", "save_images"]
