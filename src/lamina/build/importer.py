@@ -79,6 +79,17 @@ def _as_directory(store: Store, src: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class _DiscardOnError(contextlib.AbstractContextManager["_DiscardOnError"]):
+    def __init__(self, store: Store, written: list[str], lease_id: str) -> None:
+        self.store, self.written, self.lease_id = store, written, lease_id
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None and self.written:
+            from lamina.store.gc import discard
+
+            discard(self.store, self.written, self.lease_id)
+
+
 def import_snapshots(store: Store, name: str, sources: Sequence[Path],
                      options: ImportOptions | None = None) -> ImportResult:
     opts = options or ImportOptions()
@@ -93,7 +104,10 @@ def import_snapshots(store: Store, name: str, sources: Sequence[Path],
     diff_ids: list[Digest] = []
     history: list[History] = []
     media_type = mt.layer_media_type(opts.compression)
+    written: list[str] = []
     with store.lease() as lease, contextlib.ExitStack() as stack:
+        # On failure, remove what this import wrote (unless another image shares it).
+        stack.enter_context(_DiscardOnError(store, written, lease.id))
         previous: Path | None = None
         for i, src in enumerate(sources):
             root = stack.enter_context(_as_directory(store, src))
@@ -104,6 +118,7 @@ def import_snapshots(store: Store, name: str, sources: Sequence[Path],
                 lease.add(w.digest)
                 size = w.count
                 digest = w.commit()
+            written.append(str(digest))
             store.meta.add_layer(str(digest), str(info.diff_id), media_type, size)
             desc = Descriptor(media_type, digest, size)
             created_by = f"lamina import {src}"
@@ -118,6 +133,7 @@ def import_snapshots(store: Store, name: str, sources: Sequence[Path],
         config_digest = config.digest
         lease.add(config_digest)
         store.blobs.put_bytes(config.raw, config_digest)
+        written.append(str(config_digest))
         config_desc = Descriptor(mt.OCI_CONFIG, config_digest, len(config.raw))
         manifest = build_manifest(config_desc, layers)
         lease.add(manifest.digest)

@@ -100,3 +100,31 @@ def collect(store: Store, dry_run: bool = False) -> GcReport:
         report.ingest_removed = store.blobs.sweep_ingest()
     return report
 
+
+
+def discard(store: Store, candidates: Iterable[str], lease_id: str | None = None) -> list[str]:
+    """Remove the given blobs unless something else still reaches them.
+
+    Used when an import or load fails: what it wrote goes at once instead of waiting
+    for gc, so bad input leaves the store as it was.  The failing operation's own lease
+    (``lease_id``) does not count as a root; every other live lease does."""
+    removed: list[str] = []
+    wanted = set(candidates)
+    if not wanted:
+        return removed
+    with store.meta.transaction() as db:
+        roots: set[str] = set()
+        roots.update(str(r[0]) for r in db.execute("SELECT digest FROM tags"))
+        roots.update(str(r[0]) for r in db.execute("SELECT digest FROM images"))
+        roots.update(str(r[0]) for r in db.execute(
+            "SELECT key FROM lease_resources WHERE lease != ?", (lease_id or "",)))
+        edges: dict[str, list[str]] = {}
+        for parent, child in db.execute("SELECT parent, child FROM refs"):
+            edges.setdefault(str(parent), []).append(str(child))
+        live = reachable(roots, edges)
+        for key in sorted(wanted - live):
+            if store.blobs.delete(Digest.parse(key)):
+                removed.append(key)
+            db.execute("DELETE FROM layers WHERE digest=?", (key,))
+            db.execute("DELETE FROM refs WHERE parent=?", (key,))
+    return removed

@@ -24,6 +24,7 @@ class StoreTransport:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._lease_id: str | None = None
+        self._written: list[str] = []   # blobs this sink added (for abort)
 
     # -- source ----------------------------------------------------------------------
     def images(self) -> list[NamedImage]:
@@ -96,11 +97,13 @@ class StoreTransport:
 
             pump(stream, w.write, desc.size, progress)
             w.commit(desc.digest, desc.size)
+        self._written.append(str(desc.digest))
 
     def put_manifest(self, desc: Descriptor, raw: bytes, names: list[str] | None) -> None:
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
         if not self.store.blobs.has(desc.digest):
             self.store.blobs.put_bytes(raw, desc.digest)
+            self._written.append(str(desc.digest))
         doc = parse(raw, desc.media_type, what=f"manifest {desc.digest}")
         children: list[str]
         if isinstance(doc, Manifest):
@@ -136,6 +139,11 @@ class StoreTransport:
             self._lease_id = None
 
     def abort(self) -> None:
-        # Blobs already committed are harmless: unnamed, gc removes them once the lease
-        # is gone.  Nothing was tagged unless put_manifest finished.
+        """Undo: remove the blobs this sink wrote that nothing else reaches (a manifest
+        put before the failure stays only if named).  Failing input leaves no trace."""
+        from lamina.store.gc import discard
+
+        if self._written and self._lease_id is not None:
+            discard(self.store, self._written, self._lease_id)
+        self._written = []
         self.close()
