@@ -1,0 +1,230 @@
+"""BlobStore: commit protocol, idempotence, integrity on write and read, ingest sweep."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from store_helpers import blob_names, ingest_names
+
+from lamina.digest import Digest
+from lamina.errors import IntegrityError, NotFound
+from lamina.store import BlobStore, Store
+
+PAYLOAD = b"layer bytes\n" * 1000
+PAYLOAD_HEX = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def test_writer_commit_returns_sha256_and_stores_file(store: Store) -> None:
+    with store.blobs.writer() as w:
+        w.write(PAYLOAD[:5000])
+        w.write(PAYLOAD[5000:])
+        assert w.count == len(PAYLOAD)
+        digest = w.commit()
+    assert digest == Digest("sha256", PAYLOAD_HEX)
+    path = store.root / "blobs" / "sha256" / PAYLOAD_HEX
+    assert path.read_bytes() == PAYLOAD
+    assert store.blobs.has(digest)
+    assert store.blobs.size(digest) == len(PAYLOAD)
+    assert store.blobs.read_bytes(digest, len(PAYLOAD)) == PAYLOAD
+    assert ingest_names(store) == []
+
+
+def test_put_bytes_returns_sha256(store: Store) -> None:
+    assert str(store.blobs.put_bytes(b"hello")) == (
+        "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
+
+
+def test_committing_same_bytes_twice_stores_one_file(store: Store) -> None:
+    first = store.blobs.put_bytes(PAYLOAD)
+    # The second time through a writer with the expected digest: a full ingest + rename.
+    with store.blobs.writer() as w:
+        w.write(PAYLOAD)
+        second = w.commit(first, len(PAYLOAD))
+    third = store.blobs.put_bytes(PAYLOAD, first)
+    assert first == second == third
+    assert blob_names(store) == {str(first)}
+    assert list(store.blobs.list()) == [first]
+    assert ingest_names(store) == []
+
+
+def test_wrong_expected_digest_leaves_nothing(store: Store) -> None:
+    wrong = Digest.from_bytes(b"something else")
+    with store.blobs.writer() as w:
+        w.write(PAYLOAD)
+        with pytest.raises(IntegrityError, match="content has digest sha256:" + PAYLOAD_HEX):
+            w.commit(wrong)
+    assert blob_names(store) == set()
+    assert ingest_names(store) == []
+    assert not store.blobs.has(wrong)
+
+
+def test_wrong_expected_size_leaves_nothing(store: Store) -> None:
+    good = Digest("sha256", PAYLOAD_HEX)
+    with (pytest.raises(IntegrityError, match=f"got {len(PAYLOAD)} bytes, expected 10"),
+          store.blobs.writer() as w):
+        w.write(PAYLOAD)
+        w.commit(good, 10)
+    assert blob_names(store) == set()
+    assert ingest_names(store) == []
+
+
+def test_put_bytes_with_wrong_digest_leaves_nothing(store: Store) -> None:
+    with pytest.raises(IntegrityError):
+        store.blobs.put_bytes(PAYLOAD, Digest.from_bytes(b"other"))
+    assert blob_names(store) == set()
+    assert ingest_names(store) == []
+
+
+def test_exception_inside_writer_leaves_nothing(store: Store) -> None:
+    with pytest.raises(RuntimeError, match="source went away"), store.blobs.writer() as w:
+        w.write(PAYLOAD)
+        assert w.path.exists()
+        raise RuntimeError("source went away")
+    assert not w.path.exists()
+    assert blob_names(store) == set()
+    assert ingest_names(store) == []
+
+
+def test_leaving_writer_without_commit_leaves_nothing(store: Store) -> None:
+    with store.blobs.writer() as w:
+        w.write(PAYLOAD)
+    assert blob_names(store) == set()
+    assert ingest_names(store) == []
+
+
+def test_missing_blob_is_not_found(store: Store) -> None:
+    d = Digest.from_bytes(b"absent")
+    assert not store.blobs.has(d)
+    with pytest.raises(NotFound, match=f"blob {d} not in the store"):
+        store.blobs.read_bytes(d)
+    with pytest.raises(NotFound):
+        store.blobs.size(d)
+    assert store.blobs.delete(d) is False
+
+
+def _corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+
+
+def test_corrupted_blob_fails_read_bytes(store: Store) -> None:
+    d = store.blobs.put_bytes(PAYLOAD)
+    _corrupt(store.blobs.path(d))
+    with pytest.raises(IntegrityError, match=f"stored blob {d}: content has digest"):
+        store.blobs.read_bytes(d)
+
+
+def test_truncated_blob_fails_with_size(store: Store) -> None:
+    d = store.blobs.put_bytes(PAYLOAD)
+    p = store.blobs.path(d)
+    p.write_bytes(PAYLOAD[:-1])
+    with pytest.raises(IntegrityError, match=f"got {len(PAYLOAD) - 1} bytes, expected "
+                                             f"{len(PAYLOAD)}"):
+        store.blobs.read_bytes(d, len(PAYLOAD))
+
+
+def test_corrupted_blob_fails_verify_after_partial_read(store: Store) -> None:
+    d = store.blobs.put_bytes(PAYLOAD)
+    _corrupt(store.blobs.path(d))
+    with store.blobs.open(d) as r:
+        assert len(r.read(100)) == 100  # a consumer that stops early sees nothing yet
+        with pytest.raises(IntegrityError, match="corrupt or wrong blob"):
+            r.verify()
+
+
+def test_intact_blob_verifies(store: Store) -> None:
+    d = store.blobs.put_bytes(PAYLOAD)
+    with store.blobs.open(d, len(PAYLOAD)) as r:
+        r.read(7)
+        r.verify()
+        assert r.count == len(PAYLOAD)
+
+
+def test_list_ignores_stray_files(store: Store) -> None:
+    d = store.blobs.put_bytes(b"a")
+    (store.root / "blobs" / "sha256" / "not-a-digest").write_bytes(b"x")
+    assert list(store.blobs.list()) == [d]
+
+
+# -- ingest sweep ------------------------------------------------------------------------
+_DEAD_WRITER = """
+import os, sys
+from pathlib import Path
+from lamina.store import BlobStore
+w = BlobStore(Path(sys.argv[1])).writer()
+w.write(b"half a blob")
+w.flush()
+print(w.path.name, flush=True)
+os._exit(0)  # die holding an ingest file: no abort, no commit
+"""
+
+_LIVE_WRITER = """
+import sys
+from pathlib import Path
+from lamina.store import BlobStore
+with BlobStore(Path(sys.argv[1])).writer() as w:
+    w.write(b"still writing")
+    w.flush()
+    print(w.path.name, flush=True)
+    sys.stdin.readline()
+    print(w.commit(), flush=True)
+"""
+
+
+def _age(path: Path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_sweep_ingest_removes_abandoned_but_not_live(store: Store) -> None:
+    root = str(store.root)
+    dead = subprocess.run([sys.executable, "-c", _DEAD_WRITER, root], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    live = subprocess.Popen([sys.executable, "-c", _LIVE_WRITER, root], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout is not None and live.stdin is not None
+        live_name = live.stdout.readline().strip()
+        in_process = store.blobs.writer()
+        in_process.write(b"mine")
+        ingest = store.root / "ingest"
+        assert sorted(ingest_names(store)) == sorted([dead, live_name, in_process.path.name])
+        for name in (dead, live_name, in_process.path.name):
+            _age(ingest / name, 3600)
+
+        assert store.blobs.sweep_ingest() == 1
+        assert sorted(ingest_names(store)) == sorted([live_name, in_process.path.name])
+
+        # Both live writers can still finish.
+        live.stdin.write("\n")
+        live.stdin.flush()
+        out, _ = live.communicate(timeout=30)
+        assert live.returncode == 0
+        assert out.strip() == str(Digest.from_bytes(b"still writing"))
+        assert in_process.commit() == Digest.from_bytes(b"mine")
+    finally:
+        if live.poll() is None:
+            live.kill()
+            live.wait()
+    assert ingest_names(store) == []
+    assert blob_names(store) == {str(Digest.from_bytes(b"still writing")),
+                                 str(Digest.from_bytes(b"mine"))}
+
+
+def test_sweep_ingest_leaves_young_files(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    stray = blobs.ingest_dir / "sha256-0000000000000000"
+    stray.write_bytes(b"just created, not yet locked")
+    assert blobs.sweep_ingest() == 0
+    assert stray.exists()
+    _age(stray, 120)
+    assert blobs.sweep_ingest() == 1
+    assert not stray.exists()
