@@ -413,8 +413,6 @@ def test_read_handmade_classic_archive_with_legacy_names(tmp_path: Path, kind: s
         src.close()
 
 
-@pytest.mark.xfail(strict=True, reason="filetree.TarTree indexes only regular files, so a "
-                   "symlinked <id>/layer.tar (docker save 1.10-24, shared layers) is not found")
 def test_read_archive_with_symlinked_shared_layer(tmp_path: Path) -> None:
     a, b = image_a(), image_b()
     members = classic_members(a, ["app:a"], legacy_names=True)

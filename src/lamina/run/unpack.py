@@ -22,8 +22,9 @@ from lamina.transport.resolve import ResolvedImage, resolve_image
 LayerCallback = Callable[[int, int, Descriptor], None]
 
 
-def _prepare_target(target: Path) -> bool:
-    """Make sure target is an empty directory; True if we created it."""
+def _prepare_target(target: Path) -> Path | None:
+    """Make sure target is an empty directory; return the topmost directory we created
+    (to remove on failure), or None if target already existed."""
     if target.is_symlink():
         raise InvalidInput(f"unpack target {target} is a symlink")
     if target.exists():
@@ -31,17 +32,20 @@ def _prepare_target(target: Path) -> bool:
             raise InvalidInput(f"unpack target {target} exists and is not a directory")
         if any(target.iterdir()):
             raise InvalidInput(f"unpack target {target} is not empty")
-        return False
+        return None
+    top = target.absolute()
+    while not top.parent.exists():
+        top = top.parent
     try:
         target.mkdir(parents=True)
     except OSError as e:
         raise StoreError(f"cannot create {target}: {e.strerror or e}") from None
-    return True
+    return top
 
 
-def _clear(target: Path, created: bool) -> None:
-    if created:
-        shutil.rmtree(target, ignore_errors=True)
+def _clear(target: Path, created: Path | None) -> None:
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
         return
     for entry in os.scandir(target):
         if entry.is_dir(follow_symlinks=False):

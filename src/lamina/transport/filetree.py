@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import shutil
 import tarfile
 import tempfile
@@ -100,14 +101,38 @@ class TarTree:
             self._file = open(source, "rb")  # noqa: SIM115 - closed in close()
             self._tar = tarfile.open(fileobj=self._file, mode="r:")
             self._members: dict[str, tarfile.TarInfo] = {}
+            links: dict[str, str] = {}
             for m in self._tar:
                 if m.isfile():
                     self._members[clean_name(m.name)] = m
+                elif m.issym() or m.islnk():
+                    links[clean_name(m.name)] = self._link_target(m)
+            # docker save (1.10–24) stores a layer shared by two images once and makes the
+            # other <id>/layer.tar a symlink to it: follow links, only inside the archive.
+            for name, target in links.items():
+                for _hop in range(8):
+                    if target in self._members or target not in links:
+                        break
+                    target = links[target]
+                if target in self._members:
+                    self._members[name] = self._members[target]
         except tarfile.TarError as e:
             self.close()
             raise InvalidInput(f"{path} is not a readable tar archive: {e}") from None
 
+    @staticmethod
+    def _link_target(m: tarfile.TarInfo) -> str:
+        if m.islnk():
+            return clean_name(m.linkname)
+        base = PurePosixPath(clean_name(m.name)).parent
+        try:
+            return clean_name(posixpath.normpath(str(base / m.linkname)))
+        except UnsafeArchive:
+            return ""  # a link out of the archive points at nothing
+
     def _decompress(self, path: Path, magic: bytes, tmpdir: Path | None) -> Path:
+        if tmpdir is not None:
+            tmpdir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="lamina-archive-", dir=tmpdir)
         self._tmp = Path(name)
         try:
@@ -222,6 +247,26 @@ class DirWriter:
             p.unlink(missing_ok=True)
 
 
+class _FullReads:
+    """tarfile.addfile treats a short read as the end of data; pipes and sockets return
+    short reads all the time.  Fill each read (up to EOF) before handing it over."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            return self._raw.read()
+        parts = []
+        while n > 0:
+            chunk = self._raw.read(n)
+            if not chunk:
+                break
+            parts.append(chunk)
+            n -= len(chunk)
+        return b"".join(parts)
+
+
 class TarWriter:
     """Writes a tar to ``path`` via ``path.tmp``; renamed into place by ``finish``."""
 
@@ -263,7 +308,7 @@ class TarWriter:
         info.mode = 0o644
         info.mtime = self._mtime
         try:
-            self._tar.addfile(info, stream)
+            self._tar.addfile(info, _FullReads(stream))  # type: ignore[arg-type]
         except OSError as e:
             raise StoreError(f"cannot write {self.path}: {e.strerror or e}") from None
         self._names.add(name)
