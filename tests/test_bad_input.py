@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import Lamina, seed_sources
+from lamina_testing import Lamina, seed_sources
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import Lamina, seed_sources, tree_listing
+from lamina_testing import Lamina, seed_sources, tree_listing
 
 
 def import_seed(lamina: Lamina, seed: Path, site: str, name: str | None = None) -> dict:

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Lamina, need, seed_sources, tree_listing
+from lamina_testing import Lamina, need, seed_sources, tree_listing
 
 
 def sh(*args: str | Path, **kw: object) -> str:

@@ -1,0 +1,109 @@
+"""Helpers shared by the tests: the real lamina CLI in a store, peers, tree listings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+LAMINA = str(Path(sys.executable).parent / "lamina")
+EPOCH = "1700000000"
+
+
+def need(tool: str) -> str:
+    """Path of a peer tool. Missing under CI=true is a failure, elsewhere a skip."""
+    path = shutil.which(tool) or (f"/usr/bin/{tool}" if os.path.exists(f"/usr/bin/{tool}")
+                                  else None)
+    if path is None:
+        msg = f"{tool} is not installed (apt-get install {tool})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+class Lamina:
+    """Runs the installed ``lamina`` command against one store."""
+
+    def __init__(self, root: Path, cwd: Path) -> None:
+        self.root = root
+        self.cwd = cwd
+        self.env = {**os.environ, "LAMINA_ROOT": str(root), "SOURCE_DATE_EPOCH": EPOCH}
+        self.env.pop("LAMINA_DEBUG", None)
+
+    def run(self, *args: str | Path, check: bool = True, env: dict[str, str] | None = None
+            ) -> Result:
+        proc = subprocess.run([LAMINA, *map(str, args)], cwd=self.cwd, capture_output=True,
+                              text=True, env={**self.env, **(env or {})}, timeout=300)
+        res = Result(proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"lamina {' '.join(map(str, args))} failed "
+                                 f"({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return res
+
+    def fail(self, *args: str | Path) -> Result:
+        res = self.run(*args, check=False)
+        assert res.code != 0, f"lamina {' '.join(map(str, args))} should fail:\n{res.out}"
+        assert "Traceback" not in res.err, res.err
+        return res
+
+    def blob_files(self) -> set[str]:
+        d = self.root / "blobs" / "sha256"
+        return {p.name for p in d.iterdir()} if d.exists() else set()
+
+    def assert_consistent(self) -> None:
+        res = self.run("fsck", "--json")
+        report = res.json()
+        assert report["clean"], report
+        ingest = self.root / "ingest"
+        assert not ingest.exists() or not any(ingest.iterdir()), list(ingest.iterdir())
+
+
+def seed_sources(seed: Path, site: str) -> list[Path]:
+    return [seed / "os", seed / "webserver", seed / "config", seed / f"site-{site}"]
+
+
+def tree_listing(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Every entry under root: type, mode, owner, size, content digest or link target."""
+    import hashlib
+    import stat
+
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, root)
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    extra: Any = hashlib.sha256(f.read()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                extra = os.readlink(p)
+            else:
+                extra = None
+            out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid,
+                        st.st_gid, extra)
+    return out
