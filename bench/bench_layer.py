@@ -1,0 +1,240 @@
+"""Layer creation and extraction: lamina against umoci (and GNU tar) in the same run.
+
+    .venv/bin/python bench/bench_layer.py [--tree DIR] [--runs N] [--target-dir DIR]
+
+Without ``--tree`` a ~200 MB tree of many small files is copied once from /usr into
+/var/tmp/lamina-bench/tree and reused by later runs.  Runs alternate (A B A B ...), as
+BENCHMARKING.md asks; medians and lamina/peer ratios are printed.
+
+* create: ``lamina.layer.write_tree`` (gzip, isal level 1, both sha256s: diff_id inside,
+  the compressed digest through a HashingWriter, written to a file) in this process,
+  against ``umoci repack`` of the same tree placed in a bundle's rootfs.
+* unpack: ``lamina.layer.apply_layer`` (diff_id checked) against ``umoci unpack`` and
+  ``tar -xzf``, all of the same umoci-made layer, each into a fresh directory on a tmpfs
+  (/dev/shm by default: the ext4 here slows file creation after big deletes).  lamina
+  also applies its own layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from lamina.digest import Digest, HashingWriter
+from lamina.layer import LayerOptions, apply_layer, write_tree
+
+CACHE = Path("/var/tmp/lamina-bench")
+SOURCES = [
+    "/usr/lib/python3.11",
+    "/usr/share/perl",
+    "/usr/share/vim",
+    "/usr/share/i18n",
+    "/usr/share/zoneinfo",
+    "/usr/share/mime",
+    "/usr/share/cmake-3.25",
+    "/usr/lib/x86_64-linux-gnu",
+]
+TARGET_BYTES = 200 * 1000 * 1000
+MAX_FILE = 8 << 20  # many small files, like a distribution's base layer; no libLLVM
+
+
+def build_tree(dest: Path) -> None:
+    """Copy files (none over 8 MiB) from SOURCES until ~200 MB, keeping symlinks."""
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    total = 0
+    for src in SOURCES:
+        if not os.path.isdir(src):
+            continue
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, "/")
+            os.makedirs(tmp / rel, exist_ok=True)
+            for name in sorted(filenames):
+                s = os.path.join(dirpath, name)
+                d = tmp / rel / name
+                st = os.lstat(s)
+                if os.path.islink(s):
+                    os.symlink(os.readlink(s), d)
+                elif os.path.isfile(s) and st.st_size <= MAX_FILE:
+                    shutil.copy2(s, d)
+                    total += st.st_size
+                if total >= TARGET_BYTES:
+                    break
+            if total >= TARGET_BYTES:
+                break
+        if total >= TARGET_BYTES:
+            break
+    tmp.rename(dest)
+
+
+def tree_stats(root: Path) -> tuple[int, int]:
+    entries = size = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            entries += 1
+            st = os.lstat(os.path.join(dirpath, name))
+            if not os.path.islink(os.path.join(dirpath, name)):
+                size += st.st_size if os.path.isfile(os.path.join(dirpath, name)) else 0
+    return entries, size
+
+
+def run(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def drop(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tree", type=Path, help="tree to pack (default: a cached copy of /usr)")
+    ap.add_argument("--runs", type=int, default=3, help="runs of each tool (default 3)")
+    ap.add_argument("--target-dir", type=Path, default=Path("/dev/shm"), help="unpack here")
+    args = ap.parse_args()
+    if shutil.which("umoci") is None:
+        print("umoci is not installed", file=sys.stderr)
+        return 1
+
+    tree: Path = args.tree or CACHE / "tree"
+    if args.tree is None and not tree.is_dir():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        print(f"building the benchmark tree in {tree} ...", flush=True)
+        build_tree(tree)
+    entries, size = tree_stats(tree)
+    print(f"tree: {tree}  {entries} entries, {size / 1e6:.1f} MB of file data")
+
+    work = Path(tempfile.mkdtemp(prefix="bench-layer-", dir="/var/tmp"))
+    unpack_root = Path(tempfile.mkdtemp(prefix="bench-unpack-", dir=args.target_dir))
+    try:
+        layout = work / "oci"
+        bundle = work / "bundle"
+        run(["umoci", "init", "--layout", str(layout)])
+        run(["umoci", "new", "--image", f"{layout}:base"])
+        run(["umoci", "unpack", "--image", f"{layout}:base", str(bundle)])
+        rootfs = bundle / "rootfs"
+        shutil.rmtree(rootfs)
+        # umoci packs what is in the rootfs; a copy keeps owners, modes and links.
+        run(["cp", "-a", str(tree), str(rootfs)])
+
+        lamina_out = work / "lamina-layer.tar.gz"
+        lamina_info: dict[str, object] = {}
+
+        def lamina_create() -> None:
+            with open(lamina_out, "wb") as f:
+                hw = HashingWriter(f)
+                info = write_tree(rootfs, hw, LayerOptions())  # type: ignore[arg-type]
+                lamina_info.update(diff_id=info.diff_id, digest=hw.digest, size=hw.count)
+
+        counter = iter(range(1000))
+
+        def umoci_repack() -> None:
+            run(["umoci", "repack", "--image", f"{layout}:run{next(counter)}", str(bundle)])
+
+        create: dict[str, list[float]] = {"lamina": [], "umoci repack": []}
+        for _ in range(args.runs):
+            create["lamina"].append(timed(lamina_create))
+            create["umoci repack"].append(timed(umoci_repack))
+
+        # The umoci layer: the last layer of the last repacked image.
+        index = json.loads((layout / "index.json").read_text())
+        manifest_digest = Digest.parse(index["manifests"][-1]["digest"])
+        manifest = json.loads((layout / "blobs/sha256" / manifest_digest.encoded).read_text())
+        config = json.loads(
+            (layout / "blobs/sha256" / Digest.parse(manifest["config"]["digest"]).encoded)
+            .read_text()
+        )
+        umoci_layer = layout / "blobs/sha256" / Digest.parse(manifest["layers"][-1]["digest"]).encoded
+        umoci_diff_id = Digest.parse(config["rootfs"]["diff_ids"][-1])
+        umoci_size = umoci_layer.stat().st_size
+        last_tag = f"run{args.runs - 1}"
+
+        n = iter(range(10000))
+
+        def fresh() -> Path:
+            return unpack_root / f"t{next(n)}"
+
+        def lamina_apply_umoci_layer() -> None:
+            dest = fresh()
+            with open(umoci_layer, "rb") as f:
+                apply_layer(f, dest, umoci_diff_id)  # type: ignore[arg-type]
+            timings_cleanup.append(dest)
+
+        def lamina_apply_own_layer() -> None:
+            dest = fresh()
+            with open(lamina_out, "rb") as f:
+                apply_layer(f, dest, lamina_info["diff_id"])  # type: ignore[arg-type]
+            timings_cleanup.append(dest)
+
+        def umoci_unpack() -> None:
+            dest = fresh()
+            run(["umoci", "unpack", "--image", f"{layout}:{last_tag}", str(dest)])
+            timings_cleanup.append(dest)
+
+        def tar_xzf() -> None:
+            dest = fresh()
+            dest.mkdir()
+            run(["tar", "-xzf", str(umoci_layer), "-C", str(dest)])
+            timings_cleanup.append(dest)
+
+        timings_cleanup: list[Path] = []
+        unpack: dict[str, list[float]] = {
+            "lamina apply (umoci layer)": [],
+            "lamina apply (lamina layer)": [],
+            "umoci unpack": [],
+            "tar -xzf": [],
+        }
+        fns = {
+            "lamina apply (umoci layer)": lamina_apply_umoci_layer,
+            "lamina apply (lamina layer)": lamina_apply_own_layer,
+            "umoci unpack": umoci_unpack,
+            "tar -xzf": tar_xzf,
+        }
+        for _ in range(args.runs):
+            for name, fn in fns.items():
+                unpack[name].append(timed(fn))
+                # Deleting on tmpfs is cheap and keeps memory in check; not timed.
+                while timings_cleanup:
+                    drop(timings_cleanup.pop())
+
+        def report(title: str, results: dict[str, list[float]], peer: str) -> None:
+            print(f"\n{title} (median of {args.runs}; runs alternate)")
+            base = statistics.median(results[peer])
+            for name, times in results.items():
+                med = statistics.median(times)
+                runs = " ".join(f"{t:.2f}" for t in times)
+                ratio = "" if name == peer else f"   {base / med:.2f}x faster than {peer}"
+                print(f"  {name:30s} {med:6.2f} s   [{runs}]{ratio}")
+
+        report("create gzip layer", create, "umoci repack")
+        lamina_size = int(str(lamina_info["size"]))
+        print(
+            f"  compressed size: lamina {lamina_size / 1e6:.1f} MB, umoci {umoci_size / 1e6:.1f} MB"
+            f" (lamina/umoci = {lamina_size / umoci_size:.3f})"
+        )
+        report(f"unpack into fresh dirs on {args.target_dir}", unpack, "umoci unpack")
+        print(f"\nlamina diff_id {lamina_info['diff_id']}, umoci diff_id {umoci_diff_id}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(unpack_root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
