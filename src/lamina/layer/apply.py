@@ -40,7 +40,7 @@ from typing import BinaryIO
 from lamina.digest import Digest
 from lamina.errors import IntegrityError, InvalidInput, UnsafeArchive, Unsupported
 from lamina.layer import tarformat as tf
-from lamina.layer.compress import open_decompressed
+from lamina.layer.compress import DecompressedStream, open_decompressed
 from lamina.layer.options import ApplyOptions
 from lamina.layer.paths import clean_name
 from lamina.layer.tarreader import TarEntry, TarReader
@@ -376,6 +376,22 @@ def _under(path: str, top: str) -> bool:
     return path == top or path.startswith(top + "/")
 
 
+def _explain_malformed(
+    source: DecompressedStream, expected: Digest | None, exc: InvalidInput
+) -> None:
+    """Raise the integrity problem behind a malformed tar, if there is one."""
+    try:
+        while source.read_block():
+            pass
+    except IntegrityError as damage:
+        raise damage from exc
+    if expected is not None and source.digest() != expected:
+        raise IntegrityError(
+            f"layer content has diff_id {source.digest()}, expected {expected}, "
+            f"and is not a valid tar ({exc})"
+        ) from exc
+
+
 def apply_layer(
     stream: BinaryIO,
     target: Path,
@@ -399,10 +415,18 @@ def apply_layer(
     try:
         reader = TarReader(source)
         entries = 0
-        while (entry := reader.next()) is not None:
-            entries += 1
-            applier.apply(entry, reader)
-        reader.drain()
+        try:
+            while (entry := reader.next()) is not None:
+                entries += 1
+                applier.apply(entry, reader)
+            reader.drain()
+        except InvalidInput as exc:
+            if isinstance(exc, UnsafeArchive):
+                raise
+            # A tar that makes no sense is usually damaged compressed data whose
+            # checksum comes only at its end: report the damage, not its symptom.
+            _explain_malformed(source, expected_diff_id, exc)
+            raise
         applier.finish()
         diff_id = source.digest()
         size = source.count

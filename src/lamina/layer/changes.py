@@ -8,7 +8,8 @@ rsync's quick check use, so content is never read to compare):
 
 * a different file type, permission bits (incl. setuid/setgid/sticky), uid or gid;
 * for non-directories, a different size or mtime (nanoseconds), symlink target or
-  device number;
+  device number, or (regular files) link count: a hard link made or broken changes
+  which paths share an inode, and only entries in the layer can be linked in it;
 * different extended attributes (compared only when everything above is equal).
 
 Directory mtimes are ignored: they change whenever a child does, and the children
@@ -137,6 +138,8 @@ def _differs(lower_path: str, upper_path: str, ls: os.stat_result, us: os.stat_r
         return True
     if not stat.S_ISDIR(us.st_mode):
         if ls.st_size != us.st_size or ls.st_mtime_ns != us.st_mtime_ns:
+            return True
+        if stat.S_ISREG(us.st_mode) and ls.st_nlink != us.st_nlink:
             return True
         if stat.S_ISLNK(us.st_mode) and os.readlink(lower_path) != os.readlink(upper_path):
             return True

@@ -217,11 +217,39 @@ def _open_gzip(raw: Readable) -> Readable:
     return cast(Readable, gz)
 
 
+class _ZstdFrames:
+    """Decompresses consecutive zstd frames; a stream that stops inside a frame is
+    an ``EOFError`` (zstandard's stream_reader just reports end of data)."""
+
+    def __init__(self, raw: Readable) -> None:
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._in_frame = False
+
+    def read(self, n: int = -1, /) -> bytes:
+        while True:
+            chunk = self._raw.read(BLOCK_SIZE)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("zstd stream ends inside a frame")
+                return b""
+            out = bytearray()
+            while chunk:
+                self._in_frame = True
+                out += self._obj.decompress(chunk)
+                if not self._obj.eof:
+                    break
+                # RFC 8878 §3.1: a zstd stream is any number of frames back to back.
+                chunk = self._obj.unused_data
+                self._obj = self._dctx.decompressobj()
+                self._in_frame = False
+            if out:
+                return bytes(out)
+
+
 def _open_zstd(raw: Readable) -> Readable:
-    reader = zstandard.ZstdDecompressor().stream_reader(
-        cast(BinaryIO, raw), read_across_frames=True
-    )
-    return cast(Readable, reader)
+    return _ZstdFrames(raw)
 
 
 class DecompressedStream(io.RawIOBase):
