@@ -263,11 +263,6 @@ with Store(sys.argv[1]) as store:
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: fsck lists blobs first and reads images/tags afterwards, outside any transaction; "
-    "an image recorded in between looks dangling and --repair untags it and drops its "
-    "record (src/lamina/store/fsck.py check(): judge existence with a fresh "
-    "store.blobs.has() and do the metadata reads and repairs in one meta.transaction())"))
 def test_fsck_repair_beside_imports_keeps_them(snaps: dict[str, Path], tmp_path: Path) -> None:
     root = tmp_path / "store"
     lamina(root, "images")  # create the store

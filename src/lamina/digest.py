@@ -17,8 +17,9 @@ from typing import BinaryIO, Protocol
 from lamina.errors import IntegrityError, InvalidReference
 
 # image-spec descriptor.md "Digests": registered algorithms and their encoded forms.
-_ENCODED = {"sha256": re.compile(r"^[a-f0-9]{64}$"), "sha512": re.compile(r"^[a-f0-9]{128}$")}
-_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_ENCODED = {"sha256": re.compile(r"[a-f0-9]{64}"), "sha512": re.compile(r"[a-f0-9]{128}")}
+# Patterns are used with fullmatch: "$" would also match before a trailing newline.
+_GRAMMAR = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 
 CHUNK = 1 << 20
 
@@ -32,13 +33,13 @@ class Digest:
 
     @classmethod
     def parse(cls, text: str) -> Digest:
-        if not isinstance(text, str) or not _GRAMMAR.match(text):
+        if not isinstance(text, str) or not _GRAMMAR.fullmatch(text):
             raise InvalidReference(f"invalid digest {text!r}: expected ALGORITHM:HEX")
         algorithm, encoded = text.split(":", 1)
         pattern = _ENCODED.get(algorithm)
         if pattern is None:
             raise InvalidReference(f"unsupported digest algorithm {algorithm!r} in {text!r}")
-        if not pattern.match(encoded):
+        if not pattern.fullmatch(encoded):
             raise InvalidReference(f"invalid {algorithm} digest {text!r}")
         return cls(algorithm, encoded)
 

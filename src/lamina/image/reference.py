@@ -17,12 +17,12 @@ DEFAULT_REGISTRY = "docker.io"
 DEFAULT_TAG = "latest"
 _LEGACY_REGISTRIES = {"index.docker.io", "registry-1.docker.io"}
 
-_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _DOMAIN = re.compile(
-    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
-    r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$"
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
 )
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 MAX_NAME = 255
 
 
@@ -47,12 +47,12 @@ class Reference:
         colon = name.rfind(":")
         if colon > slash:
             name, tag = name[:colon], name[colon + 1:]
-            if not _TAG.match(tag):
+            if not _TAG.fullmatch(tag):
                 raise InvalidReference(f"invalid tag {tag!r} in {text!r}")
         first, sep, rest = name.partition("/")
         if sep and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
             registry, path = first, rest
-            if not _DOMAIN.match(registry):
+            if not _DOMAIN.fullmatch(registry):
                 raise InvalidReference(f"invalid registry {registry!r} in {text!r}")
             if registry in _LEGACY_REGISTRIES:
                 registry = DEFAULT_REGISTRY
@@ -63,8 +63,8 @@ class Reference:
         if not path:
             raise InvalidReference(f"invalid reference {text!r}: no repository name")
         for comp in path.split("/"):
-            if not _COMPONENT.match(comp):
-                if comp.lower() != comp and _COMPONENT.match(comp.lower()):
+            if not _COMPONENT.fullmatch(comp):
+                if comp.lower() != comp and _COMPONENT.fullmatch(comp.lower()):
                     raise InvalidReference(f"invalid reference {text!r}: "
                                            "repository name must be lowercase")
                 raise InvalidReference(f"invalid reference {text!r}: bad name component "

@@ -8,7 +8,6 @@ records without content.  After a repair, a second check is clean.
 from __future__ import annotations
 
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -46,60 +45,60 @@ def check(store: Store, repair: bool = False) -> FsckReport:
     # hashlib releases the GIL: two threads keep both cores hashing.
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         results = list(pool.map(lambda d: _check_blob(store, d), digests))
-    present = set()
+    corrupt: set[str] = set()
     for digest, ok in zip(digests, results, strict=True):
-        if ok:
-            present.add(str(digest))
-        else:
+        if not ok:
+            corrupt.add(str(digest))
             report.corrupt.append(str(digest))
             if repair:
                 store.blobs.delete(digest)
                 report.repaired.append(f"removed corrupt blob {digest}")
 
+    def present(key: str) -> bool:
+        # Looked up now, not taken from the list hashed above: another process may have
+        # imported since, and what it wrote is not dangling.
+        return key not in corrupt and store.blobs.has(Digest.parse(key))
+
     meta = store.meta
-    edges: dict[str, list[str]] = {}
-    for parent, child in meta.all_refs():
-        edges.setdefault(parent, []).append(child)
-    snapshots = {SNAPSHOT_PREFIX + s[0] for s in meta.snapshots()}
-
-    def exists(key: str) -> bool:
-        if key.startswith(SNAPSHOT_PREFIX):
-            return key in snapshots
-        return key in present
-
-    broken_images: set[str] = set()
-    for image in meta.images():
-        missing = sorted(k for k in reachable([image.digest], edges)
-                         if not exists(k) and not k.startswith(SNAPSHOT_PREFIX))
-        if missing:
-            broken_images.add(image.digest)
-            report.dangling.append(f"image {image.digest} is missing {', '.join(missing)}")
-    for tag in meta.tags():
-        if tag.digest not in present:
-            report.dangling.append(f"tag {tag.name} points at missing {tag.digest}")
-    for layer in meta.layers():
-        if layer.digest not in present:
-            report.dangling.append(f"layer record {layer.digest} has no blob")
-    for chain_id, _parent, _diff, _size in meta.snapshots():
-        if not store.snapshot_path(Digest.parse(chain_id)).is_dir():
-            report.dangling.append(f"snapshot {chain_id} has no directory")
-
-    if repair and report.dangling:
-        with meta.transaction() as db:
-            for tag in meta.tags():
-                if tag.digest not in present or tag.digest in broken_images:
-                    db.execute("DELETE FROM tags WHERE name=?", (tag.name,))
-                    report.repaired.append(f"untagged {tag.name}")
+    # One transaction: no writer can add an image between reading and repairing.
+    with meta.transaction() as db:
+        edges: dict[str, list[str]] = {}
+        for parent, child in db.execute("SELECT parent, child FROM refs"):
+            edges.setdefault(str(parent), []).append(str(child))
+        snapshot_rows = [(str(r[0])) for r in db.execute("SELECT chain_id FROM snapshots")]
+        snapshots = {SNAPSHOT_PREFIX + c for c in snapshot_rows}
+        broken_images: set[str] = set()
+        for (image,) in db.execute("SELECT digest FROM images").fetchall():
+            missing = sorted(k for k in reachable([str(image)], edges)
+                             if not k.startswith(SNAPSHOT_PREFIX) and not present(k))
+            if missing:
+                broken_images.add(str(image))
+                report.dangling.append(f"image {image} is missing {', '.join(missing)}")
+        tags = [(str(n), str(d)) for n, d in db.execute("SELECT name, digest FROM tags")]
+        for name, digest in tags:
+            if not present(digest):
+                report.dangling.append(f"tag {name} points at missing {digest}")
+        layers = [str(r[0]) for r in db.execute("SELECT digest FROM layers")]
+        for digest in layers:
+            if not present(digest):
+                report.dangling.append(f"layer record {digest} has no blob")
+        for chain_id in snapshot_rows:
+            if not store.snapshot_path(Digest.parse(chain_id)).is_dir():
+                report.dangling.append(f"snapshot {chain_id} has no directory")
+        if repair and report.dangling:
+            for name, digest in tags:
+                if not present(digest) or digest in broken_images:
+                    db.execute("DELETE FROM tags WHERE name=?", (name,))
+                    report.repaired.append(f"untagged {name}")
             for digest in broken_images:
                 db.execute("DELETE FROM images WHERE digest=?", (digest,))
                 db.execute("DELETE FROM refs WHERE parent=?", (digest,))
                 report.repaired.append(f"removed image record {digest}")
-            for layer in meta.layers():
-                if layer.digest not in present:
-                    db.execute("DELETE FROM layers WHERE digest=?", (layer.digest,))
-            for chain_id, *_ in meta.snapshots():
+            for digest in layers:
+                if not present(digest):
+                    db.execute("DELETE FROM layers WHERE digest=?", (digest,))
+            for chain_id in snapshot_rows:
                 path = store.snapshot_path(Digest.parse(chain_id))
                 if not path.is_dir():
                     db.execute("DELETE FROM snapshots WHERE chain_id=?", (chain_id,))
-                    shutil.rmtree(path, ignore_errors=True)
     return report

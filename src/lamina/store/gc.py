@@ -53,14 +53,17 @@ def collect(store: Store, dry_run: bool = False) -> GcReport:
         now = time.time()
         expired = [str(r[0]) for r in db.execute("SELECT id FROM leases WHERE expires < ?",
                                                  (now,))]
-        for lease_id in expired:
-            db.execute("DELETE FROM lease_resources WHERE lease=?", (lease_id,))
-            db.execute("DELETE FROM leases WHERE id=?", (lease_id,))
+        if not dry_run:
+            for lease_id in expired:
+                db.execute("DELETE FROM lease_resources WHERE lease=?", (lease_id,))
+                db.execute("DELETE FROM leases WHERE id=?", (lease_id,))
         report.leases_expired = len(expired)
         roots: set[str] = set()
         roots.update(str(r[0]) for r in db.execute("SELECT digest FROM tags"))
         roots.update(str(r[0]) for r in db.execute("SELECT digest FROM images"))
-        roots.update(str(r[0]) for r in db.execute("SELECT key FROM lease_resources"))
+        roots.update(str(r[0]) for r in db.execute(
+            "SELECT key FROM lease_resources WHERE lease NOT IN "
+            "(SELECT id FROM leases WHERE expires < ?)", (now,)))
         edges: dict[str, list[str]] = {}
         for parent, child in db.execute("SELECT parent, child FROM refs"):
             edges.setdefault(str(parent), []).append(str(child))
