@@ -139,7 +139,7 @@ def main() -> int:
         def lamina_create() -> None:
             with open(lamina_out, "wb") as f:
                 hw = HashingWriter(f)
-                info = write_tree(rootfs, hw, LayerOptions())  # type: ignore[arg-type]
+                info = write_tree(rootfs, hw, LayerOptions())
                 lamina_info.update(diff_id=info.diff_id, digest=hw.digest, size=hw.count)
 
         counter = iter(range(1000))
@@ -157,10 +157,13 @@ def main() -> int:
         manifest_digest = Digest.parse(index["manifests"][-1]["digest"])
         manifest = json.loads((layout / "blobs/sha256" / manifest_digest.encoded).read_text())
         config = json.loads(
-            (layout / "blobs/sha256" / Digest.parse(manifest["config"]["digest"]).encoded)
-            .read_text()
+            (
+                layout / "blobs/sha256" / Digest.parse(manifest["config"]["digest"]).encoded
+            ).read_text()
         )
-        umoci_layer = layout / "blobs/sha256" / Digest.parse(manifest["layers"][-1]["digest"]).encoded
+        umoci_layer = (
+            layout / "blobs/sha256" / Digest.parse(manifest["layers"][-1]["digest"]).encoded
+        )
         umoci_diff_id = Digest.parse(config["rootfs"]["diff_ids"][-1])
         umoci_size = umoci_layer.stat().st_size
         last_tag = f"run{args.runs - 1}"
@@ -173,7 +176,7 @@ def main() -> int:
         def lamina_apply_umoci_layer() -> None:
             dest = fresh()
             with open(umoci_layer, "rb") as f:
-                apply_layer(f, dest, umoci_diff_id)  # type: ignore[arg-type]
+                apply_layer(f, dest, umoci_diff_id)
             timings_cleanup.append(dest)
 
         def lamina_apply_own_layer() -> None:

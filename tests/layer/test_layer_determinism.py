@@ -13,7 +13,7 @@ import zstandard
 from layer_helpers import digest_of, layer_bytes
 
 from lamina.errors import InvalidInput
-from lamina.layer import LayerOptions, diff_trees, open_tar_stream
+from lamina.layer import LayerOptions, diff_trees, open_tar_stream, write_tree
 
 SDE = 1_700_000_000
 
@@ -55,6 +55,16 @@ def test_same_tree_touched_later_gives_identical_bytes_under_sde(
     # Without clamping the mtimes show.
     data4, info4 = layer_bytes(diff_trees(None, two), LayerOptions(compression=compression))  # type: ignore[arg-type]
     assert info4.diff_id != info1.diff_id
+
+
+def test_write_tree_equals_write_changeset_of_full_diff(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "t", SDE)
+    (root / "a" / "sub").mkdir()
+    (root / "a" / "sub" / "x").write_text("x")
+    buf = io.BytesIO()
+    info = write_tree(root, buf, LayerOptions())
+    data, info2 = layer_bytes(diff_trees(None, root))
+    assert info == info2 and buf.getvalue() == data
 
 
 def test_mtimes_are_clamped_not_replaced(tmp_path: Path) -> None:

@@ -9,9 +9,15 @@ from pathlib import Path
 import pytest
 from layer_helpers import apply_bytes, digest_of, layer_bytes, make_tar, member
 
-from lamina.digest import Digest
+from lamina.digest import Digest, VerifyingReader
 from lamina.errors import IntegrityError, InvalidInput, LaminaError, Unsupported
-from lamina.layer import LayerOptions, diff_trees, iter_tar_entries, open_tar_stream
+from lamina.layer import (
+    LayerOptions,
+    apply_layer,
+    diff_trees,
+    iter_tar_entries,
+    open_tar_stream,
+)
 
 
 def sample(tmp_path: Path, compression: str = "gzip") -> tuple[bytes, Digest]:
@@ -29,6 +35,18 @@ def test_diff_id_mismatch_raises_integrity_error(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError, match=f"expected {wrong}"):
         apply_bytes(data, tmp_path / "out", expected_diff_id=wrong)
     assert apply_bytes(data, tmp_path / "ok", expected_diff_id=diff_id).diff_id == diff_id
+
+
+def test_compressed_digest_checked_by_a_verifying_reader_surfaces(tmp_path: Path) -> None:
+    """The store hands apply_layer a VerifyingReader over the blob: apply reads the
+    compressed stream to its end, so a wrong blob digest is raised, not missed."""
+    data, diff_id = sample(tmp_path)
+    wrong_blob = VerifyingReader(io.BytesIO(data), Digest.from_bytes(b"not it"), len(data))
+    with pytest.raises(IntegrityError, match="corrupt or wrong blob"):
+        apply_layer(wrong_blob, tmp_path / "out", diff_id)
+    good = VerifyingReader(io.BytesIO(data), Digest.from_bytes(data), len(data))
+    assert apply_layer(good, tmp_path / "ok", diff_id).diff_id == diff_id
+    assert good.count == len(data)
 
 
 def test_diff_id_covers_the_whole_stream_including_trailing_padding(tmp_path: Path) -> None:

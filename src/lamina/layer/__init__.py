@@ -13,7 +13,7 @@ against the layer below, and whiteouts for what was deleted.
 
 from lamina.layer.apply import AppliedLayer, apply_layer
 from lamina.layer.changes import Change, ChangeKind, Changeset, diff_trees
-from lamina.layer.compress import open_tar_stream
+from lamina.layer.compress import Writable, open_tar_stream
 from lamina.layer.options import ApplyOptions, Compression, LayerOptions
 from lamina.layer.tarreader import TarEntry, iter_tar_entries
 from lamina.layer.tarwriter import TarInfo, write_changeset, write_tree
@@ -28,6 +28,7 @@ __all__ = [
     "LayerOptions",
     "TarEntry",
     "TarInfo",
+    "Writable",
     "apply_layer",
     "diff_trees",
     "iter_tar_entries",

@@ -35,9 +35,8 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-from lamina.digest import Digest
+from lamina.digest import Digest, Readable
 from lamina.errors import IntegrityError, InvalidInput, UnsafeArchive, Unsupported
 from lamina.layer import tarformat as tf
 from lamina.layer.compress import DecompressedStream, open_decompressed
@@ -393,7 +392,7 @@ def _explain_malformed(
 
 
 def apply_layer(
-    stream: BinaryIO,
+    stream: Readable,
     target: Path,
     expected_diff_id: Digest | None = None,
     options: ApplyOptions = ApplyOptions(),

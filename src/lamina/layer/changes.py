@@ -206,6 +206,39 @@ class _Walker:
         return list(self.changes.values())
 
 
+def _by_name(entry: os.DirEntry[str]) -> bytes:
+    return os.fsencode(entry.name)
+
+
+def walk_tree(upper: Path) -> Iterator[Change]:
+    """Everything under ``upper`` as ADDED changes, in tar order, lazily.
+
+    The same changes ``diff_trees(None, upper)`` lists, produced while they are
+    written so that walking overlaps compression: visiting each directory's
+    children sorted by their byte names, depth first, is exactly ``sort_key`` order.
+    """
+    root = os.fspath(upper)
+    if not os.path.isdir(root):
+        raise InvalidInput(f"{root}: not a directory")
+    stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = []
+    with os.scandir(root) as it:
+        stack.append(("", iter(sorted(it, key=_by_name))))
+    while stack:
+        rel, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISSOCK(st.st_mode):
+            continue
+        child = f"{rel}/{entry.name}" if rel else entry.name
+        yield Change(child, ChangeKind.ADDED, st)
+        if stat.S_ISDIR(st.st_mode):
+            with os.scandir(entry.path) as it:
+                stack.append((child, iter(sorted(it, key=_by_name))))
+
+
 def diff_trees(lower: Path | None, upper: Path) -> Changeset:
     """The changes that turn ``lower`` into ``upper``; ``lower=None`` adds everything.
 

@@ -49,7 +49,9 @@ GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 _DEFLATE_END = b"\x03\x00"
 
 
-class _Writer(Protocol):
+class Writable(Protocol):
+    """Where compressed layer bytes go: a file, a blob writer, a HashingWriter."""
+
     def write(self, data: bytes | bytearray | memoryview, /) -> int | None: ...
 
 
@@ -60,7 +62,7 @@ class BlockCompressor(Protocol):
 
 
 class _Plain:
-    def __init__(self, out: _Writer) -> None:
+    def __init__(self, out: Writable) -> None:
         self._out = out
 
     def put(self, block: bytes | bytearray) -> None:
@@ -80,12 +82,12 @@ def _deflate(level: int, block: bytes | bytearray, zdict: bytes | bytearray) -> 
 
 
 class _Gzip:
-    def __init__(self, out: _Writer, level: int, threads: int) -> None:
+    def __init__(self, out: Writable, level: int, threads: int) -> None:
         self._out = out
         self._level = level
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lamina-gzip")
         self._pending: deque[tuple[Future[tuple[bytes, int]], int]] = deque()
-        self._ahead = threads + 1
+        self._ahead = threads * 2 + 1
         self._prev: bytes | bytearray = b""
         self._crc = 0
         self._size = 0
@@ -122,7 +124,7 @@ class _Gzip:
 
 
 class _Zstd:
-    def __init__(self, out: _Writer, level: int, threads: int) -> None:
+    def __init__(self, out: Writable, level: int, threads: int) -> None:
         self._out = out
         cctx = zstandard.ZstdCompressor(level=level, threads=threads)
         self._obj = cctx.compressobj()
@@ -139,7 +141,7 @@ class _Zstd:
         pass
 
 
-def compressor(out: _Writer, options: LayerOptions) -> BlockCompressor:
+def compressor(out: Writable, options: LayerOptions) -> BlockCompressor:
     """A block sink writing ``options.compression`` bytes to ``out``."""
     if options.compression == "gzip":
         return _Gzip(out, options.effective_level, options.threads)
@@ -364,7 +366,7 @@ def open_decompressed(
     return DecompressedStream(_Prefixed(head, stream), detect(head), hash_algorithm)
 
 
-def open_tar_stream(stream: BinaryIO) -> BinaryIO:
+def open_tar_stream(stream: Readable) -> BinaryIO:
     """The tar inside ``stream``, whether it is gzip, zstd or plain (by magic bytes).
 
     The result is a readable binary stream; decompression runs on a background thread,

@@ -14,8 +14,9 @@ import base64
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
+from lamina.digest import Readable
 from lamina.errors import InvalidInput, Unsupported
 from lamina.layer import tarformat as tf
 from lamina.layer.compress import open_decompressed
@@ -295,7 +296,7 @@ class TarReader:
             yield entry
 
 
-def iter_tar_entries(stream: BinaryIO) -> Iterator[TarEntry]:
+def iter_tar_entries(stream: Readable) -> Iterator[TarEntry]:
     """The entries of a (gzip, zstd or plain) layer tar, without their contents."""
     source = open_decompressed(stream, None)
     try:

@@ -18,15 +18,15 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from lamina.digest import Digest
 from lamina.errors import InvalidInput
 from lamina.layer import tarformat as tf
-from lamina.layer.changes import Change, ChangeKind, Changeset, diff_trees
-from lamina.layer.compress import BLOCK_SIZE, BlockCompressor, compressor
+from lamina.layer.changes import Change, ChangeKind, Changeset, walk_tree
+from lamina.layer.compress import BLOCK_SIZE, BlockCompressor, Writable, compressor
 from lamina.layer.options import Compression, LayerOptions
 
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -258,18 +258,22 @@ class _TarWriter:
         self._blocks.skip(2 * tf.BLOCK)
 
 
-def write_changeset(cs: Changeset, out: BinaryIO, options: LayerOptions) -> TarInfo:
+def write_changeset(cs: Changeset, out: Writable, options: LayerOptions) -> TarInfo:
     """Write ``cs`` as a compressed layer to ``out``; return the diff_id and counts.
 
     ``out`` receives only compressed bytes, in order, from this thread; hash them
     there (a blob writer) to get the layer digest without reading it back.
     """
+    return _write(cs.upper, cs.changes, out, options)
+
+
+def _write(upper: Path, changes: Iterable[Change], out: Writable, options: LayerOptions) -> TarInfo:
     sink = compressor(out, options)
     blocks = _Blocks(sink)
     writer = _TarWriter(blocks, options.source_date_epoch)
-    root = os.fspath(cs.upper)
+    root = os.fspath(upper)
     try:
-        for change in cs.changes:
+        for change in changes:
             writer.add(root, change)
         writer.close()
         diff_id = blocks.finish()
@@ -282,6 +286,7 @@ def write_changeset(cs: Changeset, out: BinaryIO, options: LayerOptions) -> TarI
     return TarInfo(diff_id, blocks.size, options.compression, writer.entries)
 
 
-def write_tree(root: Path, out: BinaryIO, options: LayerOptions) -> TarInfo:
-    """A layer holding everything under ``root`` (a base layer)."""
-    return write_changeset(diff_trees(None, root), out, options)
+def write_tree(root: Path, out: Writable, options: LayerOptions) -> TarInfo:
+    """A layer holding everything under ``root`` (a base layer); the same bytes as
+    ``write_changeset(diff_trees(None, root), ...)``, walking while writing."""
+    return _write(root, walk_tree(root), out, options)
