@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
 from lamina_testing import Lamina, seed_sources
 
 

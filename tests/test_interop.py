@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from lamina_testing import Lamina, need, seed_sources, tree_listing
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from lamina.digest import Digest
 from lamina.errors import InvalidInput, NotFound
@@ -113,7 +114,7 @@ def import_snapshots(store: Store, name: str, sources: Sequence[Path],
             root = stack.enter_context(_as_directory(store, src))
             changes = diff_trees(previous, root)
             with store.blobs.writer() as w:
-                info = write_changeset(changes, w, layer_opts)
+                info = write_changeset(changes, cast(BinaryIO, w), layer_opts)
                 # Name it in the lease before it becomes visible: gc can't take it.
                 lease.add(w.digest)
                 size = w.count

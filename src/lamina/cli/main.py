@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from lamina.errors import LaminaError
 from lamina.cli.format import err, human_age, human_size, out, print_json, table
+from lamina.errors import LaminaError
 
 app = typer.Typer(
     add_completion=False,
@@ -322,17 +322,17 @@ def fsck(
 
 
 def main() -> None:
+    """Entry point.  Usage errors are typer's (exit 2, with usage); library errors are
+    one line here."""
     debug = bool(os.environ.get("LAMINA_DEBUG"))
     try:
-        app(standalone_mode=False)
+        app()
     except LaminaError as e:
         if debug:
             raise
         err.print(f"lamina: {e}", markup=False)
         sys.exit(e.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         err.print("lamina: interrupted")
         sys.exit(130)
     except OSError as e:
@@ -341,16 +341,9 @@ def main() -> None:
         if e.errno == errno.ENOSPC:
             err.print("lamina: no space left on device", markup=False)
         else:
-            where = f" {e.filename}" if e.filename else ""
-            err.print(f"lamina: {e.strerror or e}:{where}", markup=False)
+            where = f": {e.filename}" if e.filename else ""
+            err.print(f"lamina: {e.strerror or e}{where}", markup=False)
         sys.exit(1)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ def layer_media_type(compression: str, docker: bool = False) -> str:
     try:
         return table[compression]
     except KeyError:
-        raise ValueError(f"no {'Docker' if docker else 'OCI'} layer type for {compression}") from None
+        flavour = "Docker" if docker else "OCI"
+        raise ValueError(f"no {flavour} layer type for {compression}") from None
 
 
 def is_layer(media_type: str) -> bool:

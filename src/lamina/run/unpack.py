@@ -63,7 +63,7 @@ def unpack_image(source: ImageSource, desc: Descriptor, target: Path,
         layers = image.manifest.layers
         for i, (layer, diff_id) in enumerate(zip(layers, image.config.diff_ids, strict=True)):
             with source.open_blob(layer) as reader:
-                apply_layer(reader, target, expected_diff_id=diff_id)  # type: ignore[arg-type]
+                apply_layer(reader, target, expected_diff_id=diff_id)
                 reader.verify()
             if on_layer is not None:
                 on_layer(i, len(layers), layer)

@@ -55,7 +55,7 @@ class BlobWriter:
         self._blobs = blobs
         self.path = blobs.ingest_dir / f"{algorithm}-{secrets.token_hex(8)}"
         try:
-            self._file: BinaryIO = open(self.path, "xb")  # noqa: SIM115 - closed in commit/abort
+            self._file: BinaryIO = open(self.path, "xb")
         except OSError as e:
             raise _disk_error(e, "an ingest file") from None
         fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -152,7 +152,7 @@ class BlobStore:
     def open(self, digest: Digest, size: int | None = None) -> VerifyingReader:
         """A reader that raises IntegrityError at end of stream if the bytes are wrong."""
         try:
-            f = open(self.path(digest), "rb")  # noqa: SIM115 - owned by the reader
+            f = open(self.path(digest), "rb")
         except FileNotFoundError:
             raise NotFound(f"blob {digest} not in the store") from None
         return VerifyingReader(f, digest, size, what="stored blob")

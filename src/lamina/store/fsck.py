@@ -66,7 +66,6 @@ def check(store: Store, repair: bool = False) -> FsckReport:
         for parent, child in db.execute("SELECT parent, child FROM refs"):
             edges.setdefault(str(parent), []).append(str(child))
         snapshot_rows = [(str(r[0])) for r in db.execute("SELECT chain_id FROM snapshots")]
-        snapshots = {SNAPSHOT_PREFIX + c for c in snapshot_rows}
         broken_images: set[str] = set()
         for (image,) in db.execute("SELECT digest FROM images").fetchall():
             missing = sorted(k for k in reachable([str(image)], edges)
@@ -75,28 +74,28 @@ def check(store: Store, repair: bool = False) -> FsckReport:
                 broken_images.add(str(image))
                 report.dangling.append(f"image {image} is missing {', '.join(missing)}")
         tags = [(str(n), str(d)) for n, d in db.execute("SELECT name, digest FROM tags")]
-        for name, digest in tags:
-            if not present(digest):
-                report.dangling.append(f"tag {name} points at missing {digest}")
+        for name, target in tags:
+            if not present(target):
+                report.dangling.append(f"tag {name} points at missing {target}")
         layers = [str(r[0]) for r in db.execute("SELECT digest FROM layers")]
-        for digest in layers:
-            if not present(digest):
-                report.dangling.append(f"layer record {digest} has no blob")
+        for key in layers:
+            if not present(key):
+                report.dangling.append(f"layer record {key} has no blob")
         for chain_id in snapshot_rows:
             if not store.snapshot_path(Digest.parse(chain_id)).is_dir():
                 report.dangling.append(f"snapshot {chain_id} has no directory")
         if repair and report.dangling:
-            for name, digest in tags:
-                if not present(digest) or digest in broken_images:
+            for name, target in tags:
+                if not present(target) or target in broken_images:
                     db.execute("DELETE FROM tags WHERE name=?", (name,))
                     report.repaired.append(f"untagged {name}")
-            for digest in broken_images:
-                db.execute("DELETE FROM images WHERE digest=?", (digest,))
-                db.execute("DELETE FROM refs WHERE parent=?", (digest,))
-                report.repaired.append(f"removed image record {digest}")
-            for digest in layers:
-                if not present(digest):
-                    db.execute("DELETE FROM layers WHERE digest=?", (digest,))
+            for image_key in broken_images:
+                db.execute("DELETE FROM images WHERE digest=?", (image_key,))
+                db.execute("DELETE FROM refs WHERE parent=?", (image_key,))
+                report.repaired.append(f"removed image record {image_key}")
+            for key in layers:
+                if not present(key):
+                    db.execute("DELETE FROM layers WHERE digest=?", (key,))
             for chain_id in snapshot_rows:
                 path = store.snapshot_path(Digest.parse(chain_id))
                 if not path.is_dir():

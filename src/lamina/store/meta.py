@@ -180,8 +180,9 @@ class Metadata:
 
     def find_images(self, prefix: str) -> list[str]:
         """Image digests whose encoded part starts with ``prefix`` (short ids)."""
+        pattern = prefix.replace("_", "\\_").replace("%", "") + "%"
         rows = self._query("SELECT digest FROM images WHERE substr(digest, instr(digest, ':')+1) "
-                           "LIKE ? ESCAPE '\\'", (prefix.replace("_", "\\_").replace("%", "") + "%",))
+                           "LIKE ? ESCAPE '\\'", (pattern,))
         return [str(r[0]) for r in rows]
 
     def delete_image(self, digest: str) -> None:

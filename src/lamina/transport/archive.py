@@ -18,7 +18,11 @@ from lamina.image.reference import Reference
 from lamina.store.store import Store
 from lamina.transport.base import ImageSink, ImageSource
 from lamina.transport.copy import CopyEvent, CopyOptions, copy_image
-from lamina.transport.docker_archive import DockerArchiveSink, DockerArchiveSource, is_docker_archive
+from lamina.transport.docker_archive import (
+    DockerArchiveSink,
+    DockerArchiveSource,
+    is_docker_archive,
+)
 from lamina.transport.filetree import open_tree
 from lamina.transport.local import StoreTransport
 from lamina.transport.oci_layout import (

@@ -98,7 +98,7 @@ class TarTree:
         if magic[:2] == b"\x1f\x8b" or magic == b"\x28\xb5\x2f\xfd":
             source = self._decompress(path, magic, tmpdir)
         try:
-            self._file = open(source, "rb")  # noqa: SIM115 - closed in close()
+            self._file = open(source, "rb")
             self._tar = tarfile.open(fileobj=self._file, mode="r:")
             self._members: dict[str, tarfile.TarInfo] = {}
             links: dict[str, str] = {}
@@ -140,7 +140,7 @@ class TarTree:
                 if magic[:2] == b"\x1f\x8b":
                     from isal import igzip
 
-                    with igzip.IGzipFile(fileobj=src, mode="rb") as z:
+                    with igzip.IGzipFile(fileobj=src, mode="rb") as z:  # type: ignore[no-untyped-call]
                         shutil.copyfileobj(z, dst, CHUNK)
                 else:
                     import zstandard
@@ -277,7 +277,7 @@ class TarWriter:
         self._mtime = mtime
         self._names: set[str] = set()
         try:
-            self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in finish/abort
+            self._file = open(self._tmp, "wb")
         except OSError as e:
             raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
         self._tar = tarfile.open(fileobj=self._file, mode="w:", format=tarfile.PAX_FORMAT)
@@ -308,7 +308,7 @@ class TarWriter:
         info.mode = 0o644
         info.mtime = self._mtime
         try:
-            self._tar.addfile(info, _FullReads(stream))  # type: ignore[arg-type]
+            self._tar.addfile(info, _FullReads(stream))
         except OSError as e:
             raise StoreError(f"cannot write {self.path}: {e.strerror or e}") from None
         self._names.add(name)
