@@ -9,6 +9,8 @@ tools write.
 
 from __future__ import annotations
 
+import struct
+
 from lamina.errors import InvalidInput
 
 BLOCK = 512
@@ -51,11 +53,6 @@ def pad_len(size: int) -> int:
     return -size % BLOCK
 
 
-def _octal(value: int, width: int) -> bytes:
-    # width includes the terminating NUL; zero-padded as GNU tar and Go write them.
-    return b"%0*o\x00" % (width - 1, value)
-
-
 def pax_record(key: str, value: bytes) -> bytes:
     """One ``"%d %s=%s\\n"`` record; the length counts its own digits."""
     payload = b" " + key.encode("utf-8", "surrogateescape") + b"=" + value + b"\n"
@@ -64,6 +61,11 @@ def pax_record(key: str, value: bytes) -> bytes:
     if len(str(length)) != len(str(n)):
         length = n + len(str(length))
     return str(length).encode() + payload
+
+
+# name mode uid gid size mtime chksum typeflag linkname magic+version uname+gname
+# devmajor devminor prefix pad: the ustar header layout, 512 bytes.
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s64x8s8s155s12x")
 
 
 def ustar_header(
@@ -82,33 +84,25 @@ def ustar_header(
     """A 512-byte POSIX ustar header; callers guarantee every value fits.
 
     uname/gname are left empty on purpose: owners are numeric in layers, and names
-    would make the bytes depend on the machine's /etc/passwd.
+    would make the bytes depend on the machine's /etc/passwd.  Numbers are
+    zero-padded octal with a NUL, as GNU tar and Go write them.
     """
-    head = b"".join(
-        (
-            name.ljust(100, b"\0"),
-            _octal(mode, 8),
-            _octal(uid, 8),
-            _octal(gid, 8),
-            _octal(size, 12),
-            _octal(mtime, 12),
-        )
+    raw = _USTAR.pack(
+        name,
+        b"%07o\0" % mode,
+        b"%07o\0" % uid,
+        b"%07o\0" % gid,
+        b"%011o\0" % size,
+        b"%011o\0" % mtime,
+        b"        ",  # the checksum is computed with its own field as 8 spaces
+        typeflag,
+        linkname,
+        USTAR_MAGIC,
+        b"%07o\0" % devmajor,
+        b"%07o\0" % devminor,
+        prefix,
     )
-    tail = b"".join(
-        (
-            typeflag,
-            linkname.ljust(100, b"\0"),
-            USTAR_MAGIC,
-            bytes(64),  # uname, gname
-            _octal(devmajor, 8),
-            _octal(devminor, 8),
-            prefix.ljust(155, b"\0"),
-            bytes(12),
-        )
-    )
-    # The checksum is computed with its own field as 8 spaces (ustar "chksum").
-    chksum = sum(head) + sum(tail) + 8 * 0x20
-    return head + b"%06o\x00 " % chksum + tail
+    return b"%s%06o\0 %s" % (raw[:148], sum(raw), raw[156:])
 
 
 def split_ustar_name(name: bytes) -> tuple[bytes, bytes] | None:

@@ -214,7 +214,7 @@ class _TarWriter:
             self.header(os.fsencode(change.tar_name), 0o644, 0, 0, 0, 0, b"0")
             return
         st = change.stat
-        full = os.path.join(root, path)
+        full = root + "/" + path
         if st is None:
             st = os.lstat(full)
         mode = st.st_mode
