@@ -8,7 +8,8 @@ BENCHMARKING.md asks; medians and lamina/peer ratios are printed.
 
 * create: ``lamina.layer.write_tree`` (gzip, isal level 1, both sha256s: diff_id inside,
   the compressed digest through a HashingWriter, written to a file) in this process,
-  against ``umoci repack`` of the same tree placed in a bundle's rootfs.
+  against ``umoci repack`` of the same tree placed in a bundle's rootfs; lamina's zstd
+  (level 3) for reference.
 * unpack: ``lamina.layer.apply_layer`` (diff_id checked) against ``umoci unpack`` and
   ``tar -xzf``, all of the same umoci-made layer, each into a fresh directory on a tmpfs
   (/dev/shm by default: the ext4 here slows file creation after big deletes).  lamina
@@ -142,15 +143,25 @@ def main() -> int:
                 info = write_tree(rootfs, hw, LayerOptions())
                 lamina_info.update(diff_id=info.diff_id, digest=hw.digest, size=hw.count)
 
+        zstd_out = work / "lamina-layer.tar.zst"
+        zstd_size: list[int] = []
+
+        def lamina_create_zstd() -> None:
+            with open(zstd_out, "wb") as f:
+                hw = HashingWriter(f)
+                write_tree(rootfs, hw, LayerOptions(compression="zstd"))
+                zstd_size.append(hw.count)
+
         counter = iter(range(1000))
 
         def umoci_repack() -> None:
             run(["umoci", "repack", "--image", f"{layout}:run{next(counter)}", str(bundle)])
 
-        create: dict[str, list[float]] = {"lamina": [], "umoci repack": []}
+        create: dict[str, list[float]] = {"lamina": [], "umoci repack": [], "lamina (zstd)": []}
         for _ in range(args.runs):
             create["lamina"].append(timed(lamina_create))
             create["umoci repack"].append(timed(umoci_repack))
+            create["lamina (zstd)"].append(timed(lamina_create_zstd))
 
         # The umoci layer: the last layer of the last repacked image.
         index = json.loads((layout / "index.json").read_text())
@@ -229,7 +240,8 @@ def main() -> int:
         lamina_size = int(str(lamina_info["size"]))
         print(
             f"  compressed size: lamina {lamina_size / 1e6:.1f} MB, umoci {umoci_size / 1e6:.1f} MB"
-            f" (lamina/umoci = {lamina_size / umoci_size:.3f})"
+            f" (lamina/umoci = {lamina_size / umoci_size:.3f});"
+            f" lamina zstd {zstd_size[-1] / 1e6:.1f} MB"
         )
         report(f"unpack into fresh dirs on {args.target_dir}", unpack, "umoci unpack")
         print(f"\nlamina diff_id {lamina_info['diff_id']}, umoci diff_id {umoci_diff_id}")
