@@ -118,6 +118,25 @@ def test_errors_from_open_tar_stream_are_lamina_errors(tmp_path: Path) -> None:
             pass
 
 
+def test_unreadable_or_vanishing_files_name_the_path(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "gone").write_text("x")
+    cs = diff_trees(None, root)
+    (root / "gone").unlink()
+    with pytest.raises(InvalidInput, match=r"cannot add .*/src/gone to a layer"):
+        layer_bytes(cs)
+
+
+def test_filesystem_errors_while_applying_name_the_entry(tmp_path: Path) -> None:
+    target = tmp_path / "t"
+    target.mkdir()
+    # A component longer than NAME_MAX (255) is a real OSError from the kernel.
+    data = make_tar([member("x" * 300, data=b"1")])
+    with pytest.raises(LaminaError, match="cannot extract 'xxx.*File name too long"):
+        apply_bytes(data, target)
+
+
 def test_gnu_sparse_files_are_unsupported(tmp_path: Path) -> None:
     info = tarfile.TarInfo("sparse")
     info.type = tarfile.GNUTYPE_SPARSE

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.digest import Digest, Readable
-from lamina.errors import IntegrityError, InvalidInput, UnsafeArchive, Unsupported
+from lamina.errors import IntegrityError, InvalidInput, LaminaError, UnsafeArchive, Unsupported
 from lamina.layer import tarformat as tf
 from lamina.layer.compress import DecompressedStream, open_decompressed
 from lamina.layer.options import ApplyOptions
@@ -417,7 +417,12 @@ def apply_layer(
         try:
             while (entry := reader.next()) is not None:
                 entries += 1
-                applier.apply(entry, reader)
+                try:
+                    applier.apply(entry, reader)
+                except OSError as exc:
+                    raise LaminaError(
+                        f"cannot extract {entry.name!r} into {target}: {exc.strerror or exc}"
+                    ) from exc
             reader.drain()
         except InvalidInput as exc:
             if isinstance(exc, UnsafeArchive):

@@ -274,7 +274,13 @@ def _write(upper: Path, changes: Iterable[Change], out: Writable, options: Layer
     root = os.fspath(upper)
     try:
         for change in changes:
-            writer.add(root, change)
+            try:
+                writer.add(root, change)
+            except OSError as exc:
+                # The tree changed under us or cannot be read: say which path.
+                raise InvalidInput(
+                    f"cannot add {root}/{change.path} to a layer: {exc.strerror or exc}"
+                ) from exc
         writer.close()
         diff_id = blocks.finish()
         sink.finish()
