@@ -112,7 +112,7 @@ def import_snapshots(store: Store, name: str, sources: Sequence[Path],
         previous: Path | None = None
         for i, src in enumerate(sources):
             root = stack.enter_context(_as_directory(store, src))
-            changes = diff_trees(previous, root)
+            changes = diff_trees(previous, root, opts.source_date_epoch)
             with store.blobs.writer() as w:
                 info = write_changeset(changes, cast(BinaryIO, w), layer_opts)
                 # Name it in the lease before it becomes visible: gc can't take it.

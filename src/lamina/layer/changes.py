@@ -14,8 +14,10 @@ rsync's quick check use, so content is never read to compare):
 
 Directory mtimes are ignored: they change whenever a child does, and the children
 themselves are in the changeset.  A file touched without changing its bytes is
-"modified" (so is Docker's view); reproducible layers come from clamping mtimes to
-SOURCE_DATE_EPOCH when writing, not from comparing content here.
+"modified" (so is Docker's view) — except under SOURCE_DATE_EPOCH: when both mtimes
+clamp to the same second the layer cannot tell them apart, so then (only then) the
+bytes are compared, and a touched-but-identical file is no change.  That keeps
+``lamina import`` reproducible when snapshots are touched between runs.
 
 Every ancestor directory of a change is included as an entry of its own (as
 containerd's and Docker's writers do), so the mode and owner of each directory a
@@ -26,6 +28,7 @@ change sits in are carried by the layer.  Changes are sorted in tar order
 from __future__ import annotations
 
 import enum
+import filecmp
 import os
 import stat
 from collections.abc import Iterator
@@ -128,7 +131,12 @@ def _xattrs(path: str) -> dict[str, bytes]:
     return out
 
 
-def _differs(lower_path: str, upper_path: str, ls: os.stat_result, us: os.stat_result) -> bool:
+def _clamped_seconds(st: os.stat_result, epoch: int) -> int:
+    return min(st.st_mtime_ns // 1_000_000_000, epoch)
+
+
+def _differs(lower_path: str, upper_path: str, ls: os.stat_result, us: os.stat_result,
+             epoch: int | None = None) -> bool:
     if (
         stat.S_IFMT(ls.st_mode) != stat.S_IFMT(us.st_mode)
         or ls.st_mode != us.st_mode
@@ -137,8 +145,17 @@ def _differs(lower_path: str, upper_path: str, ls: os.stat_result, us: os.stat_r
     ):
         return True
     if not stat.S_ISDIR(us.st_mode):
-        if ls.st_size != us.st_size or ls.st_mtime_ns != us.st_mtime_ns:
+        if ls.st_size != us.st_size:
             return True
+        if ls.st_mtime_ns != us.st_mtime_ns:
+            if epoch is None or _clamped_seconds(ls, epoch) != _clamped_seconds(us, epoch):
+                return True
+            # Both times are clamped to the same SOURCE_DATE_EPOCH: the layer would record
+            # the same header, so the entry changed only if its bytes did.  This is what
+            # makes a touched-but-identical file leave the layer (and its digest) alone.
+            if stat.S_ISREG(us.st_mode) and not filecmp.cmp(lower_path, upper_path,
+                                                             shallow=False):
+                return True
         if stat.S_ISREG(us.st_mode) and ls.st_nlink != us.st_nlink:
             return True
         if stat.S_ISLNK(us.st_mode) and os.readlink(lower_path) != os.readlink(upper_path):
@@ -149,9 +166,10 @@ def _differs(lower_path: str, upper_path: str, ls: os.stat_result, us: os.stat_r
 
 
 class _Walker:
-    def __init__(self, lower: str | None, upper: str) -> None:
+    def __init__(self, lower: str | None, upper: str, epoch: int | None = None) -> None:
         self.lower = lower
         self.upper = upper
+        self.epoch = epoch
         self.changes: dict[str, Change] = {}
         self.parents: set[str] = set()
 
@@ -186,7 +204,7 @@ class _Walker:
                 if stat.S_ISDIR(us.st_mode):
                     self.walk(child, False)
                 continue
-            if _differs(le.path, ue.path, ls, us):
+            if _differs(le.path, ue.path, ls, us, self.epoch):
                 self._record(child, ChangeKind.MODIFIED, us)
             if stat.S_ISDIR(us.st_mode):
                 # A directory that replaced a non-directory has no lower contents.
@@ -239,8 +257,13 @@ def walk_tree(upper: Path) -> Iterator[Change]:
                 stack.append((child, iter(sorted(it, key=_by_name))))
 
 
-def diff_trees(lower: Path | None, upper: Path) -> Changeset:
+def diff_trees(lower: Path | None, upper: Path,
+               source_date_epoch: int | None = None) -> Changeset:
     """The changes that turn ``lower`` into ``upper``; ``lower=None`` adds everything.
+
+    With ``source_date_epoch`` (the one the layer will be written with), a file whose
+    mtime differs but clamps to the same second counts as modified only if its content
+    differs: mtimes the layer will not record cannot make a change.
 
     The root directories themselves are not compared or recorded (layers carry no
     entry for their root, as Docker's do not).
@@ -251,6 +274,6 @@ def diff_trees(lower: Path | None, upper: Path) -> Changeset:
     lower_s = None if lower is None else os.fspath(lower)
     if lower_s is not None and not os.path.isdir(lower_s):
         raise InvalidInput(f"{lower_s}: not a directory")
-    walker = _Walker(lower_s, upper_s)
+    walker = _Walker(lower_s, upper_s, source_date_epoch)
     walker.walk("", lower_s is not None)
     return Changeset(Path(upper_s), walker.result())
