@@ -54,6 +54,15 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def _store_error(e: sqlite3.DatabaseError) -> StoreError:
+    text = str(e)
+    if "locked" in text or "busy" in text:
+        return StoreBusy(f"store metadata is locked by another process: {text}")
+    if "disk is full" in text or "disk I/O" in text:
+        return StoreError(f"no space left on device while writing store metadata ({text})")
+    return StoreError(f"store metadata: {text}")
+
+
 @dataclass(frozen=True)
 class TagRecord:
     name: str
@@ -110,18 +119,31 @@ class Metadata:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as e:
-                raise StoreBusy(f"store metadata is locked by another process: {e}") from None
+                raise _store_error(e) from None
             try:
                 yield self._db
+            except sqlite3.DatabaseError as e:
+                self._rollback()
+                raise _store_error(e) from None
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
-            else:
+            try:
                 self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as e:
+                self._rollback()
+                raise _store_error(e) from None
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.DatabaseError):
+            self._db.execute("ROLLBACK")
 
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as e:
+                raise _store_error(e) from None
 
     # -- tags ------------------------------------------------------------------------
     def set_tag(self, name: str, digest: str, media_type: str) -> str | None:

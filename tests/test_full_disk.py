@@ -1,0 +1,40 @@
+"""A full disk mid-import: one clear line, non-zero exit, nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lamina_testing import Lamina, seed_sources
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (root only: mounting needs it)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_import_onto_a_full_disk(small_fs: Path, seed: Path, tmp_path: Path) -> None:
+    lamina = Lamina(small_fs / "store", tmp_path)
+    # the busybox layer (~1.1 MB gzip'd) cannot fit in 1 MiB
+    res = lamina.fail("import", "demo/a", *seed_sources(seed, "a"))
+    assert res.code == 5, res.err
+    assert res.err.startswith("lamina: no space left on device"), res.err
+    assert len(res.err.strip().splitlines()) == 1
+    assert lamina.blob_files() == set()
+    assert not any((small_fs / "store" / "ingest").iterdir())
+    assert lamina.run("images", "--json").json() == []
+    # and the store still works for something that fits
+    lamina.run("import", "small", seed / "site-a" / "etc")
+    lamina.assert_consistent()
