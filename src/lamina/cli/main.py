@@ -96,10 +96,11 @@ def load(
     json_: JsonOpt = False,
 ) -> None:
     """Load images from a docker archive or an OCI layout into the store."""
+    from lamina.cli.progress import blob_progress
     from lamina.transport.archive import load_archive
 
-    with _store() as store:
-        loaded = load_archive(store, path, name)
+    with _store() as store, blob_progress("Loading") as on_event:
+        loaded = load_archive(store, path, name, on_event)
     if json_:
         print_json([{"reference": x.name, "digest": str(x.descriptor.digest)} for x in loaded])
         return
@@ -128,9 +129,11 @@ def save(
 
     if format_ not in FORMATS:
         raise InvalidInput(f"unknown format {format_!r}: choose one of {', '.join(FORMATS)}")
-    with _store() as store:
+    from lamina.cli.progress import blob_progress
+
+    with _store() as store, blob_progress("Saving") as on_event:
         save_images(store, refs, output, format_,  # type: ignore[arg-type]
-                    Platform.parse(platform) if platform else None)
+                    Platform.parse(platform) if platform else None, on_event)
 
 
 # -- unpack / export -------------------------------------------------------------------

@@ -7,7 +7,7 @@ Format detection looks inside, not at the file name: a tree with ``manifest.json
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -110,15 +110,14 @@ def _fallback_name(path: Path) -> str:
 
 
 def load_archive(store: Store, path: Path, name: str | None = None,
-                 on_event: CopyOptions | None = None) -> list[Loaded]:
+                 on_event: Callable[[CopyEvent], None] | None = None) -> list[Loaded]:
     """Copy every image of an archive or layout into the store, all platforms."""
     if name is not None:
         Reference.parse(name)  # fail before reading anything
     source = open_archive(path, store.root / "tmp")
     sink = StoreTransport(store)
     loaded: list[Loaded] = []
-    opts = on_event or CopyOptions()
-    opts = CopyOptions(opts.platform, True, opts.on_event)
+    opts = CopyOptions(all_platforms=True, on_event=on_event)
     try:
         is_layout = isinstance(source, OciLayoutSource)
         fallback = _fallback_name(path)
@@ -140,7 +139,7 @@ def load_archive(store: Store, path: Path, name: str | None = None,
 
 def save_images(store: Store, refs: Sequence[str], path: Path, fmt: Format,
                 platform: Platform | None = None,
-                on_event: CopyOptions | None = None) -> list[Descriptor]:
+                on_event: Callable[[CopyEvent], None] | None = None) -> list[Descriptor]:
     """Write the named store images into one archive or layout."""
     if not refs:
         raise InvalidInput("save needs at least one image")
@@ -148,7 +147,7 @@ def save_images(store: Store, refs: Sequence[str], path: Path, fmt: Format,
     resolved = [(source.resolve(r), r) for r in refs]  # all names checked before writing
     sink = open_sink(path, fmt)
     out = []
-    opts = CopyOptions(platform, False, on_event.on_event if on_event else None)
+    opts = CopyOptions(platform, False, on_event)
     try:
         for desc, text in resolved:
             names = []
