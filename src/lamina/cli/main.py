@@ -324,6 +324,23 @@ def fsck(
         raise typer.Exit(1)
 
 
+def _register_more() -> None:
+    """Commands that live in modules of their own (each with ``register(app)``)."""
+    import importlib
+
+    for name in ("lamina.cli.cmd_run", "lamina.cli.cmd_build"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(app, _store)
+
+
+_register_more()
+
+
 def main() -> None:
     """Entry point.  Usage errors are typer's (exit 2, with usage); library errors are
     one line here."""
