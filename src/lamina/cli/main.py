@@ -275,23 +275,26 @@ def rmi(
 @app.command()
 def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report.")] = False,
+    cache: Annotated[bool, typer.Option("--cache", help="Also clear the build cache.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Remove blobs and snapshots no tag, image or live lease reaches."""
     from lamina.store.gc import collect
 
     with _store() as store:
-        report = collect(store, dry_run=dry_run)
+        report = collect(store, dry_run=dry_run, cache=cache)
     if json_:
         print_json({"blobs_removed": report.blobs_removed, "bytes_freed": report.bytes_freed,
                     "snapshots_removed": report.snapshots_removed,
-                    "ingest_removed": report.ingest_removed, "dry_run": dry_run})
+                    "ingest_removed": report.ingest_removed,
+                    "cache_removed": report.cache_removed, "dry_run": dry_run})
         return
     verb = "Would remove" if dry_run else "Removed"
     for d in report.blobs_removed:
         out.print(f"{verb} blob {d}")
     out.print(f"{verb} {len(report.blobs_removed)} blobs, {len(report.snapshots_removed)} "
-              f"snapshots; {'would free' if dry_run else 'freed'} "
+              f"snapshots, {report.cache_removed} cache entries; "
+              f"{'would free' if dry_run else 'freed'} "
               f"{human_size(report.bytes_freed)}")
 
 

@@ -40,13 +40,15 @@ class GcReport:
     snapshots_removed: list[str] = field(default_factory=list)
     ingest_removed: int = 0
     leases_expired: int = 0
+    cache_removed: int = 0
 
 
 SNAPSHOT_PREFIX = "snapshot:"
 
 
-def collect(store: Store, dry_run: bool = False) -> GcReport:
-    """Remove every blob and snapshot no root reaches."""
+def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcReport:
+    """Remove every blob and snapshot no root reaches.  Build-cache entries are weak:
+    an entry whose layer goes goes with it; ``cache=True`` drops every entry first."""
     report = GcReport()
     meta = store.meta
     with meta.transaction() as db:
@@ -91,7 +93,13 @@ def collect(store: Store, dry_run: bool = False) -> GcReport:
                 # rmtree never follows symlinks inside the tree it removes.
                 shutil.rmtree(path, ignore_errors=True)
                 db.execute("DELETE FROM snapshots WHERE chain_id=?", (chain_id,))
+        if cache and not dry_run:
+            report.cache_removed = db.execute("DELETE FROM build_cache").rowcount
         if not dry_run:
+            for (key, layer) in db.execute("SELECT key, layer FROM build_cache").fetchall():
+                if str(layer) not in live:
+                    db.execute("DELETE FROM build_cache WHERE key=?", (key,))
+                    report.cache_removed += 1
             # Records and edges of what is gone (or of parents no longer reachable).
             for (d,) in db.execute("SELECT digest FROM layers").fetchall():
                 if str(d) not in live:

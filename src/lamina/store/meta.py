@@ -8,6 +8,8 @@ What lives here, and why it is not in files:
   layers           layer blob digest ↔ diff_id (compressed vs uncompressed names)
   snapshots        unpacked layer stacks keyed by chain id
   leases           protect what an import, pull or build is still writing from gc
+  build_cache      step cache key → the layer that step made (weak: gc drops entries
+                   whose layer it removes; ``gc --cache`` drops them all)
 
 Node keys in ``refs`` and leases are strings: a blob is its digest (``sha256:…``), a
 snapshot is ``snapshot:<chain id>``.  The store knows nothing of manifest formats: the
@@ -50,6 +52,10 @@ CREATE TABLE IF NOT EXISTS leases(
     id TEXT PRIMARY KEY, created REAL NOT NULL, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS lease_resources(
     lease TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY(lease, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS build_cache(
+    key TEXT PRIMARY KEY, layer TEXT NOT NULL, diff_id TEXT NOT NULL, media_type TEXT NOT NULL,
+    size INTEGER NOT NULL, created_by TEXT NOT NULL, created REAL NOT NULL, used REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS build_cache_layer ON build_cache(layer);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -77,6 +83,16 @@ class ImageRecord:
     media_type: str
     size: int
     created: float
+
+
+@dataclass(frozen=True)
+class CacheRecord:
+    key: str
+    layer: str
+    diff_id: str
+    media_type: str
+    size: int
+    created_by: str
 
 
 @dataclass(frozen=True)
@@ -282,3 +298,25 @@ class Metadata:
         rows = self._query("SELECT DISTINCT parent FROM refs WHERE child >= ? AND child < ?",
                            (prefix, prefix + "\uffff"))
         return [str(r[0]) for r in rows]
+
+    # -- build cache ------------------------------------------------------------------------
+    def cache_get(self, key: str) -> CacheRecord | None:
+        rows = self._query("SELECT key, layer, diff_id, media_type, size, created_by "
+                           "FROM build_cache WHERE key=?", (key,))
+        if not rows:
+            return None
+        with self.transaction() as db:
+            db.execute("UPDATE build_cache SET used=? WHERE key=?", (time.time(), key))
+        return CacheRecord(*rows[0])  # type: ignore[arg-type]
+
+    def cache_put(self, rec: CacheRecord) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO build_cache VALUES(?,?,?,?,?,?,?,?)",
+                       (rec.key, rec.layer, rec.diff_id, rec.media_type, rec.size,
+                        rec.created_by, now, now))
+
+    def cache_entries(self) -> list[CacheRecord]:
+        rows = self._query("SELECT key, layer, diff_id, media_type, size, created_by "
+                           "FROM build_cache")
+        return [CacheRecord(*r) for r in rows]  # type: ignore[arg-type]
