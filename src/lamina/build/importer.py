@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, cast
 
 from lamina.digest import Digest
 from lamina.errors import InvalidInput, NotFound
@@ -24,7 +23,8 @@ from lamina.image import mediatypes as mt
 from lamina.image.config import History, build_config, rfc3339
 from lamina.image.manifest import Descriptor, Platform, build_manifest, current_platform
 from lamina.image.reference import Reference
-from lamina.layer import LayerOptions, apply_layer, diff_trees, write_changeset
+from lamina.layer import LayerOptions, apply_layer, diff_trees
+from lamina.layer.commit import commit_changeset
 from lamina.layer.options import Compression
 from lamina.store.store import Store
 
@@ -113,18 +113,12 @@ def import_snapshots(store: Store, name: str, sources: Sequence[Path],
         for i, src in enumerate(sources):
             root = stack.enter_context(_as_directory(store, src))
             changes = diff_trees(previous, root, opts.source_date_epoch)
-            with store.blobs.writer() as w:
-                info = write_changeset(changes, cast(BinaryIO, w), layer_opts)
-                # Name it in the lease before it becomes visible: gc can't take it.
-                lease.add(w.digest)
-                size = w.count
-                digest = w.commit()
-            written.append(str(digest))
-            store.meta.add_layer(str(digest), str(info.diff_id), media_type, size)
-            desc = Descriptor(media_type, digest, size)
+            stored = commit_changeset(store, lease, changes, layer_opts, media_type)
+            written.append(str(stored.digest))
+            desc = Descriptor(media_type, stored.digest, stored.size)
             created_by = f"lamina import {src}"
             layers.append(desc)
-            diff_ids.append(info.diff_id)
+            diff_ids.append(stored.diff_id)
             history.append(History(created=created, created_by=created_by))
             if opts.on_layer is not None:
                 opts.on_layer(i, len(sources), desc, created_by)

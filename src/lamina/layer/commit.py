@@ -1,0 +1,36 @@
+"""Store a changeset as a layer blob: write, hash both streams, commit under a lease.
+
+Used by every room that makes layers (import, build steps, ``run --commit``), so the
+order that keeps gc away — name the blob in the lease, *then* rename it into place — is
+written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lamina.digest import Digest
+from lamina.layer.changes import Changeset
+from lamina.layer.options import Compression, LayerOptions
+from lamina.layer.tarwriter import write_changeset
+from lamina.store.store import Lease, Store
+
+
+@dataclass(frozen=True)
+class StoredLayer:
+    digest: Digest          # of the compressed blob
+    size: int               # compressed bytes
+    diff_id: Digest         # of the uncompressed tar
+    compression: Compression
+
+
+def commit_changeset(store: Store, lease: Lease, changes: Changeset, options: LayerOptions,
+                     media_type: str) -> StoredLayer:
+    """Write ``changes`` as a layer into the store and record digest ↔ diff_id."""
+    with store.blobs.writer() as w:
+        info = write_changeset(changes, w, options)
+        lease.add(w.digest)  # before it becomes visible: gc can never take it
+        size = w.count
+        digest = w.commit()
+    store.meta.add_layer(str(digest), str(info.diff_id), media_type, size)
+    return StoredLayer(digest, size, info.diff_id, options.compression)
