@@ -23,7 +23,7 @@ from lamina.image import mediatypes as mt
 from lamina.image.config import History, build_config, rfc3339
 from lamina.image.manifest import Descriptor, Platform, build_manifest, current_platform
 from lamina.image.reference import Reference
-from lamina.layer import LayerOptions, apply_layer, diff_trees
+from lamina.layer import Changeset, LayerOptions, apply_layer, diff_trees
 from lamina.layer.commit import commit_changeset
 from lamina.layer.options import Compression
 from lamina.store.store import Store
@@ -112,7 +112,8 @@ def import_snapshots(store: Store, name: str, sources: Sequence[Path],
         previous: Path | None = None
         for i, src in enumerate(sources):
             root = stack.enter_context(_as_directory(store, src))
-            changes = diff_trees(previous, root, opts.source_date_epoch)
+            changes: Changeset | Path = root if previous is None else diff_trees(
+                previous, root, opts.source_date_epoch)
             stored = commit_changeset(store, lease, changes, layer_opts, media_type)
             written.append(str(stored.digest))
             desc = Descriptor(media_type, stored.digest, stored.size)

@@ -7,12 +7,15 @@ written once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from lamina.digest import Digest
 from lamina.layer.changes import Changeset
 from lamina.layer.options import Compression, LayerOptions
-from lamina.layer.tarwriter import write_changeset
+from lamina.layer.compress import Writable
+from lamina.layer.tarwriter import TarInfo, write_changeset, write_tree
 from lamina.store.store import Lease, Store
 
 
@@ -24,11 +27,19 @@ class StoredLayer:
     compression: Compression
 
 
-def commit_changeset(store: Store, lease: Lease, changes: Changeset, options: LayerOptions,
-                     media_type: str) -> StoredLayer:
-    """Write ``changes`` as a layer into the store and record digest ↔ diff_id."""
+def commit_changeset(store: Store, lease: Lease, changes: Changeset | Path,
+                     options: LayerOptions, media_type: str) -> StoredLayer:
+    """Write ``changes`` (or, given a directory, all of it — streamed, so the walk
+    overlaps compression) as a layer into the store and record digest ↔ diff_id."""
+    produce: Callable[[Writable], TarInfo]
+    if isinstance(changes, Path):
+        root = changes
+        produce = lambda out: write_tree(root, out, options)  # noqa: E731
+    else:
+        cs = changes
+        produce = lambda out: write_changeset(cs, out, options)  # noqa: E731
     with store.blobs.writer() as w:
-        info = write_changeset(changes, w, options)
+        info = produce(w)
         lease.add(w.digest)  # before it becomes visible: gc can never take it
         size = w.count
         digest = w.commit()
