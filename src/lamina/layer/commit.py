@@ -13,8 +13,8 @@ from pathlib import Path
 
 from lamina.digest import Digest
 from lamina.layer.changes import Changeset
-from lamina.layer.options import Compression, LayerOptions
 from lamina.layer.compress import Writable
+from lamina.layer.options import Compression, LayerOptions
 from lamina.layer.tarwriter import TarInfo, write_changeset, write_tree
 from lamina.store.store import Lease, Store
 
