@@ -14,6 +14,7 @@ from lamina.build.dockerfile import (
     parse_arg,
     parse_args,
     parse_duration,
+    parse_instruction,
     parse_key_values,
     split_words,
 )
@@ -157,6 +158,23 @@ def test_exec_and_shell_forms(line: str, args: tuple[str, ...], json_form: bool)
     ins = only(line)
     assert ins.args == args
     assert ins.json_form is json_form
+
+
+def test_text_after_a_json_array_is_ignored_with_a_warning() -> None:
+    # BuildKit decodes one JSON value and ignores the rest of the line.
+    cf = parse('FROM a\nCMD ["nginx", "-g", "daemon off;"]  # foreground\n')
+    (cmd,) = cf.stages[0].instructions
+    assert cmd.json_form and cmd.args == ("nginx", "-g", "daemon off;")
+    assert cf.warnings == (
+        "Containerfile: line 2: ignoring text after the JSON array: # foreground",
+    )
+
+
+def test_parsed_files_are_hashable_values() -> None:
+    text = "FROM a AS b\nRUN --mount=type=cache,target=/c make\n"
+    assert parse(text) == parse(text)
+    assert hash(parse(text)) == hash(parse(text))
+    assert len({parse(text).stages[0].instructions[0]}) == 1
 
 
 def test_json_array_of_non_strings_is_an_error() -> None:
@@ -573,3 +591,16 @@ def test_a_realistic_file() -> None:
     assert [i.cmd for i in cf.stages[1].instructions] == ["COPY", "COPY", "EXPOSE", "ENTRYPOINT"]
     assert cf.stages[1].instructions[1].flags == {"chmod": "0644"}
     assert cf.stages[1].instructions[3].location == "Containerfile:10"
+
+
+def test_parse_instruction_for_onbuild_triggers() -> None:
+    trigger = only("ONBUILD COPY --chown=1:1 . /app").args[0]
+    ins = parse_instruction(trigger, "Containerfile", 9)
+    assert (ins.cmd, ins.args, dict(ins.flags), ins.location) == (
+        "COPY",
+        (". /app",),
+        {"chown": "1:1"},
+        "Containerfile:9",
+    )
+    with pytest.raises(InvalidInput, match="^base:3: unknown instruction: NOPE"):
+        parse_instruction("NOPE x", "base", 3)

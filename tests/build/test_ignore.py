@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from lamina.build.ignore import IgnoreMatcher
+from lamina.build.ignore import IgnoreMatcher, _translate
 from lamina.errors import InvalidInput
 
 
@@ -172,3 +173,47 @@ def test_from_context_bom_and_crlf(tmp_path: Path) -> None:
     matcher = IgnoreMatcher.from_context(tmp_path)
     assert matcher.matches("a") and matcher.matches("b")
     assert matcher.patterns == ("a", "b")
+
+
+def _naive_matches(patterns: list[str], path: str) -> bool:
+    """The rule restated without caching: the last pattern matching the path or a parent."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for line in patterns:
+        exclusion = line.startswith("!")
+        regex = re.compile(_translate(line.lstrip("!")), re.DOTALL)
+        if any(regex.fullmatch(p) for p in prefixes):
+            excluded = not exclusion
+    return excluded
+
+
+def test_cached_answers_match_the_rule_in_any_order() -> None:
+    patterns = ["*/tmp", "!a/tmp", "a/tmp/x*", "**/*.log", "!keep/**/*.log", "b", "!b/c/d"]
+    paths = [
+        "a",
+        "a/tmp",
+        "a/tmp/x1",
+        "a/tmp/y",
+        "z/tmp",
+        "z/tmp/q",
+        "q.log",
+        "d/e/f.log",
+        "keep/f.log",
+        "keep/g/h.log",
+        "b",
+        "b/c",
+        "b/c/d",
+        "b/c/d/e",
+        "b/x",
+    ]
+    expected = {p: _naive_matches(patterns, p) for p in paths}
+    for order in (paths, list(reversed(paths)), sorted(paths, key=len, reverse=True)):
+        matcher = IgnoreMatcher.from_lines(patterns)
+        assert {p: matcher.matches(p) for p in order} == expected
+    assert expected["a/tmp/x1"] and not expected["a/tmp/y"] and not expected["b/c/d/e"]
+
+
+def test_deep_paths_do_not_recurse() -> None:
+    deep = "/".join(["d"] * 3000)
+    assert IgnoreMatcher.from_lines(["d/d/d"]).matches(deep + "/file")

@@ -42,6 +42,7 @@ __all__ = [
     "parse_arg",
     "parse_args",
     "parse_duration",
+    "parse_instruction",
     "parse_key_values",
     "split_words",
 ]
@@ -108,7 +109,7 @@ class Instruction:
     cmd: str
     args: tuple[str, ...]
     json_form: bool
-    flags: Mapping[str, str]
+    flags: Mapping[str, str] = field(hash=False)  # all_flags holds the same, hashably
     original: str
     line: int
     path: str
@@ -125,6 +126,8 @@ class Instruction:
 
     def flag_values(self, name: str) -> list[str]:
         """All values of a repeatable flag (``mount``, ``exclude``), in order."""
+        if not self.all_flags:  # made by hand with flags only
+            return [self.flags[name]] if name in self.flags else []
         return [v for k, v in self.all_flags if k == name]
 
     def error(self, cause: str) -> InvalidInput:
@@ -133,6 +136,8 @@ class Instruction:
 
 @dataclass(frozen=True)
 class Stage:
+    """A ``FROM`` and the instructions up to the next one ("Multi-stage builds")."""
+
     index: int
     name: str | None
     base: str
@@ -143,6 +148,8 @@ class Stage:
 
 @dataclass(frozen=True)
 class Containerfile:
+    """A parsed file: the ARGs before the first FROM, then the stages in order."""
+
     path: str
     escape: str
     global_args: tuple[Instruction, ...]
@@ -249,10 +256,11 @@ def _logical_lines(lines: Sequence[str], escape: str, warnings: list[str]) -> It
 
 
 class _Context:
-    def __init__(self, path: str, line: int, escape: str) -> None:
+    def __init__(self, path: str, line: int, escape: str, warnings: list[str]) -> None:
         self.path = path
         self.line = line
         self.escape = escape
+        self.warnings = warnings
 
     def error(self, cause: str) -> InvalidInput:
         return InvalidInput(f"{self.path}:{self.line}: {cause}")
@@ -321,13 +329,19 @@ def _json_args(rest: str, cmd: str, ctx: _Context) -> list[str] | None:
     if not rest.startswith("["):
         return None
     try:
-        value = json.loads(rest)
+        # BuildKit decodes one JSON value and ignores what follows it, so that
+        # `CMD ["nginx"] # note` runs nginx; we do the same and say so.
+        value, end = json.JSONDecoder().raw_decode(rest)
     except ValueError:
         return None  # not JSON: the shell form, as Docker reads it
     if not isinstance(value, list):
         return None
     if not all(isinstance(v, str) for v in value):
         raise ctx.error(f"{cmd}: a JSON array must hold only strings")
+    if rest[end:].strip():
+        ctx.warnings.append(
+            f"line {ctx.line}: ignoring text after the JSON array: {rest[end:].strip()}"
+        )
     return value
 
 
@@ -503,6 +517,16 @@ def _from_words(ins: Instruction, ctx: _Context) -> tuple[str, str | None]:
 # --- the whole file -----------------------------------------------------------------
 
 
+def parse_instruction(
+    text: str, path: str = "Containerfile", line: int = 1, escape: str = "\\"
+) -> Instruction:
+    """One instruction from its text, e.g. an ONBUILD trigger run in a child build."""
+    ctx = _Context(path, line, escape, [])
+    if not text.strip():
+        raise ctx.error("empty instruction")
+    return _instruction(text, ctx)
+
+
 def parse(text: str, path: str = "Containerfile") -> Containerfile:
     """Parse a Containerfile; :class:`InvalidInput` naming file and line if it is bad."""
     text = text.removeprefix("\ufeff")
@@ -517,13 +541,13 @@ def parse(text: str, path: str = "Containerfile") -> Containerfile:
     def close_stage() -> None:
         if head is None:
             return
-        base, name = _from_words(head, _Context(path, head.line, escape))
+        base, name = _from_words(head, _Context(path, head.line, escape, warnings))
         platform = head.flags.get("platform")
         stages.append(Stage(len(stages), name, base, platform, head, tuple(current)))
 
     names: dict[str, int] = {}
     for logical in _logical_lines(lines, escape, warnings):
-        ctx = _Context(path, logical.line, escape)
+        ctx = _Context(path, logical.line, escape, warnings)
         ins = _instruction(logical.text, ctx)
         if ins.cmd == "FROM":
             close_stage()

@@ -51,6 +51,9 @@ class IgnoreMatcher:
     def __init__(self, patterns: Sequence[_Pattern] = ()) -> None:
         self._patterns = tuple(patterns)
         self._has_exclusions = any(p.exclusion for p in self._patterns)
+        # Per directory: which patterns match it or one of its parents.  A walk asks
+        # about every file of a directory, so each directory is matched only once.
+        self._dir_hits: dict[str, tuple[bool, ...]] = {}
 
     @classmethod
     def from_context(cls, context: Path, containerfile_name: str | None = None) -> IgnoreMatcher:
@@ -74,7 +77,8 @@ class IgnoreMatcher:
                     text = candidate.read_text(encoding="utf-8")
                 except (OSError, UnicodeDecodeError) as err:
                     raise InvalidInput(f"{candidate}: cannot read: {err}") from None
-                return cls.from_lines(text.splitlines(), source=candidate.name)
+                # Lines end at \n only (Go's bufio.ScanLines); \r goes with the trim.
+                return cls.from_lines(text.split("\n"), source=candidate.name)
         return cls()
 
     @classmethod
@@ -111,18 +115,32 @@ class IgnoreMatcher:
     def matches(self, rel_path: str) -> bool:
         """Whether ``rel_path`` (posix, relative to the context root) is excluded."""
         path = _clean(rel_path).lstrip("/")
-        if path in ("", "."):
+        if not self._patterns or path in ("", "."):
             return False
-        parts = path.split("/")
-        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        parent, _, _ = path.rpartition("/")
+        inherited = self._hits(parent)
         matched = False
-        for pattern in self._patterns:
-            # Only a pattern that could change the answer needs looking at.
-            if pattern.exclusion != matched:
-                continue
-            if any(pattern.regex.fullmatch(prefix) for prefix in prefixes):
+        for i, pattern in enumerate(self._patterns):
+            # The last pattern matching the path or a parent of it decides.
+            if pattern.exclusion == matched and (inherited[i] or pattern.regex.fullmatch(path)):
                 matched = not pattern.exclusion
         return matched
+
+    def _hits(self, directory: str) -> tuple[bool, ...]:
+        """For each pattern, whether it matches ``directory`` or one of its parents."""
+        # Walk up to the nearest directory already known, then down again.
+        missing: list[str] = []
+        while directory and directory not in self._dir_hits:
+            missing.append(directory)
+            directory = directory.rpartition("/")[0]
+        hits = self._dir_hits[directory] if directory else (False,) * len(self._patterns)
+        for below in reversed(missing):
+            hits = tuple(
+                hit or bool(p.regex.fullmatch(below))
+                for hit, p in zip(hits, self._patterns, strict=True)
+            )
+            self._dir_hits[below] = hits
+        return hits
 
     def may_match_inside(self, rel_dir: str) -> bool:
         """Whether a ``!`` pattern could re-include something below ``rel_dir``.
