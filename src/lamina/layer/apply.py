@@ -16,6 +16,9 @@ Contract:
   lower layers had: anything this layer itself adds survives them wherever they sit in
   the tar ("Files that are present in the same layer as a whiteout file can only be
   hidden by whiteout files in subsequent layers").  Deleting never follows symlinks.
+  With ``ApplyOptions(whiteout_format="overlay")`` nothing is deleted: the target
+  holds one layer, and whiteouts become overlayfs' (a 0/0 character device, an opaque
+  directory xattr) for the layers under it in an overlay mount.
 * An entry whose path already exists replaces it, unless both are directories (then
   the lower directory is kept, with this entry's metadata).  A directory replaced by a
   non-directory is removed with its contents first.
@@ -49,6 +52,7 @@ _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_SYMLINKS = 40  # Linux's limit on symlinks followed in one lookup (path_resolution(7))
 _IGNORED_XATTR_ERRORS = (errno.ENOTSUP, errno.EOPNOTSUPP)
+_OVERLAY_OPAQUE = "trusted.overlay.opaque"
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,8 @@ class _Applier:
         self._ancestors: set[str] = set()
         # Directory path -> (mode, mtime); applied at the end.
         self._dir_meta: dict[str, tuple[int, int]] = {}
+        # Whiteout devices written in the "overlay" format (ApplyOptions).
+        self._whiteouts: set[str] = set()
 
     # -- resolving paths inside the target ----------------------------------------
 
@@ -132,6 +138,8 @@ class _Applier:
                 continue
             if stat.S_ISDIR(st.st_mode):
                 continue
+            if create and self._replace_whiteout(path):
+                continue
             if stat.S_ISLNK(st.st_mode):
                 hops += 1
                 if hops > _MAX_SYMLINKS:
@@ -161,7 +169,10 @@ class _Applier:
     # -- removing -----------------------------------------------------------------
 
     def _remove(self, path: str, st: os.stat_result) -> None:
+        self._whiteouts.discard(path)
         if stat.S_ISDIR(st.st_mode):
+            if self._whiteouts:
+                self._whiteouts = {w for w in self._whiteouts if not _under(w, path)}
             # shutil.rmtree uses the fd-based walk on Linux and never follows
             # symlinks inside the tree (it unlinks them).
             shutil.rmtree(path)
@@ -207,6 +218,9 @@ class _Applier:
         base = parts[-1]
         if not base.startswith(PREFIX):
             return False
+        if self.opts.whiteout_format == "overlay":
+            self._overlay_whiteout(entry, parts)
+            return True
         parent = self.resolve_dir(parts[:-1], False, entry.name)
         if base == OPAQUE:
             if parent is not None:
@@ -218,6 +232,59 @@ class _Applier:
         victim = whiteout_target(base, entry.name)
         if victim is not None and parent is not None:
             self.remove_lower(parent + "/" + victim)
+        return True
+
+    def _overlay_whiteout(self, entry: TarEntry, parts: list[str]) -> None:
+        """Record a whiteout the way overlayfs reads it from a lowerdir.
+
+        The target holds this layer only, so there is nothing below to delete: the
+        whiteout must stay visible as a marker for the layers under it in the mount.
+        An entry this layer itself adds at the same path wins, wherever it comes in
+        the tar, as in the "delete" format (a later entry replaces the marker through
+        ``_make_room``; an earlier one is kept here).
+        """
+        parent = self.resolve_dir(parts[:-1], True, entry.name)
+        assert parent is not None
+        base = parts[-1]
+        if base == OPAQUE:
+            # trusted.* needs CAP_SYS_ADMIN; overlayfs ignores user.* unless mounted
+            # with "userxattr" (rootless), which lamina does not do.
+            os.setxattr(parent, _OVERLAY_OPAQUE, b"y", follow_symlinks=False)
+            return
+        victim = whiteout_target(base, entry.name)
+        if victim is None:
+            return  # AUFS bookkeeping (.wh..wh.plnk and friends): nothing to record
+        path = parent + "/" + victim
+        if path in self._added or path in self._ancestors:
+            # This layer already wrote here.  A directory of ours stays, but what the
+            # layers below had in it must go: that is an opaque directory.
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.setxattr(path, _OVERLAY_OPAQUE, b"y", follow_symlinks=False)
+            return
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            self._remove(path, st)
+        # A 0/0 character device is overlayfs' whiteout; its mode is never looked at.
+        os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
+        os.chown(path, 0, 0, follow_symlinks=False)
+        self._whiteouts.add(path)
+
+    def _replace_whiteout(self, path: str) -> bool:
+        """A directory of this layer where it wrote a whiteout: True if there was one.
+
+        "Delete X, then add X/..." in one layer means: the layers below lose X, this
+        layer's X stays.  For overlayfs that is an opaque directory, not a whiteout.
+        """
+        if path not in self._whiteouts:
+            return False
+        self._whiteouts.discard(path)
+        os.unlink(path)
+        os.mkdir(path, 0o755)
+        os.setxattr(path, _OVERLAY_OPAQUE, b"y", follow_symlinks=False)
+        self._note_added(path)
         return True
 
     def apply(self, entry: TarEntry, reader: TarReader) -> None:
@@ -322,7 +389,7 @@ class _Applier:
             try:
                 os.mkdir(path, 0o700)
             except FileExistsError:
-                if not self._make_room(path, True):
+                if not self._replace_whiteout(path) and not self._make_room(path, True):
                     os.mkdir(path, 0o700)
             self._note_added(path)
         if self.opts.same_owner:

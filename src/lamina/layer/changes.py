@@ -117,13 +117,15 @@ def _scan(path: str) -> dict[str, os.DirEntry[str]]:
         return {e.name: e for e in it}
 
 
-def _xattrs(path: str) -> dict[str, bytes]:
+def _xattrs(path: str, ignore: tuple[str, ...] = ()) -> dict[str, bytes]:
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:  # filesystem without xattrs
         return {}
     out: dict[str, bytes] = {}
     for name in names:
+        if ignore and name.startswith(ignore):
+            continue
         try:
             out[name] = os.getxattr(path, name, follow_symlinks=False)
         except OSError:
@@ -135,8 +137,16 @@ def _clamped_seconds(st: os.stat_result, epoch: int) -> int:
     return min(st.st_mtime_ns // 1_000_000_000, epoch)
 
 
-def _differs(lower_path: str, upper_path: str, ls: os.stat_result, us: os.stat_result,
-             epoch: int | None = None) -> bool:
+def entry_differs(lower_path: str, upper_path: str, ls: os.stat_result, us: os.stat_result,
+                  epoch: int | None = None, ignore_xattrs: tuple[str, ...] = ()) -> bool:
+    """The rule "modified" of this module's docstring, for one path in both trees.
+
+    ``ls``/``us`` are the ``lstat`` of ``lower_path``/``upper_path``; ``epoch`` is
+    the SOURCE_DATE_EPOCH the layer will be written with.  Extended attributes whose
+    names start with one of ``ignore_xattrs`` are not compared (overlayfs keeps its
+    bookkeeping in ``trusted.overlay.*`` on upper and lower directories; see
+    layer/overlay.py, which shares this rule so both snapshotters agree).
+    """
     if (
         stat.S_IFMT(ls.st_mode) != stat.S_IFMT(us.st_mode)
         or ls.st_mode != us.st_mode
@@ -162,7 +172,7 @@ def _differs(lower_path: str, upper_path: str, ls: os.stat_result, us: os.stat_r
             return True
         if (stat.S_ISCHR(us.st_mode) or stat.S_ISBLK(us.st_mode)) and ls.st_rdev != us.st_rdev:
             return True
-    return _xattrs(lower_path) != _xattrs(upper_path)
+    return _xattrs(lower_path, ignore_xattrs) != _xattrs(upper_path, ignore_xattrs)
 
 
 class _Walker:
@@ -204,7 +214,7 @@ class _Walker:
                 if stat.S_ISDIR(us.st_mode):
                     self.walk(child, False)
                 continue
-            if _differs(le.path, ue.path, ls, us, self.epoch):
+            if entry_differs(le.path, ue.path, ls, us, self.epoch):
                 self._record(child, ChangeKind.MODIFIED, us)
             if stat.S_ISDIR(us.st_mode):
                 # A directory that replaced a non-directory has no lower contents.

@@ -12,6 +12,12 @@ from lamina.errors import InvalidInput
 Compression = Literal["gzip", "zstd", "none"]
 COMPRESSIONS: tuple[str, ...] = get_args(Compression)
 
+# How an applied layer records its whiteouts: "delete" removes what the layers below
+# have (the target holds the merged tree); "overlay" writes them as overlayfs does, so
+# the target holds only this layer and can be a lowerdir (see ApplyOptions).
+WhiteoutFormat = Literal["delete", "overlay"]
+WHITEOUT_FORMATS: tuple[str, ...] = get_args(WhiteoutFormat)
+
 # isal offers levels 0-3 (1 is as good as zlib -6 for tars and several times faster);
 # zstd 3 is the zstd CLI's default and what containerd uses for zstd layers.
 DEFAULT_LEVEL: dict[str, int] = {"gzip": 1, "zstd": 3, "none": 0}
@@ -66,8 +72,22 @@ class ApplyOptions:
     (counted, not an error).  FIFOs are always created.
     ``whiteouts``: honour ``.wh.`` files (image-spec layer.md "Whiteouts"); False
     extracts them as plain files.
+    ``whiteout_format``: how to honour them.  ``"delete"`` removes what the target
+    already holds from lower layers.  ``"overlay"`` is for a target holding this layer
+    alone (an overlayfs lowerdir, one per layer): ``.wh.NAME`` becomes a character
+    device 0/0 named NAME and ``.wh..wh..opq`` the xattr ``trusted.overlay.opaque=y``
+    on its directory (overlayfs.rst "whiteouts and opaque directories").  Needs root:
+    device nodes and ``trusted.*`` xattrs are privileged.
     """
 
     same_owner: bool = os.geteuid() == 0
     devices: bool = os.geteuid() == 0
     whiteouts: bool = True
+    whiteout_format: WhiteoutFormat = "delete"
+
+    def __post_init__(self) -> None:
+        if self.whiteout_format not in WHITEOUT_FORMATS:
+            raise InvalidInput(
+                f"unknown whiteout format {self.whiteout_format!r}: "
+                f"expected one of {', '.join(WHITEOUT_FORMATS)}"
+            )

@@ -1,0 +1,231 @@
+"""``lamina run``: an image's command in a sandbox over its layers, and ``--commit``.
+
+The container is the image's config made concrete, as Docker combines it:
+
+* argv = ENTRYPOINT + CMD, where a command given on the command line replaces CMD
+  (not ENTRYPOINT);
+* environment = the config's ``Env``, then ``-e K=V`` (``-e K`` passes lamina's own
+  ``K`` if it is set); WORKDIR and USER from the config unless ``-w``/``-u`` say
+  otherwise.
+
+It runs in the foreground with lamina's stdio; its exit status is the result.  There
+are no container records: the writable layer exists while the process runs and is
+removed after it (``--rm`` is what lamina always does).  ``--commit REF`` keeps it
+first, as one new layer on top of the image's: a new config (the layer's diff_id and a
+history entry), a new manifest of the same flavour (OCI or Docker), tagged REF — what
+``docker commit`` does, and what a build's RUN step does with a Containerfile line.
+A command that fails commits nothing, as a failing RUN step keeps nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shlex
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+from lamina.errors import InvalidInput, InvalidReference, Unsupported
+from lamina.image import mediatypes as mt
+from lamina.image.config import parse_config, rfc3339
+from lamina.image.manifest import Descriptor, build_manifest, dumps
+from lamina.image.reference import Reference
+from lamina.layer import Changeset, LayerOptions, write_changeset
+from lamina.layer.options import Compression
+from lamina.run.rootfs import SnapshotterMode, open_rootfs
+from lamina.run.sandbox import Network, ProcessSpec, SandboxKind, run_process
+from lamina.run.snapshots import Snapshotter
+from lamina.store.store import Store
+from lamina.transport.local import StoreTransport
+from lamina.transport.resolve import ResolvedImage, resolve_image
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``lamina run`` was asked.  ``env``: ``K=V``, or ``K`` for lamina's own
+    value; ``volumes``: ``HOST:CTR[:ro|:rw]``; ``source_date_epoch`` clamps the times
+    of a committed layer and dates its config (the caller reads SOURCE_DATE_EPOCH);
+    ``stdin``/``stdout``/``stderr``: descriptors for the process (None: lamina's)."""
+
+    image: str
+    command: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    volumes: list[str] = field(default_factory=list)
+    network: Network = "none"
+    rm: bool = True
+    commit: str | None = None
+    snapshotter: SnapshotterMode = "auto"
+    source_date_epoch: int | None = None
+    compression: Compression = "gzip"
+    sandbox: SandboxKind = "auto"
+    hostname: str = "lamina"
+    stdin: int | None = None
+    stdout: int | None = None
+    stderr: int | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int
+    committed: Descriptor | None = None   # the new image's manifest, with --commit
+    reference: str | None = None          # the tag it got (full form)
+
+
+def _strings(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInput(f"image config: {what} must be a list of strings")
+    return list(value)
+
+
+def container_argv(config: Mapping[str, Any], command: Sequence[str]) -> list[str]:
+    """ENTRYPOINT + (command or CMD), Docker's rule."""
+    entrypoint = _strings(config.get("Entrypoint"), "Entrypoint")
+    cmd = list(command) if command else _strings(config.get("Cmd"), "Cmd")
+    argv = entrypoint + cmd
+    if not argv:
+        raise InvalidInput("no command specified: the image has no ENTRYPOINT or CMD; "
+                           "give one after the image name")
+    return argv
+
+
+def container_env(config: Mapping[str, Any], overrides: Sequence[str],
+                  host: Mapping[str, str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in _strings(config.get("Env"), "Env"):
+        key, sep, value = item.partition("=")
+        if key:
+            env[key] = value if sep else ""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise InvalidInput(f"bad environment variable {item!r}: expected K=V or K")
+        if sep:
+            env[key] = value
+        elif key in host:
+            env[key] = host[key]   # docker run -e K: the caller's value, if it has one
+    return env
+
+
+def parse_volume(text: str) -> tuple[Path, str, bool]:
+    """``HOST:CTR[:ro|:rw]`` -> (absolute host path, container path, read_only)."""
+    parts = text.split(":")
+    if len(parts) == 3 and parts[2] in ("ro", "rw"):
+        host, ctr, ro = parts[0], parts[1], parts[2] == "ro"
+    elif len(parts) == 2:
+        host, ctr, ro = parts[0], parts[1], False
+    else:
+        raise InvalidInput(f"bad volume {text!r}: expected HOST:CONTAINER[:ro]")
+    if not host or not ctr.startswith("/"):
+        raise InvalidInput(f"bad volume {text!r}: the container path must be absolute")
+    return Path(os.path.abspath(host)), ctr, ro
+
+
+def run_container(store: Store, opts: RunOptions) -> RunResult:
+    """Run ``opts.image``'s command (see the module docstring); with ``opts.commit``
+    and exit status 0, store what it changed as a new image tagged ``opts.commit``."""
+    commit_ref = _commit_reference(opts.commit) if opts.commit else None
+    source = StoreTransport(store)
+    try:
+        image = resolve_image(source, source.resolve(opts.image))
+    finally:
+        source.close()
+    config = image.config.container_config
+    argv = container_argv(config, opts.command)
+    env = container_env(config, opts.env, os.environ)
+    workdir = opts.workdir if opts.workdir is not None else (config.get("WorkingDir") or "/")
+    if not isinstance(workdir, str) or not workdir.startswith("/"):
+        if opts.workdir is not None:
+            raise InvalidInput(f"the working directory {workdir!r} must be an absolute path")
+        workdir = "/" + str(workdir)   # a relative WorkingDir in a config: from /
+    user = opts.user if opts.user is not None else str(config.get("User") or "")
+    mounts = tuple(parse_volume(v) for v in opts.volumes)
+    with open_rootfs(store, source, image, opts.snapshotter) as rootfs:
+        spec = ProcessSpec(rootfs=rootfs.path, argv=argv, env=env, cwd=workdir, user=user,
+                           mounts=mounts, network=opts.network, hostname=opts.hostname)
+        code = run_process(spec, opts.stdin, opts.stdout, opts.stderr, sandbox=opts.sandbox)
+        if commit_ref is None or code != 0:
+            return RunResult(code)
+        changes = rootfs.changes(opts.source_date_epoch)
+        created_by = shlex.join(["lamina", "run", "--commit", opts.commit or "", opts.image,
+                                 *opts.command])
+        desc = commit_changes(store, image, changes, commit_ref, created_by,
+                              opts.source_date_epoch, opts.compression)
+    return RunResult(code, desc, str(commit_ref))
+
+
+def _commit_reference(text: str) -> Reference:
+    ref = Reference.parse(text)
+    if ref.digest is not None:
+        raise InvalidReference(f"cannot commit to a digest reference: {text}")
+    return ref
+
+
+def commit_changes(store: Store, image: ResolvedImage, changes: Changeset, ref: Reference,
+                   created_by: str, source_date_epoch: int | None = None,
+                   compression: Compression = "gzip") -> Descriptor:
+    """Store ``changes`` as one layer on top of ``image`` and tag the new image ``ref``.
+
+    The layer is written while it is hashed (one pass), named in a lease before it is
+    visible; on any failure the blobs written are discarded again.
+    """
+    docker = image.manifest.is_docker
+    if docker and compression == "zstd":
+        raise Unsupported("Docker manifests cannot hold zstd layers; use gzip")
+    media_type = mt.layer_media_type(compression, docker=docker)
+    when = source_date_epoch if source_date_epoch is not None else int(time.time())
+    created = rfc3339(when)
+    written: list[str] = []
+    with store.lease() as lease:
+        try:
+            with store.blobs.writer() as w:
+                info = write_changeset(changes, cast(BinaryIO, w), LayerOptions(
+                    compression=compression, source_date_epoch=source_date_epoch))
+                lease.add(w.digest)
+                size = w.count
+                digest = w.commit()
+            written.append(str(digest))
+            store.meta.add_layer(str(digest), str(info.diff_id), media_type, size)
+            layer = Descriptor(media_type, digest, size)
+
+            doc: dict[str, Any] = copy.deepcopy(image.config.doc)
+            doc["created"] = created
+            doc["rootfs"] = {"type": "layers",
+                             "diff_ids": [*map(str, image.config.diff_ids), str(info.diff_id)]}
+            history = list(doc.get("history") or [])
+            # Keep history aligned with the layers (one non-empty entry per layer):
+            # an image that recorded less gets blank entries for its own layers.
+            missing = len(image.config.diff_ids) - sum(
+                1 for h in history if isinstance(h, dict) and not h.get("empty_layer"))
+            history += [{} for _ in range(max(0, missing))]
+            history.append({"created": created, "created_by": created_by,
+                            "comment": "lamina run --commit"})
+            doc["history"] = history
+            raw = dumps(doc)
+            config = parse_config(raw)
+            config_desc = Descriptor(image.manifest.config.media_type, config.digest, len(raw))
+            lease.add(config.digest)
+            store.blobs.put_bytes(raw, config.digest)
+            written.append(str(config.digest))
+
+            manifest = build_manifest(config_desc, [*image.manifest.layers, layer],
+                                      media_type=image.manifest.media_type)
+            lease.add(manifest.digest)
+            store.blobs.put_bytes(manifest.raw, manifest.digest)
+            written.append(str(manifest.digest))
+            store.meta.add_image(str(manifest.digest), manifest.media_type, len(manifest.raw),
+                                 [str(d.digest) for d in manifest.blobs()], tag=str(ref))
+        except BaseException:
+            from lamina.store.gc import discard
+
+            discard(store, written, lease.id)
+            raise
+    # The new image stands on the base's snapshots: let it keep them.
+    Snapshotter(store).retain(str(manifest.digest), image.config.diff_ids)
+    return manifest.descriptor()

@@ -1,0 +1,539 @@
+"""Running one process in a root filesystem, isolated as a container.
+
+What every process gets, whichever way it is started: its own mount, PID, IPC and UTS
+namespaces (and network namespace, with only ``lo`` up, unless ``network="host"``),
+the rootfs as ``/`` (pivot_root: the host's tree is not reachable), a fresh ``/proc``,
+a minimal ``/dev`` (null zero full random urandom tty, pts, shm), the requested bind
+mounts, the hostname, the environment given and nothing else, Docker's default
+capability set (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP,
+NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP), and death when
+lamina dies.  ``/tmp`` is the image's: it belongs to the rootfs and its changes.
+
+Two ways to start it:
+
+``bwrap`` (bubblewrap), when installed and the process runs as root in the image, or
+    lamina is not root.  For a non-root caller bwrap makes a user namespace in which the
+    caller is the image's USER; what the process writes is owned by the caller on disk
+    (rootless: there is no other uid to map to).
+``unshare`` + a small Python init (``_INIT`` below) when lamina is root and the image's
+    USER is not.  bwrap's ``--uid`` exists only inside a user namespace, where the uid
+    maps back to the caller's — root — so a file written by ``USER www-data`` would land
+    on disk owned by root, and a layer committed from it would say so.  The init instead
+    drops privileges for real (setgroups, setgid, setuid after pivot_root), so the file
+    is owned by uid 33 on disk, as Docker makes it.  The same init serves root USERs
+    when bwrap is missing.
+
+Mount points the sandbox needs (``/proc``, ``/dev``, volume targets) are created in the
+rootfs when missing and removed afterwards when still empty (BuildKit does the same), so
+they never show up in a layer made from the run.
+
+Exit status: the process's, 128+N when killed by signal N (as a shell reports it), 127
+when the command is not in the image (``exec: "x": executable file not found in $PATH``,
+written to the process's stderr as Docker writes it), 126 when it is not executable.
+A sandbox that cannot start raises ``LaminaError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from lamina.errors import InvalidInput, LaminaError, NotFound, Unsupported
+
+# Docker's PATH when the image sets none (moby oci/defaults.go; also BuildKit's).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Docker's default capabilities (moby oci/caps/defaults.go), with their numbers
+# (linux/capability.h) for the init, which drops the rest from the bounding set.
+DEFAULT_CAPS: dict[str, int] = {
+    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4,
+    "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8,
+    "CAP_NET_BIND_SERVICE": 10, "CAP_NET_RAW": 13, "CAP_SYS_CHROOT": 18,
+    "CAP_MKNOD": 27, "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31,
+}
+
+SandboxKind = Literal["auto", "bwrap", "unshare"]
+Network = Literal["none", "host"]
+_MAX_SYMLINKS = 40
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process to run.  ``user`` is the image config's form: ``name``, ``uid``,
+    ``uid:gid``, ``name:group`` (names looked up in the rootfs' /etc/passwd and
+    /etc/group; empty means root).  ``mounts`` are (host path, container path,
+    read_only) bind mounts.  ``env`` is the whole environment (PATH defaults to
+    Docker's, HOME to the user's home)."""
+
+    rootfs: Path
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str = "/"
+    user: str = "0:0"
+    mounts: tuple[tuple[Path, str, bool], ...] = ()
+    network: Network = "none"
+    hostname: str = "lamina"
+
+
+@dataclass(frozen=True)
+class ResolvedUser:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]   # supplementary groups, the primary included (initgroups)
+    home: str
+
+
+# -- paths inside the rootfs ----------------------------------------------------------------
+def resolve_in_root(root: Path | str, path: str, follow_last: bool = True) -> str:
+    """The container path ``path`` (relative ones start at /) with every symlink
+    resolved as the process would see it, i.e. as in a chroot of ``root``: absolute
+    link targets start at ``root`` and '..' stops there.  Missing components are kept
+    as they are.  Returns the resolved absolute container path."""
+    root_s = os.fspath(root)
+    todo = list(reversed(path.split("/")))
+    real: list[str] = []
+    hops = 0
+    while todo:
+        comp = todo.pop()
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if real:
+                real.pop()
+            continue
+        host = root_s + "/" + "/".join([*real, comp])
+        try:
+            st = os.lstat(host)
+        except (FileNotFoundError, NotADirectoryError):
+            real.append(comp)
+            continue
+        if stat.S_ISLNK(st.st_mode) and (follow_last or any(t not in ("", ".") for t in todo)):
+            hops += 1
+            if hops > _MAX_SYMLINKS:
+                raise InvalidInput(f"{path}: too many levels of symbolic links in the image")
+            target = os.readlink(host)
+            if target.startswith("/"):
+                real = []
+            todo.extend(reversed(target.split("/")))
+            continue
+        real.append(comp)
+    return "/" + "/".join(real)
+
+
+def _host(root: Path | str, ctr_path: str) -> str:
+    return os.fspath(root) + ctr_path if ctr_path != "/" else os.fspath(root)
+
+
+def _read_db(root: Path, name: str) -> list[list[str]]:
+    """/etc/passwd or /etc/group of the image, split into fields (empty if absent)."""
+    try:
+        with open(_host(root, resolve_in_root(root, f"/etc/{name}")), encoding="utf-8",
+                  errors="replace") as f:
+            lines = f.read().splitlines()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return []
+    except OSError as e:
+        raise InvalidInput(f"cannot read /etc/{name} of the image: {e.strerror or e}") from None
+    return [ln.split(":") for ln in lines if ln and not ln.startswith("#")]
+
+
+def _id(text: str, what: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32 - 1:
+        raise InvalidInput(f"{what} {text} is out of range")
+    return value
+
+
+def resolve_user(root: Path, user: str) -> ResolvedUser:
+    """Docker's (runc's) rules: a name must be in /etc/passwd; a uid need not be (then
+    gid 0, home /); an explicit group replaces the user's groups, otherwise the user
+    is given every group of /etc/group that lists it."""
+    name, _, group = (user or "0").partition(":")
+    name = name or "0"
+    passwd = [p for p in _read_db(root, "passwd") if len(p) >= 7]
+    entry: list[str] | None
+    if name.isdigit():
+        uid = _id(name, "uid")
+        entry = next((p for p in passwd if p[2] == name), None)
+    else:
+        entry = next((p for p in passwd if p[0] == name), None)
+        if entry is None:
+            raise InvalidInput(f"unable to find user {name}: no matching entries in "
+                               "passwd file")
+        try:
+            uid = _id(entry[2], "uid")
+        except ValueError:
+            raise InvalidInput(f"/etc/passwd of the image has a bad uid for {name}") from None
+    try:
+        gid = _id(entry[3], "gid") if entry is not None else 0
+    except ValueError:
+        raise InvalidInput(f"/etc/passwd of the image has a bad gid for {name}") from None
+    home = entry[5] if entry is not None and entry[5] else "/"
+    groups_db = [g for g in _read_db(root, "group") if len(g) >= 3]
+    extra: list[int] = []
+    if group:
+        if group.isdigit():
+            gid = _id(group, "gid")
+        else:
+            found = next((g for g in groups_db if g[0] == group), None)
+            if found is None:
+                raise InvalidInput(f"unable to find group {group}: no matching entries in "
+                                   "group file")
+            gid = _id(found[2], "gid")
+    elif entry is not None:
+        for g in groups_db:
+            members = g[3].split(",") if len(g) > 3 else []
+            if entry[0] in members and g[2].isdigit():
+                extra.append(int(g[2]))
+    return ResolvedUser(uid, gid, tuple(sorted({gid, *extra})), home)
+
+
+def find_executable(root: Path, argv0: str, path_env: str, cwd: str) -> tuple[str | None, int]:
+    """Where the process's ``argv[0]`` is in the image: (container path, 0), or
+    (None, 127) when missing, or (path, 126) when not an executable file."""
+    if "/" in argv0:
+        candidates = [argv0 if argv0.startswith("/") else cwd.rstrip("/") + "/" + argv0]
+    else:
+        candidates = [(d or ".").rstrip("/") + "/" + argv0 for d in path_env.split(":")]
+    denied: str | None = None
+    for cand in candidates:
+        if not cand.startswith("/"):
+            cand = cwd.rstrip("/") + "/" + cand
+        real = resolve_in_root(root, cand)
+        try:
+            st = os.stat(_host(root, real))
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+            return cand, 0
+        denied = denied or cand
+    return (denied, 126) if denied else (None, 127)
+
+
+# -- mount points --------------------------------------------------------------------------
+class _Stubs:
+    """Mount points made for the sandbox, removed afterwards if still empty."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.made: list[tuple[str, bool]] = []   # (host path, is_dir), in creation order
+
+    def ensure(self, ctr_path: str, is_dir: bool) -> str:
+        """Make ``ctr_path`` exist (a directory or an empty file); return its resolved
+        container path (symlinks followed inside the rootfs)."""
+        real = resolve_in_root(self.root, ctr_path)
+        parts = [p for p in real.split("/") if p]
+        for i in range(1, len(parts) + 1):
+            host = _host(self.root, "/" + "/".join(parts[:i]))
+            last = i == len(parts)
+            try:
+                st = os.lstat(host)
+            except FileNotFoundError:
+                if last and not is_dir:
+                    os.close(os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                                     0o644))
+                    self.made.append((host, False))
+                else:
+                    os.mkdir(host, 0o755)
+                    os.chmod(host, 0o755)
+                    self.made.append((host, True))
+                continue
+            if not last and not stat.S_ISDIR(st.st_mode):
+                raise InvalidInput(f"cannot mount on {ctr_path}: "
+                                   f"/{'/'.join(parts[:i])} is not a directory in the image")
+            if last and stat.S_ISDIR(st.st_mode) != is_dir:
+                kind = "a directory" if is_dir else "a file"
+                raise InvalidInput(f"cannot mount {kind} on {ctr_path}: the image has "
+                                   f"{'no directory' if is_dir else 'a directory'} there")
+        return real
+
+    def remove(self) -> None:
+        for host, is_dir in reversed(self.made):
+            with contextlib.suppress(OSError):
+                if is_dir:
+                    os.rmdir(host)
+                elif os.lstat(host).st_size == 0:
+                    os.unlink(host)
+        self.made.clear()
+
+
+# -- the unshare path's init ---------------------------------------------------------------
+# Runs as PID 1 of the new PID namespace, in new mount/UTS/IPC(/net) namespaces, from the
+# host's Python (-I -S: stdlib only, nothing from the image or the caller's env).  It
+# builds the container's mounts under the rootfs, pivots into it, drops capabilities and
+# privileges, and execs the command.  Errors before exec go to the status fd (then exit
+# 125); a missing command is the container's own error (stderr, 127/126).
+_INIT = r"""
+import ctypes, errno, fcntl, json, os, platform, signal, socket, struct, sys
+import warnings  # os.execvpe imports it lazily, after pivot_root hid the stdlib
+spec = json.loads(sys.argv[1])
+status = spec["status_fd"]
+libc = ctypes.CDLL(None, use_errno=True)
+def fail(what):
+    e = ctypes.get_errno()
+    os.write(status, ("%s: %s" % (what, os.strerror(e) if e else "failed")).encode())
+    os._exit(125)
+def mount(src, tgt, fs, flags, data=None):
+    enc = lambda s: None if s is None else os.fsencode(s)
+    if libc.mount(enc(src), enc(tgt), enc(fs), ctypes.c_ulong(flags), enc(data)) != 0:
+        fail("mount %s on %s" % (src or fs, tgt))
+RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC, PRIVATE, SLAVE = (
+    1, 2, 4, 8, 32, 4096, 16384, 1 << 18, 1 << 19)
+root = spec["root"]
+mount(None, "/", None, REC | PRIVATE)
+mount(root, root, None, BIND | REC)
+mount("proc", root + "/proc", "proc", NOSUID | NODEV | NOEXEC)
+dev = root + "/dev"
+mount("tmpfs", dev, "tmpfs", NOSUID | NOEXEC, "mode=755,size=65536k")
+for name in ("null", "zero", "full", "random", "urandom", "tty"):
+    os.close(os.open(dev + "/" + name, os.O_WRONLY | os.O_CREAT, 0o666))
+    mount("/dev/" + name, dev + "/" + name, None, BIND)
+os.mkdir(dev + "/pts"); os.mkdir(dev + "/shm")
+mount("devpts", dev + "/pts", "devpts", NOSUID | NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+mount("shm", dev + "/shm", "tmpfs", NOSUID | NODEV | NOEXEC, "mode=1777,size=65536k")
+for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                     ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+    os.symlink(target, dev + "/" + link)
+for host, ctr, ro in spec["mounts"]:
+    mount(host, root + ctr, None, BIND | REC)
+    if ro:
+        mount(None, root + ctr, None, REMOUNT | BIND | RDONLY)
+socket.sethostname(spec["hostname"])
+if spec["network"] == "none":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, struct.pack("16sH14x", b"lo", 0)))[1]
+    fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
+    s.close()
+nr = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}.get(
+    platform.machine())
+if nr is not None:
+    old = os.open("/", os.O_DIRECTORY | os.O_RDONLY)
+    os.chdir(root)
+    if libc.syscall(nr, b".", b".") != 0:
+        fail("pivot_root")
+    os.fchdir(old)   # the old root, now stacked on the new one: detach it
+    os.close(old)
+    mount(None, ".", None, SLAVE | REC)
+    if libc.umount2(b".", 2) != 0:
+        fail("detach the host root")
+    os.chdir("/")
+else:
+    os.chroot(root)
+    os.chdir("/")
+os.chdir(spec["cwd"])
+for cap in range(64):
+    if cap not in spec["caps"] and libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+        if ctypes.get_errno() == errno.EINVAL:
+            break  # past the last capability this kernel knows
+        fail("drop capabilities")
+os.setgroups(spec["groups"]); os.setgid(spec["gid"]); os.setuid(spec["uid"])
+libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: cleared by setuid, set again
+for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; the command must not
+    signal.signal(sig, signal.SIG_DFL)
+os.close(status)
+argv = spec["argv"]
+try:
+    os.execvpe(argv[0], argv, spec["env"])
+except OSError as e:
+    code = 126 if isinstance(e, PermissionError) else 127
+    os.write(2, ("exec: %s: %s\n" % (json.dumps(argv[0]), e.strerror)).encode())
+    os._exit(code)
+"""
+
+
+def _which(tool: str) -> str | None:
+    return shutil.which(tool) or next(
+        (p for p in (f"/usr/bin/{tool}", f"/bin/{tool}", f"/usr/sbin/{tool}")
+         if os.access(p, os.X_OK)), None)
+
+
+def _choose(kind: SandboxKind, user: ResolvedUser) -> str:
+    root = os.geteuid() == 0
+    bwrap = _which("bwrap")
+    if kind == "bwrap":
+        if bwrap is None:
+            raise NotFound("bubblewrap (bwrap) is not installed (apt-get install bubblewrap)")
+        if root and user.uid != 0:
+            raise Unsupported("bwrap cannot run a non-root USER as root without mapping it "
+                              "to root on disk; use the unshare sandbox")
+        return "bwrap"
+    if kind == "unshare":
+        if not root:
+            raise Unsupported("the unshare sandbox needs root; use bwrap")
+        return "unshare"
+    if not root:
+        if bwrap is None:
+            raise Unsupported("running containers without root needs bubblewrap "
+                              "(apt-get install bubblewrap)")
+        return "bwrap"
+    return "bwrap" if bwrap is not None and user.uid == 0 else "unshare"
+
+
+def _bwrap_argv(spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str, str, bool]],
+                cwd: str, status_fd: int) -> list[str]:
+    bwrap = _which("bwrap")
+    assert bwrap is not None
+    args = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try", "--json-status-fd", str(status_fd)]
+    if spec.network == "none":
+        args.append("--unshare-net")
+    if os.geteuid() != 0:
+        # Rootless: the caller becomes the image's user inside a user namespace.
+        args += ["--unshare-user", "--uid", str(user.uid), "--gid", str(user.gid)]
+    else:
+        args += ["--cap-drop", "ALL"]
+        for cap in DEFAULT_CAPS:
+            args += ["--cap-add", cap]
+    args += ["--bind", os.fspath(spec.rootfs), "/", "--proc", "/proc", "--dev", "/dev"]
+    for host, ctr, ro in mounts:
+        args += ["--ro-bind" if ro else "--bind", host, ctr]
+    args += ["--hostname", spec.hostname, "--chdir", cwd, "--", *spec.argv]
+    return args
+
+
+def _unshare_argv(spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str, str, bool]],
+                  cwd: str, env: dict[str, str], status_fd: int) -> list[str]:
+    unshare = _which("unshare")
+    if unshare is None:
+        raise NotFound("unshare (util-linux) is not installed")
+    init = json.dumps({
+        "root": os.fspath(spec.rootfs), "mounts": mounts, "cwd": cwd,
+        "hostname": spec.hostname, "network": spec.network, "argv": spec.argv, "env": env,
+        "uid": user.uid, "gid": user.gid, "groups": list(user.groups),
+        "caps": sorted(DEFAULT_CAPS.values()), "status_fd": status_fd,
+    })
+    args = []
+    setpriv = _which("setpriv")
+    if setpriv is not None:
+        # unshare itself dies with lamina; --kill-child takes the namespace with it.
+        args += [setpriv, "--pdeathsig", "KILL", "--"]
+    args += [unshare, "--mount", "--pid", "--fork", "--uts", "--ipc", "--cgroup",
+             "--kill-child", "--propagation", "private"]
+    if spec.network == "none":
+        args.append("--net")
+    args += ["--", sys.executable, "-I", "-S", "-c", _INIT, init]
+    return args
+
+
+def _status(code: int | None) -> int:
+    if code is None:
+        return 1
+    return 128 - code if code < 0 else code
+
+
+def _wait(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for the sandbox.  Ctrl-C reaches the process too (same process group):
+    give it a moment to exit on its own, then kill it, then let the interrupt go on."""
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
+def run_process(spec: ProcessSpec, stdin: int | None = None, stdout: int | None = None,
+                stderr: int | None = None, sandbox: SandboxKind = "auto") -> int:
+    """Run ``spec`` in the foreground and return its exit status (see the module
+    docstring).  ``stdin``/``stdout``/``stderr`` are file descriptors (or
+    ``subprocess.DEVNULL``/``PIPE``-style constants); None inherits lamina's."""
+    if not spec.argv:
+        raise InvalidInput("no command to run")
+    root = Path(spec.rootfs)
+    if not root.is_dir():
+        raise NotFound(f"root filesystem {root} does not exist")
+    if not spec.cwd.startswith("/"):
+        raise InvalidInput(f"working directory {spec.cwd!r} must be absolute")
+    user = resolve_user(root, spec.user)
+    env = dict(spec.env)
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.setdefault("HOME", user.home)
+    kind = _choose(sandbox, user)
+
+    stubs = _Stubs(root)
+    try:
+        # The working directory is made if missing, as runc does; it stays (a change).
+        cwd = resolve_in_root(root, spec.cwd)
+        if not os.path.isdir(_host(root, cwd)):
+            try:
+                os.makedirs(_host(root, cwd), mode=0o755)
+            except OSError as e:
+                raise InvalidInput(f"cannot make working directory {spec.cwd}: "
+                                   f"{e.strerror or e}") from None
+        exe, code = find_executable(root, spec.argv[0], env["PATH"], cwd)
+        if code:
+            why = ("executable file not found in $PATH" if "/" not in spec.argv[0]
+                   else "no such file or directory") if code == 127 else "permission denied"
+            # The container's own error, on its stderr, as runc reports it (dropped
+            # when that stream is discarded).
+            err_fd = 2 if stderr is None else stderr
+            if err_fd >= 0:
+                os.write(err_fd, f"exec: {json.dumps(spec.argv[0])}: {why}\n".encode())
+            return code
+        stubs.ensure("/proc", True)
+        stubs.ensure("/dev", True)
+        mounts: list[tuple[str, str, bool]] = []
+        for host, ctr, ro in spec.mounts:
+            if not ctr.startswith("/"):
+                raise InvalidInput(f"mount target {ctr!r} must be an absolute path")
+            if not os.path.exists(host):
+                raise NotFound(f"mount source {host} does not exist")
+            mounts.append((os.fspath(host), stubs.ensure(ctr, os.path.isdir(host)), ro))
+        if spec.network == "host":
+            for name in ("/etc/resolv.conf", "/etc/hosts"):
+                ctr_path = resolve_in_root(root, name)
+                inside = _host(root, ctr_path)
+                if os.path.isfile(f"/{name.lstrip('/')}") and os.path.isdir(
+                        os.path.dirname(inside)) and not os.path.isdir(inside):
+                    mounts.append((name, stubs.ensure(name, False), True))
+        return _spawn(kind, spec, user, mounts, cwd, env, stdin, stdout, stderr)
+    finally:
+        stubs.remove()
+
+
+def _spawn(kind: str, spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str, str, bool]],
+           cwd: str, env: dict[str, str], stdin: int | None, stdout: int | None,
+           stderr: int | None) -> int:
+    status_r, status_w = os.pipe()
+    try:
+        if kind == "bwrap":
+            argv = _bwrap_argv(spec, user, mounts, cwd, status_w)
+        else:
+            argv = _unshare_argv(spec, user, mounts, cwd, env, status_w)
+        try:
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
+                                    env=env, pass_fds=(status_w,), close_fds=True)
+        except OSError as e:
+            raise LaminaError(f"cannot start the sandbox ({argv[0]}): {e.strerror or e}") \
+                from None
+        os.close(status_w)
+        status_w = -1
+        code = _status(_wait(proc))
+        with os.fdopen(status_r, "rb") as f:
+            status_r = -1
+            report = f.read().decode(errors="replace")
+    finally:
+        for fd in (status_r, status_w):
+            if fd >= 0:
+                os.close(fd)
+    if kind == "bwrap":
+        # bwrap writes {"child-pid": N} once the command runs; without it, bwrap
+        # itself failed (its message is on the process's stderr).
+        if '"child-pid"' not in report:
+            raise LaminaError(f"the bwrap sandbox could not start the command (exit {code}); "
+                              "see its message above")
+    elif report:
+        raise LaminaError(f"the sandbox could not start the command: {report}")
+    return code
+
