@@ -38,13 +38,22 @@ def test_umoci_unpacks_lamina_layout(seeded: Lamina, tmp_path: Path) -> None:
     index = json.loads((layout / "index.json").read_text())
     names = {m["annotations"]["io.containerd.image.name"]: m["annotations"][
         "org.opencontainers.image.ref.name"] for m in index["manifests"]}
-    assert names == {"docker.io/demo/a:latest": "latest", "docker.io/demo/b:latest": "latest"}
-    # umoci picks by ref.name; give each its own layout so the tag is unambiguous
+    # both are "latest": a bare tag would be ambiguous, so each carries its reference
+    assert names == {"docker.io/demo/a:latest": "demo/a:latest",
+                     "docker.io/demo/b:latest": "demo/b:latest"}
+    for img in ("a", "b"):
+        rootfs = umoci_unpack(layout, f"demo/{img}:latest", tmp_path / f"bundle-{img}")
+        seeded.run("unpack", f"demo/{img}", tmp_path / f"mine-{img}")
+        assert tree_listing(rootfs) == tree_listing(tmp_path / f"mine-{img}")
+    # a single image keeps the plain tag skopeo and umoci expect
     single = tmp_path / "single"
     seeded.run("save", "demo/b", "-o", single, "--format", "oci")
-    rootfs = umoci_unpack(single, "latest", tmp_path / "bundle")
-    seeded.run("unpack", "demo/b", tmp_path / "mine")
-    assert tree_listing(rootfs) == tree_listing(tmp_path / "mine")
+    assert json.loads((single / "index.json").read_text())["manifests"][0]["annotations"][
+        "org.opencontainers.image.ref.name"] == "latest"
+    # and lamina loads the two back under their names
+    other = Lamina(tmp_path / "other", tmp_path)
+    assert sorted(other.run("load", layout).out.splitlines()) == [
+        "Loaded image: demo/a:latest", "Loaded image: demo/b:latest"]
 
 
 def test_skopeo_reads_and_copies_lamina_layouts(seeded: Lamina, tmp_path: Path) -> None:

@@ -117,7 +117,9 @@ def import_snapshots(store: Store, name: str, sources: Sequence[Path],
             stored = commit_changeset(store, lease, changes, layer_opts, media_type)
             written.append(str(stored.digest))
             desc = Descriptor(media_type, stored.digest, stored.size)
-            created_by = f"lamina import {src}"
+            # The name, not the path as typed: the digest must not depend on where the
+            # snapshots happen to live.
+            created_by = f"lamina import {src.name}"
             layers.append(desc)
             diff_ids.append(stored.diff_id)
             history.append(History(created=created, created_by=created_by))

@@ -102,7 +102,8 @@ def load(
     with _store() as store, blob_progress("Loading") as on_event:
         loaded = load_archive(store, path, name, on_event)
     if json_:
-        print_json([{"reference": x.name, "digest": str(x.descriptor.digest)} for x in loaded])
+        print_json([{"reference": x.name, "digest": str(x.descriptor.digest), "id": x.image_id}
+                    for x in loaded])
         return
     from lamina.image.reference import Reference
 
@@ -110,7 +111,7 @@ def load(
         if x.name:
             out.print(f"Loaded image: {Reference.parse(x.name).familiar}")
         else:
-            out.print(f"Loaded image ID: {x.descriptor.digest}")
+            out.print(f"Loaded image ID: {x.image_id or x.descriptor.digest}")
 
 
 @app.command()
@@ -256,13 +257,15 @@ def tag(
 @app.command()
 def rmi(
     refs: Annotated[list[str], typer.Argument(help="Images to remove.")],
+    force: Annotated[bool, typer.Option("-f", "--force", help="Remove an image id named in "
+                                        "several repositories.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Untag images; delete those left without a name, and the blobs only they used."""
     from lamina.inspect.remove import remove_images
 
     with _store() as store:
-        report = remove_images(store, refs)
+        report = remove_images(store, refs, force)
     if json_:
         print_json({"untagged": report.untagged, "deleted": report.deleted})
         return

@@ -1,13 +1,13 @@
-"""``lamina rmi``: untag, forget images left without a name, collect what only they used."""
+"""``lamina rmi``: untag, forget images left without a name, remove what only they used."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from lamina.errors import LaminaError, NotFound
+from lamina.errors import InvalidInput, LaminaError
 from lamina.image.reference import Reference
-from lamina.store.gc import collect
+from lamina.store.gc import discard, reachable
 from lamina.store.store import Store
 from lamina.transport.local import StoreTransport
 
@@ -18,34 +18,43 @@ class RemoveReport:
     deleted: list[str] = field(default_factory=list)
 
 
-def remove_images(store: Store, refs: Sequence[str]) -> RemoveReport:
-    """As ``docker rmi``: a name untags; an id or digest removes every name of that image.
-    Blobs no other image reaches are removed at once."""
+def remove_images(store: Store, refs: Sequence[str], force: bool = False) -> RemoveReport:
+    """As ``docker rmi``: a name untags; when no name is left the image is deleted with
+    the blobs no other image uses.  An id or digest removes the image's names too, but
+    (like Docker) only with ``force`` when they span several repositories."""
     report = RemoveReport()
     source = StoreTransport(store)
-    removed_images: list[str] = []
+    removed: list[str] = []
     for text in refs:
         desc = source.resolve(text)
         digest = str(desc.digest)
-        names: list[str]
+        names: list[str] = []
         try:
             full = str(Reference.parse(text))
             tag = store.meta.get_tag(full)
-            names = [full] if tag is not None and tag.digest == digest else []
+            if tag is not None and tag.digest == digest:
+                names = [full]
         except LaminaError:
             names = []
-        if not names:  # removal by id/digest: every name goes
+        if not names:  # by id or digest: every name goes
             names = store.meta.tags_for(digest)
+            repos = {Reference.parse(n).name for n in names}
+            if len(repos) > 1 and not force:
+                raise InvalidInput(
+                    f"conflict: unable to delete {text} (must be forced) - image is "
+                    f"referenced in multiple repositories ({', '.join(sorted(repos))})")
         for name in names:
             if store.meta.delete_tag(name):
                 report.untagged.append(Reference.parse(name).familiar)
-        if not store.meta.tags_for(digest):
-            if store.meta.get_image(digest) is None:
-                raise NotFound(f"image {text} not in the store")
+        if not store.meta.tags_for(digest) and store.meta.get_image(digest) is not None:
+            removed.append(digest)
+    if removed:
+        edges: dict[str, list[str]] = {}
+        for parent, child in store.meta.all_refs():
+            edges.setdefault(parent, []).append(child)
+        candidates = reachable(removed, edges)
+        for digest in removed:
             store.meta.delete_image(digest)
-            removed_images.append(digest)
-    if removed_images:
-        gc_report = collect(store)
-        report.deleted = list(removed_images) + [
-            d for d in gc_report.blobs_removed if d not in removed_images]
+        gone = set(discard(store, [c for c in candidates if not c.startswith("snapshot:")]))
+        report.deleted = [d for d in removed if d in gone] + sorted(gone - set(removed))
     return report

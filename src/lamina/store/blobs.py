@@ -47,6 +47,15 @@ def _disk_error(e: OSError, what: str) -> StoreError:
     return StoreError(f"cannot write {what}: {e.strerror or e}")
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable: the directory entry, not just the file, must reach disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class BlobWriter:
     """One blob being written.  Use as a context manager: leaving without ``commit``
     (or with an exception) removes the ingest file."""
@@ -100,6 +109,7 @@ class BlobWriter:
             final.parent.mkdir(parents=True, exist_ok=True)
             # rename over an existing blob is harmless: same name, same bytes.
             os.replace(self.path, final)
+            _fsync_dir(final.parent)
         except OSError as e:
             self.abort()
             raise _disk_error(e, f"blob {digest}") from None

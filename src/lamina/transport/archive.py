@@ -16,7 +16,7 @@ from lamina.errors import InvalidInput, InvalidReference, LaminaError
 from lamina.image.manifest import Descriptor, Platform
 from lamina.image.reference import Reference
 from lamina.store.store import Store
-from lamina.transport.base import ImageSink, ImageSource
+from lamina.transport.base import ImageSink, ImageSource, NamedImage
 from lamina.transport.copy import CopyEvent, CopyOptions, copy_image
 from lamina.transport.docker_archive import (
     DockerArchiveSink,
@@ -32,6 +32,7 @@ from lamina.transport.oci_layout import (
     OciLayoutSource,
     is_oci_layout,
 )
+from lamina.transport.resolve import resolve_image
 
 Format = Literal["oci", "oci-archive", "docker-archive", "docker-oci-archive"]
 FORMATS: tuple[str, ...] = ("oci", "oci-archive", "docker-archive", "docker-oci-archive")
@@ -69,6 +70,7 @@ def open_sink(path: Path, fmt: Format) -> ImageSink:
 class Loaded:
     name: str | None          # full reference it was tagged as, or None (untagged)
     descriptor: Descriptor
+    image_id: str | None = None   # config digest (of this platform's image)
 
 
 def _looks_like_reference(text: str) -> bool:
@@ -109,6 +111,13 @@ def _fallback_name(path: Path) -> str:
     return name or "image"
 
 
+def _image_id(store_source: StoreTransport, desc: Descriptor) -> str | None:
+    try:
+        return resolve_image(store_source, desc).image_id
+    except LaminaError:
+        return None  # an index without this platform: no single image id
+
+
 def load_archive(store: Store, path: Path, name: str | None = None,
                  on_event: Callable[[CopyEvent], None] | None = None) -> list[Loaded]:
     """Copy every image of an archive or layout into the store, all platforms."""
@@ -121,13 +130,26 @@ def load_archive(store: Store, path: Path, name: str | None = None,
     try:
         is_layout = isinstance(source, OciLayoutSource)
         fallback = _fallback_name(path)
+        plan: list[tuple[NamedImage, str | None]] = []
         for named in source.images():
             try:
                 ref = _name_for(named.descriptor, name, fallback, named.name, is_layout)
             except InvalidReference as e:
                 raise e.context(f"{path}") from None
+            plan.append((named, ref))
+        # Two images under one name would silently leave only the last: refuse first.
+        seen: dict[str, str] = {}
+        for named, ref in plan:
+            if ref is None:
+                continue
+            digest = str(named.descriptor.digest)
+            if seen.setdefault(ref, digest) != digest:
+                familiar = Reference.parse(ref).familiar
+                raise InvalidInput(f"{path}: two images would both be named {familiar}"
+                                   + (" (give --name without a tag)" if name else ""))
+        for named, ref in plan:
             top = copy_image(source, named.descriptor, sink, [ref] if ref else [], opts)
-            loaded.append(Loaded(ref, top))
+            loaded.append(Loaded(ref, top, _image_id(sink, top)))
         sink.close()
     except BaseException:
         sink.abort()

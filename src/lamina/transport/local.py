@@ -47,15 +47,18 @@ class StoreTransport:
         id (config digest) or a unique prefix of one, as Docker accepts."""
         if name is None:
             raise InvalidReference("name an image")
-        text = name.removeprefix("sha256:") if len(name) < 71 else name
-        if ":" not in text and "/" not in text and 4 <= len(text) <= 64 and all(
-            c in "0123456789abcdef" for c in text
-        ):
-            found = self.find_by_id(text)
+        if name.startswith(("sha256:", "sha512:")):
+            digest = str(Digest.parse(name))
+            if self.store.meta.get_image(digest) is not None:
+                return self._descriptor(digest)
+            found = self.find_by_id(name.removeprefix("sha256:"))  # an image id
             if found is not None:
                 return found
-        if name.startswith("sha256:") or name.startswith("sha512:"):
-            return self._descriptor(str(Digest.parse(name)))
+            raise NotFound(f"image {name} not in the store")
+        if 4 <= len(name) <= 64 and all(c in "0123456789abcdef" for c in name):
+            found = self.find_by_id(name)
+            if found is not None:
+                return found
         ref = Reference.parse(name)
         if ref.digest is not None:
             return self._descriptor(str(ref.digest))
@@ -116,10 +119,23 @@ class StoreTransport:
             self.store.meta.add_refs(str(desc.digest), children)
             return
         refs = [str(Reference.parse(n)) for n in names]
+        before = [self.store.meta.get_tag(r) for r in refs]
         self.store.meta.add_image(str(desc.digest), desc.media_type, desc.size, children,
                                   refs[0] if refs else None)
         for r in refs[1:]:
             self.store.meta.set_tag(r, str(desc.digest), desc.media_type)
+        for old in before:
+            if old is not None and old.digest != str(desc.digest):
+                self._drop_if_same_image(old.digest, doc)
+
+    def _drop_if_same_image(self, old: str, new: Manifest | Index) -> None:
+        """A name moved to another encoding of the *same* image (same config: e.g. a
+        docker-archive's uncompressed layers after a gzip'd layout) leaves no ``<none>``
+        twin behind; a name moved to a different image leaves the old one, as Docker."""
+        if not isinstance(new, Manifest) or self.store.meta.tags_for(old):
+            return
+        if str(new.config.digest) in self.store.meta.children(old):
+            self.store.meta.delete_image(old)
 
     def _record_layers(self, manifest: Manifest) -> None:
         """Remember each layer's diff_id (from the config) for dedup and unpacking."""

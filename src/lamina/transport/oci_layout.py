@@ -35,12 +35,20 @@ def is_oci_layout(tree: FileTree) -> bool:
 
 
 def read_index(tree: FileTree) -> Index:
+    from lamina.image.manifest import MAX_MANIFEST_BYTES
+
+    if tree.size("index.json") > MAX_MANIFEST_BYTES:
+        raise InvalidManifest(f"{tree.where}: index.json is over the 4 MiB limit")
     with tree.open("index.json") as f:
         raw = f.read()
     doc = parse(raw, mt.OCI_INDEX, what=f"{tree.where}: index.json")
     if not isinstance(doc, Index):
         raise InvalidManifest(f"{tree.where}: index.json is not an image index")
     return doc
+
+
+def _looks_like_ref(text: str) -> bool:
+    return any(c in text for c in ":/@")
 
 
 def entry_name(desc: Descriptor) -> str | None:
@@ -162,6 +170,26 @@ class OciLayoutSink:
                             and not (e.annotations.get(CONTAINERD_NAME) is None
                                      and e.annotations.get(REF_NAME) == ref.tag)]
             self.entries.append(entry)
+        self._disambiguate()
+
+    def _disambiguate(self) -> None:
+        """umoci and skopeo pick an image by ``ref.name`` alone: when two entries share
+        a tag (demo/a:latest and demo/b:latest), that tag would name either.  Clashing
+        entries get their familiar reference as ``ref.name`` instead (``demo/b:latest``,
+        which ``umoci unpack --image L:demo/b:latest`` and ``oci:L:demo/b:latest`` take)."""
+        by_tag: dict[str, list[int]] = {}
+        for i, e in enumerate(self.entries):
+            tag = e.annotations.get(REF_NAME)
+            if tag is not None and e.annotations.get(CONTAINERD_NAME):
+                by_tag.setdefault(tag, []).append(i)
+        for tag, idxs in by_tag.items():
+            if len(idxs) < 2 or _looks_like_ref(tag):
+                continue
+            for i in idxs:
+                e = self.entries[i]
+                full = Reference.parse(e.annotations[CONTAINERD_NAME])
+                self.entries[i] = e.with_annotations({**e.annotations,
+                                                      REF_NAME: full.familiar})
 
     def close(self) -> None:
         self.writer.add_bytes(LAYOUT_FILE, json.dumps(LAYOUT_VERSION).encode())

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from lamina.errors import InvalidManifest, LaminaError
 from lamina.image import mediatypes as mt
 from lamina.image.config import ImageConfig, parse_config
-from lamina.image.manifest import Descriptor, Index, Manifest, Platform, current_platform, parse
+from lamina.image.manifest import (
+    MAX_MANIFEST_BYTES,
+    Descriptor,
+    Index,
+    Manifest,
+    Platform,
+    current_platform,
+    parse,
+)
 from lamina.transport.base import ImageSource, read_blob
 
 
@@ -33,6 +41,9 @@ class ResolvedImage:
 def fetch_manifest(source: ImageSource, desc: Descriptor) -> Manifest | Index:
     if desc.media_type not in mt.MANIFESTS | mt.INDEXES:
         raise InvalidManifest(f"{desc.digest} is a {desc.media_type}, not a manifest or index")
+    if desc.size > MAX_MANIFEST_BYTES:
+        raise InvalidManifest(f"manifest {desc.digest} is {desc.size} bytes, over the 4 MiB "
+                              "limit")
     raw = read_blob(source, desc)
     return parse(raw, desc.media_type, what=f"manifest {desc.digest}")
 
