@@ -1,0 +1,783 @@
+"""``lamina build``: run a Containerfile's stages, one layer per RUN/COPY/ADD.
+
+Each stage is a chain of states (build/cache.py).  A layer-making step looks its state
+key up in the store's build cache and reuses the stored layer on a hit; otherwise it
+opens a writable root filesystem over the current layers (run/rootfs.py: overlayfs over
+shared snapshots, or a copy and a tree walk), does its work there — a process in the
+sandbox for RUN, file copies for COPY/ADD — and stores what changed as the new layer.
+Config-only instructions (ENV, CMD, ...) change the config and add a history entry with
+``empty_layer: true``, as Docker does.
+
+Expansion (Dockerfile reference, "Environment replacement"): ADD, COPY, ENV, EXPOSE,
+FROM, LABEL, STOPSIGNAL, USER, VOLUME, WORKDIR expand ``$VAR``; RUN, CMD and ENTRYPOINT
+do not (their shell does).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from lamina.build import cache as cachekeys
+from lamina.build.context import SourceTree
+from lamina.build.dockerfile import (
+    Containerfile,
+    Instruction,
+    Stage,
+    exec_or_shell,
+    healthcheck,
+    parse,
+    parse_args,
+    parse_key_values,
+    split_words,
+)
+from lamina.build.expand import expand, expand_words
+from lamina.build.fsops import CopyAttrs, add_into, container_path, copy_into, lookup_owner
+from lamina.digest import Digest
+from lamina.errors import InvalidInput, LaminaError, NotFound, Unsupported
+from lamina.image import mediatypes as mt
+from lamina.image.config import History, build_config, rfc3339
+from lamina.image.manifest import (
+    Descriptor,
+    Manifest,
+    Platform,
+    build_manifest,
+    current_platform,
+    descriptor_of,
+)
+from lamina.image.reference import Reference
+from lamina.layer import LayerOptions
+from lamina.layer.commit import commit_changeset
+from lamina.layer.options import Compression
+from lamina.run.rootfs import Rootfs, open_rootfs
+from lamina.run.sandbox import ProcessSpec, run_process
+from lamina.run.unpack import unpack_image
+from lamina.store.meta import CacheRecord
+from lamina.store.store import Lease, Store
+from lamina.transport.local import StoreTransport
+from lamina.transport.resolve import ResolvedImage, resolve_image
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_SHELL = ("/bin/sh", "-c")
+OUTPUT_TAIL = 20
+
+
+class BuildError(InvalidInput):
+    """A step failed: names the file, line and cause."""
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """What the CLI shows.  ``kind``: step (``Step 3/7 : COPY ...``), cache (``Using
+    cache``), layer (a new layer: text is ``<short id> <size>``), config (a config-only
+    step), output (a line a RUN printed), image (the final image), tag."""
+
+    kind: str
+    text: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    context: Path
+    containerfile: Path | None = None
+    tags: tuple[str, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    no_cache: bool = False
+    compression: Compression = "gzip"
+    source_date_epoch: int | None = None
+    platform: Platform | None = None
+    snapshotter: Literal["auto", "overlay", "walk"] = "auto"
+    network: Literal["none", "host"] = "none"
+    on_event: Callable[[BuildEvent], None] | None = None
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    manifest: Descriptor
+    config: Descriptor
+    tags: tuple[str, ...]
+    layers: tuple[Descriptor, ...]
+    new_layers: int
+    cached_layers: int
+
+
+@dataclass
+class _State:
+    """Where a stage stands after each step."""
+
+    key: str
+    layers: list[Descriptor]
+    diff_ids: list[Digest]
+    history: list[History]
+    config: dict[str, Any]
+    platform: Platform
+    args: dict[str, str]           # ARGs declared in this stage, with their values
+    pending_workdir: str | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for item in self.config.get("Env") or []:
+            k, _, v = item.partition("=")
+            out[k] = v
+        return out
+
+    def set_env(self, key: str, value: str) -> None:
+        env = self.env
+        env[key] = value
+        self.config["Env"] = [f"{k}={v}" for k, v in env.items()]
+
+    @property
+    def expand_env(self) -> dict[str, str]:
+        """What ``$VAR`` sees: build args, overridden by ENV (reference, "ARG")."""
+        return {**self.args, **self.env}
+
+    @property
+    def shell(self) -> list[str]:
+        sh = self.config.get("Shell")
+        return list(sh) if sh else list(DEFAULT_SHELL)
+
+    @property
+    def workdir(self) -> str:
+        return str(self.config.get("WorkingDir") or "/")
+
+
+def _format_size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n}{unit}" if unit == "B" else f"{n:.3g}{unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n}B"
+
+
+class _Builder:
+    def __init__(self, store: Store, opts: BuildOptions, lease: Lease) -> None:
+        self.store = store
+        self.opts = opts
+        self.lease = lease
+        self.source = StoreTransport(store)
+        self.platform = opts.platform or current_platform()
+        self.epoch = opts.source_date_epoch
+        self.created = rfc3339(self.epoch if self.epoch is not None else int(time.time()))
+        self.stage_states: dict[int, _State] = {}
+        self.stage_roots: dict[int, Path] = {}
+        self.new_layers = 0
+        self.cached_layers = 0
+        self.used_args: set[str] = set()
+        self.step = 0
+        self.total_steps = 0
+        self.tmp = Path(tempfile.mkdtemp(prefix="build-", dir=self._tmp_root()))
+        self.file: Containerfile | None = None
+        self.context: SourceTree | None = None
+        self.global_args: dict[str, str] = {}
+
+    def _tmp_root(self) -> Path:
+        root = self.store.root / "tmp"
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- events -------------------------------------------------------------------------
+    def emit(self, kind: str, text: str, **data: Any) -> None:
+        if self.opts.on_event is not None:
+            self.opts.on_event(BuildEvent(kind, text, data))
+
+    def fail(self, ins: Instruction, message: str) -> BuildError:
+        if message.startswith(f"{ins.path}:"):
+            return BuildError(message)  # already says where
+        return BuildError(f"{ins.path}:{ins.line}: {ins.cmd}: {message}")
+
+    # -- the whole build ----------------------------------------------------------------
+    def run(self) -> BuildResult:
+        opts = self.opts
+        path = opts.containerfile or self._default_containerfile()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise NotFound(f"no Containerfile at {path}") from None
+        except (UnicodeDecodeError, IsADirectoryError) as e:
+            raise InvalidInput(f"{path}: cannot read: {e}") from None
+        self.file = parse(text, str(path.name))
+        for warning in self.file.warnings:
+            self.emit("warning", f"[Warning] {warning}")
+        self.context = SourceTree.for_context(opts.context, path)
+        self._global_args()
+        target = self._target_stage()
+        needed = self._needed_stages(target)
+        self.total_steps = sum(1 + len(self.file.stages[i].instructions) for i in needed)
+        for index in needed:
+            self.stage_states[index] = self._build_stage(self.file.stages[index])
+        unknown = set(opts.build_args) - self.used_args - set(self.global_args)
+        if unknown:
+            self.emit("warning", "[Warning] One or more build-args "
+                      f"{sorted(unknown)} were not consumed")
+        return self._commit_image(self.stage_states[target.index])
+
+    def _default_containerfile(self) -> Path:
+        for name in ("Containerfile", "Dockerfile"):
+            if (self.opts.context / name).is_file():
+                return self.opts.context / name
+        raise NotFound(f"no Containerfile or Dockerfile in {self.opts.context} (use -f)")
+
+    def _global_args(self) -> None:
+        assert self.file is not None
+        p = self.platform
+        # BuildKit's automatic platform ARGs, visible once declared (reference "ARG").
+        predefined = {
+            "TARGETPLATFORM": str(p), "TARGETOS": p.os, "TARGETARCH": p.architecture,
+            "TARGETVARIANT": p.variant or "", "BUILDPLATFORM": str(current_platform()),
+            "BUILDOS": current_platform().os, "BUILDARCH": current_platform().architecture,
+        }
+        self.predefined = predefined
+        env: dict[str, str] = {}
+        for ins in self.file.global_args:
+            for name, default in parse_args(ins, env):
+                value = self.opts.build_args.get(name, default)
+                if value is None:
+                    value = predefined.get(name, "")
+                env[name] = value
+        self.global_args = env
+
+    def _target_stage(self) -> Stage:
+        assert self.file is not None
+        if self.opts.target is None:
+            return self.file.stages[-1]
+        return self.file.stage(self.opts.target)
+
+    def _stage_ref(self, name: str) -> Stage | None:
+        assert self.file is not None
+        for st in self.file.stages:
+            if st.name == name.lower() or (name.isdigit() and st.index == int(name)):
+                return st
+        return None
+
+    def _needed_stages(self, target: Stage) -> list[int]:
+        assert self.file is not None
+        needed: set[int] = set()
+
+        def visit(stage: Stage) -> None:
+            if stage.index in needed:
+                return
+            needed.add(stage.index)
+            base = expand(stage.base, self.global_args, self.file.escape)  # type: ignore[union-attr]
+            dep = self._stage_ref(base)
+            if dep is not None and dep.index < stage.index:
+                visit(dep)
+            for ins in stage.instructions:
+                src = ins.flags.get("from")
+                if ins.cmd in ("COPY", "ADD") and src is not None:
+                    dep = self._stage_ref(src)
+                    if dep is not None:
+                        if dep.index >= stage.index:
+                            raise self.fail(ins, f"stage {src!r} is not defined before it "
+                                            "is used")
+                        visit(dep)
+
+        visit(target)
+        return sorted(needed)
+
+    # -- one stage ----------------------------------------------------------------------
+    def _next_step(self, ins: Instruction) -> None:
+        self.step += 1
+        self.emit("step", f"Step {self.step}/{self.total_steps} : {ins.original}",
+                  line=ins.line)
+
+    def _build_stage(self, stage: Stage) -> _State:
+        assert self.file is not None
+        ins = stage.from_instruction
+        self._next_step(ins)
+        state = self._from(stage)
+        for ins in stage.instructions:
+            self._next_step(ins)
+            try:
+                self._instruction(state, ins)
+            except BuildError:
+                raise
+            except LaminaError as e:
+                raise self.fail(ins, e.message) from None
+        return state
+
+    def _from(self, stage: Stage) -> _State:
+        ins = stage.from_instruction
+        base = expand(stage.base, self.global_args, self.file.escape)  # type: ignore[union-attr]
+        if not base:
+            raise self.fail(ins, "base name is empty after expansion")
+        ref_stage = self._stage_ref(base)
+        if ref_stage is not None and ref_stage.index < stage.index:
+            prev = self.stage_states[ref_stage.index]
+            state = _State(cachekeys.step_key(prev.key, {"from-stage": True}),
+                           list(prev.layers), list(prev.diff_ids), list(prev.history),
+                           _copy_config(prev.config), prev.platform, {})
+            self.emit("config", f"---> stage {base}")
+            return state
+        if base == "scratch":
+            state = _State(cachekeys.base_key("scratch"), [], [], [], {}, self.platform, {})
+            self.emit("config", "---> scratch")
+        else:
+            image = self._base_image(ins, base, stage.platform)
+            state = _State(cachekeys.base_key(str(image.descriptor.digest)),
+                           list(image.manifest.layers), list(image.config.diff_ids),
+                           list(image.config.history), image.config.container_config,
+                           image.config.platform, {})
+            self.emit("config", f"---> {image.image_id.split(':')[1][:12]}")
+        if "PATH" not in state.env:
+            state.set_env("PATH", DEFAULT_PATH)
+        return state
+
+    def _base_image(self, ins: Instruction, name: str, platform: str | None) -> ResolvedImage:
+        try:
+            desc = self.source.resolve(name)
+        except NotFound:
+            raise self.fail(ins, f"image {name} is not in the local store (pulling from a "
+                            "registry is not available yet: `lamina load` or `lamina "
+                            "import` it first)") from None
+        want = Platform.parse(expand(platform, self.global_args)) if platform else None
+        return resolve_image(self.source, desc, want or self.opts.platform)
+
+    # -- instructions ----------------------------------------------------------------------
+    def _instruction(self, state: _State, ins: Instruction) -> None:
+        handler = getattr(self, f"_do_{ins.cmd.lower()}", None)
+        if handler is None:
+            raise self.fail(ins, "not supported")
+        handler(state, ins)
+
+    def _x(self, state: _State, text: str) -> str:
+        return expand(text, state.expand_env, self.file.escape)  # type: ignore[union-attr]
+
+
+    def _xw(self, state: _State, text: str) -> list[str]:
+        return expand_words(text, state.expand_env, self.file.escape)  # type: ignore[union-attr]
+
+    def _config_step(self, state: _State, ins: Instruction, created_by: str,
+                     material: Mapping[str, Any]) -> None:
+        state.key = cachekeys.step_key(state.key, {"ins": ins.cmd, **material})
+        state.history.append(History(created=self.created, created_by=created_by,
+                                     comment="buildkit.dockerfile.v0", empty_layer=True))
+        self.emit("config", "---> (config only)")
+
+    def _do_arg(self, state: _State, ins: Instruction) -> None:
+        for name, default in parse_args(ins, state.expand_env):
+            if name in self.opts.build_args:
+                value: str = self.opts.build_args[name]
+                self.used_args.add(name)
+            elif default is not None:
+                value = default
+            elif name in self.global_args:
+                value = self.global_args[name]
+            else:
+                value = self.predefined.get(name, "")
+            # Reference "Impact on build caching": a changed ARG misses at its first
+            # use (RUN sees all ARGs in its environment; others through expansion), not
+            # at its definition — so the value joins the keys there, not here.
+            state.args[name] = value
+        self.emit("config", "---> (build arg)")
+
+    def _do_env(self, state: _State, ins: Instruction) -> None:
+        pairs = parse_key_values(ins, state.expand_env)
+        for k, v in pairs:
+            state.set_env(k, v)
+        text = " ".join(f"{k}={v}" for k, v in pairs)
+        self._config_step(state, ins, f"ENV {text}", {"env": pairs})
+
+    def _do_label(self, state: _State, ins: Instruction) -> None:
+        pairs = parse_key_values(ins, state.expand_env)
+        labels = dict(state.config.get("Labels") or {})
+        labels.update(pairs)
+        state.config["Labels"] = labels
+        self._config_step(state, ins, "LABEL " + " ".join(f"{k}={v}" for k, v in pairs),
+                          {"labels": pairs})
+
+    def _do_maintainer(self, state: _State, ins: Instruction) -> None:
+        author = " ".join(ins.args)
+        state.config.setdefault("Labels", {})
+        self._config_step(state, ins, f"MAINTAINER {author}", {"author": author})
+
+    def _do_workdir(self, state: _State, ins: Instruction) -> None:
+        path = container_path(state.workdir, self._x(state, " ".join(ins.args)))
+        state.config["WorkingDir"] = path
+        # Created (if missing) in the next layer-making step, as BuildKit does.
+        state.pending_workdir = path
+        self._config_step(state, ins, f"WORKDIR {path}", {"workdir": path})
+
+    def _do_user(self, state: _State, ins: Instruction) -> None:
+        user = self._x(state, " ".join(ins.args)).strip()
+        if not user:
+            raise self.fail(ins, "requires a user name or id")
+        state.config["User"] = user
+        self._config_step(state, ins, f"USER {user}", {"user": user})
+
+    def _exec_form(self, state: _State, ins: Instruction) -> list[str]:
+        return exec_or_shell(ins, state.shell)
+
+    def _do_cmd(self, state: _State, ins: Instruction) -> None:
+        argv = self._exec_form(state, ins)
+        state.config["Cmd"] = argv
+        state.config.pop("_inherited_cmd", None)
+        self._config_step(state, ins, f"CMD {_json(argv)}", {"cmd": argv})
+
+    def _do_entrypoint(self, state: _State, ins: Instruction) -> None:
+        argv = self._exec_form(state, ins)
+        state.config["Entrypoint"] = argv
+        # Reference "ENTRYPOINT": a CMD inherited from the base image is reset.
+        if state.config.get("_cmd_from_base"):
+            state.config.pop("Cmd", None)
+        self._config_step(state, ins, f"ENTRYPOINT {_json(argv)}", {"entrypoint": argv})
+
+    def _do_shell(self, state: _State, ins: Instruction) -> None:
+        if not ins.json_form:
+            raise self.fail(ins, "SHELL requires the arguments to be in JSON form")
+        state.config["Shell"] = list(ins.args)
+        self._config_step(state, ins, f"SHELL {_json(list(ins.args))}", {"shell": ins.args})
+
+    def _do_expose(self, state: _State, ins: Instruction) -> None:
+        ports = dict(state.config.get("ExposedPorts") or {})
+        words = []
+        for word in self._xw(state, " ".join(ins.args)):
+            port = word if "/" in word else f"{word}/tcp"
+            num, _, proto = port.partition("/")
+            if not num.replace("-", "").isdigit() or proto not in ("tcp", "udp", "sctp"):
+                raise self.fail(ins, f"invalid port {word!r}")
+            ports[port] = {}
+            words.append(port)
+        state.config["ExposedPorts"] = ports
+        self._config_step(state, ins, "EXPOSE " + " ".join(words), {"ports": words})
+
+    def _do_volume(self, state: _State, ins: Instruction) -> None:
+        paths = [self._x(state, w) for w in split_words(ins)]
+        vols = dict(state.config.get("Volumes") or {})
+        for p in paths:
+            vols[p] = {}
+        state.config["Volumes"] = vols
+        self._config_step(state, ins, f"VOLUME {_json(paths)}", {"volumes": paths})
+
+    def _do_stopsignal(self, state: _State, ins: Instruction) -> None:
+        sig = self._x(state, " ".join(ins.args)).strip()
+        state.config["StopSignal"] = sig
+        self._config_step(state, ins, f"STOPSIGNAL {sig}", {"signal": sig})
+
+    def _do_healthcheck(self, state: _State, ins: Instruction) -> None:
+        state.config["Healthcheck"] = healthcheck(ins).to_json()
+        self._config_step(state, ins, f"HEALTHCHECK {ins.original.split(None, 1)[-1]}",
+                          {"healthcheck": state.config["Healthcheck"]})
+
+    def _do_onbuild(self, state: _State, ins: Instruction) -> None:
+        triggers = list(state.config.get("OnBuild") or [])
+        triggers.append(" ".join(ins.args))
+        state.config["OnBuild"] = triggers
+        self._config_step(state, ins, f"ONBUILD {' '.join(ins.args)}", {"onbuild": triggers})
+
+    # -- layer-making instructions ----------------------------------------------------------
+    def _image_now(self, state: _State) -> ResolvedImage | None:
+        """The current state as an image value (not stored) for open_rootfs."""
+        if not state.layers:
+            return None
+        config = build_config(state.diff_ids, state.history, state.platform,
+                              container_config=_public_config(state.config))
+        manifest: Manifest = build_manifest(descriptor_of(config.raw, mt.OCI_CONFIG),
+                                            state.layers)
+        return ResolvedImage(manifest.descriptor(), manifest, config)
+
+    @contextlib.contextmanager
+    def _rootfs(self, state: _State) -> Iterator[Rootfs]:
+        rootfs = open_rootfs(self.store, self.source, self._image_now(state),
+                             self.opts.snapshotter)
+        try:
+            if state.pending_workdir:
+                from lamina.build.fsops import resolve_in_root
+
+                resolve_in_root(rootfs.path, state.pending_workdir + "/x", create_dirs=True)
+                target = resolve_in_root(rootfs.path, state.pending_workdir)
+                target.mkdir(mode=0o755, exist_ok=True)
+            yield rootfs
+        finally:
+            rootfs.close()
+
+    def _cached(self, key: str) -> CacheRecord | None:
+        if self.opts.no_cache:
+            return None
+        rec = self.store.meta.cache_get(key)
+        if rec is None:
+            return None
+        self.lease.add(rec.layer)  # before looking: a concurrent gc can't take it now
+        if not self.store.blobs.has(Digest.parse(rec.layer)):
+            return None
+        return rec
+
+    def _layer_step(self, state: _State, ins: Instruction, created_by: str,
+                    material: Mapping[str, Any],
+                    work: Callable[[Rootfs], None]) -> None:
+        key = cachekeys.step_key(state.key, {"ins": ins.cmd, **material,
+                                             "workdir_pending": state.pending_workdir,
+                                             "compression": self.opts.compression})
+        rec = self._cached(key)
+        if rec is not None:
+            desc = Descriptor(rec.media_type, Digest.parse(rec.layer), rec.size)
+            diff_id = Digest.parse(rec.diff_id)
+            self.cached_layers += 1
+            self.emit("cache", "---> Using cache")
+        else:
+            media_type = mt.layer_media_type(self.opts.compression)
+            with self._rootfs(state) as rootfs:
+                work(rootfs)
+                # The changeset reads file contents from the rootfs: write the layer
+                # before it is unmounted.
+                stored = commit_changeset(self.store, self.lease,
+                                          rootfs.changes(self.epoch),
+                                          LayerOptions(compression=self.opts.compression,
+                                                       source_date_epoch=self.epoch),
+                                          media_type)
+            desc = Descriptor(media_type, stored.digest, stored.size)
+            diff_id = stored.diff_id
+            self.store.meta.cache_put(CacheRecord(key, str(desc.digest), str(diff_id),
+                                                  media_type, desc.size, created_by))
+            self.new_layers += 1
+        state.key = key
+        state.pending_workdir = None
+        state.layers.append(desc)
+        state.diff_ids.append(diff_id)
+        state.history.append(History(created=self.created, created_by=created_by,
+                                     comment="buildkit.dockerfile.v0"))
+        self.emit("layer", f"---> {desc.digest.short} ({_format_size(desc.size)})",
+                  digest=str(desc.digest), size=desc.size)
+
+    def _do_run(self, state: _State, ins: Instruction) -> None:
+        unsupported = set(ins.flags) - {"network"}
+        if unsupported:
+            raise Unsupported(f"RUN --{sorted(unsupported)[0]} is not supported yet")
+        network = ins.flags.get("network", self.opts.network)
+        if network == "default":
+            network = self.opts.network
+        if network not in ("none", "host"):
+            raise self.fail(ins, f"unsupported network mode {network!r} (none or host)")
+        argv = exec_or_shell(ins, state.shell)
+        # Build args are in RUN's environment (not the image's): reference "ARG".
+        env = {**state.args, **state.env}
+        user = str(state.config.get("User") or "0:0")
+        workdir = state.workdir
+        created_by = "RUN " + (_json(argv) if ins.json_form else " ".join(argv))
+        material = {"argv": argv, "env": sorted(env.items()), "user": user,
+                    "workdir": workdir, "network": network}
+
+        def work(rootfs: Rootfs) -> None:
+            self._run_process(ins, rootfs, argv, env, user, workdir, network)
+
+        self._layer_step(state, ins, created_by, material, work)
+
+    def _run_process(self, ins: Instruction, rootfs: Rootfs, argv: list[str],
+                     env: dict[str, str], user: str, workdir: str, network: str) -> None:
+        tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL)
+        read_fd, write_fd = os.pipe()
+
+        def pump() -> None:
+            with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as r:
+                for line in r:
+                    line = line.rstrip("\n")
+                    tail.append(line)
+                    self.emit("output", line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            spec = ProcessSpec(rootfs=rootfs.path, argv=argv, env=env, cwd=workdir, user=user,
+                               network=network)  # type: ignore[arg-type]
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            try:
+                status = run_process(spec, stdin=devnull, stdout=write_fd, stderr=write_fd)
+            finally:
+                os.close(devnull)
+        finally:
+            os.close(write_fd)
+            reader.join()
+        if status != 0:
+            last = "\n".join(tail)
+            raise self.fail(ins, f"{_json(argv)} returned a non-zero code: {status}"
+                            + (f"; last output:\n{last}" if last else ""))
+
+    def _copy_sources(self, state: _State, ins: Instruction) -> tuple[SourceTree, list[str]]:
+        # BuildKit expands each word on its own (a value with spaces stays one path).
+        words = [self._x(state, w) for w in split_words(ins)]
+        if len(words) < 2:
+            raise self.fail(ins, "requires at least two arguments: source(s) and destination")
+        tree = self._source_tree(state, ins)
+        return tree, words
+
+    def _source_tree(self, state: _State, ins: Instruction) -> SourceTree:
+        src = ins.flags.get("from")
+        if src is None:
+            assert self.context is not None
+            return self.context
+        src = self._x(state, src)
+        stage = self._stage_ref(src)
+        if stage is not None:
+            return SourceTree(self._stage_root(stage.index), None, f"stage {src}")
+        return SourceTree(self._image_root(ins, src), None, f"image {src}")
+
+    def _stage_root(self, index: int) -> Path:
+        if index not in self.stage_roots:
+            st = self.stage_states[index]
+            root = self.tmp / f"stage-{index}"
+            image = self._image_now(st)
+            if image is None:
+                root.mkdir()
+            else:
+                unpack_image(_Overlay(self.source, image), image.descriptor, root)
+            self.stage_roots[index] = root
+        return self.stage_roots[index]
+
+    def _image_root(self, ins: Instruction, name: str) -> Path:
+        key = -1 - len(self.stage_roots)
+        image = self._base_image(ins, name, None)
+        root = self.tmp / f"image-{abs(key)}"
+        unpack_image(self.source, image.descriptor, root)
+        self.stage_roots[key] = root
+        return root
+
+    def _copy_like(self, state: _State, ins: Instruction, add: bool) -> None:
+        # --link changes how BuildKit stores a layer, not what is in it: accepted.
+        allowed = {"from", "chown", "chmod", "link"} if not add else {"chown", "chmod", "link"}
+        unsupported = set(ins.flags) - allowed
+        if unsupported:
+            raise Unsupported(f"{ins.cmd} --{sorted(unsupported)[0]} is not supported yet")
+        tree, words = self._copy_sources(state, ins)
+        *srcs, dest_word = words
+        if add and any("://" in s for s in srcs):
+            raise Unsupported("ADD from a URL is not supported (no network during builds)")
+        rels: list[str] = []
+        for s in srcs:
+            rels.extend(tree.match(s))
+        dest = container_path(state.workdir, dest_word)
+        chown = self._x(state, ins.flags["chown"]) if "chown" in ins.flags else None
+        chmod_text = ins.flags.get("chmod")
+        chmod = None
+        if chmod_text is not None:
+            try:
+                chmod = int(chmod_text, 8)
+            except ValueError:
+                raise self.fail(ins, f"invalid --chmod {chmod_text!r}: octal expected") from None
+        digest = tree.digest(rels)
+        source_id = ins.flags.get("from") or "context"
+        created_by = f"{ins.cmd} " + " ".join(
+            [f"--{k}={v}" for k, v in ins.all_flags] + [*srcs, dest_word])
+        material = {"sources": rels, "from": source_id, "digest": digest, "dest": dest,
+                    "chown": chown, "chmod": chmod_text}
+
+        def work(rootfs: Rootfs) -> None:
+            owner = lookup_owner(rootfs.path, chown) if chown else None
+            attrs = CopyAttrs(owner, chmod)
+            hosts = [tree.host_path(r) for r in rels]
+            if add:
+                add_into(rootfs.path, hosts, dest, attrs, tree.skip)
+            else:
+                copy_into(rootfs.path, hosts, dest, attrs, tree.skip)
+
+        self._layer_step(state, ins, created_by, material, work)
+
+    def _do_copy(self, state: _State, ins: Instruction) -> None:
+        self._copy_like(state, ins, add=False)
+
+    def _do_add(self, state: _State, ins: Instruction) -> None:
+        self._copy_like(state, ins, add=True)
+
+    # -- the image ------------------------------------------------------------------------
+    def _commit_image(self, state: _State) -> BuildResult:
+        config = build_config(state.diff_ids, state.history, state.platform,
+                              created=self.created,
+                              container_config=_public_config(state.config))
+        self.lease.add(config.digest)
+        self.store.blobs.put_bytes(config.raw, config.digest)
+        config_desc = Descriptor(mt.OCI_CONFIG, config.digest, len(config.raw))
+        manifest = build_manifest(config_desc, state.layers)
+        self.lease.add(manifest.digest)
+        self.store.blobs.put_bytes(manifest.raw, manifest.digest)
+        tags = tuple(str(Reference.parse(t)) for t in self.opts.tags)
+        self.store.meta.add_image(str(manifest.digest), manifest.media_type, len(manifest.raw),
+                                  [str(d.digest) for d in manifest.blobs()],
+                                  tags[0] if tags else None)
+        for t in tags[1:]:
+            self.store.meta.set_tag(t, str(manifest.digest), manifest.media_type)
+        self.emit("image", f"Successfully built {config.digest.short}",
+                  digest=str(manifest.digest), id=str(config.digest))
+        for t in tags:
+            self.emit("tag", f"Successfully tagged {Reference.parse(t).familiar}")
+        return BuildResult(manifest.descriptor(), config_desc, tags, tuple(state.layers),
+                           self.new_layers, self.cached_layers)
+
+
+class _Overlay:
+    """A source that serves one synthetic (unstored) manifest and config on top of the
+    store, so a stage's state can be unpacked like any image."""
+
+    def __init__(self, base: StoreTransport, image: ResolvedImage) -> None:
+        self._base = base
+        self._raw = {str(image.descriptor.digest): image.manifest.raw,
+                     str(image.manifest.config.digest): image.config.raw}
+
+    def open_blob(self, desc: Descriptor) -> Any:
+        raw = self._raw.get(str(desc.digest))
+        if raw is not None:
+            import io
+
+            from lamina.digest import VerifyingReader
+
+            return VerifyingReader(io.BytesIO(raw), desc.digest, desc.size)
+        return self._base.open_blob(desc)
+
+    def images(self) -> list[Any]:
+        return []
+
+    def resolve(self, name: str | None) -> Descriptor:
+        raise NotFound("synthetic source")
+
+    def close(self) -> None:
+        pass
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def _copy_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    import copy
+
+    return copy.deepcopy(dict(config))
+
+
+def _public_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as written: Docker's key order, private markers dropped."""
+    order = ("Hostname", "User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes",
+             "WorkingDir", "Labels", "OnBuild", "StopSignal", "Healthcheck", "Shell")
+    out = {k: config[k] for k in order if config.get(k) not in (None, "", [], {})}
+    for k, v in config.items():
+        if k not in out and not k.startswith("_") and v not in (None, "", [], {}):
+            out[k] = v
+    return out
+
+
+def build(store: Store, opts: BuildOptions) -> BuildResult:
+    """Build the Containerfile in ``opts.context``; tag the result; return it.  A failed
+    step leaves nothing tagged and nothing of that step in the cache."""
+    with store.lease() as lease:
+        builder = _Builder(store, opts, lease)
+        try:
+            return builder.run()
+        finally:
+            builder.close()
+
+
+__all__ = ["BuildError", "BuildEvent", "BuildOptions", "BuildResult", "build", "replace",
+           "Sequence"]

@@ -1,0 +1,265 @@
+"""Filesystem work of COPY and ADD inside a root filesystem, done as a chroot would.
+
+Every container path is resolved inside the root one component at a time: a symlink in
+the image is followed *within* the root (absolute targets start at the root, ``..``
+stops at it), so nothing a Containerfile copies can land outside the rootfs, whatever
+links the base image holds.
+"""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import os
+import posixpath
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from lamina.errors import InvalidInput, NotFound
+from lamina.layer import ApplyOptions, apply_layer
+
+_MAX_LINKS = 40
+
+
+def resolve_in_root(root: Path, path: str, create_dirs: bool = False,
+                    follow_last: bool = True) -> Path:
+    """The host path of container ``path`` under ``root``, following symlinks inside the
+    root only.  ``create_dirs`` makes missing directories (0755, root-owned)."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    current: list[str] = []
+    links = 0
+    while parts:
+        name = parts.pop(0)
+        if name == "..":
+            if current:
+                current.pop()
+            continue
+        host = os.path.join(root, *current, name)
+        try:
+            st = os.lstat(host)
+        except FileNotFoundError:
+            if create_dirs and parts:
+                os.mkdir(host, 0o755)
+                os.chmod(host, 0o755)  # whatever the umask
+            current.append(name)
+            continue
+        except NotADirectoryError:
+            raise InvalidInput(f"{path}: a parent is not a directory in the image") from None
+        if stat.S_ISLNK(st.st_mode) and (parts or follow_last):
+            links += 1
+            if links > _MAX_LINKS:
+                raise InvalidInput(f"too many levels of symbolic links resolving {path}")
+            target = os.readlink(host)
+            if target.startswith("/"):
+                current = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        if parts and not stat.S_ISDIR(st.st_mode):
+            raise InvalidInput(f"{path}: {'/'.join(current + [name])} is not a directory "
+                               "in the image")
+        current.append(name)
+    return Path(root, *current) if current else Path(root)
+
+
+@dataclass(frozen=True)
+class Owner:
+    uid: int
+    gid: int
+
+
+def _read_db(root: Path, name: str) -> list[list[str]]:
+    path = resolve_in_root(root, f"/etc/{name}")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if line.strip()
+                    and not line.startswith("#")]
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return []
+
+
+def lookup_owner(root: Path, spec: str) -> Owner:
+    """``user[:group]`` by name or number, names looked up in the rootfs's /etc/passwd and
+    /etc/group (as ``COPY --chown`` and ``USER`` do).  A user without group gets its
+    primary group (or the same number, for a bare uid)."""
+    user, _, group = spec.partition(":")
+    passwd = _read_db(root, "passwd")
+    uid: int | None = None
+    primary: int | None = None
+    if user.isdigit():
+        uid = int(user)
+        for row in passwd:
+            if len(row) > 3 and row[2] == user and row[3].isdigit():
+                primary = int(row[3])
+    else:
+        for row in passwd:
+            if len(row) > 3 and row[0] == user:
+                uid, primary = int(row[2]), int(row[3])
+                break
+        if uid is None:
+            raise NotFound(f"unable to find user {user}: no matching entries in passwd file")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            found = [int(r[2]) for r in _read_db(root, "group") if len(r) > 2 and r[0] == group]
+            if not found:
+                raise NotFound(f"unable to find group {group}: no matching entries in group file")
+            gid = found[0]
+    else:
+        gid = primary if primary is not None else (uid if user.isdigit() else 0)
+    return Owner(uid, gid)
+
+
+@dataclass(frozen=True)
+class CopyAttrs:
+    owner: Owner | None = None      # None: 0:0, as Docker creates copied files
+    mode: int | None = None         # --chmod
+
+
+def _set_attrs(path: str, st: os.stat_result, attrs: CopyAttrs, is_link: bool) -> None:
+    owner = attrs.owner or Owner(0, 0)
+    if os.geteuid() == 0:
+        os.lchown(path, owner.uid, owner.gid)
+    if not is_link:
+        os.chmod(path, attrs.mode if attrs.mode is not None else stat.S_IMODE(st.st_mode))
+    os.utime(path, ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _clear(path: str, for_dir: bool) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        if for_dir:
+            return
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+Skip = Callable[[str], bool]
+
+
+def _never(_path: str) -> bool:
+    return False
+
+
+def _copy_entry(src: str, dst: str, attrs: CopyAttrs, skip: Skip = _never) -> None:
+    if skip(src):
+        return
+    st = os.lstat(src)
+    if stat.S_ISDIR(st.st_mode):
+        _clear(dst, for_dir=True)
+        if not os.path.isdir(dst):
+            os.mkdir(dst, 0o755)
+        with os.scandir(src) as it:
+            for entry in sorted(it, key=lambda e: e.name):
+                _copy_entry(entry.path, os.path.join(dst, entry.name), attrs, skip)
+        _set_attrs(dst, st, attrs, False)
+    elif stat.S_ISLNK(st.st_mode):
+        _clear(dst, for_dir=False)
+        os.symlink(os.readlink(src), dst)
+        _set_attrs(dst, st, attrs, True)
+    elif stat.S_ISREG(st.st_mode):
+        _clear(dst, for_dir=False)
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+        _set_attrs(dst, st, attrs, False)
+    # sockets, fifos and devices in a build context are skipped, as Docker does
+
+
+def copy_into(root: Path, sources: list[Path], dest: str, attrs: CopyAttrs,
+              skip: Skip = _never) -> None:
+    """Docker's COPY placement rules (Dockerfile reference, "COPY"):
+    a directory source copies its *contents*; with several sources, or a destination
+    ending in ``/``, or an existing directory, files land inside ``dest``; otherwise a
+    single file source becomes ``dest``."""
+    dest_is_dir = dest.endswith("/") or len(sources) > 1
+    target = resolve_in_root(root, dest, create_dirs=True)
+    if not dest_is_dir and target.is_dir() and not sources[0].is_dir():
+        dest_is_dir = True
+    if len(sources) > 1 and not dest.endswith("/"):
+        raise InvalidInput(f"when using COPY with more than one source file, the destination "
+                           f"must be a directory and end with a /: {dest}")
+    for src in sources:
+        if src.is_dir() and not src.is_symlink():
+            target.mkdir(parents=True, exist_ok=True)
+            with os.scandir(src) as it:
+                for entry in sorted(it, key=lambda e: e.name):
+                    _copy_entry(entry.path, str(target / entry.name), attrs, skip)
+            continue
+        if dest_is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            _copy_entry(str(src), str(target / src.name), attrs, skip)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _copy_entry(str(src), str(target), attrs, skip)
+
+
+def _archive_stream(path: Path) -> BinaryIO | None:
+    """A decompressed stream if ``path`` is a tar archive (plain, gzip, bzip2, xz, zstd),
+    else None: ADD unpacks local archives and copies other files as they are."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    raw: BinaryIO
+    if head[:3] == b"BZh":
+        raw = bz2.open(path, "rb")  # type: ignore[assignment]
+    elif head[:6] == b"\xfd7zXZ\x00":
+        raw = lzma.open(path, "rb")  # type: ignore[assignment]
+    elif head[:2] == b"\x1f\x8b" or head[:4] == b"\x28\xb5\x2f\xfd":
+        return open(path, "rb")  # apply_layer detects gzip and zstd itself
+    elif len(head) == 512 and head[257:262] == b"ustar":
+        return open(path, "rb")
+    else:
+        return None
+    inner = raw.peek(512)[:512] if hasattr(raw, "peek") else b""
+    if len(inner) >= 262 and inner[257:262] != b"ustar":
+        raw.close()
+        return None
+    return raw
+
+
+def add_into(root: Path, sources: list[Path], dest: str, attrs: CopyAttrs,
+             skip: Skip = _never) -> None:
+    """ADD: like COPY, but a local tar archive is unpacked into ``dest`` (a directory)."""
+    plain: list[Path] = []
+    for src in sources:
+        stream = _archive_stream(src) if src.is_file() else None
+        if stream is None:
+            plain.append(src)
+            continue
+        with stream:
+            target = resolve_in_root(root, dest if dest.endswith("/") else dest + "/",
+                                     create_dirs=True)
+            target.mkdir(parents=True, exist_ok=True)
+            # An archive's own owners are kept (as Docker does) unless --chown; its
+            # ".wh." names are plain files here, not whiteouts.
+            apply_layer(stream, target, options=ApplyOptions(whiteouts=False))
+            if attrs.owner is not None or attrs.mode is not None:
+                _reown(target, attrs)
+    if plain:
+        copy_into(root, plain, dest, attrs, skip)
+
+
+def _reown(top: Path, attrs: CopyAttrs) -> None:
+    for dirpath, dirs, files in os.walk(top):
+        for name in dirs + files:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            _set_attrs(p, st, attrs, stat.S_ISLNK(st.st_mode))
+
+
+def container_path(workdir: str, path: str) -> str:
+    """A path from an instruction, relative to WORKDIR unless absolute; keeps a trailing
+    slash (it means "a directory" to COPY)."""
+    joined = path if path.startswith("/") else posixpath.join(workdir or "/", path)
+    norm = posixpath.normpath(joined)
+    if norm.startswith("//"):
+        norm = norm[1:]
+    return norm + "/" if path.endswith("/") and norm != "/" else norm
