@@ -3,8 +3,8 @@
 #   image A: OS → web server installed → server config → index.html "A"
 #   image B: OS → web server installed → server config → index.html "B"
 #            └──────────── 3 shared layers ───────────┘   1 layer each
-# Until the builder lands, the images are made with `lamina import` from successive
-# snapshots of one root filesystem (examples/seed/make-snapshots.sh).
+# The images are built from examples/Containerfile.a and .b on a busybox base that
+# `lamina import` makes from the host's busybox-static.
 set -eu
 cd "$(dirname "$0")/.."
 LAMINA=${LAMINA:-.venv/bin/lamina}
@@ -17,14 +17,15 @@ export SOURCE_DATE_EPOCH=1700000000     # reproducible: same digests on every ma
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "Snapshots of one root: os → webserver → config → site-a / site-b"
-examples/seed/make-snapshots.sh "$work/snapshots"
-ls "$work/snapshots"
+step "The base: busybox, imported from the host's busybox-static (one layer)"
+examples/seed/make-snapshots.sh "$work/snapshots" >/dev/null
+( cd "$work/snapshots" && "$lamina_abs" import busybox os )
 
-step "lamina import demo/a (each layer holds only what changed since the snapshot before)"
-( cd "$work/snapshots" && "$lamina_abs" import demo/a os webserver config site-a )
-step "lamina import demo/b (same first three snapshots)"
-( cd "$work/snapshots" && "$lamina_abs" import demo/b os webserver config site-b )
+step "lamina build -f examples/Containerfile.a -t demo/a examples"
+cat examples/Containerfile.a
+$LAMINA build -f examples/Containerfile.a -t demo/a examples
+step "lamina build -f examples/Containerfile.b -t demo/b examples  (only index.html differs)"
+$LAMINA build -f examples/Containerfile.b -t demo/b examples
 
 step "lamina images"
 $LAMINA images
@@ -44,8 +45,8 @@ b = [l["digest"] for l in json.load(open(sys.argv[2]))[0]["Manifest"]["layers"]]
 for i, (x, y) in enumerate(zip(a, b), 1):
     print(f"  layer {i}: A {x[7:19]}  B {y[7:19]}  {'shared' if x == y else 'differs'}")
 blobs = os.listdir(os.path.join(sys.argv[3], "blobs", "sha256"))
-print(f"  {sum(x == y for x, y in zip(a, b))} shared layers; the store holds {len(blobs)} blobs "
-      f"for 2 images of 4 layers (each layer once, + 2 configs + 2 manifests)")
+print(f"  {sum(x == y for x, y in zip(a, b))} shared layers; 5 distinct layers on disk for "
+      f"2 images of 4 layers (the store holds {len(blobs)} blobs with configs and manifests)")
 PYEOF
 
 step "lamina save demo/a demo/b -o seed.tar (a docker save archive), load into a second, empty store"
@@ -60,8 +61,22 @@ if command -v umoci >/dev/null; then
     echo "  umoci: $(cat "$work/bundle/rootfs/var/www/html/index.html")"
 fi
 
-step "lamina unpack demo/a, and its page"
-$LAMINA unpack demo/a "$work/rootfs-a"
-cat "$work/rootfs-a/var/www/html/index.html"
+step "lamina run --network host demo/a  (busybox httpd on 127.0.0.1:8080), and fetch its page"
+$LAMINA run --network host demo/a &
+run_pid=$!
+trap 'kill $run_pid 2>/dev/null || true' EXIT
+page=""
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+    page=$($PY -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/', timeout=1).read().decode())" 2>/dev/null) && break
+    sleep 0.3
+done
+echo "  GET http://127.0.0.1:8080/ -> $page"
+kill $run_pid; wait $run_pid 2>/dev/null || true
+trap - EXIT
+[ -n "$page" ] || { echo "demo: the page did not load" >&2; exit 1; }
+
+step "lamina run --commit: a change saved as a new layer on top of demo/a"
+$LAMINA run --commit demo/a:edited demo/a /bin/sh -c 'echo "<p>edited in a container</p>" >> /var/www/html/index.html'
+$LAMINA history demo/a:edited | head -3
 step "lamina fsck"
 $LAMINA fsck
