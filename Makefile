@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 DEBS    := docker-registry skopeo umoci busybox-static bubblewrap pigz zstd
+BENCH_DEBS := buildah
 STAMP   := $(VENV)/.installed
 
 .PHONY: install debs test demo lint bench clean
@@ -36,6 +37,8 @@ lint: install
 	$(BIN)/mypy
 
 bench: install debs
+	@if [ "$$(id -u)" = 0 ] && ! dpkg -s $(BENCH_DEBS) >/dev/null 2>&1; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BENCH_DEBS) >/dev/null; fi
 	$(BIN)/python bench/run_all.py
 
 clean:
