@@ -268,9 +268,10 @@ class _Stubs:
 # -- the unshare path's init ---------------------------------------------------------------
 # Runs as PID 1 of the new PID namespace, in new mount/UTS/IPC(/net) namespaces, from the
 # host's Python (-I -S: stdlib only, nothing from the image or the caller's env).  It
-# builds the container's mounts under the rootfs, pivots into it, drops capabilities and
-# privileges, and execs the command.  Errors before exec go to the status fd (then exit
-# 125); a missing command is the container's own error (stderr, 127/126).
+# builds the container's mounts under the rootfs, pivots into it, drops capabilities,
+# then forks the command, which drops privileges and execs; PID 1 stays to forward
+# signals and reap, and exits with the command's status.  Errors before exec go to the
+# status fd (then exit 125); a missing command is the container's own error (127/126).
 _INIT = r"""
 import ctypes, errno, fcntl, json, os, platform, signal, socket, struct, sys
 import warnings  # os.execvpe imports it lazily, after pivot_root hid the stdlib
@@ -334,18 +335,37 @@ for cap in range(64):
         if ctypes.get_errno() == errno.EINVAL:
             break  # past the last capability this kernel knows
         fail("drop capabilities")
-os.setgroups(spec["groups"]); os.setgid(spec["gid"]); os.setuid(spec["uid"])
-libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: cleared by setuid, set again
-for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; the command must not
-    signal.signal(sig, signal.SIG_DFL)
+# Stay as PID 1 (as bwrap's init does): the command is PID 2, so signals reach it as
+# they would anywhere (PID 1 ignores those it has no handler for), and orphans are reaped.
+FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+           signal.SIGUSR2, signal.SIGWINCH)
+for sig in FORWARD:
+    signal.signal(sig, signal.SIG_IGN)  # until the command exists
+child = os.fork()
+if child == 0:
+    try:
+        os.setgroups(spec["groups"]); os.setgid(spec["gid"]); os.setuid(spec["uid"])
+    except OSError as e:
+        os.write(status, ("become %s:%s: %s" % (spec["uid"], spec["gid"], e.strerror)).encode())
+        os._exit(125)
+    # Python ignores SIGPIPE and SIGXFSZ; the command must start with the defaults.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, *FORWARD):
+        signal.signal(sig, signal.SIG_DFL)
+    os.close(status)
+    argv = spec["argv"]
+    try:
+        os.execvpe(argv[0], argv, spec["env"])
+    except OSError as e:
+        code = 126 if isinstance(e, PermissionError) else 127
+        os.write(2, ("exec: %s: %s\n" % (json.dumps(argv[0]), e.strerror)).encode())
+        os._exit(code)
 os.close(status)
-argv = spec["argv"]
-try:
-    os.execvpe(argv[0], argv, spec["env"])
-except OSError as e:
-    code = 126 if isinstance(e, PermissionError) else 127
-    os.write(2, ("exec: %s: %s\n" % (json.dumps(argv[0]), e.strerror)).encode())
-    os._exit(code)
+for sig in FORWARD:
+    signal.signal(sig, lambda n, _f: os.kill(child, n))
+while True:
+    pid, st = os.wait()
+    if pid == child:
+        os._exit(128 + os.WTERMSIG(st) if os.WIFSIGNALED(st) else os.WEXITSTATUS(st))
 """
 
 
@@ -511,9 +531,15 @@ def _spawn(kind: str, spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[
             argv = _bwrap_argv(spec, user, mounts, cwd, status_w)
         else:
             argv = _unshare_argv(spec, user, mounts, cwd, env, status_w)
+        ids: dict[str, object] = {}
+        if kind == "bwrap" and os.geteuid() == 0:
+            # bwrap keeps the groups it is started with (the user is root here): give it
+            # the image user's, as the unshare init sets them.
+            ids = {"group": user.gid, "extra_groups": list(user.groups)}
         try:
             proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
-                                    env=env, pass_fds=(status_w,), close_fds=True)
+                                    env=env, pass_fds=(status_w,), close_fds=True,
+                                    **ids)  # type: ignore[call-overload]
         except OSError as e:
             raise LaminaError(f"cannot start the sandbox ({argv[0]}): {e.strerror or e}") \
                 from None

@@ -1,0 +1,28 @@
+"""Fixtures for the run tests: one store per worker with the seed pair imported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lamina_testing import Lamina, need, seed_sources
+
+
+@pytest.fixture(scope="session")
+def seeded(seed: Path, tmp_path_factory: pytest.TempPathFactory) -> Lamina:
+    """A store holding demo/a and demo/b (the seed images), shared by a worker's tests:
+    tests that commit use tags of their own."""
+    need("bwrap")
+    work = tmp_path_factory.mktemp("run-store")
+    lam = Lamina(work / "store", seed)
+    lam.run("import", "demo/a", *seed_sources(seed, "a"))
+    lam.run("import", "demo/b", *seed_sources(seed, "b"))
+    return lam
+
+
+@pytest.fixture
+def fresh(seed: Path, tmp_path: Path) -> Lamina:
+    """An empty store of the test's own (for counting snapshots and extractions)."""
+    need("bwrap")
+    return Lamina(tmp_path / "store", seed)
