@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from lamina.image.manifest import Descriptor, Index, Manifest, Platform, current_platform
@@ -25,6 +26,9 @@ class CopyOptions:
     platform: Platform | None = None
     all_platforms: bool = False     # copy every manifest of an index (sink permitting)
     on_event: Callable[[CopyEvent], None] | None = None
+    # Blobs of one manifest copied at once.  With jobs > 1, source and sink must be
+    # thread-safe and on_event is called from worker threads.
+    jobs: int = 1
 
 
 def _emit(opts: CopyOptions, event: CopyEvent) -> None:
@@ -46,10 +50,30 @@ def _copy_blob(source: ImageSource, sink: ImageSink, desc: Descriptor, opts: Cop
     _emit(opts, CopyEvent("done", desc, desc.size, desc.size))
 
 
+def _copy_blobs(source: ImageSource, sink: ImageSink, blobs: list[Descriptor],
+                opts: CopyOptions) -> None:
+    """Copy blobs, ``opts.jobs`` at a time.  On the first failure nothing new starts;
+    the ones running finish (or fail) and the first error is raised."""
+    unique = list({b.digest: b for b in blobs}.values())
+    if opts.jobs <= 1 or len(unique) <= 1:
+        for blob in blobs:
+            _copy_blob(source, sink, blob, opts)
+        return
+    with ThreadPoolExecutor(max_workers=min(opts.jobs, len(unique)),
+                            thread_name_prefix="lamina-copy") as pool:
+        futures = [pool.submit(_copy_blob, source, sink, blob, opts) for blob in unique]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
 def _copy_manifest(source: ImageSource, sink: ImageSink, desc: Descriptor, manifest: Manifest,
                    names: list[str] | None, opts: CopyOptions) -> None:
-    for blob in manifest.blobs():
-        _copy_blob(source, sink, blob, opts)
+    _copy_blobs(source, sink, manifest.blobs(), opts)
     sink.put_manifest(desc, manifest.raw, names)
 
 

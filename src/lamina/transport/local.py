@@ -3,6 +3,7 @@ write.  Names are full references (``docker.io/library/busybox:latest``)."""
 
 from __future__ import annotations
 
+import threading
 from typing import BinaryIO
 
 from lamina.digest import Digest, VerifyingReader
@@ -24,6 +25,7 @@ class StoreTransport:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._lease_id: str | None = None
+        self._lease_lock = threading.Lock()   # copy may put blobs from several threads
         self._written: list[str] = []   # blobs this sink added (for abort)
 
     # -- source ----------------------------------------------------------------------
@@ -82,9 +84,10 @@ class StoreTransport:
 
     # -- sink ------------------------------------------------------------------------
     def _lease(self) -> str:
-        if self._lease_id is None:
-            self._lease_id = self.store.meta.create_lease()
-        return self._lease_id
+        with self._lease_lock:
+            if self._lease_id is None:
+                self._lease_id = self.store.meta.create_lease()
+            return self._lease_id
 
     def has_blob(self, desc: Descriptor) -> bool:
         # Register first, then look: a blob that exists now cannot be collected before
