@@ -169,13 +169,27 @@ def _overlay_options(lowers: Sequence[str], upper: str, work: str,
     return data
 
 
+# "volatile" (Linux 5.10): the overlay never syncs its upper dir, not even at umount.
+# A rootfs is scratch space -- what is kept is written as a layer blob, fsynced on its
+# own -- and without it every umount syncs the whole upper filesystem, so closing a
+# rootfs would wait for whatever else was written there meanwhile.
+_volatile: list[bool] = [True]
+
+
 def mount_overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path) -> None:
     """Mount an overlay of ``lowers`` (top first) with a writable ``upper`` on ``target``."""
     fds: list[int] = []
     try:
         data = _overlay_options([os.fspath(p) for p in lowers], os.fspath(upper),
                                 os.fspath(work), fds)
-        _mount("overlay", os.fspath(target), "overlay", 0, data)
+        try:
+            _mount("overlay", os.fspath(target), "overlay", 0,
+                   data + ",volatile" if _volatile[0] else data)
+        except OSError as e:
+            if e.errno != errno.EINVAL or not _volatile[0]:
+                raise
+            _volatile[0] = False   # an older kernel: mount without it
+            _mount("overlay", os.fspath(target), "overlay", 0, data)
     except OSError as e:
         raise StoreError(f"cannot mount an overlay on {target}: {e.strerror or e}") from None
     finally:
