@@ -206,34 +206,6 @@ def inspect(
     print_json(docs)
 
 
-@app.command()
-def history(
-    ref: Annotated[str, typer.Argument(help="Image in the store.")],
-    no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Do not truncate.")] = False,
-    json_: JsonOpt = False,
-) -> None:
-    """Show how each layer of an image was made, newest first."""
-    from lamina.inspect.summary import history as history_rows
-    from lamina.transport.local import StoreTransport
-    from lamina.transport.resolve import resolve_image
-
-    with _store() as store:
-        source = StoreTransport(store)
-        image = resolve_image(source, source.resolve(ref))
-    rows = history_rows(image)
-    if json_:
-        print_json([r.to_json() for r in rows])
-        return
-
-    def short(text: str) -> str:
-        return text if no_trunc or len(text) <= 45 else text[:44] + "…"
-
-    table(["LAYER", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
-          [[(r.layer if no_trunc else r.layer.split(":", 1)[1][:12]) if r.layer else "<none>",
-            human_age(r.created), short(r.created_by), human_size(r.size), r.comment]
-           for r in rows])
-
-
 # -- names and deletion -------------------------------------------------------------------
 @app.command()
 def tag(
@@ -334,7 +306,7 @@ def _register_more() -> None:
     """Commands that live in modules of their own (each with ``register(app)``)."""
     import importlib
 
-    for name in ("lamina.cli.cmd_run", "lamina.cli.cmd_build"):
+    for name in ("lamina.cli.cmd_run", "lamina.cli.cmd_build", "lamina.cli.cmd_inspect"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:

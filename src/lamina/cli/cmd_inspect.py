@@ -1,0 +1,242 @@
+"""Explaining images: ``history``, ``layers``, ``which``, ``diff``, ``df``, ``efficiency``,
+``graph``.  Each takes any image source (see ``lamina.inspect.sources``): a store
+reference, ``oci:DIR[:TAG]``, ``oci-archive:PATH[:TAG]``, ``docker-archive:PATH[:REF]``.
+
+Layers are numbered from 1 at the bottom, in the tables and in ``--json`` alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from lamina.store.store import Store
+
+if TYPE_CHECKING:
+    from lamina.inspect.sources import OpenedImage
+    from lamina.inspect.tree import Change, LayerChanges, TreeRow, Version
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+PlatformOpt = Annotated[str | None, typer.Option(help="OS/ARCH to pick from an index.")]
+IMAGE_HELP = ("Image: a store reference, oci:DIR[:TAG], oci-archive:PATH[:TAG] or "
+              "docker-archive:PATH[:REF].")
+
+
+def _short(digest: str) -> str:
+    return digest.split(":", 1)[-1][:12]
+
+
+def _trunc(text: str, width: int, no_trunc: bool = False) -> str:
+    text = " ".join(text.split())
+    return text if no_trunc or len(text) <= width else text[:width - 1] + "…"
+
+
+def _name(row: TreeRow) -> str:
+    if row.type == "dir":
+        return row.name + "/"
+    if row.type == "symlink":
+        return f"{row.name} -> {row.link}"
+    if row.type == "hardlink":
+        return f"{row.name} => /{row.link.lstrip('/')}"
+    return row.name
+
+
+def _what_changed(c: Change) -> str:
+    """For a modification: which of type, size, mode, owner, target differ."""
+    v, lo = c.version, c.lower
+    if v is None or lo is None:
+        return ""
+    from lamina.cli.format import human_size
+
+    parts = []
+    if v.type != lo.type:
+        parts.append(f"{lo.type}→{v.type}")
+    if v.size != lo.size:
+        parts.append(f"size {human_size(lo.size)}→{human_size(v.size)}")
+    if v.mode != lo.mode:
+        parts.append(f"mode {lo.mode:04o}→{v.mode:04o}")
+    if (v.uid, v.gid) != (lo.uid, lo.gid):
+        parts.append(f"owner {lo.uid}:{lo.gid}→{v.uid}:{v.gid}")
+    if v.link != lo.link:
+        parts.append(f"target {lo.link}→{v.link}")
+    return f"  ({', '.join(parts)})" if parts else ""
+
+
+_MARK = {"added": "A", "modified": "M", "deleted": "D", "opaque": "O", None: " "}
+
+
+def _describe(v: Version) -> str:
+    from lamina.cli.format import human_size
+
+    extra = f" -> {v.link}" if v.type == "symlink" else (
+        f" => /{v.link.lstrip('/')}" if v.type == "hardlink" else "")
+    return f"{v.type} {human_size(v.size)} {v.mode:04o} {v.uid}:{v.gid}{extra}"
+
+
+def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
+    @contextlib.contextmanager
+    def image_of(text: str, platform: str | None) -> Iterator[OpenedImage]:
+        from lamina.image.manifest import Platform
+        from lamina.inspect.sources import needs_store, opened_image
+
+        plat = Platform.parse(platform) if platform else None
+        if needs_store(text):
+            with store_factory() as store, opened_image(store, text, plat) as img:
+                yield img
+        else:
+            with opened_image(None, text, plat) as img:
+                yield img
+
+    # -- history ----------------------------------------------------------------------
+    @app.command()
+    def history(
+        image: Annotated[str, typer.Argument(help=IMAGE_HELP)],
+        no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Do not truncate.")] = False,
+        platform: PlatformOpt = None,
+        json_: JsonOpt = False,
+    ) -> None:
+        """Show how each layer of an image was made, newest first."""
+        from lamina.cli.format import human_age, human_size, print_json, table
+        from lamina.inspect.summary import history as history_rows
+
+        with image_of(image, platform) as img:
+            rows = history_rows(img.image)
+        if json_:
+            print_json([r.to_json() for r in rows])
+            return
+        table(["LAYER", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+              [[(r.layer if no_trunc else _short(r.layer)) if r.layer else "<none>",
+                human_age(r.created), _trunc(r.created_by, 45, no_trunc),
+                human_size(r.size), r.comment] for r in rows])
+
+    # -- layers -----------------------------------------------------------------------
+    @app.command()
+    def layers(
+        image: Annotated[str, typer.Argument(help=IMAGE_HELP)],
+        layer: Annotated[int | None, typer.Option(
+            "--layer", "-l", help="Only layer N (1 = the bottom layer).")] = None,
+        platform: PlatformOpt = None,
+        json_: JsonOpt = False,
+    ) -> None:
+        """Each layer's changes as a tree: A added, M modified (present in a lower layer),
+        D deleted (a whiteout), O opaque directory (its lower contents hidden)."""
+        from lamina.cli.format import human_size, out, print_json
+        from lamina.errors import InvalidInput
+        from lamina.inspect.tree import analyze, change_tree
+
+        with image_of(image, platform) as img:
+            n = len(img.image.manifest.layers)
+            if layer is not None and not 1 <= layer <= n:
+                raise InvalidInput(f"--layer {layer}: {image} has layers 1 to {n}")
+            # Layer N's changes depend on the layers under it, never on those above.
+            result = analyze(img.source, img.image, upto=layer)
+        shown: list[LayerChanges] = result.layers if layer is None else [result.layers[-1]]
+        if json_:
+            print_json([x.to_json() for x in shown])
+            return
+        for i, lc in enumerate(shown):
+            if i:
+                out.print()
+            counts = ", ".join(f"{lc.count(k)} {k}" for k in ("added", "modified", "deleted",
+                                                               "opaque"))
+            out.print(f"Layer {lc.index + 1}/{n}  {_short(str(lc.descriptor.digest))}  "
+                      f"{human_size(lc.descriptor.size)}  "
+                      f"{_trunc(lc.created_by or '(no history)', 70)}", markup=False)
+            out.print(f"  {counts}; {human_size(lc.files_size)} of files", markup=False)
+            by_path = {c.path: c for c in lc.changes}
+            for row in change_tree(lc):
+                c = by_path.get(row.path)
+                detail = _what_changed(c) if c is not None and c.kind == "modified" else ""
+                if c is not None and c.kind in ("deleted", "opaque") and c.hidden_count:
+                    detail = f"  (hides {c.hidden_count} entries)" if c.kind == "opaque" \
+                        else ""
+                size = human_size(row.size)
+                if row.kind in ("deleted", "opaque"):
+                    size = "-" + size  # bytes this removes from the root below
+                out.print(f"  {_MARK[row.kind]} {size:>8}  "
+                          f"{'  ' * row.depth}{_name(row)}{detail}", markup=False)
+
+    # -- which ------------------------------------------------------------------------
+    @app.command()
+    def which(
+        image: Annotated[str, typer.Argument(help=IMAGE_HELP)],
+        path: Annotated[str, typer.Argument(help="Path in the image's root filesystem.")],
+        platform: PlatformOpt = None,
+        json_: JsonOpt = False,
+    ) -> None:
+        """The layer that provides PATH in the final root, and the lower versions it
+        hides (or the layer that deleted it)."""
+        from lamina.cli.format import out, print_json, table
+        from lamina.errors import NotFound
+        from lamina.inspect.tree import analyze
+        from lamina.inspect.which import which as which_path
+
+        with image_of(image, platform) as img:
+            result = analyze(img.source, img.image)
+        report = which_path(result, path)
+        if json_:
+            print_json(report.to_json())
+        else:
+            rows = []
+            for pv in reversed(report.versions):
+                v = pv.version
+                if pv.fate is None:
+                    fate = "in the final root"
+                elif pv.fate.cause == "overwritten":
+                    fate = f"overwritten by layer {pv.fate.by_layer + 1}"
+                elif pv.fate.cause == "deleted":
+                    fate = (f"deleted by layer {pv.fate.by_layer + 1}" +
+                            ("" if pv.fate.at == v.path else f" (whiteout of {pv.fate.at})"))
+                elif pv.fate.cause == "opaque":
+                    fate = f"hidden by layer {pv.fate.by_layer + 1} (opaque {pv.fate.at})"
+                else:
+                    fate = f"replaced by layer {pv.fate.by_layer + 1} ({pv.fate.at})"
+                rows.append([str(v.layer + 1), _describe(v), fate,
+                             _trunc(pv.created_by, 45)])
+            table(["LAYER", "ENTRY", "STATE", "CREATED BY"], rows)
+        if report.provider is None:
+            d = report.deleted_by
+            how = f" by layer {d.by_layer + 1}" if d is not None else ""
+            if not json_:
+                out.print()
+            raise NotFound(f"{report.path} is not in the final root of {image}: deleted{how}")
+
+    # -- df ---------------------------------------------------------------------------
+    @app.command()
+    def df(
+        verbose: Annotated[bool, typer.Option("-v", "--verbose",
+                                              help="Per image and per cache entry.")] = False,
+        json_: JsonOpt = False,
+    ) -> None:
+        """The store's space: blobs, snapshots, build cache, what gc can reclaim; with -v,
+        each image's size, shared size and unique size."""
+        from lamina.cli.format import human_age, human_size, out, print_json, table
+        from lamina.inspect.usage import disk_usage
+
+        with store_factory() as store:
+            usage = disk_usage(store)
+        if json_:
+            print_json(usage.to_json())
+            return
+
+        def pct(part: int, whole: int) -> str:
+            return f"{human_size(part)} ({part * 100 // whole if whole else 0}%)"
+
+        table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
+              [[r.type, str(r.total), str(r.active), human_size(r.size),
+                pct(r.reclaimable, r.size)] for r in usage.summary])
+        if not verbose:
+            return
+        out.print("\nImages space usage:\n")
+        table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE",
+               "UNIQUE SIZE", "LAYERS"],
+              [[r.repository, r.tag, _short(r.image_id or r.digest), human_age(r.created),
+                human_size(r.size), human_size(r.shared_size), human_size(r.unique_size),
+                str(r.layers)] for r in usage.images])
+        out.print("\nBuild cache usage:\n")
+        table(["CACHE ID", "LAYER", "SIZE", "IN USE", "CREATED BY"],
+              [[_short(c.key), _short(c.layer), human_size(c.size),
+                "yes" if c.in_use else "no", _trunc(c.created_by, 50)] for c in usage.cache])

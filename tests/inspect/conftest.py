@@ -1,0 +1,40 @@
+"""Fixtures for the inspect tests: the known images, in a store and saved elsewhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from inspect_helpers import make_snapshots, write_opaque_layout
+
+from lamina_testing import Lamina
+
+
+@dataclass
+class KnownImages:
+    lamina: Lamina          # a store with test/a and test/b (do not change it)
+    oci: Path               # lamina save --format oci test/a test/b
+    archive: Path           # lamina save test/a test/b (docker-archive)
+    opaque: Path            # a hand-written OCI layout with an opaque directory
+
+    def sources(self, name: str) -> list[str]:
+        """The same image from the store, the OCI layout and the docker archive."""
+        return [f"test/{name}", f"oci:{self.oci}:test/{name}:latest",
+                f"docker-archive:{self.archive}:test/{name}:latest"]
+
+
+@pytest.fixture(scope="session")
+def known(tmp_path_factory: pytest.TempPathFactory) -> KnownImages:
+    work = tmp_path_factory.mktemp("inspect")
+    snaps = make_snapshots(work / "snapshots")
+    lamina = Lamina(work / "store", snaps)
+    lamina.run("import", "test/a", "base", "shared", "a3", "a4")
+    lamina.run("import", "test/b", "base", "shared", "b3")
+    oci = work / "layout"
+    lamina.run("save", "--format", "oci", "-o", oci, "test/a", "test/b")
+    archive = work / "ab.tar"
+    lamina.run("save", "-o", archive, "test/a", "test/b")
+    opaque = work / "opaque"
+    write_opaque_layout(opaque)
+    return KnownImages(lamina, oci, archive, opaque)
