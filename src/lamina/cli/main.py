@@ -306,7 +306,8 @@ def _register_more() -> None:
     """Commands that live in modules of their own (each with ``register(app)``)."""
     import importlib
 
-    for name in ("lamina.cli.cmd_run", "lamina.cli.cmd_build", "lamina.cli.cmd_inspect"):
+    for name in ("lamina.cli.cmd_run", "lamina.cli.cmd_build", "lamina.cli.cmd_transfer",
+                 "lamina.cli.cmd_inspect"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:

@@ -8,6 +8,8 @@ What lives here, and why it is not in files:
   layers           layer blob digest ↔ diff_id (compressed vs uncompressed names)
   snapshots        unpacked layer stacks keyed by chain id
   leases           protect what an import, pull or build is still writing from gc
+  blob_sources     which registry repositories a blob is known to be in (for
+                   cross-repository mounts on push)
   build_cache      step cache key → the layer that step made (weak: gc drops entries
                    whose layer it removes; ``gc --cache`` drops them all)
 
@@ -56,6 +58,9 @@ CREATE TABLE IF NOT EXISTS build_cache(
     key TEXT PRIMARY KEY, layer TEXT NOT NULL, diff_id TEXT NOT NULL, media_type TEXT NOT NULL,
     size INTEGER NOT NULL, created_by TEXT NOT NULL, created REAL NOT NULL, used REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS build_cache_layer ON build_cache(layer);
+CREATE TABLE IF NOT EXISTS blob_sources(
+    digest TEXT NOT NULL, registry TEXT NOT NULL, repository TEXT NOT NULL,
+    PRIMARY KEY(digest, registry, repository)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -320,3 +325,14 @@ class Metadata:
         rows = self._query("SELECT key, layer, diff_id, media_type, size, created_by "
                            "FROM build_cache")
         return [CacheRecord(*r) for r in rows]  # type: ignore[arg-type]
+
+    # -- where blobs came from ---------------------------------------------------------------
+    def add_blob_sources(self, registry: str, repository: str, digests: Iterable[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO blob_sources VALUES(?,?,?)",
+                           [(d, registry, repository) for d in digests])
+
+    def blob_sources(self, digest: str, registry: str) -> list[str]:
+        rows = self._query("SELECT repository FROM blob_sources WHERE digest=? AND registry=? "
+                           "ORDER BY repository", (digest, registry))
+        return [str(r[0]) for r in rows]

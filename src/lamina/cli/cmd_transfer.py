@@ -1,0 +1,251 @@
+"""``lamina pull``, ``push``, ``copy``, ``login``, ``logout``: thin — parse, call
+``lamina.transport.transfer``, print the way ``docker pull``/``push`` print."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
+
+from lamina.cli.format import err, out, print_json
+
+InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Allow plain HTTP and "
+                                           "unverified TLS for the registry.")]
+CaOpt = Annotated[Path | None, typer.Option("--ca-bundle", help="CA certificates (PEM) to "
+                                            "trust for the registry.")]
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", help="Blobs moved at once.")]
+QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="Print only the result.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+PlatformOpt = Annotated[str | None, typer.Option(help="OS/ARCH[/VARIANT] to pick from an "
+                                                 "index.")]
+
+
+class Printer:
+    """Per-layer status lines (``23a91c4350c4: Already exists``), with bars on a terminal.
+    Events arrive from worker threads; one lock keeps lines whole."""
+
+    def __init__(self, mode: str, quiet: bool) -> None:
+        self.mode = mode
+        self.quiet = quiet
+        self.lock = threading.Lock()
+        self.kinds: dict[str, Any] = {}
+        self.bar: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Printer]:
+        if not self.quiet and out.is_terminal:
+            with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                          console=out) as bar:
+                self.bar = bar
+                yield self
+            self.bar = None
+        else:
+            yield self
+
+    def line(self, short: str, text: str, total: int | None = None,
+             done: int | None = None) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            out.print(f"{short}: {text}", markup=False)
+            return
+        task = self.tasks.get(short)
+        if task is None:
+            self.tasks[short] = self.bar.add_task(f"{short}: {text}", total=total or None)
+        else:
+            self.bar.update(task, description=f"{short}: {text}", completed=done)
+
+    def on_push(self, push: Any) -> None:
+        with self.lock:
+            self.kinds[str(push.digest)] = push
+
+    def on_event(self, event: Any) -> None:
+        from lamina.image import mediatypes as mt
+
+        desc = event.descriptor
+        if not mt.is_layer(desc.media_type):
+            return
+        short = desc.digest.short
+        with self.lock:
+            if self.mode == "pull":
+                text = {"exists": "Already exists", "start": "Pulling fs layer",
+                        "done": "Pull complete"}.get(event.kind)
+                if event.kind == "progress":
+                    if self.bar is not None:
+                        self.line(short, "Downloading", event.total, event.done)
+                    return
+            else:
+                push = self.kinds.get(str(desc.digest))
+                if event.kind == "exists":
+                    text = "Layer already exists"
+                elif event.kind == "done":
+                    text = (f"Mounted from {push.mounted_from}"
+                            if push is not None and push.kind == "mounted" else "Pushed")
+                elif event.kind == "start":
+                    text = "Preparing" if self.bar is not None else None
+                else:
+                    if self.bar is not None:
+                        self.line(short, "Pushing", event.total, event.done)
+                    return
+            if text is not None:
+                self.line(short, text, desc.size, desc.size if event.kind != "start" else 0)
+
+
+def _registry_opts(insecure: bool, ca_bundle: Path | None, jobs: int) -> Any:
+    from lamina.errors import InvalidInput
+    from lamina.transport.registry import RegistryOptions
+
+    if jobs < 1:
+        raise InvalidInput("--jobs must be at least 1")
+    return RegistryOptions(insecure=insecure, ca_bundle=ca_bundle, jobs=jobs)
+
+
+def register(app: typer.Typer, store_factory: Callable[[], Any]) -> None:
+    @app.command()
+    def pull(
+        ref: Annotated[str, typer.Argument(help="NAME[:TAG|@DIGEST], e.g. "
+                                           "localhost:5000/demo/a:latest.")],
+        platform: PlatformOpt = None,
+        insecure: InsecureOpt = False,
+        ca_bundle: CaOpt = None,
+        jobs: JobsOpt = 3,
+        quiet: QuietOpt = False,
+        json_: JsonOpt = False,
+    ) -> None:
+        """Pull an image from a registry into the store; only missing layers move."""
+        from lamina.image.manifest import Platform
+        from lamina.image.reference import Reference
+        from lamina.transport.transfer import TransferOptions, pull_place, transfer
+
+        src, dst = pull_place(ref)
+        r = Reference.parse(ref)
+        printer = Printer("pull", quiet or json_)
+        if not (quiet or json_):
+            out.print(f"{r.tag or r.digest}: Pulling from {r.repository}", markup=False)
+        with store_factory() as store:
+            before = store.meta.get_tag(str(r)) if r.tag else None
+            with printer.running():
+                result = transfer(store, src, dst, TransferOptions(
+                    registry=_registry_opts(insecure, ca_bundle, jobs),
+                    platform=Platform.parse(platform) if platform else None,
+                    on_event=printer.on_event))
+        if json_:
+            print_json({"reference": str(r), "digest": str(result.descriptor.digest),
+                        "downloaded": result.moved, "already_present": result.present})
+            return
+        if quiet:
+            out.print(r.familiar, markup=False)
+            return
+        fresh = result.moved > 0 or before is None or before.digest != str(
+            result.descriptor.digest)
+        out.print(f"Digest: {result.descriptor.digest}", markup=False)
+        out.print(f"Status: {'Downloaded newer image' if fresh else 'Image is up to date'} "
+                  f"for {r.familiar}", markup=False)
+
+    @app.command()
+    def push(
+        ref: Annotated[str, typer.Argument(help="Image in the store.")],
+        dest: Annotated[str | None, typer.Argument(help="Where to push (default: REF, which "
+                                                   "then names the registry).")] = None,
+        insecure: InsecureOpt = False,
+        ca_bundle: CaOpt = None,
+        jobs: JobsOpt = 3,
+        quiet: QuietOpt = False,
+        json_: JsonOpt = False,
+    ) -> None:
+        """Push an image to a registry; blobs it has are skipped, others mounted or sent."""
+        from lamina.transport.transfer import TransferOptions, push_places, transfer
+
+        src, dst = push_places(ref, dest)
+        assert dst.ref is not None
+        printer = Printer("push", quiet or json_)
+        if not (quiet or json_):
+            out.print(f"The push refers to repository [{dst.ref.familiar_name}]", markup=False)
+        with store_factory() as store, printer.running():
+            result = transfer(store, src, dst, TransferOptions(
+                registry=_registry_opts(insecure, ca_bundle, jobs),
+                on_event=printer.on_event, on_push=printer.on_push))
+        if json_:
+            print_json({"reference": str(dst.ref), "digest": str(result.descriptor.digest),
+                        "size": result.descriptor.size,
+                        "blobs": {d: {"result": p.kind, "mounted_from": p.mounted_from}
+                                  for d, p in printer.kinds.items()}})
+            return
+        if quiet:
+            out.print(str(result.descriptor.digest), markup=False)
+            return
+        out.print(f"{dst.ref.tag or 'digest'}: digest: {result.descriptor.digest} size: "
+                  f"{result.descriptor.size}", markup=False)
+
+    @app.command()
+    def copy(
+        source: Annotated[str, typer.Argument(help="docker://…, oci:DIR[:TAG], "
+                                              "oci-archive:PATH[:TAG], docker-archive:PATH"
+                                              "[:REF], or a local image.")],
+        destination: Annotated[str, typer.Argument(help="Same forms as SOURCE.")],
+        all_platforms: Annotated[bool, typer.Option("--all", help="Copy every platform of "
+                                                    "an index.")] = False,
+        platform: PlatformOpt = None,
+        insecure: InsecureOpt = False,
+        ca_bundle: CaOpt = None,
+        jobs: JobsOpt = 3,
+        quiet: QuietOpt = False,
+        json_: JsonOpt = False,
+    ) -> None:
+        """Copy an image between any two places, moving only what the destination lacks."""
+        from lamina.image.manifest import Platform
+        from lamina.transport.transfer import TransferOptions, transfer
+
+        with store_factory() as store:
+            result = transfer(store, source, destination, TransferOptions(
+                registry=_registry_opts(insecure, ca_bundle, jobs),
+                platform=Platform.parse(platform) if platform else None,
+                all_platforms=all_platforms))
+        if json_:
+            print_json({"source": source, "destination": destination,
+                        "digest": str(result.descriptor.digest), "copied": result.moved,
+                        "skipped": result.present})
+        elif not quiet:
+            out.print(f"Copied {source} to {destination}: {result.moved} blobs copied, "
+                      f"{result.present} already there", markup=False)
+            out.print(f"Digest: {result.descriptor.digest}", markup=False)
+
+    @app.command()
+    def login(
+        registry: Annotated[str, typer.Argument(help="HOST[:PORT]")],
+        username: Annotated[str | None, typer.Option("-u", "--username")] = None,
+        password: Annotated[str | None, typer.Option("-p", "--password")] = None,
+        password_stdin: Annotated[bool, typer.Option("--password-stdin",
+                                                     help="Read the password from stdin.")
+                                  ] = False,
+        insecure: InsecureOpt = False,
+        ca_bundle: CaOpt = None,
+    ) -> None:
+        """Log in to a registry; credentials are stored (0600) for pull and push."""
+        from lamina.transport.registry import login as do_login
+
+        if password_stdin:
+            password = sys.stdin.read().rstrip("\n")
+        if username is None:
+            username = typer.prompt("Username")
+        if password is None:
+            password = typer.prompt("Password", hide_input=True)
+        do_login(registry, username, password, _registry_opts(insecure, ca_bundle, 1))
+        out.print("Login Succeeded", markup=False)
+
+    @app.command()
+    def logout(registry: Annotated[str, typer.Argument(help="HOST[:PORT]")]) -> None:
+        """Forget the stored credentials for a registry."""
+        from lamina.transport.registry import logout as do_logout
+
+        if do_logout(registry):
+            out.print(f"Removing login credentials for {registry}", markup=False)
+        else:
+            err.print(f"Not logged in to {registry}", markup=False)

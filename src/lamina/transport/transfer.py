@@ -1,0 +1,91 @@
+"""``lamina pull``, ``push`` and ``copy``: one copy between two places, plus the
+bookkeeping a registry round trip needs (which repositories hold which blobs, so a later
+push can mount instead of upload)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lamina.image.manifest import Descriptor, Platform
+from lamina.image.reference import Reference
+from lamina.store.store import Store
+from lamina.transport.copy import CopyEvent, CopyOptions, copy_image
+from lamina.transport.places import Place, open_sink, open_source, parse_place
+from lamina.transport.registry import BlobPush, RegistryOptions, RegistrySink
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
+    platform: Platform | None = None
+    all_platforms: bool = False
+    on_event: Callable[[CopyEvent], None] | None = None     # per blob, from worker threads
+    on_push: Callable[[BlobPush], None] | None = None       # exists / mounted / pushed
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    source: Place
+    destination: Place
+    descriptor: Descriptor          # what was written at the top of the destination
+    names: tuple[str, ...]
+    moved: int                      # blobs copied (not already there)
+    present: int                    # blobs the destination already had
+
+
+def transfer(store: Store, src: str | Place, dst: str | Place,
+             opts: TransferOptions | None = None) -> TransferResult:
+    opts = opts or TransferOptions()
+    src_place = src if isinstance(src, Place) else parse_place(src)
+    dst_place = dst if isinstance(dst, Place) else parse_place(dst)
+    opened = open_source(src_place, store, opts.registry)
+    touched: set[str] = set()
+    counts = {"moved": 0, "present": 0}
+    lock = threading.Lock()
+
+    def on_event(event: CopyEvent) -> None:
+        with lock:
+            if event.kind == "exists":
+                counts["present"] += 1
+                touched.add(str(event.descriptor.digest))
+            elif event.kind == "done":
+                counts["moved"] += 1
+                touched.add(str(event.descriptor.digest))
+        if opts.on_event is not None:
+            opts.on_event(event)
+
+    try:
+        sink, names = open_sink(dst_place, store, opts.registry, opened.name)
+        if isinstance(sink, RegistrySink) and opts.on_push is not None:
+            sink.on_blob = opts.on_push
+        try:
+            top = copy_image(opened.source, opened.descriptor, sink, names, CopyOptions(
+                platform=opts.platform, all_platforms=opts.all_platforms, on_event=on_event,
+                jobs=max(1, opts.registry.jobs)))
+            sink.close()
+        except BaseException:
+            sink.abort()
+            raise
+    finally:
+        opened.source.close()
+    touched.add(str(top.digest))
+    for place in (src_place, dst_place):
+        if place.kind == "docker" and place.ref is not None:
+            store.meta.add_blob_sources(place.ref.registry, place.ref.repository, touched)
+    return TransferResult(src_place, dst_place, top, tuple(names), counts["moved"],
+                          counts["present"])
+
+
+def pull_place(ref: str) -> tuple[Place, Place]:
+    """``lamina pull busybox`` = copy docker://docker.io/library/busybox:latest to the
+    store under the same (full) name."""
+    r = Reference.parse(ref)
+    return Place("docker", f"docker://{r}", ref=r), Place("store", str(r), name=str(r))
+
+
+def push_places(ref: str, dest: str | None) -> tuple[Place, Place]:
+    """``lamina push NAME [DEST]``: DEST defaults to NAME (which then names a registry)."""
+    target = Reference.parse(dest or ref)
+    return (parse_place(ref), Place("docker", f"docker://{target}", ref=target))
