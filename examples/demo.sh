@@ -49,10 +49,40 @@ print(f"  {sum(x == y for x, y in zip(a, b))} shared layers; 5 distinct layers o
       f"2 images of 4 layers (the store holds {len(blobs)} blobs with configs and manifests)")
 PYEOF
 
-step "lamina save demo/a demo/b -o seed.tar (a docker save archive), load into a second, empty store"
-$LAMINA save demo/a demo/b -o "$work/seed.tar"
-LAMINA_ROOT="$work/store2" $LAMINA load "$work/seed.tar"
+step "Push A and B to a registry on 127.0.0.1 (Debian's docker-registry)"
+port=$($PY -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+mkdir -p "$work/registry"
+cat > "$work/registry/config.yml" <<REGEOF
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $work/registry/data
+http:
+  addr: 127.0.0.1:$port
+log:
+  level: error
+REGEOF
+/usr/bin/docker-registry serve "$work/registry/config.yml" > "$work/registry/log" 2>&1 &
+registry_pid=$!
+trap 'kill $registry_pid 2>/dev/null || true' EXIT
+for _ in $(seq 50); do
+    $PY -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/v2/', timeout=1)" 2>/dev/null && break
+    sleep 0.1
+done
+reg=127.0.0.1:$port
+$LAMINA tag demo/a $reg/demo/a
+$LAMINA tag demo/b $reg/demo/b
+$LAMINA push $reg/demo/a
+$LAMINA push $reg/demo/b      # B's shared layers are mounted, not sent again
+
+step "Pull both into a second, empty store: B's three shared layers 'Already exists'"
+LAMINA_ROOT="$work/store2" $LAMINA pull --jobs 1 $reg/demo/a
+LAMINA_ROOT="$work/store2" $LAMINA pull --jobs 1 $reg/demo/b
 LAMINA_ROOT="$work/store2" $LAMINA images
+
+step "lamina save demo/a demo/b -o seed.tar (a docker save archive), load into a third store"
+$LAMINA save demo/a demo/b -o "$work/seed.tar"
+LAMINA_ROOT="$work/store3" $LAMINA load "$work/seed.tar"
 
 step "lamina save --format oci, then umoci unpacks what lamina wrote"
 $LAMINA save demo/a -o "$work/layout" --format oci
@@ -64,7 +94,7 @@ fi
 step "lamina run --network host demo/a  (busybox httpd on 127.0.0.1:8080), and fetch its page"
 $LAMINA run --network host demo/a &
 run_pid=$!
-trap 'kill $run_pid 2>/dev/null || true' EXIT
+trap 'kill $run_pid $registry_pid 2>/dev/null || true' EXIT
 page=""
 for _ in 1 2 3 4 5 6 7 8 9 10; do
     page=$($PY -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/', timeout=1).read().decode())" 2>/dev/null) && break
@@ -72,7 +102,7 @@ for _ in 1 2 3 4 5 6 7 8 9 10; do
 done
 echo "  GET http://127.0.0.1:8080/ -> $page"
 kill $run_pid; wait $run_pid 2>/dev/null || true
-trap - EXIT
+trap 'kill $registry_pid 2>/dev/null || true' EXIT
 [ -n "$page" ] || { echo "demo: the page did not load" >&2; exit 1; }
 
 step "lamina run --commit: a change saved as a new layer on top of demo/a"
