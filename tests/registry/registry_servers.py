@@ -164,6 +164,7 @@ class FakeRegistry:
 
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
+        self.links: set[tuple[str, str]] = set()             # (repo, digest): who has what
         self.manifests: dict[str, tuple[str, bytes]] = {}   # "repo:tag" / "repo@digest"
         self.uploads: dict[str, bytearray] = {}
         self.log: list[tuple[str, str, dict[str, str]]] = []
@@ -203,9 +204,9 @@ class FakeRegistry:
         config = json.dumps({"architecture": "amd64", "os": "linux",
                              "rootfs": {"type": "layers", "diff_ids": [
                                  sha256(b) for b in layers]}}).encode()
-        self.blobs[sha256(config)] = config
-        for b in layers:
+        for b in (config, *layers):
             self.blobs[sha256(b)] = b
+            self.links.add((repo, sha256(b)))
         manifest = json.dumps({
             "schemaVersion": 2, "mediaType": media_type,
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
@@ -348,7 +349,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif rest.startswith("uploads"):
             self._upload(repo, rest)
         else:
-            self._blob(rest)
+            self._blob(repo, rest)
 
     def _manifest(self, repo: str, ref: str) -> None:
         reg = self.registry
@@ -367,10 +368,10 @@ class _Handler(BaseHTTPRequestHandler):
         media_type = reg.override_content_type.get(ref, media_type)
         self._send(200, raw, {"Content-Type": media_type, "Docker-Content-Digest": sha256(raw)})
 
-    def _blob(self, digest: str) -> None:
+    def _blob(self, repo: str, digest: str) -> None:
         reg = self.registry
         data = reg.blobs.get(digest)
-        if data is None:
+        if data is None or (repo, digest) not in reg.links:
             self._error(404, "BLOB_UNKNOWN", "blob unknown to registry")
             return
         if digest in reg.corrupt:
@@ -412,7 +413,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "POST":
             self._body()
             mount = query.get("mount", [None])[0]
-            if mount and mount in reg.blobs and query.get("from"):
+            origin = query.get("from", [""])[0]
+            if mount and (origin, mount) in reg.links:
+                reg.links.add((repo, mount))
                 self._send(201, b"", {"Docker-Content-Digest": mount,
                                       "Location": f"/v2/{repo}/blobs/{mount}"})
                 return
@@ -457,6 +460,7 @@ class _Handler(BaseHTTPRequestHandler):
                             "content")
                 return
             reg.blobs[digest] = bytes(buf)
+            reg.links.add((repo, digest))
             reg.uploads.pop(uid, None)
             self._send(201, b"", {"Docker-Content-Digest": digest,
                                   "Location": f"/v2/{repo}/blobs/{digest}"})

@@ -7,16 +7,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from registry_servers import DockerRegistry, count
 
+from lamina.image.manifest import Platform, build_index, current_platform
 from lamina.image.reference import Reference
 from lamina.store.store import Store
 from lamina.transport.copy import CopyEvent, CopyOptions
 from lamina.transport.local import StoreTransport
-from lamina.transport.registry import BlobPush, RegistryOptions, RegistrySource
+from lamina.transport.registry import BlobPush, RegistryOptions, RegistrySink, RegistrySource
 from lamina.transport.registry.ops import pull_image, push_image
 from lamina_testing import Lamina, need, tree_listing
 
@@ -88,14 +90,15 @@ def test_b_after_a_moves_only_the_new_layer(seeded: Lamina, registry: DockerRegi
     other.assert_consistent()
 
 
-def test_chunked_upload_and_index_push(seeded: Lamina, registry: DockerRegistry,
+def test_chunked_upload(seeded: Lamina, registry: DockerRegistry,
                                        tmp_path: Path) -> None:
     dest = ref(registry, "chunked/a")
     fates = push(seeded, "demo/a", dest, RegistryOptions(chunk_size=256 * 1024))
     big = [p for p in fates if p.size > 256 * 1024]
     assert big and all(p.chunks == -(-p.size // (256 * 1024)) for p in big)
     reqs = registry.requests("chunked/a")
-    assert count(reqs, "PATCH", r"/blobs/uploads/") == sum(p.chunks for p in fates)
+    # every chunk but the last is a PATCH; the last travels with the closing PUT
+    assert count(reqs, "PATCH", r"/blobs/uploads/") == sum(p.chunks - 1 for p in fates)
     other = Lamina(tmp_path / "other", tmp_path)
     pull(other, dest)
     other.assert_consistent()
@@ -157,3 +160,31 @@ def test_lamina_pulls_what_skopeo_pushed(seeded: Lamina, registry: DockerRegistr
     other.assert_consistent()
     with Store(other.root) as store:
         assert StoreTransport(store).resolve(f"{registry.host}/{repo}:x").digest == desc.digest
+
+
+def test_index_push_and_pull(seeded: Lamina, registry: DockerRegistry, tmp_path: Path) -> None:
+    """An index (two platforms) goes up with its children by digest; a pull takes this
+    machine's platform, or every platform with all_platforms."""
+    repo = "multi/app"
+    with Store(seeded.root) as store:
+        a = push_image(store, "demo/a", Reference.parse(f"{registry.host}/{repo}:a"))
+        b = push_image(store, "demo/b", Reference.parse(f"{registry.host}/{repo}:b"))
+    here = current_platform()
+    index = build_index([replace(a, platform=here),
+                         replace(b, platform=Platform("s390x", "linux"))])
+    sink = RegistrySink(ref(registry, repo, "multi"))
+    sink.put_manifest(index.descriptor(), index.raw, [str(ref(registry, repo, "multi"))])
+    sink.close()
+    one = Lamina(tmp_path / "one", tmp_path)
+    with Store(one.root) as store:
+        top = pull_image(store, ref(registry, repo, "multi"))
+    assert top.digest == a.digest
+    every = Lamina(tmp_path / "every", tmp_path)
+    with Store(every.root) as store:
+        top = pull_image(store, ref(registry, repo, "multi"),
+                         copy_opts=CopyOptions(all_platforms=True, jobs=2))
+        assert top.digest == index.digest
+        assert store.meta.get_tag(str(ref(registry, repo, "multi"))).digest == str(index.digest)
+        for d in (a, b):
+            assert store.blobs.has(d.digest)
+    every.assert_consistent()

@@ -246,6 +246,7 @@ class Authenticator:
         self.credentials = credentials
         self._http = http
         self._lock = threading.Lock()
+        self._fetching = threading.Lock()    # one token request at a time
         self._scheme: str | None = None      # "basic" / "bearer" once a challenge was seen
         self._bearer: Challenge | None = None
         self._tokens: dict[tuple[str, ...], _Token] = {}
@@ -255,21 +256,26 @@ class Authenticator:
     def authenticated(self) -> bool:
         return self.credentials is not None
 
+    def _cached(self, scopes: tuple[str, ...]) -> str | None:
+        with self._lock:
+            tok = self._tokens.get(scopes)
+            if tok is not None and tok.expires > time.monotonic():
+                return f"Bearer {tok.value}"
+        return None
+
     def header(self, scopes: tuple[str, ...], what: str) -> str | None:
         """The Authorization header to send up front for a request needing ``scopes``."""
-        with self._lock:
-            if self._scheme == "basic" and self.credentials is not None:
-                return basic_header(self.credentials)
-            if self._scheme == "bearer":
-                tok = self._tokens.get(scopes)
-                if tok is not None and tok.expires > time.monotonic():
-                    return f"Bearer {tok.value}"
-        if self._scheme == "bearer" and self._bearer is not None:
-            # We know the realm: fetch the token for these scopes before sending, rather
-            # than collecting a 401 for every new scope (and a streamed body we cannot
-            # send twice).
-            return f"Bearer {self._fetch_token(self._bearer, scopes, what)}"
-        return None
+        if self._scheme == "basic" and self.credentials is not None:
+            return basic_header(self.credentials)
+        if self._scheme != "bearer" or self._bearer is None:
+            return None
+        cached = self._cached(scopes)
+        if cached is not None:
+            return cached
+        # We know the realm: fetch the token for these scopes before sending, rather than
+        # collecting a 401 for every new scope (and a streamed body cannot be sent twice).
+        with self._fetching:
+            return self._cached(scopes) or f"Bearer {self._fetch_token(self._bearer, scopes, what)}"
 
     def answer(self, resp: httpx.Response, scopes: tuple[str, ...], sent: str | None,
                what: str) -> str | None:
@@ -279,18 +285,19 @@ class Authenticator:
         bearer = next((c for c in challenges if c.scheme == "bearer"), None)
         basic = next((c for c in challenges if c.scheme == "basic"), None)
         if bearer is not None and "realm" in bearer.params:
-            with self._lock:
-                self._scheme, self._bearer = "bearer", bearer
-                stale = self._tokens.get(scopes)
-                if stale is not None and sent == f"Bearer {stale.value}":
-                    del self._tokens[scopes]   # expired or revoked early: ask again once
-                elif sent is not None and sent.startswith("Bearer "):
-                    return None                # a fresh token was refused: give up
-            want = tuple(dict.fromkeys([*scopes, *_split_scope(bearer.params.get("scope"))]))
-            token = self._fetch_token(bearer, want, what)
-            if want != scopes:
+            with self._fetching:   # parallel blobs: one thread fetches, the others reuse
                 with self._lock:
-                    self._tokens[scopes] = self._tokens[want]
+                    self._scheme, self._bearer = "bearer", bearer
+                cached = self._cached(scopes)
+                if cached is not None and cached != sent:
+                    return cached  # another thread got it meanwhile
+                extra = [s for s in _split_scope(bearer.params.get("scope"))
+                         if not any(_covers(mine, s) for mine in scopes)]
+                want = tuple(dict.fromkeys([*scopes, *extra]))
+                token = self._fetch_token(bearer, want, what)
+                if want != scopes:
+                    with self._lock:
+                        self._tokens[scopes] = self._tokens[want]
             return f"Bearer {token}"
         if basic is not None and self.credentials is not None:
             with self._lock:
@@ -348,3 +355,14 @@ class Authenticator:
 
 def _split_scope(scope: str | None) -> list[str]:
     return scope.split() if scope else []
+
+
+def _covers(mine: str, theirs: str) -> bool:
+    """``repository:a:pull,push`` covers ``repository:a:pull``: asking for both would
+    only make the token service work harder (and some refuse duplicates)."""
+    m_type, _, rest = mine.partition(":")
+    m_name, _, m_actions = rest.rpartition(":")
+    t_type, _, rest = theirs.partition(":")
+    t_name, _, t_actions = rest.rpartition(":")
+    return (m_type, m_name) == (t_type, t_name) and set(t_actions.split(",")) <= set(
+        m_actions.split(","))

@@ -63,10 +63,11 @@ def api_host(registry: str) -> str:
 
 def registry_base_url(registry: str, opts: RegistryOptions = RegistryOptions()) -> str:
     """``http://`` for loopback registries (as Docker treats them), unless a CA bundle
-    says the registry speaks TLS; ``https://`` everywhere else (verified unless
-    ``insecure``, which may also fall back to http on a TLS failure)."""
+    says the registry speaks TLS or ``insecure`` asks to try TLS first; ``https://``
+    everywhere else (verified unless ``insecure``, which then falls back to http when
+    the TLS handshake fails, as Docker does for an insecure registry)."""
     host = api_host(registry)
-    if is_loopback(registry) and opts.ca_bundle is None:
+    if is_loopback(registry) and opts.ca_bundle is None and not opts.insecure:
         return f"http://{host}"
     return f"https://{host}"
 

@@ -99,6 +99,9 @@ def error_from_response(resp: httpx.Response, registry: str, what: str,
     reason = _one_line(message) if message else ""
     tail = f" ({code}: {reason})" if code and reason else f" ({reason})" if reason else ""
     kw: dict[str, Any] = {"registry": registry, "status": status, "code": code}
+    if status == 400 and b"HTTP request to an HTTPS server" in body:
+        return RegistryError(f"{registry} speaks https: give its CA certificate "
+                             "(--ca-bundle) or use --insecure", **kw)
     if status == 404:
         return RegistryNotFound(f"{registry}: {what} not found{tail}", **kw)
     if status == 401:

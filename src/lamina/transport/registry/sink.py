@@ -164,13 +164,15 @@ class RegistrySink:
 
     def _upload_chunked(self, desc: Descriptor, reader: VerifyingReader, location: httpx.URL,
                         size: int, progress: Progress | None) -> int:
+        """PATCH every chunk but the last, which travels with the closing PUT: only that
+        one may be shorter than ``OCI-Chunk-Min-Length`` (distribution-spec 1.1)."""
         what = self._blob_what(desc)
         offset = 0
         chunks = 0
         while True:
             data = _read_exactly(reader, size)
-            if not data:
-                break
+            if offset + len(data) >= desc.size:
+                break   # the last piece (or nothing): it goes with the PUT
             resp = self.client.send(
                 "PATCH", location, what=what, scopes=self.scopes, content=data, ok=(202,),
                 headers={"Content-Type": "application/octet-stream",
@@ -185,13 +187,18 @@ class RegistrySink:
             chunks += 1
             if progress is not None:
                 progress(offset, desc.size)
-            if len(data) < size:
-                break
         reader.verify()
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(data))}
+        if data:
+            headers["Content-Range"] = f"{offset}-{offset + len(data) - 1}"
         resp = self.client.send("PUT", location, what=what, scopes=self.scopes,
-                                params={"digest": str(desc.digest)}, content=b"",
-                                ok=(201, 204), headers={"Content-Length": "0"})
+                                params={"digest": str(desc.digest)}, content=data,
+                                ok=(201, 204), headers=headers)
         resp.close()
+        if data:
+            chunks += 1
+            if progress is not None:
+                progress(offset + len(data), desc.size)
         self._check_digest(resp, desc, what)
         return chunks
 

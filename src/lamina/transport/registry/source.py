@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import threading
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from lamina.digest import CHUNK, Digest, VerifyingReader
+from lamina.digest import Digest, VerifyingReader
 from lamina.errors import (
     IntegrityError,
     InvalidInput,
@@ -258,7 +259,9 @@ class BlobStream:
         elif self.offset:
             self._skip = self.offset   # no Range support: full body again, skip the head
         self._resp = resp
-        self._chunks = resp.iter_raw(CHUNK)
+        # raw: no Content-Encoding decoding (the digest is of the bytes as stored); the
+        # pieces as they arrive, so a drop loses nothing that was received
+        self._chunks = resp.iter_raw()
 
     def _drop(self, reason: str) -> None:
         if self._resp is not None:
@@ -299,16 +302,22 @@ class BlobStream:
             return chunk
 
     def read(self, n: int = -1, /) -> bytes:
-        if n is None or n < 0:
-            parts = [self._buf]
-            self._buf = b""
-            while chunk := self._next_chunk():
-                parts.append(chunk)
-            return b"".join(parts)
-        if not self._buf:
-            self._buf = self._next_chunk()
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
+        """Up to ``n`` bytes (all that is left for n < 0), gathered across network reads
+        and reconnections: a consumer reading 1 MiB at a time gets 1 MiB pieces."""
+        want = sys.maxsize if n is None or n < 0 else n
+        parts = [self._buf] if self._buf else []
+        have = len(self._buf)
+        self._buf = b""
+        while have < want:
+            chunk = self._next_chunk()
+            if not chunk:
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        data = b"".join(parts)
+        if len(data) > want:
+            data, self._buf = data[:want], data[want:]
+        return data
 
     def _close_resp(self) -> None:
         if self._resp is not None:

@@ -1,0 +1,199 @@
+"""Bad answers from a registry, served by the in-process fake: each gives one clear error
+naming the registry and the object, and leaves the store as it was (fsck clean, no
+ingest files); transient ones (429, 500, a connection cut mid-blob) are ridden out."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from registry_servers import FakeRegistry, Fault, free_port, sha256
+
+from lamina.digest import Digest
+from lamina.errors import (
+    IntegrityError,
+    InvalidManifest,
+    LaminaError,
+    NotFound,
+    TransportError,
+    Unsupported,
+)
+from lamina.image.reference import Reference
+from lamina.store.store import Store
+from lamina.transport.copy import CopyOptions
+from lamina.transport.registry import RegistryError, RegistryOptions, RegistrySource
+from lamina.transport.registry.ops import pull_image, push_image
+from lamina_testing import Lamina
+
+FAST = RegistryOptions(backoff=0.01, max_backoff=0.05, retries=3)
+BIG = os.urandom(3 * 1024 * 1024 + 17)
+SMALL = b"a small layer"
+
+
+@pytest.fixture
+def image(fake: FakeRegistry) -> Reference:
+    fake.add_image("app", "v1", [BIG, SMALL])
+    return Reference.parse(f"{fake.host}/app:v1")
+
+
+def pull(lam: Lamina, ref: Reference, opts: RegistryOptions = FAST, jobs: int = 1) -> None:
+    with Store(lam.root) as store:
+        pull_image(store, ref, opts, CopyOptions(jobs=jobs))
+
+
+def fails_cleanly(lam: Lamina, ref: Reference, kind: type[LaminaError],
+                  opts: RegistryOptions = FAST, jobs: int = 1) -> str:
+    """The pull raises ``kind`` with a one-line message, and the store is unchanged."""
+    Store(lam.root).close()
+    before = lam.blob_files()
+    with pytest.raises(kind) as info:
+        pull(lam, ref, opts, jobs)
+    message = str(info.value)
+    assert "\n" not in message
+    assert lam.blob_files() == before
+    lam.assert_consistent()
+    with Store(lam.root) as store:
+        assert store.meta.get_tag(str(ref)) is None
+    return message
+
+
+def blob_gets(fake: FakeRegistry, data: bytes) -> list[dict[str, str]]:
+    return [h for _, _, h in fake.requests("GET", f"/blobs/{sha256(data)}")]
+
+
+def test_resume_with_range_after_a_cut(fake: FakeRegistry, image: Reference,
+                                       lamina: Lamina) -> None:
+    cut = 1024 * 1024 + 12345
+    fake.cuts[sha256(BIG)] = (cut, 1)
+    pull(lamina, image)
+    gets = blob_gets(fake, BIG)
+    assert len(gets) == 2
+    assert "Range" not in gets[0] and gets[1]["Range"] == f"bytes={cut}-"
+    lamina.assert_consistent()
+    with Store(lamina.root) as store:
+        assert store.blobs.read_bytes(Digest.from_bytes(BIG)) == BIG
+
+
+def test_restart_when_the_registry_ignores_range(fake: FakeRegistry, image: Reference,
+                                                 lamina: Lamina) -> None:
+    fake.ranges = False
+    fake.cuts[sha256(BIG)] = (2 * 1024 * 1024, 1)
+    pull(lamina, image)
+    assert len(blob_gets(fake, BIG)) == 2
+    lamina.assert_consistent()
+
+
+def test_registry_closing_mid_blob_beyond_retries(fake: FakeRegistry, image: Reference,
+                                                  lamina: Lamina) -> None:
+    fake.cuts[sha256(BIG)] = (1000, None)      # every answer stops at byte 1000
+    message = fails_cleanly(lamina, image, TransportError, jobs=2)
+    assert message.startswith(f"{fake.host}: blob {sha256(BIG)} of app: connection lost "
+                              f"after 1000 of {len(BIG)} bytes"), message
+    assert len(blob_gets(fake, BIG)) == 1 + FAST.retries
+
+
+def test_blob_whose_bytes_do_not_match(fake: FakeRegistry, image: Reference,
+                                       lamina: Lamina) -> None:
+    fake.corrupt.add(sha256(SMALL))
+    message = fails_cleanly(lamina, image, IntegrityError, jobs=3)
+    assert fake.host in message and sha256(SMALL) in message
+
+
+def test_manifest_over_4_mib(fake: FakeRegistry, lamina: Lamina) -> None:
+    raw = b'{"schemaVersion": 2, "pad": "' + b"x" * (4 * 1024 * 1024) + b'"}'
+    fake.put_manifest("huge", "v1", "application/vnd.oci.image.manifest.v1+json", raw)
+    message = fails_cleanly(lamina, Reference.parse(f"{fake.host}/huge:v1"), InvalidManifest)
+    assert message == (f"{fake.host}: manifest huge:v1 is {len(raw)} bytes, over the 4 MiB "
+                       "limit")
+
+
+def test_401_without_credentials(fake: FakeRegistry, image: Reference, lamina: Lamina) -> None:
+    fake.auth = "basic"
+    message = fails_cleanly(lamina, image, RegistryError)
+    assert message == (f"{fake.host}: manifest app:v1 requires authentication: "
+                       f"run lamina login {fake.host}")
+
+
+def test_connection_refused(lamina: Lamina) -> None:
+    host = f"127.0.0.1:{free_port()}"
+    message = fails_cleanly(lamina, Reference.parse(f"{host}/app:v1"), TransportError)
+    assert message == f"cannot connect to {host}: connection refused"
+
+
+def test_unknown_media_type(fake: FakeRegistry, lamina: Lamina) -> None:
+    fake.put_manifest("odd", "v1", "application/vnd.example.thing+json", b'{"hello": 1}')
+    message = fails_cleanly(lamina, Reference.parse(f"{fake.host}/odd:v1"), Unsupported)
+    assert message == (f"{fake.host}: manifest odd:v1 has unsupported media type "
+                       "application/vnd.example.thing+json")
+
+
+def test_missing_tag_is_not_found_with_the_registry_code(fake: FakeRegistry,
+                                                         lamina: Lamina) -> None:
+    message = fails_cleanly(lamina, Reference.parse(f"{fake.host}/app:nope"), NotFound)
+    assert message == (f"{fake.host}: manifest app:nope not found (MANIFEST_UNKNOWN: "
+                       "manifest unknown)")
+
+
+def test_429_with_retry_after_then_success(fake: FakeRegistry, image: Reference,
+                                           lamina: Lamina) -> None:
+    fake.faults.append(Fault("GET", "/manifests/v1", 429, {"Retry-After": "1"}))
+    start = time.monotonic()
+    pull(lamina, image)
+    assert time.monotonic() - start >= 0.95
+    assert len(fake.requests("GET", "/manifests/v1")) == 2
+    lamina.assert_consistent()
+
+
+def test_500_then_success(fake: FakeRegistry, image: Reference, lamina: Lamina) -> None:
+    fake.faults.append(Fault("GET", f"/blobs/{sha256(SMALL)}", 500, times=2))
+    pull(lamina, image)
+    assert len(blob_gets(fake, SMALL)) == 3
+    lamina.assert_consistent()
+
+
+def test_500_beyond_retries(fake: FakeRegistry, image: Reference, lamina: Lamina) -> None:
+    fake.faults.append(Fault("GET", f"/blobs/{sha256(SMALL)}", 503, times=None,
+                             body=b'{"errors":[{"code":"UNAVAILABLE","message":"busy"}]}'))
+    message = fails_cleanly(lamina, image, RegistryError)
+    assert message == (f"{fake.host}: blob {sha256(SMALL)} of app: server error (HTTP 503) "
+                       "(UNAVAILABLE: busy)")
+    assert len(blob_gets(fake, SMALL)) == 1 + FAST.retries
+
+
+def test_docker_content_digest_must_match(fake: FakeRegistry, image: Reference,
+                                          lamina: Lamina) -> None:
+    raw = fake.manifests["app:v1"][1]
+    fake.faults.append(Fault("GET", "/manifests/v1", 200, times=None, body=raw, headers={
+        "Content-Type": "application/vnd.oci.image.manifest.v1+json",
+        "Docker-Content-Digest": sha256(b"something else")}))
+    message = fails_cleanly(lamina, image, IntegrityError)
+    assert "Docker-Content-Digest" in message and fake.host in message
+
+
+# -- pushing to the fake: retries, chunk sizes, locations ------------------------------------
+def test_push_rides_out_500_and_honours_chunk_min_length(fake: FakeRegistry, seeded: Lamina,
+                                                         tmp_path: Path) -> None:
+    fake.chunk_min = 512 * 1024
+    fake.faults.append(Fault("POST", "/blobs/uploads/", 500))
+    dest = Reference.parse(f"{fake.host}/pushed:v1")
+    with Store(seeded.root) as store:
+        top = push_image(store, "demo/a", dest, RegistryOptions(
+            backoff=0.01, chunk_size=64 * 1024))
+    patches = fake.requests("PATCH")
+    # every PATCH is at least the minimum; each blob's last piece goes with its PUT
+    assert patches and all(int(h["Content-Length"]) >= 512 * 1024 for _, _, h in patches)
+    assert fake.manifests["pushed:v1"][1] == fake.manifests[f"pushed@{top.digest}"][1]
+    other = Lamina(tmp_path / "other", tmp_path)
+    pull(other, dest)
+    other.assert_consistent()
+
+
+def test_source_resolves_tags_digests_and_lists(fake: FakeRegistry, image: Reference) -> None:
+    src = RegistrySource(image, FAST)
+    desc = src.resolve(None)
+    assert src.resolve(str(desc.digest)) == desc
+    assert src.resolve(f"{fake.host}/app@{desc.digest}") == desc
+    assert src.resolve("v1") == desc
+    src.close()
