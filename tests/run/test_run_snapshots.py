@@ -197,3 +197,27 @@ def test_snapshots_need_root_or_say_so(tmp_path: Path, monkeypatch: pytest.Monke
         with pytest.raises(StoreError, match="overlay mounts need root"):
             open_rootfs(store, StoreTransport(store), image, "overlay")
     assert_no_leftovers(tmp_path / "store")
+
+
+def test_a_layer_cannot_smuggle_overlayfs_instructions(tmp_path: Path) -> None:
+    """trusted.overlay.* xattrs in a tar would steer overlayfs (opaque, redirect) from a
+    lowerdir; snapshots drop them, so both snapshotters show the same tree."""
+    lower = make_tar([entry("d/", DIR, mode=0o755), entry("d/lower", data=b"l")])
+    smuggled, _ = entry("d/", DIR, mode=0o755)
+    smuggled.pax_headers = {"SCHILY.xattr.trusted.overlay.opaque": "y",
+                            "SCHILY.xattr.user.kept": "yes"}
+    upper = make_tar([(smuggled, b""), entry("d/upper", data=b"u")])
+    root = tmp_path / "store"
+    with Store(root) as store:
+        store_image(store, "crafted/smuggle", [lower, upper])
+        image = _image(store, "crafted/smuggle")
+        source = StoreTransport(store)
+        top = Snapshotter(store).ensure(source, image.manifest.layers, image.config.diff_ids)[1]
+        assert not is_opaque(str(top / "d"))
+        assert os.getxattr(top / "d", "user.kept") == b"yes"
+        views = {}
+        for mode in ("overlay", "walk"):
+            with open_rootfs(store, source, image, mode) as rootfs:  # type: ignore[arg-type]
+                views[mode] = sorted(os.listdir(rootfs.path / "d"))
+    assert views["overlay"] == views["walk"] == ["lower", "upper"]
+    assert_no_leftovers(root)

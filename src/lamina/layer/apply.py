@@ -53,6 +53,7 @@ _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_SYMLINKS = 40  # Linux's limit on symlinks followed in one lookup (path_resolution(7))
 _IGNORED_XATTR_ERRORS = (errno.ENOTSUP, errno.EOPNOTSUPP)
 _OVERLAY_OPAQUE = "trusted.overlay.opaque"
+_OVERLAY_XATTRS = "trusted.overlay."
 
 
 @dataclass(frozen=True)
@@ -343,7 +344,12 @@ class _Applier:
         os.utime(path, ns=(ns, ns), follow_symlinks=False)
 
     def _set_xattrs(self, target: str | int, entry: TarEntry) -> None:
+        overlay = self.opts.whiteout_format == "overlay"
         for key, value in entry.xattrs.items():
+            if overlay and key.startswith(_OVERLAY_XATTRS):
+                # In a lowerdir these would be overlayfs' own instructions (opaque,
+                # redirect, metacopy): a layer may only say that with whiteouts.
+                continue
             try:
                 if isinstance(target, int):
                     os.setxattr(target, key, value)
