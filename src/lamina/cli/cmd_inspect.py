@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -240,3 +241,170 @@ def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
         table(["CACHE ID", "LAYER", "SIZE", "IN USE", "CREATED BY"],
               [[_short(c.key), _short(c.layer), human_size(c.size),
                 "yes" if c.in_use else "no", _trunc(c.created_by, 50)] for c in usage.cache])
+
+    # -- diff -------------------------------------------------------------------------
+    @app.command()
+    def diff(
+        image_a: Annotated[str, typer.Argument(metavar="A", help=IMAGE_HELP)],
+        image_b: Annotated[str, typer.Argument(metavar="B", help="The image to compare with.")],
+        platform: PlatformOpt = None,
+        json_: JsonOpt = False,
+    ) -> None:
+        """The layers A and B share (and where they diverge), then the files of B's final
+        root that are added, removed or changed against A's."""
+        from lamina.cli.format import human_size, out, print_json, table
+        from lamina.inspect.compare import compare
+
+        with image_of(image_a, platform) as a, image_of(image_b, platform) as b:
+            result = compare(a.source, a.image, b.source, b.image)
+        if json_:
+            print_json(result.to_json())
+            return
+        n = len(result.layers)
+        where = (f"they diverge at layer {result.shared_layers + 1}"
+                 if result.shared_layers < n else "all layers are the same")
+        out.print(f"Layers: {result.shared_layers} shared, {where}", markup=False)
+
+        def side(x: tuple[str, str, str] | None) -> str:
+            return "-" if x is None else f"{_short(x[0])}  {_trunc(x[2], 40)}"
+
+        table(["LAYER", "", "A", "B"],
+              [[str(r.position + 1), "=" if r.shared else "≠", side(r.a),
+                "(shared)" if r.shared else side(r.b)] for r in result.layers])
+        if result.same_bytes_elsewhere:
+            out.print(f"Same layer bytes above the divergence: "
+                      f"{', '.join(_short(d) for d in result.same_bytes_elsewhere)}",
+                      markup=False)
+        out.print()
+        summary = ", ".join(
+            f"{result.count(s)} {s} ({human_size(result.bytes(s))})" if s != "changed"
+            else f"{result.count(s)} changed" for s in ("added", "removed", "changed"))
+        out.print(f"Files: {summary}", markup=False)
+        if not result.files:
+            return
+        rows = []
+        for f in result.files:
+            mark = {"added": "A", "removed": "D", "changed": "C"}[f.status]
+            if f.status == "changed":
+                assert f.a is not None and f.b is not None
+                size = (human_size(f.b.size) if f.a.size == f.b.size
+                        else f"{human_size(f.a.size)}→{human_size(f.b.size)}")
+                what = ", ".join(f.fields)
+            else:
+                v = f.b if f.status == "added" else f.a
+                size, what = (human_size(v.size), v.type) if v is not None else ("", "dir")
+            rows.append([mark, f.path, size, what])
+        table(["", "PATH", "SIZE", "WHAT"], rows)
+
+    # -- efficiency -------------------------------------------------------------------
+    @app.command()
+    def efficiency(
+        image: Annotated[str, typer.Argument(help=IMAGE_HELP)],
+        fail_under: Annotated[str | None, typer.Option(
+            "--fail-under", metavar="SCORE",
+            help="Exit 1 if the score is under SCORE (0.95 or 95%).")] = None,
+        max_wasted: Annotated[str | None, typer.Option(
+            "--max-wasted", metavar="BYTES",
+            help="Exit 1 if more than BYTES are wasted (20MB, 512kB, 1000).")] = None,
+        top: Annotated[int, typer.Option(help="Paths to list (all with --json).")] = 10,
+        platform: PlatformOpt = None,
+        json_: JsonOpt = False,
+    ) -> None:
+        """Bytes wasted on files an upper layer overwrites or deletes, or copies again for a
+        chmod/chown; score = 1 - wasted / total file bytes.  Gates exit 1 for CI."""
+        from lamina.cli.format import err, human_size, out, print_json, table
+        from lamina.inspect.efficiency import Gates
+        from lamina.inspect.efficiency import efficiency as measure
+        from lamina.inspect.tree import analyze
+
+        gates = Gates(_parse_score(fail_under) if fail_under is not None else None,
+                      _parse_bytes(max_wasted) if max_wasted is not None else None)
+        with image_of(image, platform) as img:
+            report = measure(img.source, analyze(img.source, img.image))
+        failures = gates.failures(report)
+        if json_:
+            print_json({**report.to_json(), "failures": failures})
+        else:
+            out.print(f"Efficiency: {report.score * 100:.2f}%", markup=False)
+            out.print(f"Total file bytes: {human_size(report.total)} ({report.total}), in the "
+                      f"final root: {human_size(report.final)} ({report.final})", markup=False)
+            out.print(f"Wasted: {human_size(report.wasted)} ({report.wasted}) = overwritten "
+                      f"{report.overwritten} + metadata-only {report.metadata_only} + deleted "
+                      f"{report.deleted}", markup=False)
+            out.print()
+            table(["LAYER", "FILES", "WASTED", "CREATED BY"],
+                  [[str(x.index + 1), human_size(x.size), human_size(x.wasted),
+                    _trunc(x.created_by, 50)] for x in report.layers])
+            if report.paths:
+                out.print()
+                table(["COPIES", "WASTED", "WHY", "PATH"],
+                      [[str(p.copies), human_size(p.size), ", ".join(p.why), p.path]
+                       for p in report.paths[:top]])
+                if len(report.paths) > top:
+                    out.print(f"... and {len(report.paths) - top} more paths (--top N, "
+                              "--json)", markup=False)
+        if failures:
+            for f in failures:
+                err.print(f"lamina: {f}", markup=False)
+            raise typer.Exit(1)
+
+    # -- graph ------------------------------------------------------------------------
+    @app.command()
+    def graph(
+        images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help=IMAGE_HELP)],
+        output: Annotated[Path, typer.Option("-o", "--output",
+                                             help="FILE.svg or FILE.html to write.")],
+        scale: Annotated[str, typer.Option(help="Heights by sqrt or log of the size.")
+                         ] = "sqrt",
+        title: Annotated[str | None, typer.Option(help="A heading for the picture.")] = None,
+        platform: PlatformOpt = None,
+    ) -> None:
+        """Draw images as stacks of layers side by side: a shared layer drawn once and
+        joined to every image that has it, heights by size, labels from history."""
+        from lamina.errors import InvalidInput
+        from lamina.inspect.graph import build_drawing, render_html, render_svg
+
+        if scale not in ("sqrt", "log"):
+            raise InvalidInput(f"unknown scale {scale!r}: choose sqrt or log")
+        suffix = output.suffix.lower()
+        if suffix not in (".svg", ".html", ".htm"):
+            raise InvalidInput(f"{output}: write a .svg or an .html file")
+        resolved = []
+        with contextlib.ExitStack() as stack:
+            for text in images:
+                resolved.append(stack.enter_context(image_of(text, platform)).image)
+        drawing = build_drawing(images, resolved)
+        render = render_svg if suffix == ".svg" else render_html
+        doc = render(drawing, scale, title)  # type: ignore[arg-type]
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(doc, encoding="utf-8")
+        tmp.replace(output)
+
+
+def _parse_score(text: str) -> float:
+    from lamina.errors import InvalidInput
+
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise InvalidInput(f"--fail-under {text!r}: give a score like 0.95 or 95%") from None
+    if not 0 <= value <= 1:
+        raise InvalidInput(f"--fail-under {text!r}: the score is between 0 and 1 (0%-100%)")
+    return value
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
+          "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def _parse_bytes(text: str) -> int:
+    """Bytes, in Docker's decimal units (kB, MB, GB) or binary ones (KiB, MiB, GiB)."""
+    import re
+
+    from lamina.errors import InvalidInput
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    if m is None or m.group(2).lower() not in _UNITS:
+        raise InvalidInput(f"--max-wasted {text!r}: give bytes like 1000, 512kB or 20MB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])

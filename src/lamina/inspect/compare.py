@@ -1,0 +1,167 @@
+"""``lamina diff A B``: the layers two images share, then how their final roots differ.
+
+Layers: position by position from the bottom, the images share a layer while their
+diff_ids agree (so their chain ids do: the same stack so far); the first position where
+they differ is where they diverge.  A layer with the same diff_id above that point is
+reported as "same bytes, other parent".
+
+Files: every path of the two final roots, compared by type, mode, owner, size, link
+target and, for regular files, content.  Contents are read only where they could differ:
+both are files with equal metadata and size but come from layers with different
+diff_ids (the same layer gives the same bytes).  Those paths are hashed in a second pass
+over only the layers that provide them.  Status is from A to B: ``added`` is only in B,
+``removed`` only in A.  Directory mtimes are never compared (nor are file mtimes: a
+layer clamps them to SOURCE_DATE_EPOCH and they are not what people mean by "changed").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lamina.inspect.tree import Analysis, LayerCache, Version, analyze, hash_files, split_key
+from lamina.transport.base import ImageSource
+from lamina.transport.resolve import ResolvedImage
+
+Status = Literal["added", "removed", "changed"]
+FIELDS = ("type", "mode", "owner", "size", "link", "content")
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    position: int                # 0-based; users see position + 1
+    a: tuple[str, str, str] | None   # (digest, diff_id, created_by)
+    b: tuple[str, str, str] | None
+    shared: bool                 # same diff_id, same stack below
+
+    def to_json(self) -> dict[str, Any]:
+        def side(x: tuple[str, str, str] | None) -> dict[str, str] | None:
+            return None if x is None else {"digest": x[0], "diff_id": x[1], "created_by": x[2]}
+        return {"layer": self.position + 1, "a": side(self.a), "b": side(self.b),
+                "shared": self.shared}
+
+
+@dataclass(frozen=True)
+class FileDiff:
+    path: str
+    status: Status
+    a: Version | None
+    b: Version | None
+    fields: tuple[str, ...] = ()   # for "changed": which of FIELDS differ
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "status": self.status,
+                "a": self.a.to_json() if self.a else None,
+                "b": self.b.to_json() if self.b else None, "changed": list(self.fields)}
+
+
+@dataclass
+class ImageDiff:
+    shared_layers: int                 # the common bottom of the two stacks
+    layers: list[LayerRow]
+    same_bytes_elsewhere: list[str]    # diff_ids both have above the divergence
+    files: list[FileDiff] = field(default_factory=list)
+    hashed: int = 0                    # files whose contents had to be read
+
+    def count(self, status: Status) -> int:
+        return sum(1 for f in self.files if f.status == status)
+
+    def bytes(self, status: Status) -> int:
+        side = "b" if status == "added" else "a"
+        return sum((getattr(f, side).size if getattr(f, side) else 0)
+                   for f in self.files if f.status == status)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shared_layers": self.shared_layers,
+                "layers": [r.to_json() for r in self.layers],
+                "same_bytes_elsewhere": self.same_bytes_elsewhere,
+                "summary": {s: {"count": self.count(s), "bytes": self.bytes(s)}
+                            for s in ("added", "removed", "changed")},
+                "files": [f.to_json() for f in self.files]}
+
+
+def _differ(a: Version, b: Version) -> list[str]:
+    out = []
+    if a.type != b.type:
+        out.append("type")
+    if a.mode != b.mode:
+        out.append("mode")
+    if (a.uid, a.gid) != (b.uid, b.gid):
+        out.append("owner")
+    if a.size != b.size:
+        out.append("size")
+    if a.link != b.link:
+        out.append("link")
+    return out
+
+
+def compare_layers(a: ResolvedImage, b: ResolvedImage) -> tuple[int, list[LayerRow], list[str]]:
+    from lamina.inspect.tree import layer_instructions
+
+    ida = [str(d) for d in a.config.diff_ids]
+    idb = [str(d) for d in b.config.diff_ids]
+    na, nb = layer_instructions(a), layer_instructions(b)
+    shared = 0
+    while shared < min(len(ida), len(idb)) and ida[shared] == idb[shared]:
+        shared += 1
+    rows = []
+    for i in range(max(len(ida), len(idb))):
+        sa = (str(a.manifest.layers[i].digest), ida[i], na[i]) if i < len(ida) else None
+        sb = (str(b.manifest.layers[i].digest), idb[i], nb[i]) if i < len(idb) else None
+        rows.append(LayerRow(i, sa, sb, i < shared))
+    elsewhere = sorted(set(ida[shared:]) & set(idb[shared:]))
+    return shared, rows, elsewhere
+
+
+def compare(source_a: ImageSource, image_a: ResolvedImage, source_b: ImageSource,
+            image_b: ResolvedImage,
+            progress: Callable[[str, int, int], None] | None = None) -> ImageDiff:
+    """Read both images' layer headers (shared layers once), compare the final roots,
+    then hash the files that could still differ."""
+    shared, rows, elsewhere = compare_layers(image_a, image_b)
+    cache = LayerCache()
+    an_a: Analysis = analyze(source_a, image_a, cache=cache,
+                             progress=(lambda d, n: progress("A", d, n)) if progress else None)
+    an_b: Analysis = analyze(source_b, image_b, cache=cache,
+                             progress=(lambda d, n: progress("B", d, n)) if progress else None)
+    ida = [str(d) for d in image_a.config.diff_ids]
+    idb = [str(d) for d in image_b.config.diff_ids]
+
+    root_a = dict(an_a.root.walk())
+    root_b = dict(an_b.root.walk())
+    files: list[FileDiff] = []
+    to_hash: list[tuple[str, Version, Version]] = []
+    for path in sorted(root_a.keys() | root_b.keys(), key=split_key):
+        in_a, in_b = path in root_a, path in root_b
+        va, vb = root_a.get(path), root_b.get(path)
+        if in_a and not in_b:
+            files.append(FileDiff(path, "removed", va, None))
+        elif in_b and not in_a:
+            files.append(FileDiff(path, "added", None, vb))
+        elif va is not None and vb is not None:
+            fields = _differ(va, vb)
+            if fields:
+                files.append(FileDiff(path, "changed", va, vb, tuple(fields)))
+            elif va.is_file and ida[va.layer] != idb[vb.layer]:
+                to_hash.append((path, va, vb))
+
+    hashed = 0
+    if to_hash:
+        want_a: dict[int, set[str]] = {}
+        want_b: dict[int, set[str]] = {}
+        for path, va, vb in to_hash:
+            want_a.setdefault(va.layer, set()).add(path)
+            want_b.setdefault(vb.layer, set()).add(path)
+        sums_a: dict[str, str] = {}
+        sums_b: dict[str, str] = {}
+        for layer, paths in sorted(want_a.items()):
+            sums_a.update(hash_files(source_a, image_a.manifest.layers[layer], paths))
+        for layer, paths in sorted(want_b.items()):
+            sums_b.update(hash_files(source_b, image_b.manifest.layers[layer], paths))
+        hashed = len(to_hash)
+        for path, va, vb in to_hash:
+            if sums_a.get(path) != sums_b.get(path):
+                files.append(FileDiff(path, "changed", va, vb, ("content",)))
+        files.sort(key=lambda f: split_key(f.path))
+    return ImageDiff(shared, rows, elsewhere, files, hashed)
