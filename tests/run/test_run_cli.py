@@ -181,12 +181,25 @@ def test_nothing_is_left_mounted_after_an_interrupted_run(seeded: Lamina) -> Non
     assert_no_leftovers(seeded.root)
 
 
+def test_sigterm_stops_the_container_and_cleans_up(seeded: Lamina) -> None:
+    proc = subprocess.Popen([*_lamina_cmd(), "run", "demo/a", "sleep", "38"],
+                            env=seeded.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(200):
+        if _sleepers(38) > 0:
+            break
+        subprocess.run(["sleep", "0.05"])
+    proc.terminate()
+    assert proc.wait(timeout=15) == 130
+    assert _sleepers(38) == 0
+    assert_no_leftovers(seeded.root)   # without a later run sweeping
+
+
 def _lamina_cmd() -> list[str]:
     from lamina_testing import LAMINA
 
     return [LAMINA]
 
 
-def _sleepers() -> int:
-    out = subprocess.run(["pgrep", "-f", "^sleep 37$"], capture_output=True, text=True)
+def _sleepers(seconds: int = 37) -> int:
+    out = subprocess.run(["pgrep", "-f", f"^sleep {seconds}$"], capture_output=True, text=True)
     return len(out.stdout.split())

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Annotated
 
 import typer
 
 from lamina.store.store import Store
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop the container like Ctrl-C does (the sandbox is stopped,
+    the rootfs unmounted and removed) instead of killing lamina mid-way."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
@@ -53,7 +72,7 @@ def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
             user=user, volumes=list(volume or []), network=network,  # type: ignore[arg-type]
             rm=True, commit=commit, snapshotter=snapshotter,  # type: ignore[arg-type]
             source_date_epoch=source_date_epoch() if commit else None)
-        with store_factory() as store:
+        with store_factory() as store, _interruptible():
             result = run_container(store, opts)
         if commit:
             # stdout is the container's; what lamina says goes to stderr.

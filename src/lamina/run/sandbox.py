@@ -450,16 +450,21 @@ def _status(code: int | None) -> int:
 
 
 def _wait(proc: subprocess.Popen[bytes]) -> int:
-    """Wait for the sandbox.  Ctrl-C reaches the process too (same process group):
-    give it a moment to exit on its own, then kill it, then let the interrupt go on."""
+    """Wait for the sandbox.  On KeyboardInterrupt (Ctrl-C, which the process got too,
+    being in the same process group; or SIGTERM turned into one by the CLI) give it a
+    moment to exit on its own, then stop the sandbox (its processes die with it), then
+    let the interrupt go on so the rootfs is cleaned up."""
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        for stop in (None, proc.terminate, proc.kill):
+            if stop is not None:
+                stop()
+            try:
+                proc.wait(timeout=2)
+                break
+            except subprocess.TimeoutExpired:
+                continue
         raise
 
 
