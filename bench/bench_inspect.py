@@ -18,7 +18,8 @@ output sent to /dev/null:
 |---|---|
 | ``tar -tvzf`` (floor) | GNU tar listing every layer blob in turn: gunzip + headers |
 | ``lamina layers --json`` | every layer's change tree: headers only, digests verified |
-| ``lamina efficiency --json`` | the same pass, then the chmod-only candidates hashed in a second pass over the layers that hold them |
+| ``lamina efficiency --json`` | the same pass, then the chmod-only candidates hashed |
+|                              | in a second pass over the layers that hold them      |
 
 Medians and lamina / floor ratios are printed.
 """
