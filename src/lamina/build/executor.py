@@ -59,6 +59,7 @@ from lamina.layer import LayerOptions
 from lamina.layer.commit import commit_changeset
 from lamina.layer.options import Compression
 from lamina.run.rootfs import Rootfs, open_rootfs
+from lamina.run.snapshots import Snapshotter
 from lamina.run.sandbox import ProcessSpec, run_process
 from lamina.run.unpack import unpack_image
 from lamina.store.meta import CacheRecord
@@ -708,6 +709,9 @@ class _Builder:
                                   tags[0] if tags else None)
         for t in tags[1:]:
             self.store.meta.set_tag(t, str(manifest.digest), manifest.media_type)
+        # The snapshots this build ran on stay while the image lives (else the next gc
+        # removes them and the next build or run extracts them again).
+        Snapshotter(self.store).retain(str(manifest.digest), state.diff_ids)
         self.emit("image", f"Successfully built {config.digest.short}",
                   digest=str(manifest.digest), id=str(config.digest))
         for t in tags:

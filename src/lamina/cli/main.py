@@ -254,9 +254,12 @@ def gc(
     json_: JsonOpt = False,
 ) -> None:
     """Remove blobs and snapshots no tag, image or live lease reaches."""
+    from lamina.run.rootfs import sweep_stale
     from lamina.store.gc import collect
 
     with _store() as store:
+        if not dry_run:
+            sweep_stale(store)  # container dirs and mounts left by killed processes
         report = collect(store, dry_run=dry_run, cache=cache)
     if json_:
         print_json({"blobs_removed": report.blobs_removed, "bytes_freed": report.bytes_freed,
@@ -307,7 +310,7 @@ def _register_more() -> None:
     import importlib
 
     for name in ("lamina.cli.cmd_run", "lamina.cli.cmd_build", "lamina.cli.cmd_transfer",
-                 "lamina.cli.cmd_inspect"):
+                 "lamina.cli.cmd_inspect", "lamina.cli.cmd_serve"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
