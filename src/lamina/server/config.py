@@ -1,0 +1,196 @@
+"""What ``lamina serve`` is told: one ``ServerConfig``, from flags and a TOML file.
+
+The file (``--config FILE``) is small; every key is optional::
+
+    [server]
+    addr = "127.0.0.1:5000"
+    tls_cert = "cert.pem"             # with tls_key: serve https
+    tls_key = "key.pem"
+
+    [auth]
+    htpasswd = "htpasswd"             # bcrypt entries (htpasswd -B); turns auth on
+    token = true                      # built-in token service at /token (Docker-style
+                                      #   401 → token → retry); false: Basic challenges
+    service = "lamina"                # the token audience
+    realm = "https://host:5000/token" # default: derived from each request's Host
+    token_ttl = 300
+    token_secret = "…"                # HMAC key; default: random per server start
+    anonymous_pull = false
+
+    [groups]
+    devs = ["alice", "bob"]
+
+    [[access]]                        # who may do what where (union of matching rules)
+    who = ["@devs", "carol"]          # user names, @group, "*" (any user), "anonymous"
+    repositories = ["demo/*"]         # fnmatch patterns ('*' crosses '/')
+    actions = ["pull", "push"]        # pull, push, delete, or "*"
+
+    [limits]
+    max_manifest_bytes = 4194304      # 413 SIZE_INVALID above (spec: accept ≥ 4 MiB)
+    max_blob_bytes = 0                # 0: no limit
+    rate = 0                          # requests/second per client address, 0: off
+    burst = 0                         # bucket size (default: 2 × rate)
+    upload_ttl = 3600                 # idle upload sessions expire after this
+    chunk_min_length = 0              # advertised as OCI-Chunk-Min-Length when > 0
+
+Without ``htpasswd`` there is no authentication: anyone may pull, push and delete, as
+with a default docker-registry.  With it and no ``[[access]]`` rules, every user may do
+everything; anonymous clients may pull only if ``anonymous_pull``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lamina.errors import InvalidInput
+
+ACTIONS = ("pull", "push", "delete")
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    who: tuple[str, ...]
+    repositories: tuple[str, ...]
+    actions: frozenset[str]
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    htpasswd: Path | None = None
+    token: bool = True
+    service: str = "lamina"
+    realm: str | None = None
+    token_ttl: int = 300
+    token_secret: str | None = None
+    anonymous_pull: bool = False
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    rules: tuple[AccessRule, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.htpasswd is not None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_manifest_bytes: int = 4 * 1024 * 1024
+    max_blob_bytes: int = 0
+    rate: float = 0.0
+    burst: float = 0.0
+    upload_ttl: float = 3600.0
+    chunk_min_length: int = 0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    auth: AuthConfig = AuthConfig()
+    limits: Limits = Limits()
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` or ``[v6]:PORT``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidInput(f"invalid address {text!r}: expected HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _get(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str,
+         default: Any) -> Any:
+    value = table.get(key, default)
+    if value is default:
+        return value
+    if isinstance(value, bool) and kind is not bool and bool not in (
+            kind if isinstance(kind, tuple) else (kind,)):
+        raise InvalidInput(f"{where}: {key} must be {getattr(kind, '__name__', kind)}")
+    if not isinstance(value, kind):
+        raise InvalidInput(f"{where}: {key} has the wrong type")
+    return value
+
+
+def _strings(value: Any, what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInput(f"{what} must be a list of strings")
+    return tuple(value)
+
+
+def load_config(path: Path | None, base: ServerConfig = ServerConfig()) -> ServerConfig:
+    """Read ``path`` (TOML) over ``base``; relative file names are relative to the file."""
+    if path is None:
+        return base
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise InvalidInput(f"cannot read config {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidInput(f"config {path} is not valid TOML: {e}") from None
+    where = str(path)
+    unknown = set(doc) - {"server", "auth", "groups", "access", "limits"}
+    if unknown:
+        raise InvalidInput(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
+
+    def rel(value: str | None) -> Path | None:
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else path.parent / p
+
+    server = doc.get("server", {})
+    host, port = base.host, base.port
+    if "addr" in server:
+        host, port = parse_addr(_get(server, "addr", str, where, None))
+    tls_cert = rel(_get(server, "tls_cert", str, where, None)) or base.tls_cert
+    tls_key = rel(_get(server, "tls_key", str, where, None)) or base.tls_key
+
+    auth = doc.get("auth", {})
+    groups = {str(k): _strings(v, f"{where}: group {k}") for k, v in
+              doc.get("groups", {}).items()}
+    rules = []
+    for i, rule in enumerate(doc.get("access", [])):
+        what = f"{where}: access rule {i + 1}"
+        if not isinstance(rule, dict):
+            raise InvalidInput(f"{what} must be a table")
+        actions = set(_strings(rule.get("actions", ["pull"]), f"{what} actions"))
+        if "*" in actions:
+            actions = set(ACTIONS)
+        bad = actions - set(ACTIONS)
+        if bad:
+            raise InvalidInput(f"{what}: unknown action(s) {', '.join(sorted(bad))}")
+        rules.append(AccessRule(_strings(rule.get("who", []), f"{what} who"),
+                                _strings(rule.get("repositories", ["*"]),
+                                         f"{what} repositories"),
+                                frozenset(actions)))
+    auth_cfg = AuthConfig(
+        htpasswd=rel(_get(auth, "htpasswd", str, where, None)) or base.auth.htpasswd,
+        token=_get(auth, "token", bool, where, base.auth.token),
+        service=_get(auth, "service", str, where, base.auth.service),
+        realm=_get(auth, "realm", str, where, base.auth.realm),
+        token_ttl=_get(auth, "token_ttl", int, where, base.auth.token_ttl),
+        token_secret=_get(auth, "token_secret", str, where, base.auth.token_secret),
+        anonymous_pull=_get(auth, "anonymous_pull", bool, where, base.auth.anonymous_pull),
+        groups=groups or base.auth.groups,
+        rules=tuple(rules) or base.auth.rules,
+    )
+    lim = doc.get("limits", {})
+    num = (int, float)
+    limits = Limits(
+        max_manifest_bytes=_get(lim, "max_manifest_bytes", int, where,
+                                base.limits.max_manifest_bytes),
+        max_blob_bytes=_get(lim, "max_blob_bytes", int, where, base.limits.max_blob_bytes),
+        rate=float(_get(lim, "rate", num, where, base.limits.rate)),
+        burst=float(_get(lim, "burst", num, where, base.limits.burst)),
+        upload_ttl=float(_get(lim, "upload_ttl", num, where, base.limits.upload_ttl)),
+        chunk_min_length=_get(lim, "chunk_min_length", int, where,
+                              base.limits.chunk_min_length),
+    )
+    return ServerConfig(host, port, tls_cert, tls_key, auth_cfg, limits)

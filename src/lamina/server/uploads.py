@@ -1,0 +1,259 @@
+"""Blob upload sessions (distribution-spec 1.1 "Pushing blobs").
+
+A session is a ``BlobWriter`` in the store's ingest area: bytes are hashed as they are
+written, and ``finish`` checks the digest, registers the blob in the server's lease and
+commits it (fsync, rename) — the store's own commit protocol, so a crash never leaves a
+half blob under a real name and a blob pushed twice is stored once.
+
+Sessions live in memory (a running hash cannot be persisted: ``hashlib`` objects do not
+pickle) and in ``server_uploads`` (repository, ingest path, offset).  A session the
+process lost — the server restarted between two PATCHes — is resumed from its row by
+re-hashing the ingest file into a fresh writer, if the file is still there and as long
+as the row says.  The hash runs as sha256; a blob finished under another algorithm
+(sha512) is re-hashed once at ``finish``.
+
+Each session has an ``asyncio.Lock``: requests on one session run one at a time, so a
+second PATCH racing the first sees the new offset and gets its 416.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import secrets
+import time
+import uuid as uuidlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import anyio.to_thread
+
+from lamina.digest import CHUNK, Digest
+from lamina.errors import IntegrityError
+from lamina.server.errors import RegistryHTTPError, digest_invalid, upload_unknown
+from lamina.server.leases import RollingLease
+from lamina.server.state import RegistryState, UploadRow
+from lamina.store.blobs import BlobWriter
+from lamina.store.store import Store
+
+# Body bytes are gathered into writes of this size, each hashed and written in a worker
+# thread (hashlib and file writes release the GIL: two uploads use two cores).
+WRITE_SIZE = CHUNK
+
+
+def new_uuid() -> str:
+    return str(uuidlib.UUID(bytes=secrets.token_bytes(16), version=4))
+
+
+def valid_uuid(text: str) -> bool:
+    try:
+        return str(uuidlib.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+@dataclass
+class Upload:
+    uuid: str
+    repo: str
+    writer: BlobWriter
+    started: float
+    expires: float
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    done: bool = False
+
+    @property
+    def offset(self) -> int:
+        return self.writer.count
+
+
+class Uploads:
+    def __init__(self, store: Store, state: RegistryState, lease: RollingLease,
+                 ttl: float, max_blob: int) -> None:
+        self.store = store
+        self.state = state
+        self.lease = lease
+        self.ttl = ttl
+        self.max_blob = max_blob
+        self._live: dict[str, Upload] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def _row(self, up: Upload) -> UploadRow:
+        return UploadRow(up.uuid, up.repo, str(up.writer.path), up.offset, up.started,
+                         up.expires)
+
+    async def start(self, repo: str) -> Upload:
+        def create() -> Upload:
+            now = time.time()
+            up = Upload(new_uuid(), repo, self.store.blobs.writer(), now, now + self.ttl)
+            try:
+                self.state.put_upload(self._row(up))
+            except BaseException:
+                up.writer.abort()
+                raise
+            return up
+
+        up = await anyio.to_thread.run_sync(create)
+        self._live[up.uuid] = up
+        return up
+
+    async def get(self, uuid: str, repo: str) -> Upload:
+        """The live session ``uuid`` of ``repo`` (resumed from its row if need be)."""
+        if not valid_uuid(uuid):
+            raise upload_unknown(uuid[:64])
+        up = self._live.get(uuid)
+        if up is None:
+            up = await anyio.to_thread.run_sync(self._resume, uuid)
+            if up is None:
+                raise upload_unknown(uuid)
+            up = self._live.setdefault(uuid, up)
+        if up.repo != repo or up.done:
+            raise upload_unknown(uuid)
+        if up.expires < time.time():
+            await self.cancel(up)
+            raise upload_unknown(uuid)
+        return up
+
+    def _resume(self, uuid: str) -> Upload | None:
+        row = self.state.upload(uuid)
+        if row is None:
+            return None
+        try:
+            fd = os.open(row.path, os.O_RDONLY)
+        except OSError:
+            self.state.delete_upload(uuid)
+            return None
+        try:
+            try:   # a live writer (another server on this store) holds it: not ours
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            if os.fstat(fd).st_size != row.offset:
+                self.state.delete_upload(uuid)
+                os.unlink(row.path)
+                return None
+            writer = self.store.blobs.writer()
+            try:
+                with os.fdopen(os.dup(fd), "rb") as src:
+                    writer.copy_from(src)
+            except BaseException:
+                writer.abort()
+                raise
+            os.unlink(row.path)
+        finally:
+            os.close(fd)
+        now = time.time()
+        up = Upload(uuid, row.repo, writer, row.started, now + self.ttl)
+        self.state.put_upload(self._row(up))
+        return up
+
+    async def append(self, up: Upload, body: AsyncIterator[bytes], expect: int | None) -> int:
+        """Write a request body at the session's offset; returns the bytes written.  A body
+        longer or shorter than ``expect`` (a Content-Range's length) breaks the session."""
+        buf = bytearray()
+        got = 0
+        try:
+            async for chunk in body:
+                if not chunk:
+                    continue
+                got += len(chunk)
+                if expect is not None and got > expect:
+                    raise RegistryHTTPError(400, "BLOB_UPLOAD_INVALID",
+                                            "the chunk is longer than its Content-Range")
+                if self.max_blob and up.offset + len(buf) + len(chunk) > self.max_blob:
+                    raise RegistryHTTPError(413, "SIZE_INVALID",
+                                            f"blob larger than the {self.max_blob}-byte limit")
+                buf += chunk
+                if len(buf) >= WRITE_SIZE:
+                    data, buf = bytes(buf), bytearray()
+                    await anyio.to_thread.run_sync(up.writer.write, data)
+            if buf:
+                await anyio.to_thread.run_sync(up.writer.write, bytes(buf))
+            if expect is not None and got != expect:
+                raise RegistryHTTPError(400, "BLOB_UPLOAD_INVALID",
+                                        f"the chunk has {got} bytes, its Content-Range says "
+                                        f"{expect}")
+        except BaseException:
+            # Bytes already hashed cannot be taken back: the session is spoilt.
+            await self.cancel(up)
+            raise
+        up.expires = time.time() + self.ttl
+        await anyio.to_thread.run_sync(self.state.put_upload, self._row(up))
+        return got
+
+    async def finish(self, up: Upload, digest: Digest) -> None:
+        """Check, protect and commit; the session ends either way."""
+        def commit() -> None:
+            writer = up.writer
+            size = writer.count
+            if digest.algorithm != "sha256":
+                writer.flush()
+                other = self.store.blobs.writer(digest.algorithm)
+                try:
+                    with open(writer.path, "rb") as src:
+                        other.copy_from(src)
+                except BaseException:
+                    other.abort()
+                    raise
+                writer.abort()
+                writer = other
+            elif writer.digest != digest:
+                raise IntegrityError(f"content has digest {writer.digest}")
+            self.lease.protect([str(digest)])   # before the rename: gc cannot take it
+            writer.commit(digest, size)
+
+        up.done = True
+        self._live.pop(up.uuid, None)
+        try:
+            await anyio.to_thread.run_sync(commit)
+        except IntegrityError as e:
+            raise digest_invalid(f"upload does not match {digest}: {e}", str(digest)) from None
+        finally:
+            up.writer.abort()   # no-op after a commit
+            await anyio.to_thread.run_sync(self.state.delete_upload, up.uuid)
+
+    async def cancel(self, up: Upload) -> None:
+        up.done = True
+        self._live.pop(up.uuid, None)
+        up.writer.abort()
+        with contextlib.suppress(Exception):
+            await anyio.to_thread.run_sync(self.state.delete_upload, up.uuid)
+
+    async def expire(self) -> int:
+        """End idle sessions (ours and rows left by a dead process); returns how many."""
+        now = time.time()
+        n = 0
+        for up in list(self._live.values()):
+            if up.expires < now and not up.lock.locked():
+                await self.cancel(up)
+                n += 1
+
+        def stale_rows() -> int:
+            count = 0
+            for row in self.state.expired_uploads(now):
+                if row.uuid in self._live:
+                    continue
+                with contextlib.suppress(OSError):
+                    fd = os.open(row.path, os.O_RDONLY)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        os.unlink(row.path)
+                    except BlockingIOError:
+                        continue
+                    finally:
+                        os.close(fd)
+                self.state.delete_upload(row.uuid)
+                count += 1
+            return count
+
+        return n + await anyio.to_thread.run_sync(stale_rows)
+
+    def forget(self) -> None:
+        """Server shutdown: sessions stay resumable.  Their rows and ingest files are
+        kept; the files' locks go with the process, after which ``_resume`` (or, once the
+        session has expired, gc's ingest sweep) takes them."""
+        self._live.clear()
