@@ -101,3 +101,14 @@ def test_unreachable_registry_is_one_line(seeded: Lamina) -> None:
     res = seeded.fail("pull", f"127.0.0.1:{free_port()}/x/y")
     assert "cannot connect" in res.err
     seeded.assert_consistent()
+
+
+def test_inspect_commands_read_a_registry(seeded: Lamina, registry: DockerRegistry) -> None:
+    ref = f"{registry.host}/{_repo('inspect')}/b"
+    seeded.run("push", "demo/b", ref)
+    for cmd in (("history", "--json"), ("layers", "--json"), ("efficiency", "--json")):
+        local = seeded.run(*cmd, "demo/b").json()
+        remote = seeded.run(*cmd, f"docker://{ref}").json()
+        assert remote == local, cmd
+    which = seeded.run("which", "--json", f"docker://{ref}", "/var/www/html/index.html").json()
+    assert which == seeded.run("which", "--json", "demo/b", "/var/www/html/index.html").json()

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamina.errors import InvalidInput, InvalidReference, Unsupported
+from lamina.errors import InvalidInput, InvalidReference
 from lamina.image.manifest import Descriptor, Platform
 from lamina.store.store import Store
 from lamina.transport.base import ImageSource
@@ -87,12 +87,15 @@ def _open_docker_archive(rest: str) -> tuple[ImageSource, Descriptor]:
 
 
 def _open_registry(rest: str) -> tuple[ImageSource, Descriptor]:
-    # Hook for the registry client (issue #4): replace this entry of SCHEMES with an
-    # opener that returns (a registry ImageSource for the repository, the descriptor of
-    # the reference), reading nothing but the manifest; layers are fetched by
-    # ``open_blob`` only when a command needs them.
-    raise Unsupported(f"docker:{rest}: registry sources arrive with the registry client; "
-                      "pull the image or save it to an archive first")
+    """A repository on a registry (stored credentials, loopback over plain HTTP): only
+    the manifest is read here; layers are fetched by ``open_blob`` when a command needs
+    them."""
+    from lamina.image.reference import Reference
+    from lamina.transport.registry import RegistrySource
+
+    ref = Reference.parse(rest)
+    source = RegistrySource(ref)
+    return _resolved(source, str(ref.digest) if ref.digest else ref.tag)
 
 
 def _resolved(source: ImageSource, name: str | None) -> tuple[ImageSource, Descriptor]:
