@@ -49,6 +49,11 @@ print(f"  {sum(x == y for x, y in zip(a, b))} shared layers; 5 distinct layers o
       f"2 images of 4 layers (the store holds {len(blobs)} blobs with configs and manifests)")
 PYEOF
 
+step "lamina diff demo/a demo/b, and the picture: lamina graph -o seed.svg"
+$LAMINA diff demo/a demo/b
+$LAMINA graph busybox demo/a demo/b -o "$work/seed.svg"
+echo "  wrote $work/seed.svg (open it in a browser)"
+
 step "Push A and B to a registry on 127.0.0.1 (Debian's docker-registry)"
 port=$($PY -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 mkdir -p "$work/registry"
