@@ -153,7 +153,8 @@ RUN echo "about to fail" && echo "on stderr" >&2 && exit 7
     ("FROM busybox\nCOPPY a /a\n", "Containerfile:2: unknown instruction: COPPY"),
     ("FROM busybox\nCOPY missing.txt /x\n", "Containerfile:2: COPY: COPY failed: file not "
      "found in build context: missing.txt"),
-    ("FROM nosuchbase\n", "image nosuchbase is not in the local store"),
+    ("FROM 127.0.0.1:9/nosuchbase\n", "image 127.0.0.1:9/nosuchbase is not in the local "
+     "store and pulling it failed: cannot connect"),
     ("RUN echo hi\n", "Containerfile:1"),
 ])
 def test_bad_containerfiles(base: Lamina, tmp_path: Path, text: str, message: str) -> None:

@@ -112,3 +112,18 @@ def test_inspect_commands_read_a_registry(seeded: Lamina, registry: DockerRegist
         assert remote == local, cmd
     which = seeded.run("which", "--json", f"docker://{ref}", "/var/www/html/index.html").json()
     assert which == seeded.run("which", "--json", "demo/b", "/var/www/html/index.html").json()
+
+
+def test_build_pulls_a_missing_base(seeded: Lamina, registry: DockerRegistry,
+                                    tmp_path: Path) -> None:
+    ref = f"{registry.host}/{_repo('base')}/a:v1"
+    seeded.run("push", "demo/a", ref)
+    other = Lamina(tmp_path / "o", tmp_path)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Containerfile").write_text(f"FROM {ref}\nRUN echo built > /built\n")
+    out = other.run("build", "-t", "child", ctx).out
+    assert f"---> pulling docker://{ref}" in out
+    other.run("unpack", "child", tmp_path / "r")
+    assert (tmp_path / "r/built").read_text() == "built\n"
+    assert (tmp_path / "r/var/www/html/index.html").exists()

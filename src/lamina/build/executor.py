@@ -59,8 +59,8 @@ from lamina.layer import LayerOptions
 from lamina.layer.commit import commit_changeset
 from lamina.layer.options import Compression
 from lamina.run.rootfs import Rootfs, open_rootfs
-from lamina.run.snapshots import Snapshotter
 from lamina.run.sandbox import ProcessSpec, run_process
+from lamina.run.snapshots import Snapshotter
 from lamina.run.unpack import unpack_image
 from lamina.store.meta import CacheRecord
 from lamina.store.store import Lease, Store
@@ -338,13 +338,27 @@ class _Builder:
             state.set_env("PATH", DEFAULT_PATH)
         return state
 
+    def _pull(self, ins: Instruction, name: str) -> Descriptor:
+        """A base the store lacks is pulled, as ``docker build`` does."""
+        from lamina.transport.transfer import TransferOptions, pull_place, transfer
+
+        try:
+            src, dst = pull_place(name)
+        except LaminaError:
+            raise self.fail(ins, f"image {name} is not in the local store") from None
+        self.emit("config", f"---> pulling {src.text}")
+        try:
+            result = transfer(self.store, src, dst, TransferOptions(platform=self.opts.platform))
+        except LaminaError as e:
+            raise self.fail(ins, f"image {name} is not in the local store and pulling it "
+                            f"failed: {e.message}") from None
+        return result.descriptor
+
     def _base_image(self, ins: Instruction, name: str, platform: str | None) -> ResolvedImage:
         try:
             desc = self.source.resolve(name)
         except NotFound:
-            raise self.fail(ins, f"image {name} is not in the local store (pulling from a "
-                            "registry is not available yet: `lamina load` or `lamina "
-                            "import` it first)") from None
+            desc = self._pull(ins, name)
         want = Platform.parse(expand(platform, self.global_args)) if platform else None
         return resolve_image(self.source, desc, want or self.opts.platform)
 
