@@ -193,3 +193,60 @@ def test_umoci_unpacks_and_runs_a_built_image(base: Lamina, tmp_path: Path) -> N
                               "cat /var/www/html/index.html; ls /bin/httpd"],
                              capture_output=True, text=True, check=True).stdout
         assert "image A" in out and "/bin/httpd" in out
+
+
+def test_dockerignore_config_instructions_and_arg_scoping(base: Lamina, tmp_path: Path
+                                                          ) -> None:
+    ctx = tmp_path / "cfg"
+    _write(ctx, """\
+ARG BASE=busybox
+ARG VERSION=1.0
+FROM $BASE
+ARG VERSION
+ARG LOCAL=x
+ENV APP_HOME=/srv/app GREETING="hello world"
+WORKDIR $APP_HOME
+COPY . ./
+USER www-data
+RUN id -u > /tmp/uid && pwd > /tmp/cwd && echo "$GREETING $VERSION $LOCAL" > /tmp/env
+USER root
+SHELL ["/bin/sh", "-c", "-e"]
+RUN false || echo "shell kept going" > shell.txt
+LABEL org.example.version=$VERSION
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=5s CMD ["/bin/true"]
+ENTRYPOINT ["/bin/sh"]
+""", {"app.txt": "app\n", "secret.key": "no\n", "logs/x.log": "log\n", "logs/keep.log": "k\n"})
+    (ctx / ".dockerignore").write_text("*.key\nlogs\n!logs/keep.log\n")
+    build(base, "--build-arg", "VERSION=2.5", "-t", "cfg", ctx)
+    base.run("unpack", "cfg", tmp_path / "r")
+    app = tmp_path / "r/srv/app"
+    assert (app / "app.txt").exists() and not (app / "secret.key").exists()
+    assert (app / "logs/keep.log").exists() and not (app / "logs/x.log").exists()
+    tmp = tmp_path / "r/tmp"
+    assert (tmp / "uid").read_text() == "33\n"     # USER www-data
+    assert (tmp / "cwd").read_text() == "/srv/app\n"
+    assert (tmp / "env").read_text() == "hello world 2.5 x\n"
+    assert (app / "shell.txt").read_text() == "shell kept going\n"
+    if os.geteuid() == 0:
+        assert (tmp / "uid").stat().st_uid == 33
+    cfg = base.run("inspect", "cfg").json()[0]["Config"]
+    assert "APP_HOME=/srv/app" in cfg["Env"] and "GREETING=hello world" in cfg["Env"]
+    assert not any(e.startswith(("VERSION=", "LOCAL=")) for e in cfg["Env"])
+    assert cfg["WorkingDir"] == "/srv/app" and cfg["User"] == "root"
+    assert cfg["Labels"] == {"org.example.version": "2.5"}
+    assert cfg["StopSignal"] == "SIGTERM" and cfg["Entrypoint"] == ["/bin/sh"]
+    assert cfg["Healthcheck"]["Test"] == ["CMD", "/bin/true"]
+    assert cfg["Healthcheck"]["Interval"] == 5_000_000_000
+    assert cfg["Shell"] == ["/bin/sh", "-c", "-e"]
+
+
+def test_walk_and_overlay_builds_agree_and_gc_cache(base: Lamina, tmp_path: Path) -> None:
+    ctx = tmp_path / "w"
+    _write(ctx, CACHE_FILE, {"a.txt": "A\n", "b.txt": "B\n"})
+    over = build(base, "--snapshotter", "overlay", "-t", "o", ctx)
+    walk = build(base, "--no-cache", "--snapshotter", "walk", "-t", "w", ctx)
+    assert walk["layers"] == over["layers"] and walk["digest"] == over["digest"]
+    res = base.run("gc", "--cache", "--json").json()
+    assert res["cache_removed"] == 4
+    assert build(base, ctx)["cached_layers"] == 0
