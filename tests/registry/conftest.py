@@ -8,11 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from registry_servers import DockerRegistry, FakeRegistry, make_cert, make_htpasswd
+from registry_servers import (
+    PASSWORD,
+    USER,
+    DockerRegistry,
+    FakeRegistry,
+    make_cert,
+    make_htpasswd,
+)
 
 from lamina_testing import Lamina, seed_sources
-
-USER, PASSWORD = "lamina", "correct horse"
 
 
 @pytest.fixture(scope="session")

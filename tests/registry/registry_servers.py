@@ -22,6 +22,8 @@ import httpx
 
 from lamina_testing import need
 
+USER, PASSWORD = "lamina", "correct horse"   # the htpasswd registry's one user
+
 
 def free_port() -> int:
     with socket.socket() as s:

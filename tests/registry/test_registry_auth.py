@@ -9,8 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import PASSWORD, USER
-from registry_servers import DockerRegistry, FakeRegistry
+from registry_servers import PASSWORD, USER, DockerRegistry, FakeRegistry
 
 from lamina.image.reference import Reference
 from lamina.store.store import Store

@@ -26,8 +26,9 @@ class CopyOptions:
     platform: Platform | None = None
     all_platforms: bool = False     # copy every manifest of an index (sink permitting)
     on_event: Callable[[CopyEvent], None] | None = None
-    # Blobs of one manifest copied at once.  With jobs > 1, source and sink must be
-    # thread-safe and on_event is called from worker threads.
+    # Blobs of one manifest copied at once, when both source and sink say they can
+    # take it (a true class attribute ``concurrent_blobs``: the store and registries do,
+    # archives and layouts do not).  on_event is then called from worker threads.
     jobs: int = 1
 
 
@@ -55,7 +56,9 @@ def _copy_blobs(source: ImageSource, sink: ImageSink, blobs: list[Descriptor],
     """Copy blobs, ``opts.jobs`` at a time.  On the first failure nothing new starts;
     the ones running finish (or fail) and the first error is raised."""
     unique = list({b.digest: b for b in blobs}.values())
-    if opts.jobs <= 1 or len(unique) <= 1:
+    concurrent = getattr(source, "concurrent_blobs", False) and getattr(
+        sink, "concurrent_blobs", False)
+    if opts.jobs <= 1 or len(unique) <= 1 or not concurrent:
         for blob in blobs:
             _copy_blob(source, sink, blob, opts)
         return

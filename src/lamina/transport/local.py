@@ -21,6 +21,7 @@ class StoreTransport:
     ``close``/``abort`` so gc never removes a blob it wrote but has not yet named."""
 
     accepts_index = True
+    concurrent_blobs = True   # copy may call it from several threads (CopyOptions.jobs)
 
     def __init__(self, store: Store) -> None:
         self.store = store

@@ -25,6 +25,7 @@ import random
 import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Container, Iterable, Iterator
 
 import httpx
@@ -32,6 +33,7 @@ import httpx
 from lamina.errors import LaminaError, TransportError
 from lamina.transport.registry.auth import Authenticator, lookup_credentials
 from lamina.transport.registry.errors import error_from_response
+from lamina.transport.registry.httptransport import StdlibTransport
 from lamina.transport.registry.options import RegistryOptions
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -73,18 +75,22 @@ def registry_base_url(registry: str, opts: RegistryOptions = RegistryOptions()) 
 
 
 def make_http_client(opts: RegistryOptions) -> httpx.Client:
-    verify: ssl.SSLContext | bool
+    """The client a registry connection makes for itself: TLS as the options say, a
+    pool big enough for ``jobs`` parallel blobs, and the http.client transport
+    (httptransport.py) unless a proxy is configured in the environment."""
+    ctx = ssl.create_default_context(
+        cafile=str(opts.ca_bundle) if opts.ca_bundle is not None else None)
     if opts.insecure:
-        verify = False
-    else:
-        verify = ssl.create_default_context(
-            cafile=str(opts.ca_bundle) if opts.ca_bundle is not None else None)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     pool = max(10, 2 * opts.jobs)
+    proxied = any(k in ("http", "https", "all") for k in urllib.request.getproxies())
     return httpx.Client(
-        verify=verify,
+        verify=ctx,
         timeout=httpx.Timeout(opts.timeout),
         limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
         headers={"User-Agent": USER_AGENT},
+        transport=None if proxied else StdlibTransport(ctx, pool),
     )
 
 

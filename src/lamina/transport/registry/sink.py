@@ -58,6 +58,7 @@ class RegistrySink:
     blob (the store remembers where blobs came from), or None."""
 
     accepts_index = True
+    concurrent_blobs = True   # thread-safe: copy may put several blobs at once
 
     def __init__(self, ref: Reference, opts: RegistryOptions = RegistryOptions(),
                  client: httpx.Client | None = None,

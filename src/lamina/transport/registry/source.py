@@ -54,6 +54,8 @@ class RegistrySource:
     ``resolve`` takes a tag, a digest or a full reference into this repository; the
     returned descriptor names a manifest or index (platform choice is copy's job)."""
 
+    concurrent_blobs = True   # thread-safe: copy may open several blobs at once
+
     def __init__(self, ref: Reference, opts: RegistryOptions = RegistryOptions(),
                  client: httpx.Client | None = None) -> None:
         self.ref = ref
