@@ -197,3 +197,18 @@ def test_source_resolves_tags_digests_and_lists(fake: FakeRegistry, image: Refer
     assert src.resolve(f"{fake.host}/app@{desc.digest}") == desc
     assert src.resolve("v1") == desc
     src.close()
+
+
+def test_resume_through_httpx_own_transport(fake: FakeRegistry, image: Reference,
+                                            lamina: Lamina) -> None:
+    """The client seam: a caller's httpx.Client (httpx's own transport, as used behind a
+    proxy) resumes a cut blob the same way."""
+    import httpx
+
+    cut = 2 * 1024 * 1024 + 1
+    fake.cuts[sha256(BIG)] = (cut, 1)
+    with Store(lamina.root) as store, httpx.Client() as client:
+        pull_image(store, image, FAST, client=client)
+    gets = blob_gets(fake, BIG)
+    assert len(gets) == 2 and gets[1]["Range"] == f"bytes={cut}-"
+    lamina.assert_consistent()

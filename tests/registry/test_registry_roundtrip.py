@@ -58,6 +58,9 @@ def test_push_then_pull_round_trip(seeded: Lamina, make_lamina: object, registry
     other.run("unpack", f"{registry.host}/rt/a:v1", tmp_path / "theirs")
     assert tree_listing(tmp_path / "mine") == tree_listing(tmp_path / "theirs")
     other.assert_consistent()
+    # --insecure tries TLS first, then falls back to plain http (Docker's behaviour)
+    third = Lamina(tmp_path / "third", tmp_path)
+    pull(third, dest, RegistryOptions(insecure=True))
     # pushing the same image again moves no blob at all
     again = push(seeded, "demo/a", dest)
     assert sorted(p.kind for p in again) == ["exists"] * 5
