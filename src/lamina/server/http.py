@@ -140,6 +140,9 @@ async def send_reply(reply: Reply, send: Any, head: bool) -> None:
         await send({"type": "http.response.body", "body": reply.body})
         return
     path, start, length = reply.file
+    if length == 0:
+        await send({"type": "http.response.body", "body": b""})
+        return
     fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDONLY)
     try:
         left = length

@@ -2,14 +2,20 @@
 
 Access log lines go to stderr through uvicorn's access logger.  SIGINT/SIGTERM stop
 accepting connections and let requests in flight — an upload's PATCH or PUT — finish
-(up to ``GRACE`` seconds) before the store is closed; sessions not finished stay
-resumable from their rows.
+(up to ``GRACE`` seconds) before the store is closed; the process then exits 0.  Upload
+sessions not finished stay resumable from their rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+import uvicorn
 
 from lamina.errors import InvalidInput
 from lamina.server.app import create_app
@@ -25,9 +31,24 @@ class ServeOptions:
     access_log: bool = True
 
 
-def serve(store: Store, cfg: ServerConfig, opts: ServeOptions = ServeOptions()) -> None:
-    import uvicorn
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM once it has shut down gracefully, so the process
+    would die by the signal; lamina exits 0 after a clean shutdown."""
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+
+def serve(store: Store, cfg: ServerConfig, opts: ServeOptions = ServeOptions()) -> None:
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise InvalidInput("TLS needs both --tls-cert and --tls-key")
     for f in (cfg.tls_cert, cfg.tls_key):
@@ -40,6 +61,6 @@ def serve(store: Store, cfg: ServerConfig, opts: ServeOptions = ServeOptions()) 
         access_log=opts.access_log, server_header=False, proxy_headers=False,
         ssl_certfile=str(cfg.tls_cert) if cfg.tls_cert else None,
         ssl_keyfile=str(cfg.tls_key) if cfg.tls_key else None,
-        timeout_graceful_shutdown=GRACE, h11_max_incomplete_event_size=64 * 1024,
+        timeout_graceful_shutdown=GRACE,
     )
-    uvicorn.Server(config).run()
+    _Server(config).run()
