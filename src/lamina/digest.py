@@ -149,13 +149,16 @@ class VerifyingReader:
 class HashingWriter:
     """Passes writes through to ``raw`` while hashing and counting them."""
 
-    def __init__(self, raw: BinaryIO | None = None, algorithm: str = "sha256") -> None:
+    def __init__(self, raw: BinaryIO | None = None, algorithm: str = "sha256",
+                 hash: bool = True) -> None:
         self._raw = raw
         self._hasher = hashlib.new(algorithm)
+        self._hash = hash
         self.count = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self._hasher.update(data)
+        if self._hash:
+            self._hasher.update(data)
         n = len(data)
         self.count += n
         if self._raw is not None:
@@ -168,6 +171,8 @@ class HashingWriter:
 
     @property
     def digest(self) -> Digest:
+        if not self._hash:
+            raise ValueError("this writer counts bytes but does not hash them")
         return Digest.from_hasher(self._hasher)
 
 

@@ -60,15 +60,19 @@ class BlobWriter:
     """One blob being written.  Use as a context manager: leaving without ``commit``
     (or with an exception) removes the ingest file."""
 
-    def __init__(self, blobs: BlobStore, algorithm: str = "sha256") -> None:
+    def __init__(self, blobs: BlobStore, algorithm: str = "sha256",
+                 verified_by: VerifyingReader | None = None) -> None:
         self._blobs = blobs
+        # A writer fed from a VerifyingReader need not hash the same bytes again: the
+        # reader checks them, and commit() requires its verdict (CRAFT: no second pass).
+        self._verified_by = verified_by
         self.path = blobs.ingest_dir / f"{algorithm}-{secrets.token_hex(8)}"
         try:
             self._file: BinaryIO = open(self.path, "xb")
         except OSError as e:
             raise _disk_error(e, "an ingest file") from None
         fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._hash = HashingWriter(self._file, algorithm)
+        self._hash = HashingWriter(self._file, algorithm, hash=verified_by is None)
         self._closed = False
 
     @property
@@ -95,7 +99,20 @@ class BlobWriter:
 
     def commit(self, expected: Digest | None = None, size: int | None = None) -> Digest:
         """Check, fsync and rename into place; return the blob's digest."""
-        digest = self._hash.digest
+        if self._verified_by is not None:
+            # The reader's own check, to the end of its stream, stands for ours.
+            reader = self._verified_by
+            if expected is None or reader.expected != expected:
+                self.abort()
+                raise IntegrityError("a verified write must commit the reader's digest")
+            try:
+                reader.verify()
+            except BaseException:
+                self.abort()
+                raise
+            digest = expected
+        else:
+            digest = self._hash.digest
         try:
             if size is not None and self.count != size:
                 raise IntegrityError(f"blob {expected or digest}: got {self.count} bytes, "
@@ -173,8 +190,9 @@ class BlobStore:
             r.verify()
         return data
 
-    def writer(self, algorithm: str = "sha256") -> BlobWriter:
-        return BlobWriter(self, algorithm)
+    def writer(self, algorithm: str = "sha256",
+               verified_by: VerifyingReader | None = None) -> BlobWriter:
+        return BlobWriter(self, algorithm, verified_by)
 
     def put_bytes(self, data: bytes, expected: Digest | None = None) -> Digest:
         if expected is None and self.has(d := Digest.from_bytes(data)):

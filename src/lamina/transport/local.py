@@ -99,9 +99,11 @@ class StoreTransport:
     def put_blob(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
                  progress: Progress | None = None) -> None:
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
-        with self.store.blobs.writer(desc.digest.algorithm) as w:
-            from lamina.transport.base import pump
+        from lamina.transport.base import pump
 
+        verified = stream if isinstance(stream, VerifyingReader) and \
+            stream.expected == desc.digest else None
+        with self.store.blobs.writer(desc.digest.algorithm, verified_by=verified) as w:
             pump(stream, w.write, desc.size, progress)
             w.commit(desc.digest, desc.size)
         self._written.append(str(desc.digest))
