@@ -26,7 +26,7 @@ from server_helpers import (
 )
 
 from lamina.image.reference import Reference
-from lamina.server import ServerConfig, create_app
+from lamina.server import Registry, ServerConfig, create_app
 from lamina.server.config import Limits
 from lamina.store import Store, collect
 
@@ -214,3 +214,31 @@ async def test_sessions_expire(store: Store) -> None:
     assert not os.listdir(store.blobs.ingest_dir)
 
 
+
+
+async def test_client_gone_mid_chunk_resumes(app: tuple[Registry, httpx.AsyncClient]
+                                             ) -> None:
+    """A PATCH cut off by the client keeps what arrived; GET says where to resume."""
+    registry, c = app
+    blob = random_bytes(300_000, 8)
+    r = await c.post("/v2/cut/a/blobs/uploads/")
+    loc = r.headers["location"]
+    messages = [{"type": "http.request", "body": blob[:100_000], "more_body": True},
+                {"type": "http.disconnect"}]
+    scope = {"type": "http", "method": "PATCH", "path": loc, "raw_path": loc.encode(),
+             "query_string": b"", "headers": [(b"content-range", b"0-299999")],
+             "client": ("127.0.0.1", 1)}
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, object]) -> None:
+        pass
+
+    await registry(scope, receive, send)
+    r = await c.get(loc)
+    assert r.status_code == 204 and r.headers["range"] == "0-99999"
+    r = await c.put(loc, params={"digest": digest_of(blob)}, content=blob[100_000:],
+                    headers={"Content-Range": "100000-299999"})
+    assert r.status_code == 201
+    assert (await c.get(f"/v2/cut/a/blobs/{digest_of(blob)}")).content == blob

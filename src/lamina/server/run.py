@@ -1,9 +1,9 @@
 """``lamina serve``: the registry on uvicorn (uvloop and httptools when installed).
 
-Access log lines go to stderr through uvicorn's access logger.  SIGINT/SIGTERM stop
-accepting connections and let requests in flight — an upload's PATCH or PUT — finish
-(up to ``GRACE`` seconds) before the store is closed; the process then exits 0.  Upload
-sessions not finished stay resumable from their rows.
+Access log lines go to stdout (uvicorn's access logger), everything else to stderr.
+SIGINT/SIGTERM stop accepting connections and let requests in flight — an upload's
+PATCH or PUT — finish (up to ``GRACE`` seconds) before the store is closed; the process
+then exits 0.  Upload sessions not finished stay resumable from their rows.
 """
 
 from __future__ import annotations

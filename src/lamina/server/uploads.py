@@ -216,8 +216,15 @@ class Uploads:
                 raise RegistryHTTPError(400, "BLOB_UPLOAD_INVALID",
                                         f"the chunk has {got} bytes, its Content-Range says "
                                         f"{expect}")
+        except ConnectionAbortedError:
+            # The client went away mid-chunk: what arrived is written and hashed in order,
+            # so the session stands at a larger offset, which GET reports for a resume.
+            if buf:
+                await anyio.to_thread.run_sync(up.write, bytes(buf))
+            await anyio.to_thread.run_sync(self.state.put_upload, self._row(up))
+            raise
         except BaseException:
-            # Bytes already hashed cannot be taken back: the session is spoilt.
+            # A refused or failed chunk: the session cannot be trusted any more.
             await self.cancel(up)
             raise
         up.expires = time.time() + self.ttl
