@@ -168,7 +168,7 @@ async def test_limits(make_client: object, store: Store) -> None:
 
 
 async def test_rate_limit(make_client: object) -> None:
-    _, c = make_client(ServerConfig(limits=Limits(rate=5, burst=10)))  # type: ignore[operator]
+    _, c = make_client(ServerConfig(limits=Limits(rate=0.5, burst=10)))  # type: ignore[operator]
     async with c:
         # a burst, then TOOMANYREQUESTS with Retry-After
         codes = [(await c.get("/v2/")).status_code for _ in range(20)]

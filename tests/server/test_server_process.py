@@ -233,7 +233,10 @@ def test_graceful_shutdown_finishes_upload(tmp_path: Path) -> None:
         t = threading.Thread(target=lambda: result.update(r=httpx.patch(
             loc, content=body(), timeout=30)))
         t.start()
-        time.sleep(0.3)
+        deadline = time.monotonic() + 20     # until the server has part of the body
+        while httpx.get(loc).headers.get("range", "0-0") == "0-0":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
         assert srv.proc is not None
         srv.proc.send_signal(signal.SIGTERM)      # mid-request
         t.join(30)

@@ -198,14 +198,14 @@ async def test_session_survives_restart(store: Store) -> None:
 
 
 async def test_sessions_expire(store: Store) -> None:
-    app = create_app(store, ServerConfig(limits=Limits(upload_ttl=0.2)))
+    app = create_app(store, ServerConfig(limits=Limits(upload_ttl=1.0)))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://r") as c:
         r = await c.post("/v2/up/b/blobs/uploads/")
         loc = r.headers["location"]
         await c.patch(loc, content=b"partial")
         r2 = await c.post("/v2/up/b/blobs/uploads/")
-        time.sleep(0.3)
+        time.sleep(1.2)
         assert await app.uploads.expire() == 2
         r = await c.get(loc)
         assert r.status_code == 404 and error_code(r) == "BLOB_UPLOAD_UNKNOWN"
