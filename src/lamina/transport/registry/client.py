@@ -22,6 +22,7 @@ from __future__ import annotations
 import email.utils
 import ipaddress
 import random
+import re
 import ssl
 import threading
 import time
@@ -117,7 +118,8 @@ def _reason(e: BaseException) -> str:
     for x in _cause_chain(e):
         if isinstance(x, ssl.SSLCertVerificationError):
             return x.verify_message or str(x)
-    return " ".join(text.split())
+    # "[Errno -2] Name or service not known" → "Name or service not known"
+    return re.sub(r"^\[Errno -?\d+\] ", "", " ".join(text.split()))
 
 
 def retry_after(resp: httpx.Response) -> float | None:
