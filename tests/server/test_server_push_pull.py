@@ -80,6 +80,7 @@ async def test_chunked_upload(client: httpx.AsyncClient, alg: str) -> None:
     c1, c2 = blob[:22], blob[22:]
     r = await client.post(f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0"})
     assert r.status_code == 202
+    assert int(r.headers["oci-chunk-min-length"]) > 0      # advertised, not enforced
     # out of order: 416, and the Range says where the upload stands
     r = await client.patch(r.headers["location"], content=c2,
                            headers={"Content-Range": "22-41", "Content-Type":

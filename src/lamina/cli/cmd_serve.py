@@ -1,47 +1,102 @@
-"""``lamina serve``: parse, build a ``ServerConfig``, call ``lamina.server.run.serve``."""
+"""``lamina serve``: parse, build a ``ServerConfig``, call ``lamina.server.run.serve``.
+
+``register`` accepts the CLI's app either as a click ``Group`` or as a ``typer.Typer``
+(the CLI is moving from typer to plain click); the command is the same either way.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Any
 
-import typer
+import click
 
 from lamina.store.store import Store
 
+if TYPE_CHECKING:
+    import typer as _typer
 
-def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
-    @app.command()
+_HELP = {
+    "root": "Store to serve (default: lamina's store).",
+    "addr": "HOST:PORT to listen on (default 127.0.0.1:5000).",
+    "config": "TOML file: auth, access rules, limits.",
+    "tls_cert": "PEM certificate: serve https.",
+    "tls_key": "PEM private key for --tls-cert.",
+    "log_level": "debug, info, warning or error.",
+    "no_access_log": "Do not log each request.",
+}
+_DOC = "Serve the store as an OCI registry (distribution-spec 1.1)."
+
+
+def _serve(store_factory: Callable[[], Store], root: Path | None, addr: str | None,
+           config: Path | None, tls_cert: Path | None, tls_key: Path | None,
+           log_level: str, no_access_log: bool) -> None:
+    from lamina.errors import InvalidInput
+    from lamina.server.config import load_config, parse_addr
+    from lamina.server.run import ServeOptions, serve
+
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise InvalidInput(f"unknown log level {log_level!r}")
+    cfg = load_config(config)
+    if addr is not None:
+        host, port = parse_addr(addr)
+        cfg = replace(cfg, host=host, port=port)
+    if tls_cert is not None or tls_key is not None:
+        cfg = replace(cfg, tls_cert=tls_cert, tls_key=tls_key)
+    store = Store(root) if root is not None else store_factory()
+    serve(store, cfg, ServeOptions(log_level=log_level, access_log=not no_access_log))
+
+
+def register(app: Any, store_factory: Callable[[], Store]) -> None:
+    if isinstance(app, click.Group):
+        _register_click(app, store_factory)
+    else:
+        _register_typer(app, store_factory)
+
+
+def _register_click(app: click.Group, store_factory: Callable[[], Store]) -> None:
+    path = click.Path(path_type=Path)
+
+    @app.command(help=_DOC)
+    @click.option("--root", type=path, help=_HELP["root"])
+    @click.option("--addr", help=_HELP["addr"])
+    @click.option("--config", type=path, help=_HELP["config"])
+    @click.option("--tls-cert", type=path, help=_HELP["tls_cert"])
+    @click.option("--tls-key", type=path, help=_HELP["tls_key"])
+    @click.option("--log-level", default="info", show_default=True, help=_HELP["log_level"])
+    @click.option("--no-access-log", is_flag=True, default=False,
+                  help=_HELP["no_access_log"])
+    def serve(root: Path | None, addr: str | None, config: Path | None,
+              tls_cert: Path | None, tls_key: Path | None, log_level: str,
+              no_access_log: bool) -> None:
+        _serve(store_factory, root, addr, config, tls_cert, tls_key, log_level,
+               no_access_log)
+
+
+def _register_typer(app: _typer.Typer, store_factory: Callable[[], Store]) -> None:
+    from typing import Annotated
+
+    import typer
+
+    # typer evaluates these (string) annotations in this module's namespace; typer is
+    # imported only here, so that a click CLI never pays for importing it.
+    globals().update(typer=typer, Annotated=Annotated)
+
+    @app.command(help=_DOC)
     def serve(
-        root: Annotated[Path | None, typer.Option(
-            "--root", help="Store to serve (default: lamina's store).")] = None,
-        addr: Annotated[str | None, typer.Option(
-            "--addr", help="HOST:PORT to listen on (default 127.0.0.1:5000).")] = None,
-        config: Annotated[Path | None, typer.Option(
-            "--config", help="TOML file: auth, access rules, limits.")] = None,
-        tls_cert: Annotated[Path | None, typer.Option(
-            "--tls-cert", help="PEM certificate: serve https.")] = None,
-        tls_key: Annotated[Path | None, typer.Option(
-            "--tls-key", help="PEM private key for --tls-cert.")] = None,
-        log_level: Annotated[str, typer.Option(
-            "--log-level", help="debug, info, warning or error.")] = "info",
-        no_access_log: Annotated[bool, typer.Option(
-            "--no-access-log", help="Do not log each request.")] = False,
+        root: Annotated[Path | None, typer.Option("--root", help=_HELP["root"])] = None,
+        addr: Annotated[str | None, typer.Option("--addr", help=_HELP["addr"])] = None,
+        config: Annotated[Path | None, typer.Option("--config", help=_HELP["config"])] = None,
+        tls_cert: Annotated[Path | None, typer.Option("--tls-cert",
+                                                      help=_HELP["tls_cert"])] = None,
+        tls_key: Annotated[Path | None, typer.Option("--tls-key",
+                                                     help=_HELP["tls_key"])] = None,
+        log_level: Annotated[str, typer.Option("--log-level",
+                                               help=_HELP["log_level"])] = "info",
+        no_access_log: Annotated[bool, typer.Option("--no-access-log",
+                                                    help=_HELP["no_access_log"])] = False,
     ) -> None:
-        """Serve the store as an OCI registry (distribution-spec 1.1)."""
-        from lamina.errors import InvalidInput
-        from lamina.server.config import load_config, parse_addr
-        from lamina.server.run import ServeOptions, serve
-
-        if log_level not in ("debug", "info", "warning", "error"):
-            raise InvalidInput(f"unknown log level {log_level!r}")
-        cfg = load_config(config)
-        if addr is not None:
-            host, port = parse_addr(addr)
-            cfg = replace(cfg, host=host, port=port)
-        if tls_cert is not None or tls_key is not None:
-            cfg = replace(cfg, tls_cert=tls_cert, tls_key=tls_key)
-        store = Store(root) if root is not None else store_factory()
-        serve(store, cfg, ServeOptions(log_level=log_level, access_log=not no_access_log))
+        _serve(store_factory, root, addr, config, tls_cert, tls_key, log_level,
+               no_access_log)

@@ -31,7 +31,8 @@ The file (``--config FILE``) is small; every key is optional::
     rate = 0                          # requests/second per client address, 0: off
     burst = 0                         # bucket size (default: 2 × rate)
     upload_ttl = 3600                 # idle upload sessions expire after this
-    chunk_min_length = 0              # advertised as OCI-Chunk-Min-Length when > 0
+    chunk_min_length = 1048576        # advertised as OCI-Chunk-Min-Length (not enforced;
+                                      #   0: not advertised)
 
 Without ``htpasswd`` there is no authentication: anyone may pull, push and delete, as
 with a default docker-registry.  With it and no ``[[access]]`` rules, every user may do
@@ -81,7 +82,7 @@ class Limits:
     rate: float = 0.0
     burst: float = 0.0
     upload_ttl: float = 3600.0
-    chunk_min_length: int = 0
+    chunk_min_length: int = 1024 * 1024
 
 
 @dataclass(frozen=True)
