@@ -12,6 +12,7 @@ sessions, the rolling lease, the access policy) and routes each request:
     GET/PATCH/PUT/DELETE /v2/<name>/blobs/uploads/<uuid>   status, chunk, finish, cancel
     GET     /v2/<name>/referrers/<digest>          referrers (?artifactType=)
     GET/POST /token                                the built-in token service
+    GET     /, /ui/...                             the read-only web pages (web.py)
 
 Order of checks for a request: rate limit (TOOMANYREQUESTS), route (404/405), name
 (NAME_INVALID), credentials (UNAUTHORIZED with a challenge), permission (a challenge
@@ -37,7 +38,7 @@ import anyio.to_thread
 
 from lamina.digest import Digest
 from lamina.errors import LaminaError, StoreBusy
-from lamina.server import blobs, discovery, manifests
+from lamina.server import blobs, discovery, manifests, web
 from lamina.server.auth import (
     ANONYMOUS,
     Grant,
@@ -93,6 +94,7 @@ class Registry:
         self.cfg = cfg
         self.own_store = own_store
         self.state = RegistryState(store)
+        self.pages = web.Pages(store, cfg.limits.max_manifest_bytes)
         self.lease = RollingLease(store.meta)
         self.uploads = Uploads(store, self.state, self.lease, cfg.limits.upload_ttl,
                                cfg.limits.max_blob_bytes)
@@ -341,6 +343,8 @@ class Registry:
                                         {"retry_after": wait},
                                         {"retry-after": str(max(1, int(wait + 0.999)))})
         path: str = rq.scope["path"]
+        if web.is_ui(path):          # the read-only pages: /ui/..., and / redirecting there
+            return await web.handle(self, rq)
         if path in ("/v2/", "/v2"):
             if rq.method not in ("GET", "HEAD"):
                 raise _unsupported(rq.method)
