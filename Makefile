@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-DEBS    := docker-registry skopeo umoci busybox-static bubblewrap pigz zstd
+DEBS    := docker-registry skopeo umoci busybox-static bubblewrap pigz zstd chromium
 BENCH_DEBS := buildah
 STAMP   := $(VENV)/.installed
 

@@ -4,45 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+import click
 
-from lamina.cli.format import out, print_json
+from lamina.cli.format import argument, flag, option
 
 
-def register(app: typer.Typer, store_factory: Callable[[], Any]) -> None:
+def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
     @app.command()
-    def build(
-        context: Annotated[Path, typer.Argument(help="Build context directory.")] = Path("."),
-        file: Annotated[Path | None, typer.Option("-f", "--file",
-                                                  help="Containerfile (default: "
-                                                  "CONTEXT/Containerfile or Dockerfile).")
-                        ] = None,
-        tag: Annotated[list[str] | None, typer.Option("-t", "--tag", help="Name the image "
-                                                      "NAME[:TAG] (repeatable).")] = None,
-        build_arg: Annotated[list[str] | None, typer.Option(
-            "--build-arg", help="K=V for an ARG (repeatable); K alone takes it from the "
-            "environment.")] = None,
-        target: Annotated[str | None, typer.Option(help="Build up to this stage.")] = None,
-        no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the layer "
-                                               "cache.")] = False,
-        compression: Annotated[str, typer.Option(help="gzip, zstd or none.")] = "gzip",
-        platform: Annotated[str | None, typer.Option(help="OS/ARCH of the base image.")
-                            ] = None,
-        network: Annotated[str, typer.Option(help="Network for RUN: none or host.")] = "none",
-        snapshotter: Annotated[str, typer.Option(help="auto, overlay or walk.")] = "auto",
-        quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only the image "
-                                            "id.")] = False,
-        json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")
-                         ] = False,
-    ) -> None:
+    @argument("context", kind=Path, default=Path("."), help="Build context directory.")
+    @option("-f", "--file", kind=Path,
+            help="Containerfile (default: CONTEXT/Containerfile or Dockerfile).")
+    @option("-t", "--tag", multiple=True, help="Name the image NAME[:TAG] (repeatable).")
+    @option("--build-arg", multiple=True,
+            help="K=V for an ARG (repeatable); K alone takes it from the environment.")
+    @option("--target", help="Build up to this stage.")
+    @flag("--no-cache", help="Do not use the layer cache.")
+    @option("--compression", default="gzip", help="gzip, zstd or none.")
+    @option("--platform", help="OS/ARCH of the base image.")
+    @option("--network", default="none", help="Network for RUN: none or host.")
+    @option("--snapshotter", default="auto", help="auto, overlay or walk.")
+    @flag("-q", "--quiet", help="Print only the image id.")
+    @flag("--json", "json_", help="Print the result as JSON.")
+    def build(context: Path, file: Path | None, tag: tuple[str, ...],
+              build_arg: tuple[str, ...], target: str | None, no_cache: bool,
+              compression: str, platform: str | None, network: str, snapshotter: str,
+              quiet: bool, json_: bool) -> None:
         """Build an image from a Containerfile, one layer per RUN, COPY and ADD."""
         import os
 
         from lamina.build.executor import BuildEvent, BuildOptions
         from lamina.build.executor import build as run_build
         from lamina.build.importer import source_date_epoch
+        from lamina.cli.format import out, print_json
         from lamina.errors import InvalidInput
         from lamina.image.manifest import Platform
 

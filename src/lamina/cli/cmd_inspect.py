@@ -10,18 +10,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 
-from lamina.store.store import Store
+from lamina.cli.format import argument, flag, option
 
 if TYPE_CHECKING:
     from lamina.inspect.sources import OpenedImage
     from lamina.inspect.tree import Change, LayerChanges, TreeRow, Version
+    from lamina.store.store import Store
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-PlatformOpt = Annotated[str | None, typer.Option(help="OS/ARCH to pick from an index.")]
+json_flag = flag("--json", "json_", help="Print JSON for scripts.")
+platform_option = option("--platform", help="OS/ARCH to pick from an index.")
 IMAGE_HELP = ("Image: a store reference, oci:DIR[:TAG], oci-archive:PATH[:TAG] or "
               "docker-archive:PATH[:REF].")
 
@@ -77,7 +78,7 @@ def _describe(v: Version) -> str:
     return f"{v.type} {human_size(v.size)} {v.mode:04o} {v.uid}:{v.gid}{extra}"
 
 
-def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
+def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     @contextlib.contextmanager
     def image_of(text: str, platform: str | None) -> Iterator[OpenedImage]:
         from lamina.image.manifest import Platform
@@ -93,12 +94,11 @@ def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
 
     # -- history ----------------------------------------------------------------------
     @app.command()
-    def history(
-        image: Annotated[str, typer.Argument(help=IMAGE_HELP)],
-        no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Do not truncate.")] = False,
-        platform: PlatformOpt = None,
-        json_: JsonOpt = False,
-    ) -> None:
+    @argument("image", help=IMAGE_HELP)
+    @flag("--no-trunc", help="Do not truncate.")
+    @platform_option
+    @json_flag
+    def history(image: str, no_trunc: bool, platform: str | None, json_: bool) -> None:
         """Show how each layer of an image was made, newest first."""
         from lamina.cli.format import human_age, human_size, print_json, table
         from lamina.inspect.summary import history as history_rows
@@ -115,13 +115,11 @@ def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
 
     # -- layers -----------------------------------------------------------------------
     @app.command()
-    def layers(
-        image: Annotated[str, typer.Argument(help=IMAGE_HELP)],
-        layer: Annotated[int | None, typer.Option(
-            "--layer", "-l", help="Only layer N (1 = the bottom layer).")] = None,
-        platform: PlatformOpt = None,
-        json_: JsonOpt = False,
-    ) -> None:
+    @argument("image", help=IMAGE_HELP)
+    @option("--layer", "-l", kind=int, help="Only layer N (1 = the bottom layer).")
+    @platform_option
+    @json_flag
+    def layers(image: str, layer: int | None, platform: str | None, json_: bool) -> None:
         """Each layer's changes as a tree: A added, M modified (present in a lower layer),
         D deleted (a whiteout), O opaque directory (its lower contents hidden)."""
         from lamina.cli.format import human_size, out, print_json
@@ -162,12 +160,11 @@ def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
 
     # -- which ------------------------------------------------------------------------
     @app.command()
-    def which(
-        image: Annotated[str, typer.Argument(help=IMAGE_HELP)],
-        path: Annotated[str, typer.Argument(help="Path in the image's root filesystem.")],
-        platform: PlatformOpt = None,
-        json_: JsonOpt = False,
-    ) -> None:
+    @argument("image", help=IMAGE_HELP)
+    @argument("path", help="Path in the image's root filesystem.")
+    @platform_option
+    @json_flag
+    def which(image: str, path: str, platform: str | None, json_: bool) -> None:
         """The layer that provides PATH in the final root, and the lower versions it
         hides (or the layer that deleted it)."""
         from lamina.cli.format import out, print_json, table
@@ -207,11 +204,9 @@ def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
 
     # -- df ---------------------------------------------------------------------------
     @app.command()
-    def df(
-        verbose: Annotated[bool, typer.Option("-v", "--verbose",
-                                              help="Per image and per cache entry.")] = False,
-        json_: JsonOpt = False,
-    ) -> None:
+    @flag("-v", "--verbose", help="Per image and per cache entry.")
+    @json_flag
+    def df(verbose: bool, json_: bool) -> None:
         """The store's space: blobs, snapshots, build cache, what gc can reclaim; with -v,
         each image's size, shared size and unique size."""
         from lamina.cli.format import human_age, human_size, out, print_json, table
@@ -244,12 +239,11 @@ def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
 
     # -- diff -------------------------------------------------------------------------
     @app.command()
-    def diff(
-        image_a: Annotated[str, typer.Argument(metavar="A", help=IMAGE_HELP)],
-        image_b: Annotated[str, typer.Argument(metavar="B", help="The image to compare with.")],
-        platform: PlatformOpt = None,
-        json_: JsonOpt = False,
-    ) -> None:
+    @argument("image_a", metavar="A", help=IMAGE_HELP)
+    @argument("image_b", metavar="B", help="The image to compare with.")
+    @platform_option
+    @json_flag
+    def diff(image_a: str, image_b: str, platform: str | None, json_: bool) -> None:
         """The layers A and B share (and where they diverge), then the files of B's final
         root that are added, removed or changed against A's."""
         from lamina.cli.format import human_size, out, print_json, table
@@ -298,18 +292,16 @@ def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
 
     # -- efficiency -------------------------------------------------------------------
     @app.command()
-    def efficiency(
-        image: Annotated[str, typer.Argument(help=IMAGE_HELP)],
-        fail_under: Annotated[str | None, typer.Option(
-            "--fail-under", metavar="SCORE",
-            help="Exit 1 if the score is under SCORE (0.95 or 95%).")] = None,
-        max_wasted: Annotated[str | None, typer.Option(
-            "--max-wasted", metavar="BYTES",
-            help="Exit 1 if more than BYTES are wasted (20MB, 512kB, 1000).")] = None,
-        top: Annotated[int, typer.Option(help="Paths to list (all with --json).")] = 10,
-        platform: PlatformOpt = None,
-        json_: JsonOpt = False,
-    ) -> None:
+    @argument("image", help=IMAGE_HELP)
+    @option("--fail-under", metavar="SCORE",
+            help="Exit 1 if the score is under SCORE (0.95 or 95%).")
+    @option("--max-wasted", metavar="BYTES",
+            help="Exit 1 if more than BYTES are wasted (20MB, 512kB, 1000).")
+    @option("--top", kind=int, default=10, help="Paths to list (all with --json).")
+    @platform_option
+    @json_flag
+    def efficiency(image: str, fail_under: str | None, max_wasted: str | None, top: int,
+                   platform: str | None, json_: bool) -> None:
         """Bytes wasted on files an upper layer overwrites or deletes, or copies again for a
         chmod/chown; score = 1 - wasted / total file bytes.  Gates exit 1 for CI."""
         from lamina.cli.format import err, human_size, out, print_json, table
@@ -346,19 +338,17 @@ def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
         if failures:
             for f in failures:
                 err.print(f"lamina: {f}", markup=False)
-            raise typer.Exit(1)
+            raise click.exceptions.Exit(1)
 
     # -- graph ------------------------------------------------------------------------
     @app.command()
-    def graph(
-        images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help=IMAGE_HELP)],
-        output: Annotated[Path, typer.Option("-o", "--output",
-                                             help="FILE.svg or FILE.html to write.")],
-        scale: Annotated[str, typer.Option(help="Heights by sqrt or log of the size.")
-                         ] = "sqrt",
-        title: Annotated[str | None, typer.Option(help="A heading for the picture.")] = None,
-        platform: PlatformOpt = None,
-    ) -> None:
+    @argument("images", metavar="IMAGE...", nargs=-1, required=True, help=IMAGE_HELP)
+    @option("-o", "--output", kind=Path, required=True, help="FILE.svg or FILE.html to write.")
+    @option("--scale", default="sqrt", help="Heights by sqrt or log of the size.")
+    @option("--title", help="A heading for the picture.")
+    @platform_option
+    def graph(images: tuple[str, ...], output: Path, scale: str, title: str | None,
+              platform: str | None) -> None:
         """Draw images as stacks of layers side by side: a shared layer drawn once and
         joined to every image that has it, heights by size, labels from history."""
         from lamina.errors import InvalidInput
@@ -373,7 +363,7 @@ def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
         with contextlib.ExitStack() as stack:
             for text in images:
                 resolved.append(stack.enter_context(image_of(text, platform)).image)
-        drawing = build_drawing(images, resolved)
+        drawing = build_drawing(list(images), resolved)
         render = render_svg if suffix == ".svg" else render_html
         doc = render(drawing, scale, title)  # type: ignore[arg-type]
         tmp = output.with_name(output.name + ".tmp")

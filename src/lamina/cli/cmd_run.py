@@ -6,11 +6,14 @@ import contextlib
 import signal
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 
-from lamina.store.store import Store
+from lamina.cli.format import argument, flag, option
+
+if TYPE_CHECKING:
+    from lamina.store.store import Store
 
 
 @contextlib.contextmanager
@@ -29,32 +32,27 @@ def _interruptible() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
+def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     # Everything after IMAGE belongs to the command (``sh -c "exit 3"``): no
     # interspersed options, unknown options passed through.
     @app.command(context_settings={"allow_interspersed_args": False,
                                    "ignore_unknown_options": True})
-    def run(
-        image: Annotated[str, typer.Argument(help="Image in the store.")],
-        command: Annotated[list[str] | None, typer.Argument(
-            help="Command and arguments (default: the image's ENTRYPOINT + CMD).")] = None,
-        rm: Annotated[bool, typer.Option("--rm", help="Remove the container when it exits "
-                                         "(always done: lamina keeps no containers).")] = False,
-        env: Annotated[list[str] | None, typer.Option(
-            "-e", "--env", help="K=V, or K to pass lamina's own value.")] = None,
-        workdir: Annotated[str | None, typer.Option("-w", "--workdir",
-                                                    help="Working directory.")] = None,
-        user: Annotated[str | None, typer.Option(
-            "-u", "--user", help="USER: name, uid, uid:gid or name:group.")] = None,
-        volume: Annotated[list[str] | None, typer.Option(
-            "-v", "--volume", help="Bind mount HOST:CONTAINER[:ro].")] = None,
-        network: Annotated[str, typer.Option(help="none (only lo) or host.")] = "none",
-        commit: Annotated[str | None, typer.Option(
-            help="Save what the command changed as a new layer, tagged REF.",
-            metavar="REF")] = None,
-        snapshotter: Annotated[str, typer.Option(
-            help="auto, overlay (root) or walk (anyone).")] = "auto",
-    ) -> None:
+    @argument("image", help="Image in the store.")
+    @argument("command", nargs=-1,
+              help="Command and arguments (default: the image's ENTRYPOINT + CMD).")
+    @flag("--rm", help="Remove the container when it exits (always done: lamina keeps no "
+          "containers).")
+    @option("-e", "--env", multiple=True, help="K=V, or K to pass lamina's own value.")
+    @option("-w", "--workdir", help="Working directory.")
+    @option("-u", "--user", help="USER: name, uid, uid:gid or name:group.")
+    @option("-v", "--volume", multiple=True, help="Bind mount HOST:CONTAINER[:ro].")
+    @option("--network", default="none", help="none (only lo) or host.")
+    @option("--commit", metavar="REF",
+            help="Save what the command changed as a new layer, tagged REF.")
+    @option("--snapshotter", default="auto", help="auto, overlay (root) or walk (anyone).")
+    def run(image: str, command: tuple[str, ...], rm: bool, env: tuple[str, ...],
+            workdir: str | None, user: str | None, volume: tuple[str, ...], network: str,
+            commit: str | None, snapshotter: str) -> None:
         """Run a command in an image's root filesystem, sandboxed, in the foreground."""
         from lamina.build.importer import source_date_epoch
         from lamina.cli.format import err
@@ -82,4 +80,4 @@ def register(app: typer.Typer, store_factory: Callable[[], Store]) -> None:
             else:
                 err.print(f"Not committed: the command exited with {result.exit_code}",
                           markup=False)
-        raise typer.Exit(result.exit_code)
+        raise click.exceptions.Exit(result.exit_code)

@@ -8,22 +8,23 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn
+import click
 
-from lamina.cli.format import err, out, print_json
+from lamina.cli.format import argument, flag, option
 
-InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Allow plain HTTP and "
-                                           "unverified TLS for the registry.")]
-CaOpt = Annotated[Path | None, typer.Option("--ca-bundle", help="CA certificates (PEM) to "
-                                            "trust for the registry.")]
-JobsOpt = Annotated[int, typer.Option("--jobs", "-j", help="Blobs moved at once.")]
-QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="Print only the result.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
-PlatformOpt = Annotated[str | None, typer.Option(help="OS/ARCH[/VARIANT] to pick from an "
-                                                 "index.")]
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+insecure_flag = flag("--insecure",
+                     help="Allow plain HTTP and unverified TLS for the registry.")
+ca_option = option("--ca-bundle", kind=Path,
+                   help="CA certificates (PEM) to trust for the registry.")
+jobs_option = option("--jobs", "-j", kind=int, default=3, help="Blobs moved at once.")
+quiet_flag = flag("-q", "--quiet", help="Print only the result.")
+json_flag = flag("--json", "json_", help="Print the result as JSON.")
+platform_option = option("--platform", help="OS/ARCH[/VARIANT] to pick from an index.")
 
 
 class Printer:
@@ -40,7 +41,11 @@ class Printer:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Printer]:
+        from lamina.cli.format import out
+
         if not self.quiet and out.is_terminal:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
             with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                           console=out) as bar:
                 self.bar = bar
@@ -54,6 +59,8 @@ class Printer:
         if self.quiet:
             return
         if self.bar is None:
+            from lamina.cli.format import out
+
             out.print(f"{short}: {text}", markup=False)
             return
         task = self.tasks.get(short)
@@ -107,19 +114,19 @@ def _registry_opts(insecure: bool, ca_bundle: Path | None, jobs: int) -> Any:
     return RegistryOptions(insecure=insecure, ca_bundle=ca_bundle, jobs=jobs)
 
 
-def register(app: typer.Typer, store_factory: Callable[[], Any]) -> None:
+def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
     @app.command()
-    def pull(
-        ref: Annotated[str, typer.Argument(help="NAME[:TAG|@DIGEST], e.g. "
-                                           "localhost:5000/demo/a:latest.")],
-        platform: PlatformOpt = None,
-        insecure: InsecureOpt = False,
-        ca_bundle: CaOpt = None,
-        jobs: JobsOpt = 3,
-        quiet: QuietOpt = False,
-        json_: JsonOpt = False,
-    ) -> None:
+    @argument("ref", help="NAME[:TAG|@DIGEST], e.g. localhost:5000/demo/a:latest.")
+    @platform_option
+    @insecure_flag
+    @ca_option
+    @jobs_option
+    @quiet_flag
+    @json_flag
+    def pull(ref: str, platform: str | None, insecure: bool, ca_bundle: Path | None,
+             jobs: int, quiet: bool, json_: bool) -> None:
         """Pull an image from a registry into the store; only missing layers move."""
+        from lamina.cli.format import out, print_json
         from lamina.image.manifest import Platform
         from lamina.image.reference import Reference
         from lamina.transport.transfer import TransferOptions, pull_place, transfer
@@ -150,17 +157,18 @@ def register(app: typer.Typer, store_factory: Callable[[], Any]) -> None:
                   f"for {r.familiar}", markup=False)
 
     @app.command()
-    def push(
-        ref: Annotated[str, typer.Argument(help="Image in the store.")],
-        dest: Annotated[str | None, typer.Argument(help="Where to push (default: REF, which "
-                                                   "then names the registry).")] = None,
-        insecure: InsecureOpt = False,
-        ca_bundle: CaOpt = None,
-        jobs: JobsOpt = 3,
-        quiet: QuietOpt = False,
-        json_: JsonOpt = False,
-    ) -> None:
+    @argument("ref", help="Image in the store.")
+    @argument("dest", required=False,
+              help="Where to push (default: REF, which then names the registry).")
+    @insecure_flag
+    @ca_option
+    @jobs_option
+    @quiet_flag
+    @json_flag
+    def push(ref: str, dest: str | None, insecure: bool, ca_bundle: Path | None, jobs: int,
+             quiet: bool, json_: bool) -> None:
         """Push an image to a registry; blobs it has are skipped, others mounted or sent."""
+        from lamina.cli.format import out, print_json
         from lamina.transport.transfer import TransferOptions, push_places, transfer
 
         src, dst = push_places(ref, dest)
@@ -185,21 +193,21 @@ def register(app: typer.Typer, store_factory: Callable[[], Any]) -> None:
                   f"{result.descriptor.size}", markup=False)
 
     @app.command()
-    def copy(
-        source: Annotated[str, typer.Argument(help="docker://…, oci:DIR[:TAG], "
-                                              "oci-archive:PATH[:TAG], docker-archive:PATH"
-                                              "[:REF], or a local image.")],
-        destination: Annotated[str, typer.Argument(help="Same forms as SOURCE.")],
-        all_platforms: Annotated[bool, typer.Option("--all", help="Copy every platform of "
-                                                    "an index.")] = False,
-        platform: PlatformOpt = None,
-        insecure: InsecureOpt = False,
-        ca_bundle: CaOpt = None,
-        jobs: JobsOpt = 3,
-        quiet: QuietOpt = False,
-        json_: JsonOpt = False,
-    ) -> None:
+    @argument("source", help="docker://…, oci:DIR[:TAG], oci-archive:PATH[:TAG], "
+              "docker-archive:PATH[:REF], or a local image.")
+    @argument("destination", help="Same forms as SOURCE.")
+    @flag("--all", "all_platforms", help="Copy every platform of an index.")
+    @platform_option
+    @insecure_flag
+    @ca_option
+    @jobs_option
+    @quiet_flag
+    @json_flag
+    def copy(source: str, destination: str, all_platforms: bool, platform: str | None,
+             insecure: bool, ca_bundle: Path | None, jobs: int, quiet: bool, json_: bool
+             ) -> None:
         """Copy an image between any two places, moving only what the destination lacks."""
+        from lamina.cli.format import out, print_json
         from lamina.image.manifest import Platform
         from lamina.transport.transfer import TransferOptions, transfer
 
@@ -218,31 +226,32 @@ def register(app: typer.Typer, store_factory: Callable[[], Any]) -> None:
             out.print(f"Digest: {result.descriptor.digest}", markup=False)
 
     @app.command()
-    def login(
-        registry: Annotated[str, typer.Argument(help="HOST[:PORT]")],
-        username: Annotated[str | None, typer.Option("-u", "--username")] = None,
-        password: Annotated[str | None, typer.Option("-p", "--password")] = None,
-        password_stdin: Annotated[bool, typer.Option("--password-stdin",
-                                                     help="Read the password from stdin.")
-                                  ] = False,
-        insecure: InsecureOpt = False,
-        ca_bundle: CaOpt = None,
-    ) -> None:
+    @argument("registry", help="HOST[:PORT]")
+    @option("-u", "--username")
+    @option("-p", "--password")
+    @flag("--password-stdin", help="Read the password from stdin.")
+    @insecure_flag
+    @ca_option
+    def login(registry: str, username: str | None, password: str | None,
+              password_stdin: bool, insecure: bool, ca_bundle: Path | None) -> None:
         """Log in to a registry; credentials are stored (0600) for pull and push."""
+        from lamina.cli.format import out
         from lamina.transport.registry import login as do_login
 
         if password_stdin:
             password = sys.stdin.read().rstrip("\n")
         if username is None:
-            username = typer.prompt("Username")
+            username = click.prompt("Username")
         if password is None:
-            password = typer.prompt("Password", hide_input=True)
+            password = click.prompt("Password", hide_input=True)
         do_login(registry, username, password, _registry_opts(insecure, ca_bundle, 1))
         out.print("Login Succeeded", markup=False)
 
     @app.command()
-    def logout(registry: Annotated[str, typer.Argument(help="HOST[:PORT]")]) -> None:
+    @argument("registry", help="HOST[:PORT]")
+    def logout(registry: str) -> None:
         """Forget the stored credentials for a registry."""
+        from lamina.cli.format import err, out
         from lamina.transport.registry import logout as do_logout
 
         if do_logout(registry):

@@ -1,17 +1,51 @@
-"""Human forms of sizes, ages and tables — the CLI's only drawing code."""
+"""What the CLI looks like: human forms of sizes, ages and tables, and its parameters and
+help pages — the CLI's only drawing code.
+
+Cheap to import (every ``lamina`` run does): rich's consoles ``out`` and ``err`` are made
+on first use, so a command that only writes tables never imports rich.
+
+The parameter classes keep the help pages, usage lines and usage errors that lamina had
+under typer 0.29 (``ref <str>`` under Arguments, ``{ref}`` in the usage line, ``[default:
+3]``, pydantic's message for a bad integer), on plain click without typer's per-run
+signature inspection and pydantic adapters.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import sys
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from rich.console import Console
+import click
+from click.formatting import join_options
 
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    out: Console  # stdout
+    err: Console  # stderr
+
+_console_lock = threading.Lock()
+
+if not TYPE_CHECKING:  # for mypy, out and err are the Consoles declared above
+
+    def __getattr__(name: str) -> Any:
+        """``out`` and ``err``, made on first use (rich.console takes ~50 ms to import)."""
+        if name not in ("out", "err"):
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        with _console_lock:
+            if name not in globals():
+                from rich.console import Console
+
+                globals()[name] = Console(stderr=name == "err", soft_wrap=True,
+                                          highlight=False)
+        return globals()[name]
 
 
 def human_size(n: int | float) -> str:
@@ -70,3 +104,226 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
+
+
+# -- parameters and help pages ---------------------------------------------------------
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _escape(text: str) -> str:
+    """Terminal control characters in user input, shown as ``\\x1b`` in messages."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m[0]):02x}", text)
+
+
+class IntType(click.ParamType):
+    """Integers read the way typer's pydantic read them: surrounding whitespace, ``1_000``
+    and ``3.0`` accepted, ``3.5``, ``0x10`` and ``1e3`` refused with pydantic's message."""
+
+    name = "integer"
+    _INT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if self._INT.fullmatch(text) is None:
+            self.fail("Input should be a valid integer, unable to parse string as an integer",
+                      param, ctx)
+        return int(text.partition(".")[0])
+
+
+class PathType(click.ParamType):
+    """Any string, as a ``Path``; nothing checked here (the library says what is wrong)."""
+
+    name = "path"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> Path:
+        return value if isinstance(value, Path) else Path(value)
+
+
+# kind -> (click type, label in help, label in help for a list of it)
+_KINDS: dict[type, tuple[click.ParamType, str, str]] = {
+    str: (click.STRING, "str", "list[str]"),
+    int: (IntType(), "int", "list[int]"),
+    Path: (PathType(), "path", "list[Path]"),
+}
+
+
+def _extras(help: str | None, extra: list[str]) -> str:
+    text = help or ""
+    if extra:
+        tail = f"[{'; '.join(extra)}]"
+        text = f"{text}  {tail}" if text else tail
+    return text
+
+
+class Arg(click.Argument):
+    """An argument with help: ``ref <str>`` under Arguments, ``{ref}`` (required) or
+    ``[ref]`` in the usage line, ``'ref'`` in errors (the metavar instead of the name when
+    there is one)."""
+
+    def __init__(self, param_decls: Sequence[str], *, help: str | None = None,
+                 label: str = "str", **attrs: Any) -> None:
+        super().__init__(param_decls, **attrs)
+        self.help = help
+        self.label = label
+
+    @property
+    def display(self) -> str:
+        return self.metavar or self.name or ""
+
+    def get_usage_pieces(self, ctx: click.Context) -> list[str]:
+        name = f"{{{self.display}}}" if self.required else f"[{self.display}]"
+        return [name + ("..." if self.nargs != 1 else "")]
+
+    def get_error_hint(self, ctx: click.Context) -> str:
+        return f"'{self.display}'"
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        name = self.display + ("..." if self.metavar is None and self.nargs != 1 else "")
+        extra = []
+        if self.default is not None:
+            extra.append(f"default: {self.default}")
+        if self.required:
+            extra.append("required")
+        return f"{name} <{self.label}>", _extras(self.help, extra)
+
+
+class Opt(click.Option):
+    """An option shown as ``-j, --jobs <int>  Blobs moved at once.  [default: 3]``."""
+
+    def __init__(self, param_decls: Sequence[str], *, label: str = "str", **attrs: Any
+                 ) -> None:
+        super().__init__(param_decls, **attrs)
+        self.label = label
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        if self.hidden:
+            return None
+        names = join_options(self.opts)[0]
+        if not self.is_flag and not self.count:
+            names += f" {self.metavar or f'<{self.label}>'}"
+        extra = []
+        if self.envvar:
+            extra.append(f"env var: {self.envvar}")
+        if self.default is not None and self.default is not False and self.default != ():
+            extra.append(f"default: {self.default}")
+        if self.required:
+            extra.append("required")
+        return names, _extras(self.help, extra)
+
+
+def argument(name: str, *, help: str | None = None, kind: type = str, **attrs: Any
+             ) -> Callable[[F], F]:
+    """A positional parameter; ``nargs=-1`` for a list (``required=True`` if it may not be
+    empty)."""
+    ptype, label, list_label = _KINDS[kind]
+    many = attrs.get("nargs", 1) != 1
+    return click.argument(name, cls=Arg, type=ptype, help=help,
+                          label=list_label if many else label, **attrs)
+
+
+def option(*decls: str, help: str | None = None, kind: type = str, **attrs: Any
+           ) -> Callable[[F], F]:
+    """An option taking a value (``multiple=True``: repeatable, a list)."""
+    ptype, label, list_label = _KINDS[kind]
+    return click.option(*decls, cls=Opt, type=ptype, help=help,
+                        label=list_label if attrs.get("multiple") else label, **attrs)
+
+
+def flag(*decls: str, help: str | None = None) -> Callable[[F], F]:
+    """A boolean option, false unless given."""
+    return click.option(*decls, cls=Opt, is_flag=True, default=False, help=help)
+
+
+@contextmanager
+def _usage_messages() -> Iterator[None]:
+    """typer's wording for an unknown option: always ``(Possible options: ...)``."""
+    try:
+        yield
+    except click.NoSuchOption as e:
+        e.message = f"No such option: {_escape(e.option_name)}"
+        if e.possibilities:
+            e.message += f" (Possible options: {', '.join(sorted(e.possibilities))})"
+        e.possibilities = None
+        raise
+
+
+def _format_params(cmd: click.Command, ctx: click.Context,
+                   formatter: click.HelpFormatter) -> None:
+    args: list[tuple[str, str]] = []
+    opts: list[tuple[str, str]] = []
+    for param in cmd.get_params(ctx):
+        record = param.get_help_record(ctx)
+        if record is not None:
+            (args if isinstance(param, click.Argument) else opts).append(record)
+    if args:
+        with formatter.section("Arguments"):
+            formatter.write_dl(args)
+    if opts:
+        with formatter.section("Options"):
+            formatter.write_dl(opts)
+
+
+class Command(click.Command):
+    """A command whose help lists its arguments, and whose usage errors read as before."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        _format_params(self, ctx, formatter)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        allow_extra = ctx.allow_extra_args
+        ctx.allow_extra_args = True  # to word the error ourselves
+        try:
+            with _usage_messages():
+                rest = super().parse_args(ctx, args)
+        finally:
+            ctx.allow_extra_args = allow_extra
+        if rest and not allow_extra and not ctx.resilient_parsing:
+            ctx.fail(f"Got unexpected extra argument(s) "
+                     f"({' '.join(_escape(str(a)) for a in rest)})")
+        return rest
+
+
+class _HelpAsUsageError(click.UsageError):
+    """``lamina`` alone: the help, on stderr, exit 2."""
+
+    def __init__(self, ctx: click.Context) -> None:
+        super().__init__(ctx.get_help(), ctx=ctx)
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.format_message(), err=True, color=self.ctx.color if self.ctx else None)
+
+
+class Group(click.Group):
+    """Commands listed in the order they were added; a mistyped command gets a suggestion."""
+
+    command_class = Command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        _format_params(self, ctx, formatter)
+        self.format_commands(ctx, formatter)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            raise _HelpAsUsageError(ctx)
+        with _usage_messages():
+            return super().parse_args(ctx, args)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            import difflib
+
+            matches = difflib.get_close_matches(args[0], list(self.commands)) if args else []
+            if matches:
+                e.message = (f"{e.message.rstrip('.')}. Did you mean "
+                             f"{', '.join(repr(m) for m in matches)}?")
+            raise

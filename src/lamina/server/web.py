@@ -745,6 +745,7 @@ def _layout(title: str, crumbs: Sequence[tuple[str, str | None]], body: str, rq:
            "anonymous · <a href=\"/ui/login\">sign in</a>")
     return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<link rel=\"icon\" href=\"data:,\">"   # no /favicon.ico request
             f"<title>{h(title)} · lamina</title><style>{_STYLE}</style></head>\n<body>"
             f"<header><nav class=\"crumbs\"><b>lamina</b> · {' / '.join(parts)}</nav>"
             f"<span class=\"who\">{who}</span></header>\n"
