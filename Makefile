@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-DEBS    := docker-registry skopeo umoci busybox-static bubblewrap pigz zstd chromium
+DEBS    := docker-registry skopeo umoci busybox-static bubblewrap pigz zstd chromium openssl
 BENCH_DEBS := buildah
 STAMP   := $(VENV)/.installed
 
@@ -10,10 +10,15 @@ STAMP   := $(VENV)/.installed
 
 install: $(STAMP)
 
+# compileall: bytecode for the editable sources.  Where PYTHONDONTWRITEBYTECODE=1 is set
+# (as on this machine) Python reads .pyc files but never writes them, and compiling lamina
+# on every run costs more than importing it.  (A source edited later is compiled on each
+# run again until the next `make install`; Python never uses a stale .pyc.)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -m compileall -q src
 	touch $(STAMP)
 
 # The Debian packages the tests use as peers; installed only when missing and we are root.

@@ -54,23 +54,13 @@ $LAMINA diff demo/a demo/b
 $LAMINA graph busybox demo/a demo/b -o "$work/seed.svg"
 echo "  wrote $work/seed.svg (open it in a browser)"
 
-step "Push A and B to a registry on 127.0.0.1 (Debian's docker-registry)"
+step "lamina serve: a registry on 127.0.0.1 over its own store; push A and B to it"
 port=$($PY -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-mkdir -p "$work/registry"
-cat > "$work/registry/config.yml" <<REGEOF
-version: 0.1
-storage:
-  filesystem:
-    rootdirectory: $work/registry/data
-http:
-  addr: 127.0.0.1:$port
-log:
-  level: error
-REGEOF
-/usr/bin/docker-registry serve "$work/registry/config.yml" > "$work/registry/log" 2>&1 &
+LAMINA_ROOT="$work/registry-store" $LAMINA serve --addr 127.0.0.1:$port --no-access-log \
+    > "$work/serve.log" 2>&1 &
 registry_pid=$!
 trap 'kill $registry_pid 2>/dev/null || true' EXIT
-for _ in $(seq 50); do
+for _ in $(seq 100); do
     $PY -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/v2/', timeout=1)" 2>/dev/null && break
     sleep 0.1
 done

@@ -1,7 +1,5 @@
 """``lamina serve``: parse, build a ``ServerConfig``, call ``lamina.server.run.serve``.
 
-``register`` accepts the CLI's app either as a click ``Group`` or as a ``typer.Typer``
-(the CLI is moving from typer to plain click); the command is the same either way.
 """
 
 from __future__ import annotations
@@ -9,14 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from lamina.store.store import Store
-
-if TYPE_CHECKING:
-    import typer as _typer
 
 _HELP = {
     "root": "Store to serve (default: lamina's store).",
@@ -50,10 +45,7 @@ def _serve(store_factory: Callable[[], Store], root: Path | None, addr: str | No
 
 
 def register(app: Any, store_factory: Callable[[], Store]) -> None:
-    if isinstance(app, click.Group):
-        _register_click(app, store_factory)
-    else:
-        _register_typer(app, store_factory)
+    _register_click(app, store_factory)
 
 
 def _register_click(app: click.Group, store_factory: Callable[[], Store]) -> None:
@@ -75,28 +67,3 @@ def _register_click(app: click.Group, store_factory: Callable[[], Store]) -> Non
                no_access_log)
 
 
-def _register_typer(app: _typer.Typer, store_factory: Callable[[], Store]) -> None:
-    from typing import Annotated
-
-    import typer
-
-    # typer evaluates these (string) annotations in this module's namespace; typer is
-    # imported only here, so that a click CLI never pays for importing it.
-    globals().update(typer=typer, Annotated=Annotated)
-
-    @app.command(help=_DOC)
-    def serve(
-        root: Annotated[Path | None, typer.Option("--root", help=_HELP["root"])] = None,
-        addr: Annotated[str | None, typer.Option("--addr", help=_HELP["addr"])] = None,
-        config: Annotated[Path | None, typer.Option("--config", help=_HELP["config"])] = None,
-        tls_cert: Annotated[Path | None, typer.Option("--tls-cert",
-                                                      help=_HELP["tls_cert"])] = None,
-        tls_key: Annotated[Path | None, typer.Option("--tls-key",
-                                                     help=_HELP["tls_key"])] = None,
-        log_level: Annotated[str, typer.Option("--log-level",
-                                               help=_HELP["log_level"])] = "info",
-        no_access_log: Annotated[bool, typer.Option("--no-access-log",
-                                                    help=_HELP["no_access_log"])] = False,
-    ) -> None:
-        _serve(store_factory, root, addr, config, tls_cert, tls_key, log_level,
-               no_access_log)

@@ -303,13 +303,10 @@ def fsck(repair: bool, json_: bool) -> None:
         raise click.exceptions.Exit(1)
 
 
-# Modules with ``register(app: click.Group, store_factory)``.
-# TODO(cmd_serve): add "lamina.cli.cmd_serve" back once it registers click commands.  It
-# still builds typer commands, which cannot join a click group (typer 0.29 vendors its
-# own click as typer._click), and importing it would put typer's import back into every
-# run; until then there is no ``lamina serve``.
+# Modules with ``register(app: click.Group, store_factory)``.  Each keeps its heavy
+# imports inside its command functions, so every run imports only what it uses.
 _COMMAND_MODULES = ("lamina.cli.cmd_run", "lamina.cli.cmd_build", "lamina.cli.cmd_transfer",
-                    "lamina.cli.cmd_inspect")
+                    "lamina.cli.cmd_inspect", "lamina.cli.cmd_serve")
 
 
 def _register_more() -> None:
