@@ -69,6 +69,7 @@ $LAMINA tag demo/a $reg/demo/a
 $LAMINA tag demo/b $reg/demo/b
 $LAMINA push $reg/demo/a
 $LAMINA push $reg/demo/b      # B's shared layers are mounted, not sent again
+echo "  (while the demo runs, http://$reg/ui/ shows the repositories and their stacks)"
 
 step "Pull both into a second, empty store: B's three shared layers 'Already exists'"
 LAMINA_ROOT="$work/store2" $LAMINA pull --jobs 1 $reg/demo/a
