@@ -75,6 +75,20 @@ class Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
+def read_full(stream: Readable, n: int) -> bytes:
+    """Up to ``n`` bytes, fewer only at end of stream: pipes and sockets return short
+    reads that a reader of fixed-size records must not mistake for the end."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        data = stream.read(n - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
 class VerifyingReader:
     """Wraps a stream; hashes and counts what is read; checks digest and size at EOF.
 

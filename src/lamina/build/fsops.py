@@ -21,48 +21,32 @@ from typing import BinaryIO
 
 from lamina.errors import InvalidInput, NotFound
 from lamina.layer import ApplyOptions, apply_layer
-
-_MAX_LINKS = 40
+from lamina.run.sandbox import resolve_in_root as sandbox_resolve
 
 
 def resolve_in_root(root: Path, path: str, create_dirs: bool = False,
                     follow_last: bool = True) -> Path:
-    """The host path of container ``path`` under ``root``, following symlinks inside the
-    root only.  ``create_dirs`` makes missing directories (0755, root-owned)."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    current: list[str] = []
-    links = 0
-    while parts:
-        name = parts.pop(0)
-        if name == "..":
-            if current:
-                current.pop()
-            continue
-        host = os.path.join(root, *current, name)
-        try:
-            st = os.lstat(host)
-        except FileNotFoundError:
-            if create_dirs and parts:
-                os.mkdir(host, 0o755)
-                os.chmod(host, 0o755)  # whatever the umask
-            current.append(name)
-            continue
-        except NotADirectoryError:
-            raise InvalidInput(f"{path}: a parent is not a directory in the image") from None
-        if stat.S_ISLNK(st.st_mode) and (parts or follow_last):
-            links += 1
-            if links > _MAX_LINKS:
-                raise InvalidInput(f"too many levels of symbolic links resolving {path}")
-            target = os.readlink(host)
-            if target.startswith("/"):
-                current = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        if parts and not stat.S_ISDIR(st.st_mode):
-            raise InvalidInput(f"{path}: {'/'.join(current + [name])} is not a directory "
-                               "in the image")
-        current.append(name)
-    return Path(root, *current) if current else Path(root)
+    """The host path of container ``path`` under ``root``, symlinks followed inside the
+    root only (run.sandbox.resolve_in_root: the process's view).  ``create_dirs`` makes
+    the missing parent directories (0755, root-owned, whatever the umask)."""
+    real = sandbox_resolve(root, path, follow_last)
+    host = Path(os.fspath(root) + real) if real != "/" else Path(root)
+    if create_dirs:
+        parts = [p for p in real.split("/") if p][:-1]
+        current = Path(root)
+        for part in parts:
+            current = current / part
+            try:
+                os.mkdir(current, 0o755)
+                os.chmod(current, 0o755)
+            except FileExistsError:
+                if not current.is_dir():
+                    raise InvalidInput(f"{path}: {current.relative_to(root)} is not a "
+                                       "directory in the image") from None
+            except NotADirectoryError:
+                raise InvalidInput(f"{path}: a parent is not a directory in the image"
+                                   ) from None
+    return host
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from typing import BinaryIO, Protocol, cast
 import zstandard
 from isal import igzip, isal_zlib
 
-from lamina.digest import Digest, Readable
+from lamina.digest import Digest, Readable, read_full
 from lamina.errors import IntegrityError, LaminaError
 from lamina.layer.options import LayerOptions
 
@@ -152,16 +152,6 @@ def compressor(out: Writable, options: LayerOptions) -> BlockCompressor:
 # ---------------------------------------------------------------------------- reading
 
 
-def _read_full(stream: Readable, n: int) -> bytes:
-    parts: list[bytes] = []
-    got = 0
-    while got < n:
-        data = stream.read(n - got)
-        if not data:
-            break
-        parts.append(data)
-        got += len(data)
-    return b"".join(parts)
 
 
 class _Prefixed:
@@ -361,7 +351,7 @@ class DecompressedStream(io.RawIOBase):
 def open_decompressed(
     stream: Readable, hash_algorithm: str | None = "sha256"
 ) -> DecompressedStream:
-    head = _read_full(stream, 4)
+    head = read_full(stream, 4)
     return DecompressedStream(_Prefixed(head, stream), detect(head), hash_algorithm)
 
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from lamina.digest import CHUNK, Digest, HashingWriter, Readable, VerifyingReader
+from lamina.digest import CHUNK, Digest, HashingWriter, Readable, VerifyingReader, read_full
 from lamina.errors import (
     IntegrityError,
     InvalidInput,
@@ -157,16 +157,6 @@ def is_docker_archive(tree: FileTree) -> bool:
     return True
 
 
-def _read_full(stream: Readable, n: int) -> bytes:
-    parts: list[bytes] = []
-    got = 0
-    while got < n:
-        data = stream.read(n - got)
-        if not data:
-            break
-        parts.append(data)
-        got += len(data)
-    return b"".join(parts)
 
 
 def _normalise(name: str, where: str) -> str:
@@ -305,7 +295,7 @@ class DockerArchiveSource:
         if known is not None:
             return known
         with self.tree.open(member) as f:
-            kind = detect(_read_full(f, 4))
+            kind = detect(read_full(f, 4))
         if kind == "none":
             # Uncompressed: the file's digest must be the diff_id.  Claimed here,
             # verified by open_blob's reader as the bytes go by.
@@ -391,7 +381,7 @@ class _Prefixed:
         head, self._head = (self._head, b"") if n < 0 else (self._head[:n], self._head[n:])
         if n < 0:
             return head + self._raw.read()
-        return head + _read_full(self._raw, n - len(head))
+        return head + read_full(self._raw, n - len(head))
 
 
 class _Counting:
@@ -494,7 +484,7 @@ class DockerArchiveSink:
     def _put_layer(self, desc: Descriptor, reader: VerifyingReader,
                    progress: Progress | None) -> None:
         counted = _Counting(reader, desc.size, progress)
-        head = _read_full(counted, 4)
+        head = read_full(counted, 4)
         body = _Prefixed(head, counted)
         kind = detect(head)
         if kind == "none" and desc.digest.algorithm == "sha256":

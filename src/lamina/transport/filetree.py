@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
-from lamina.digest import CHUNK
+from lamina.digest import CHUNK, read_full
 from lamina.errors import InvalidInput, NotFound, StoreError, UnsafeArchive
 
 
@@ -257,14 +257,7 @@ class _FullReads:
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             return self._raw.read()
-        parts = []
-        while n > 0:
-            chunk = self._raw.read(n)
-            if not chunk:
-                break
-            parts.append(chunk)
-            n -= len(chunk)
-        return b"".join(parts)
+        return read_full(self._raw, n)
 
 
 class TarWriter:
