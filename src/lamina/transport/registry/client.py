@@ -79,15 +79,20 @@ def make_http_client(opts: RegistryOptions) -> httpx.Client:
     """The client a registry connection makes for itself: TLS as the options say, a
     pool big enough for ``jobs`` parallel blobs, and the http.client transport
     (httptransport.py) unless a proxy is configured in the environment."""
-    ctx = ssl.create_default_context(
-        cafile=str(opts.ca_bundle) if opts.ca_bundle is not None else None)
-    if opts.insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
     pool = max(10, 2 * opts.jobs)
     proxied = any(k in ("http", "https", "all") for k in urllib.request.getproxies())
+    # Loading the system's CA store costs ~50 ms: for a plain-http registry (loopback)
+    # with the default trust it is never needed, and the transport makes the default
+    # context itself on its first https connection.
+    ctx: ssl.SSLContext | None = None
+    if proxied or opts.ca_bundle is not None or opts.insecure:
+        ctx = ssl.create_default_context(
+            cafile=str(opts.ca_bundle) if opts.ca_bundle is not None else None)
+        if opts.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
     return httpx.Client(
-        verify=ctx,
+        verify=ctx if ctx is not None else True,
         timeout=httpx.Timeout(opts.timeout),
         limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
         headers={"User-Agent": USER_AGENT},
