@@ -175,9 +175,12 @@ def entry_differs(lower_path: str, upper_path: str, ls: os.stat_result, us: os.s
     return _xattrs(lower_path, ignore_xattrs) != _xattrs(upper_path, ignore_xattrs)
 
 
-class _Walker:
-    def __init__(self, lower: str | None, upper: str, epoch: int | None = None) -> None:
-        self.lower = lower
+class ChangeRecorder:
+    """Collects changes and the ancestor directories each needs as an entry of its own;
+    shared by the two-tree walk here and the overlay upper-dir walk (overlay.py), so
+    both give the same entries."""
+
+    def __init__(self, upper: str, epoch: int | None = None) -> None:
         self.upper = upper
         self.epoch = epoch
         self.changes: dict[str, Change] = {}
@@ -189,6 +192,19 @@ class _Walker:
         while parent and parent not in self.parents:
             self.parents.add(parent)
             parent = parent.rpartition("/")[0]
+
+    def result(self) -> list[Change]:
+        for parent in self.parents:
+            if parent not in self.changes:
+                st = os.lstat(os.path.join(self.upper, parent))
+                self.changes[parent] = Change(parent, ChangeKind.MODIFIED, st)
+        return list(self.changes.values())
+
+
+class _Walker(ChangeRecorder):
+    def __init__(self, lower: str | None, upper: str, epoch: int | None = None) -> None:
+        super().__init__(upper, epoch)
+        self.lower = lower
 
     def walk(self, rel: str, has_lower: bool) -> None:
         upper_dir = os.path.join(self.upper, rel) if rel else self.upper
@@ -225,14 +241,6 @@ class _Walker:
                     continue
                 child = f"{rel}/{name}" if rel else name
                 self._record(child, ChangeKind.DELETED, None)
-
-    def result(self) -> list[Change]:
-        for parent in self.parents:
-            if parent not in self.changes:
-                st = os.lstat(os.path.join(self.upper, parent))
-                self.changes[parent] = Change(parent, ChangeKind.MODIFIED, st)
-        return list(self.changes.values())
-
 
 def _by_name(entry: os.DirEntry[str]) -> bytes:
     return os.fsencode(entry.name)

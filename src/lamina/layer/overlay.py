@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lamina.errors import InvalidInput
-from lamina.layer.changes import Change, ChangeKind, Changeset, entry_differs
+from lamina.layer.changes import ChangeKind, ChangeRecorder, Changeset, entry_differs
 
 # overlayfs' private xattrs: on upper entries (origin, impure, opaque, redirect) and on
 # lower layer dirs (opaque).  They describe the mount, never the file.
@@ -117,19 +117,7 @@ def _listing(dirs: Sequence[str]) -> dict[str, _LowerEntry]:
     return out
 
 
-class _UpperWalker:
-    def __init__(self, upper: str, epoch: int | None) -> None:
-        self.upper = upper
-        self.epoch = epoch
-        self.changes: dict[str, Change] = {}
-        self.parents: set[str] = set()
-
-    def _record(self, rel: str, kind: ChangeKind, st: os.stat_result | None) -> None:
-        self.changes[rel] = Change(rel, kind, st)
-        parent = rel.rpartition("/")[0]
-        while parent and parent not in self.parents:
-            self.parents.add(parent)
-            parent = parent.rpartition("/")[0]
+class _UpperWalker(ChangeRecorder):
 
     def walk(self, rel: str, lower_dirs: list[str]) -> None:
         upper_dir = self.upper + "/" + rel if rel else self.upper
@@ -164,14 +152,6 @@ class _UpperWalker:
                     if gone not in present and not stat.S_ISSOCK(entry.st.st_mode):
                         self._record(f"{child}/{gone}", ChangeKind.DELETED, None)
             self.walk(child, below)
-
-    def result(self) -> list[Change]:
-        for parent in self.parents:
-            if parent not in self.changes:
-                st = os.lstat(self.upper + "/" + parent)
-                self.changes[parent] = Change(parent, ChangeKind.MODIFIED, st)
-        return list(self.changes.values())
-
 
 def changes_from_upper(upper: Path, lowers: Sequence[Path],
                        source_date_epoch: int | None = None,
