@@ -41,10 +41,10 @@ class Printer:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Printer]:
-        from lamina.cli.format import out
-
-        if not self.quiet and out.is_terminal:
+        if not self.quiet and sys.stdout.isatty():
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+            from lamina.cli.format import out
 
             with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                           console=out) as bar:
@@ -59,9 +59,9 @@ class Printer:
         if self.quiet:
             return
         if self.bar is None:
-            from lamina.cli.format import out
+            from lamina.cli.format import say
 
-            out.print(f"{short}: {text}", markup=False)
+            say(f"{short}: {text}")
             return
         task = self.tasks.get(short)
         if task is None:
@@ -126,7 +126,7 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
     def pull(ref: str, platform: str | None, insecure: bool, ca_bundle: Path | None,
              jobs: int, quiet: bool, json_: bool) -> None:
         """Pull an image from a registry into the store; only missing layers move."""
-        from lamina.cli.format import out, print_json
+        from lamina.cli.format import print_json, say
         from lamina.image.manifest import Platform
         from lamina.image.reference import Reference
         from lamina.transport.transfer import TransferOptions, pull_place, transfer
@@ -135,7 +135,7 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
         r = Reference.parse(ref)
         printer = Printer("pull", quiet or json_)
         if not (quiet or json_):
-            out.print(f"{r.tag or r.digest}: Pulling from {r.repository}", markup=False)
+            say(f"{r.tag or r.digest}: Pulling from {r.repository}")
         with store_factory() as store:
             before = store.meta.get_tag(str(r)) if r.tag else None
             with printer.running():
@@ -148,13 +148,13 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
                         "downloaded": result.moved, "already_present": result.present})
             return
         if quiet:
-            out.print(r.familiar, markup=False)
+            say(r.familiar)
             return
         fresh = result.moved > 0 or before is None or before.digest != str(
             result.descriptor.digest)
-        out.print(f"Digest: {result.descriptor.digest}", markup=False)
-        out.print(f"Status: {'Downloaded newer image' if fresh else 'Image is up to date'} "
-                  f"for {r.familiar}", markup=False)
+        say(f"Digest: {result.descriptor.digest}")
+        say(f"Status: {'Downloaded newer image' if fresh else 'Image is up to date'} "
+                  f"for {r.familiar}")
 
     @app.command()
     @argument("ref", help="Image in the store.")
@@ -168,14 +168,14 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
     def push(ref: str, dest: str | None, insecure: bool, ca_bundle: Path | None, jobs: int,
              quiet: bool, json_: bool) -> None:
         """Push an image to a registry; blobs it has are skipped, others mounted or sent."""
-        from lamina.cli.format import out, print_json
+        from lamina.cli.format import print_json, say
         from lamina.transport.transfer import TransferOptions, push_places, transfer
 
         src, dst = push_places(ref, dest)
         assert dst.ref is not None
         printer = Printer("push", quiet or json_)
         if not (quiet or json_):
-            out.print(f"The push refers to repository [{dst.ref.familiar_name}]", markup=False)
+            say(f"The push refers to repository [{dst.ref.familiar_name}]")
         with store_factory() as store, printer.running():
             result = transfer(store, src, dst, TransferOptions(
                 registry=_registry_opts(insecure, ca_bundle, jobs),
@@ -187,10 +187,10 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
                                   for d, p in printer.kinds.items()}})
             return
         if quiet:
-            out.print(str(result.descriptor.digest), markup=False)
+            say(str(result.descriptor.digest))
             return
-        out.print(f"{dst.ref.tag or 'digest'}: digest: {result.descriptor.digest} size: "
-                  f"{result.descriptor.size}", markup=False)
+        say(f"{dst.ref.tag or 'digest'}: digest: {result.descriptor.digest} size: "
+                  f"{result.descriptor.size}")
 
     @app.command()
     @argument("source", help="docker://…, oci:DIR[:TAG], oci-archive:PATH[:TAG], "
@@ -207,7 +207,7 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
              insecure: bool, ca_bundle: Path | None, jobs: int, quiet: bool, json_: bool
              ) -> None:
         """Copy an image between any two places, moving only what the destination lacks."""
-        from lamina.cli.format import out, print_json
+        from lamina.cli.format import print_json, say
         from lamina.image.manifest import Platform
         from lamina.transport.transfer import TransferOptions, transfer
 
@@ -221,9 +221,9 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
                         "digest": str(result.descriptor.digest), "copied": result.moved,
                         "skipped": result.present})
         elif not quiet:
-            out.print(f"Copied {source} to {destination}: {result.moved} blobs copied, "
-                      f"{result.present} already there", markup=False)
-            out.print(f"Digest: {result.descriptor.digest}", markup=False)
+            say(f"Copied {source} to {destination}: {result.moved} blobs copied, "
+                      f"{result.present} already there")
+            say(f"Digest: {result.descriptor.digest}")
 
     @app.command()
     @argument("registry", help="HOST[:PORT]")
@@ -235,7 +235,7 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
     def login(registry: str, username: str | None, password: str | None,
               password_stdin: bool, insecure: bool, ca_bundle: Path | None) -> None:
         """Log in to a registry; credentials are stored (0600) for pull and push."""
-        from lamina.cli.format import out
+        from lamina.cli.format import say
         from lamina.transport.registry import login as do_login
 
         if password_stdin:
@@ -245,16 +245,16 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
         if password is None:
             password = click.prompt("Password", hide_input=True)
         do_login(registry, username, password, _registry_opts(insecure, ca_bundle, 1))
-        out.print("Login Succeeded", markup=False)
+        say("Login Succeeded")
 
     @app.command()
     @argument("registry", help="HOST[:PORT]")
     def logout(registry: str) -> None:
         """Forget the stored credentials for a registry."""
-        from lamina.cli.format import err, out
+        from lamina.cli.format import say
         from lamina.transport.registry import logout as do_logout
 
         if do_logout(registry):
-            out.print(f"Removing login credentials for {registry}", markup=False)
+            say(f"Removing login credentials for {registry}")
         else:
-            err.print(f"Not logged in to {registry}", markup=False)
+            say(f"Not logged in to {registry}", sys.stderr)

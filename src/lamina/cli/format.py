@@ -48,6 +48,13 @@ if not TYPE_CHECKING:  # for mypy, out and err are the Consoles declared above
         return globals()[name]
 
 
+def say(text: str, stream: Any = None) -> None:
+    """A plain line, without importing rich (for commands timed against Go peers)."""
+    target = stream or sys.stdout
+    target.write(text + "\n")
+    target.flush()
+
+
 def human_size(n: int | float) -> str:
     """Docker's units: decimal, 3 significant digits (``12.3MB``)."""
     value = float(n)

@@ -22,10 +22,11 @@ from lamina.image.manifest import Descriptor
 from lamina.image.reference import Reference
 from lamina.store.store import Store
 from lamina.transport.base import ImageSink, ImageSource
-from lamina.transport.docker_archive import DockerArchiveSink, DockerArchiveSource
 from lamina.transport.local import StoreTransport
-from lamina.transport.oci_layout import OciLayoutSink, OciLayoutSource
 from lamina.transport.registry import RegistryOptions, RegistrySink, RegistrySource
+
+# Archive and layout transports are imported where a place of that kind is opened: a
+# pull or push (the common case, timed against skopeo) never loads them.
 
 Kind = Literal["store", "docker", "oci", "oci-archive", "docker-archive"]
 _PREFIXES: tuple[Kind, ...] = ("docker", "oci-archive", "docker-archive", "oci")
@@ -81,6 +82,9 @@ def open_source(place: Place, store: Store, opts: RegistryOptions) -> Opened:
         target = str(place.ref.digest) if place.ref.digest else place.ref.tag
         return Opened(reg, reg.resolve(target), str(place.ref) if place.ref.tag else None)
     assert place.path is not None
+    from lamina.transport.docker_archive import DockerArchiveSource
+    from lamina.transport.oci_layout import OciLayoutSource
+
     source: ImageSource
     if place.kind in ("oci", "oci-archive"):
         source = OciLayoutSource.open(place.path, store.root / "tmp")
@@ -119,6 +123,9 @@ def open_sink(place: Place, store: Store, opts: RegistryOptions,
         registry = RegistrySink(place.ref, opts, mount_from=mount_finder(store, place.ref))
         return registry, [str(place.ref)] if place.ref.tag else []
     assert place.path is not None
+    from lamina.transport.docker_archive import DockerArchiveSink
+    from lamina.transport.oci_layout import OciLayoutSink
+
     names: list[str] = []
     if place.kind in ("oci", "oci-archive"):
         if place.name:
