@@ -47,6 +47,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_layer import lamina_cli  # noqa: E402 - the sibling benchmark's helper
+
 CACHE = Path("/var/tmp/lamina-bench")
 WORK = CACHE / "build"
 CONTEXT_VERSION = "1"
@@ -106,17 +109,6 @@ def run(
         out = e.stdout[-2000:] + (e.stderr or "")[-2000:]
         raise SystemExit(f"{' '.join(cmd)} failed ({e.returncode}):\n{out}") from None
     return proc.stdout
-
-
-def lamina_cli() -> str:
-    """The lamina console script of this interpreter's environment, else the one on PATH."""
-    beside = Path(sys.executable).parent / "lamina"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("lamina")
-    if found is None:
-        raise SystemExit("the lamina CLI is not installed (make install)")
-    return found
 
 
 def ratio_text(peer_s: float, ours_s: float, peer: str) -> str:
