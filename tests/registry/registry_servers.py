@@ -470,3 +470,42 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(405, "UNSUPPORTED", "method")
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _route
+
+
+# -- pull and push through lamina.transport.transfer (what the CLI runs), with the knobs
+# the registry tests turn: an injected httpx client, copy options, mount and blob hooks.
+def pull_image(store: Any, ref: Any, opts: Any = None, copy_opts: Any = None,
+               client: Any = None) -> Any:
+    from dataclasses import replace
+
+    from lamina.transport.copy import CopyOptions
+    from lamina.transport.registry import RegistryOptions
+    from lamina.transport.transfer import TransferOptions, pull_place, transfer
+
+    opts = opts or RegistryOptions()
+    copy_opts = copy_opts or CopyOptions()
+    if copy_opts.jobs > 1:
+        opts = replace(opts, jobs=copy_opts.jobs)
+    src, dst = pull_place(str(ref))
+    return transfer(store, src, dst, TransferOptions(
+        registry=opts, platform=copy_opts.platform, all_platforms=copy_opts.all_platforms,
+        on_event=copy_opts.on_event, client=client)).descriptor
+
+
+def push_image(store: Any, name: str, dest: Any, opts: Any = None, copy_opts: Any = None,
+               client: Any = None, mount_from: Any = None, on_blob: Any = None) -> Any:
+    from dataclasses import replace
+
+    from lamina.transport.copy import CopyOptions
+    from lamina.transport.registry import RegistryOptions
+    from lamina.transport.transfer import TransferOptions, push_places, transfer
+
+    opts = opts or RegistryOptions()
+    copy_opts = copy_opts or CopyOptions(all_platforms=True)
+    if copy_opts.jobs > 1:
+        opts = replace(opts, jobs=copy_opts.jobs)
+    src, dst = push_places(name, str(dest))
+    return transfer(store, src, dst, TransferOptions(
+        registry=opts, platform=copy_opts.platform, all_platforms=copy_opts.all_platforms,
+        on_event=copy_opts.on_event, on_push=on_blob, client=client,
+        mount_from=mount_from)).descriptor

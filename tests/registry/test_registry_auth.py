@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from registry_servers import PASSWORD, USER, DockerRegistry, FakeRegistry
+from registry_servers import PASSWORD, USER, DockerRegistry, FakeRegistry, pull_image, push_image
 
 from lamina.image.reference import Reference
 from lamina.store.store import Store
@@ -24,7 +24,6 @@ from lamina.transport.registry import (
     registry_base_url,
 )
 from lamina.transport.registry.auth import parse_www_authenticate
-from lamina.transport.registry.ops import pull_image, push_image
 from lamina_testing import Lamina
 
 

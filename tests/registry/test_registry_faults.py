@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from registry_servers import FakeRegistry, Fault, free_port, sha256
+from registry_servers import FakeRegistry, Fault, free_port, pull_image, push_image, sha256
 
 from lamina.digest import Digest
 from lamina.errors import (
@@ -24,7 +24,6 @@ from lamina.image.reference import Reference
 from lamina.store.store import Store
 from lamina.transport.copy import CopyOptions
 from lamina.transport.registry import RegistryError, RegistryOptions, RegistrySource
-from lamina.transport.registry.ops import pull_image, push_image
 from lamina_testing import Lamina
 
 FAST = RegistryOptions(backoff=0.01, max_backoff=0.05, retries=3)

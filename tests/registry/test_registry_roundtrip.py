@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from registry_servers import DockerRegistry, count
+from registry_servers import DockerRegistry, count, pull_image, push_image
 
 from lamina.image.manifest import Platform, build_index, current_platform
 from lamina.image.reference import Reference
@@ -19,7 +19,6 @@ from lamina.store.store import Store
 from lamina.transport.copy import CopyEvent, CopyOptions
 from lamina.transport.local import StoreTransport
 from lamina.transport.registry import BlobPush, RegistryOptions, RegistrySink, RegistrySource
-from lamina.transport.registry.ops import pull_image, push_image
 from lamina_testing import Lamina, need, tree_listing
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from lamina.errors import InvalidInput, InvalidReference
 from lamina.image.manifest import Descriptor
@@ -70,7 +70,9 @@ class Opened:
     name: str | None
 
 
-def open_source(place: Place, store: Store, opts: RegistryOptions) -> Opened:
+def open_source(place: Place, store: Store, opts: RegistryOptions,
+                client: Any = None) -> Opened:
+    """``client``: an ``httpx.Client`` for a registry place (tests inject transports)."""
     if place.kind == "store":
         src = StoreTransport(store)
         desc = src.resolve(place.name)
@@ -78,7 +80,7 @@ def open_source(place: Place, store: Store, opts: RegistryOptions) -> Opened:
         return Opened(src, desc, tag.name if tag is not None else None)
     if place.kind == "docker":
         assert place.ref is not None
-        reg = RegistrySource(place.ref, opts)
+        reg = RegistrySource(place.ref, opts, client)
         target = str(place.ref.digest) if place.ref.digest else place.ref.tag
         return Opened(reg, reg.resolve(target), str(place.ref) if place.ref.tag else None)
     assert place.path is not None
@@ -108,7 +110,9 @@ def _store_name(text: str) -> str:
 
 
 def open_sink(place: Place, store: Store, opts: RegistryOptions,
-              default_name: str | None) -> tuple[ImageSink, list[str]]:
+              default_name: str | None, client: Any = None,
+              mount_from: Callable[[Descriptor], str | None] | None = None
+              ) -> tuple[ImageSink, list[str]]:
     """The sink and the names to give the image there.  An archive or layout without a
     name of its own takes the source's name (as skopeo does)."""
     if place.kind == "store":
@@ -120,7 +124,8 @@ def open_sink(place: Place, store: Store, opts: RegistryOptions,
         return StoreTransport(store), [str(ref)]
     if place.kind == "docker":
         assert place.ref is not None
-        registry = RegistrySink(place.ref, opts, mount_from=mount_finder(store, place.ref))
+        registry = RegistrySink(place.ref, opts, client,
+                                mount_from=mount_from or mount_finder(store, place.ref))
         return registry, [str(place.ref)] if place.ref.tag else []
     assert place.path is not None
     from lamina.transport.docker_archive import DockerArchiveSink

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from lamina.image.manifest import Descriptor, Platform
 from lamina.image.reference import Reference
@@ -23,6 +24,9 @@ class TransferOptions:
     all_platforms: bool = False
     on_event: Callable[[CopyEvent], None] | None = None     # per blob, from worker threads
     on_push: Callable[[BlobPush], None] | None = None       # exists / mounted / pushed
+    client: Any = None      # an httpx.Client for the registry side (tests inject faults)
+    # where a push may mount a blob from; default: the repositories the store recorded
+    mount_from: Callable[[Descriptor], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ def transfer(store: Store, src: str | Place, dst: str | Place,
     opts = opts or TransferOptions()
     src_place = src if isinstance(src, Place) else parse_place(src)
     dst_place = dst if isinstance(dst, Place) else parse_place(dst)
-    opened = open_source(src_place, store, opts.registry)
+    opened = open_source(src_place, store, opts.registry, opts.client)
     touched: set[str] = set()
     counts = {"moved": 0, "present": 0}
     lock = threading.Lock()
@@ -57,7 +61,8 @@ def transfer(store: Store, src: str | Place, dst: str | Place,
             opts.on_event(event)
 
     try:
-        sink, names = open_sink(dst_place, store, opts.registry, opened.name)
+        sink, names = open_sink(dst_place, store, opts.registry, opened.name, opts.client,
+                                opts.mount_from)
         if isinstance(sink, RegistrySink) and opts.on_push is not None:
             sink.on_blob = opts.on_push
         try:

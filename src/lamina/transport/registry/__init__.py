@@ -7,9 +7,11 @@
     source.py    RegistrySource (ImageSource), BlobStream (ranged resume)
     sink.py      RegistrySink (ImageSink): HEAD, mount, monolithic/chunked upload, manifests
     login.py     login / logout
+    httptransport.py  an httpx transport over http.client (the fast default)
 
 A pull is ``copy_image(RegistrySource(ref), desc, StoreTransport(store), names)``; a push
-is the same the other way round.  Parallel blobs come from ``CopyOptions.jobs``.
+is the same the other way round.  The one place that wires them for users (and tests) is
+``lamina.transport.transfer``.  Parallel blobs come from ``CopyOptions.jobs``.
 """
 
 import sys as _sys
