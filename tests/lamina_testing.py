@@ -107,3 +107,24 @@ def tree_listing(root: Path) -> dict[str, tuple[Any, ...]]:
             out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid,
                         st.st_gid, extra)
     return out
+
+
+def wait_for_registry(proc: subprocess.Popen[bytes], url: str, seconds: float = 20) -> bool:
+    """Poll ``url``/v2/ until the registry answers (200, or 401 when it wants auth);
+    False if ``proc`` died or time ran out."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            r = httpx.get(f"{url}/v2/", verify=False, timeout=2)
+            if r.status_code in (200, 401):
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    return False

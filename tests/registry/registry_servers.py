@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
-
-from lamina_testing import need
+from lamina_testing import need, wait_for_registry
 
 USER, PASSWORD = "lamina", "correct horse"   # the htpasswd registry's one user
 
@@ -79,20 +77,9 @@ class DockerRegistry:
         raise RuntimeError(f"docker-registry did not start:\n{self.log.read_text()[-2000:]}")
 
     def _wait(self) -> bool:
+        assert self.proc is not None
         scheme = "https" if self.tls else "http"
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                return False
-            try:
-                r = httpx.get(f"{scheme}://{self.host}/v2/", verify=False, timeout=2)
-                if r.status_code in (200, 401):
-                    return True
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        return False
+        return wait_for_registry(self.proc, f"{scheme}://{self.host}", 15)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

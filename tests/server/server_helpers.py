@@ -10,14 +10,13 @@ import random
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from lamina_testing import LAMINA, need
+from lamina_testing import LAMINA, need, wait_for_registry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -160,19 +159,8 @@ class Serve:
         raise RuntimeError(f"lamina serve did not start:\n{self.log.read_text()[-3000:]}")
 
     def _wait(self) -> bool:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                return False
-            try:
-                r = httpx.get(f"{self.url}/v2/", verify=False, timeout=2)
-                if r.status_code in (200, 401):
-                    return True
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        return False
+        assert self.proc is not None
+        return wait_for_registry(self.proc, self.url)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         code = None
