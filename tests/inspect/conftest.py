@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
-from inspect_helpers import make_snapshots, write_opaque_layout
+from inspect_helpers import KnownImages, make_snapshots, write_opaque_layout
 
 from lamina_testing import Lamina
-
-
-@dataclass
-class KnownImages:
-    lamina: Lamina          # a store with test/a and test/b (do not change it)
-    oci: Path               # lamina save --format oci test/a test/b
-    archive: Path           # lamina save test/a test/b (docker-archive)
-    opaque: Path            # a hand-written OCI layout with an opaque directory
-
-    def sources(self, name: str) -> list[str]:
-        """The same image from the store, the OCI layout and the docker archive."""
-        return [f"test/{name}", f"oci:{self.oci}:test/{name}:latest",
-                f"docker-archive:{self.archive}:test/{name}:latest"]
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,10 @@ import json
 import os
 import shutil
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+
+from lamina_testing import Lamina
 
 MTIME = 1600000000
 
@@ -121,3 +124,16 @@ def write_opaque_layout(path: Path) -> None:
         "schemaVersion": 2, "manifests": [{
             "mediaType": "application/vnd.oci.image.manifest.v1+json", **mdesc,
             "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
+
+
+@dataclass
+class KnownImages:
+    lamina: Lamina          # a store with test/a and test/b (do not change it)
+    oci: Path               # lamina save --format oci test/a test/b
+    archive: Path           # lamina save test/a test/b (docker-archive)
+    opaque: Path            # a hand-written OCI layout with an opaque directory
+
+    def sources(self, name: str) -> list[str]:
+        """The same image from the store, the OCI layout and the docker archive."""
+        return [f"test/{name}", f"oci:{self.oci}:test/{name}:latest",
+                f"docker-archive:{self.archive}:test/{name}:latest"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import KnownImages
+from inspect_helpers import KnownImages
+
 from lamina_testing import Lamina
 
 

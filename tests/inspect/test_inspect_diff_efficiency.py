@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from inspect_helpers import A_FINAL, A_TOTAL, A_WASTED, B_TOTAL, B_WASTED
-
-from conftest import KnownImages
+from inspect_helpers import A_FINAL, A_TOTAL, A_WASTED, B_TOTAL, B_WASTED, KnownImages
 
 SOURCES = pytest.mark.parametrize("where", [0, 1, 2], ids=["store", "oci", "docker-archive"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from conftest import KnownImages
+from inspect_helpers import KnownImages
 
 NS = {"s": "http://www.w3.org/2000/svg"}
 

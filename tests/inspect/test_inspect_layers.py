@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from conftest import KnownImages
+from inspect_helpers import KnownImages
 
 # (path, kind, size) of each layer's changes; sizes of deletions are the bytes removed.
 A_CHANGES = [

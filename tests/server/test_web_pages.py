@@ -30,8 +30,9 @@ from server_web_helpers import (
 )
 
 from lamina.server import ServerConfig, create_app, load_config
-from lamina.server.web import MAX_PICTURE, human
+from lamina.server.web import MAX_PICTURE
 from lamina.store import Store
+from lamina.units import human_size as human
 
 pytestmark = pytest.mark.anyio
 

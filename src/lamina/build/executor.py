@@ -66,6 +66,7 @@ from lamina.store.meta import CacheRecord
 from lamina.store.store import Lease, Store
 from lamina.transport.local import StoreTransport
 from lamina.transport.resolve import ResolvedImage, resolve_image
+from lamina.units import human_size
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -152,14 +153,6 @@ class _State:
     @property
     def workdir(self) -> str:
         return str(self.config.get("WorkingDir") or "/")
-
-
-def _format_size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n}{unit}" if unit == "B" else f"{n:.3g}{unit}"
-        n /= 1000  # type: ignore[assignment]
-    return f"{n}B"
 
 
 class _Builder:
@@ -565,7 +558,7 @@ class _Builder:
         state.diff_ids.append(diff_id)
         state.history.append(History(created=self.created, created_by=created_by,
                                      comment="buildkit.dockerfile.v0"))
-        self.emit("layer", f"---> {desc.digest.short} ({_format_size(desc.size)})",
+        self.emit("layer", f"---> {desc.digest.short} ({human_size(desc.size)})",
                   digest=str(desc.digest), size=desc.size)
 
     def _do_run(self, state: _State, ins: Instruction) -> None:

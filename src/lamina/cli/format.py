@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from click.formatting import join_options
 
+from lamina.units import human_size as human_size  # the CLI's name for it, re-exported
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -53,18 +55,6 @@ def say(text: str, stream: Any = None) -> None:
     target = stream or sys.stdout
     target.write(text + "\n")
     target.flush()
-
-
-def human_size(n: int | float) -> str:
-    """Docker's units: decimal, 3 significant digits (``12.3MB``)."""
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            if unit == "B":
-                return f"{int(value)}B"
-            return f"{value:.3g}{unit}"
-        value /= 1000
-    return f"{value}B"  # pragma: no cover
 
 
 def parse_time(text: str | None) -> _dt.datetime | None:

@@ -26,6 +26,7 @@ from typing import Literal
 
 from lamina.inspect.tree import layer_instructions
 from lamina.transport.resolve import ResolvedImage
+from lamina.units import human_size
 
 Scale = Literal["sqrt", "log"]
 
@@ -132,15 +133,6 @@ def _height(size: int, biggest: int, scale: Scale) -> float:
     return MIN_H + (MAX_H - MIN_H) * f
 
 
-def _human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{int(value)}B" if unit == "B" else f"{value:.3g}{unit}"
-        value /= 1000
-    return f"{n}B"  # pragma: no cover
-
-
 def _fit(text: str, width: float) -> str:
     text = " ".join(text.split())
     room = max(4, int(width / CHAR_W))
@@ -204,14 +196,14 @@ def render_svg(drawing: Drawing, scale: Scale = "sqrt", title: str | None = None
                                                                        UNIQUE_STROKE)
         users = " ".join(drawing.names[i] for i in n.images)
         tip = (f"layer {n.depth + 1}: {n.created_by or '(no history)'}\n{n.digest}\n"
-               f"{_human(n.size)} ({n.size} bytes)\nused by: {users}")
+               f"{human_size(n.size)} ({n.size} bytes)\nused by: {users}")
         out.append('<g class="layer-group">')
         out.append(f'<rect class="layer {kind}" x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" '
                    f'height="{n.height:.1f}" rx="3" fill="{fill}" stroke="{stroke}" '
                    f'data-digest="{escape(n.digest)}" data-depth="{n.depth + 1}" '
                    f'data-size="{n.size}" data-images="{escape(users)}">'
                    f'<title>{escape(tip)}</title></rect>')
-        size_text = _human(n.size)
+        size_text = human_size(n.size)
         label = _fit(n.created_by or "(no history)",
                      w - THREAD_X - 26 - CHAR_W * len(size_text))
         ty = y + n.height / 2 + 4 if n.height < 40 else y + 16
@@ -238,7 +230,7 @@ def render_svg(drawing: Drawing, scale: Scale = "sqrt", title: str | None = None
         count = sum(1 for n in nodes if img in n.images)
         out.append(f'<text class="image-size" x="{mid:.1f}" y="{top - 10:.1f}" '
                    f'text-anchor="middle">{count} layer{"" if count == 1 else "s"}, '
-                   f'{escape(_human(drawing.sizes[img]))}</text>')
+                   f'{escape(human_size(drawing.sizes[img]))}</text>')
         out.append("</g>")
     out.append(f'<line class="baseline" x1="{MARGIN}" y1="{baseline:.1f}" '
                f'x2="{width - MARGIN:.1f}" y2="{baseline:.1f}" stroke="#333"/>')
@@ -255,7 +247,7 @@ def render_html(drawing: Drawing, scale: Scale = "sqrt", title: str | None = Non
     rows = "\n".join(
         f"<tr class=\"{'shared' if n.shared else 'unique'}\"><td>{n.depth + 1}</td>"
         f"<td><code>{escape(n.digest.split(':', 1)[-1][:12])}</code></td>"
-        f"<td class=\"num\">{escape(_human(n.size))}</td>"
+        f"<td class=\"num\">{escape(human_size(n.size))}</td>"
         f"<td>{escape(' '.join(n.created_by.split()))}</td>"
         f"<td>{escape(', '.join(drawing.names[i] for i in n.images))}</td></tr>"
         for n in nodes)

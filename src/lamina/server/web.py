@@ -59,6 +59,7 @@ from lamina.store.store import Store
 from lamina.transport.base import ImageSource
 from lamina.transport.local import StoreTransport
 from lamina.transport.resolve import ResolvedImage
+from lamina.units import human_size
 
 if TYPE_CHECKING:
     from lamina.server.app import Registry
@@ -365,7 +366,7 @@ async def _repositories(reg: Registry, rq: Rq) -> str:
     for name, ntags, size in rows:
         body.append(f"<tr><td><a class=\"repo\" href=\"{h(_repo_url(name))}\">{h(name)}</a>"
                     f"</td><td class=\"num\">{ntags}</td>"
-                    f"<td class=\"num\" title=\"{size} bytes\">{human(size)}</td></tr>")
+                    f"<td class=\"num\" title=\"{size} bytes\">{human_size(size)}</td></tr>")
     body.append("</tbody></table>")
     if not rows:
         body = ["<p>No repositories yet: <code>lamina push</code> or <code>lamina build"
@@ -414,8 +415,8 @@ def _repository_body(reg: Registry, repo: str, groups: list[_Tagged],
     out.append(f"<p class=\"summary\">{ntags} tag{_s(ntags)}, {len(images)} distinct "
                f"image{_s(len(images))}, {len(users)} distinct layer{_s(len(users))} of "
                f"which <b class=\"shared-count\">{len(shared_chains)}</b> shared by two or "
-               f"more images. Stored: {human(stored)} of layers; without sharing it would "
-               f"be {human(unshared)}.</p>")
+               f"more images. Stored: {human_size(stored)} of layers; without sharing it would "
+               f"be {human_size(unshared)}.</p>")
     if drawn:
         drawing = build_drawing([g.label for g in drawn],
                                 [g.info.image for g in drawn if g.info and g.info.image])
@@ -462,7 +463,7 @@ def _repository_body(reg: Registry, repo: str, groups: list[_Tagged],
             out.append(f"<tr>{cells}<td>{h(_when(info.created))}</td>"
                        f"<td>{h(str(info.config.platform))}</td><td class=\"num\">{n}</td>"
                        f"<td class=\"num\">{shared}</td>"
-                       f"<td class=\"num\" title=\"{info.size} bytes\">{human(info.size)}</td>"
+                       f"<td class=\"num\" title=\"{info.size} bytes\">{human_size(info.size)}</td>"
                        f"</tr>")
     out.append("</tbody></table>")
     if images:
@@ -515,7 +516,7 @@ async def _image(reg: Registry, rq: Rq, repo: str, ref: str) -> str:
                     if d.media_type in mt.MANIFESTS | mt.INDEXES
                     else f"<code>{h(str(d.digest))}</code>")
             rows.append(f"<tr><td>{h(plat)}</td><td>{link}</td><td>{h(d.media_type)}</td>"
-                        f"<td class=\"num\">{human(d.size)}</td></tr>")
+                        f"<td class=\"num\">{human_size(d.size)}</td></tr>")
         body = (_facts(facts + [("media type", h(info.media_type))]) +
                 "<h2>Platforms</h2><table class=\"platforms\"><thead><tr><th>platform</th>"
                 "<th>manifest</th><th>media type</th><th class=\"num\">size</th></tr>"
@@ -540,7 +541,7 @@ async def _image(reg: Registry, rq: Rq, repo: str, ref: str) -> str:
               ("image id", f"<code>{h(str(info.manifest.config.digest))}</code>"),
               ("created", h(_when(cfg.created)) or "unknown"),
               ("platform", h(str(cfg.platform))),
-              ("size", f"{human(info.size)} ({info.size} bytes) in "
+              ("size", f"{human_size(info.size)} ({info.size} bytes) in "
                        f"{len(info.manifest.layers)} layers")]
     rows = []
     # history() is newest first; layers are numbered from 1 at the bottom
@@ -572,7 +573,7 @@ async def _image(reg: Registry, rq: Rq, repo: str, ref: str) -> str:
         rows.append(f"<tr class=\"layer {kind}\" data-layer=\"{n}\"><td class=\"num\">{n}</td>"
                     f"<td><a class=\"layer-link\" href=\"{h(_layer_url(repo, digest, n))}\">"
                     f"<code>{h(short)}</code></a></td>"
-                    f"<td class=\"num\" title=\"{row.size} bytes\">{human(row.size)}</td>"
+                    f"<td class=\"num\" title=\"{row.size} bytes\">{human_size(row.size)}</td>"
                     f"<td>{share}</td><td>{when}</td>"
                     f"<td><code class=\"created-by\">{text}</code></td><td>{comment}</td></tr>")
     body = (_facts(facts) + "<h2>Layers</h2><p class=\"note\">Newest first, as "
@@ -617,8 +618,8 @@ def _layer_body(reg: Registry, repo: str, digest: str, image: ResolvedImage, n: 
     facts = [("layer", f"{n} of {len(image.manifest.layers)}"),
              ("digest", f"<code>{h(str(layer.descriptor.digest))}</code>"),
              ("diff id", f"<code>{h(layer.diff_id)}</code>"),
-             ("size", f"{human(layer.descriptor.size)} compressed, {human(layer.files_size)}"
-                      f" of files in {layer.entries} entries"),
+             ("size", f"{human_size(layer.descriptor.size)} compressed, "
+                      f"{human_size(layer.files_size)} of files in {layer.entries} entries"),
              ("created by", f"<code class=\"created-by\">{h(layer.created_by)}</code>"
                             if layer.created_by else "<span class=\"muted\">(no history)</span>"),
              ("changes", ", ".join(f"<span class=\"count-{k}\">{v} {k}</span>"
@@ -647,7 +648,7 @@ def _layer_body(reg: Registry, repo: str, digest: str, image: ResolvedImage, n: 
             out.append(f"<tr class=\"{kind}\" title=\"{h(r.path)}\"><td class=\"mark\">{mark}"
                        f"</td><td class=\"name\" style=\"padding-left:{0.4 + 1.2 * r.depth:.1f}"
                        f"em\">{name}</td><td>{h(what)}</td>"
-                       f"<td class=\"num\" title=\"{r.size} bytes\">{human(r.size)}</td></tr>")
+                       f"<td class=\"num\" title=\"{r.size} bytes\">{human_size(r.size)}</td></tr>")
         out.append("</tbody></table>")
         if len(rows) > MAX_TREE_ROWS:
             out.append(f"<p class=\"note\">The first {MAX_TREE_ROWS} of {len(rows)} rows; "
@@ -662,15 +663,6 @@ def _layer_body(reg: Registry, repo: str, digest: str, image: ResolvedImage, n: 
 def h(value: object) -> str:
     """Escaped for HTML text and attribute values alike."""
     return escape(str(value), quote=True)
-
-
-def human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{int(value)}B" if unit == "B" else f"{value:.3g}{unit}"
-        value /= 1000
-    return f"{n}B"  # pragma: no cover
 
 
 def _s(n: int) -> str:
