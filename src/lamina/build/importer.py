@@ -110,8 +110,13 @@ def import_snapshots(store: Store, name: str, sources: Sequence[Path],
         # On failure, remove what this import wrote (unless another image shares it).
         stack.enter_context(_DiscardOnError(store, written, lease.id))
         previous: Path | None = None
+        # Only the snapshot before is needed for the next diff: an unpacked tar source
+        # is removed as soon as the one after it has been compared with it.
+        held: contextlib.ExitStack | None = None
         for i, src in enumerate(sources):
-            root = stack.enter_context(_as_directory(store, src))
+            current = contextlib.ExitStack()
+            stack.callback(current.close)
+            root = current.enter_context(_as_directory(store, src))
             changes: Changeset | Path = root if previous is None else diff_trees(
                 previous, root, opts.source_date_epoch)
             stored = commit_changeset(store, lease, changes, layer_opts, media_type)
@@ -125,7 +130,9 @@ def import_snapshots(store: Store, name: str, sources: Sequence[Path],
             history.append(History(created=created, created_by=created_by))
             if opts.on_layer is not None:
                 opts.on_layer(i, len(sources), desc, created_by)
-            previous = root
+            if held is not None:
+                held.close()
+            held, previous = current, root
         config = build_config(diff_ids, history, opts.platform, created=created,
                               container_config={})
         config_digest = config.digest
