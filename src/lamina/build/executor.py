@@ -64,7 +64,7 @@ from lamina.run.snapshots import Snapshotter
 from lamina.run.unpack import unpack_image
 from lamina.store.meta import CacheRecord
 from lamina.store.store import Lease, Store
-from lamina.transport.local import StoreTransport
+from lamina.transport.local import StoreTransport, record_image
 from lamina.transport.resolve import ResolvedImage, resolve_image
 from lamina.units import human_size
 
@@ -704,18 +704,9 @@ class _Builder:
         config = build_config(state.diff_ids, state.history, state.platform,
                               created=self.created,
                               container_config=_public_config(state.config))
-        self.lease.add(config.digest)
-        self.store.blobs.put_bytes(config.raw, config.digest)
-        config_desc = Descriptor(mt.OCI_CONFIG, config.digest, len(config.raw))
-        manifest = build_manifest(config_desc, state.layers)
-        self.lease.add(manifest.digest)
-        self.store.blobs.put_bytes(manifest.raw, manifest.digest)
         tags = tuple(str(Reference.parse(t)) for t in self.opts.tags)
-        self.store.meta.add_image(str(manifest.digest), manifest.media_type, len(manifest.raw),
-                                  [str(d.digest) for d in manifest.blobs()],
-                                  tags[0] if tags else None)
-        for t in tags[1:]:
-            self.store.meta.set_tag(t, str(manifest.digest), manifest.media_type)
+        config_desc, manifest = record_image(self.store, self.lease, config.raw, mt.OCI_CONFIG,
+                                             state.layers, tags)
         # The snapshots this build ran on stay while the image lives (else the next gc
         # removes them and the next build or run extracts them again).
         Snapshotter(self.store).retain(str(manifest.digest), state.diff_ids)

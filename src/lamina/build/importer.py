@@ -21,12 +21,13 @@ from lamina.digest import Digest
 from lamina.errors import InvalidInput, NotFound
 from lamina.image import mediatypes as mt
 from lamina.image.config import History, build_config, rfc3339
-from lamina.image.manifest import Descriptor, Platform, build_manifest, current_platform
+from lamina.image.manifest import Descriptor, Platform, current_platform
 from lamina.image.reference import Reference
 from lamina.layer import Changeset, LayerOptions, apply_layer, diff_trees
 from lamina.layer.commit import commit_changeset
 from lamina.layer.options import Compression
 from lamina.store.store import Store
+from lamina.transport.local import record_image
 
 
 def source_date_epoch() -> int | None:
@@ -135,14 +136,7 @@ def import_snapshots(store: Store, name: str, sources: Sequence[Path],
             held, previous = current, root
         config = build_config(diff_ids, history, opts.platform, created=created,
                               container_config={})
-        config_digest = config.digest
-        lease.add(config_digest)
-        store.blobs.put_bytes(config.raw, config_digest)
-        written.append(str(config_digest))
-        config_desc = Descriptor(mt.OCI_CONFIG, config_digest, len(config.raw))
-        manifest = build_manifest(config_desc, layers)
-        lease.add(manifest.digest)
-        store.blobs.put_bytes(manifest.raw, manifest.digest)
-        store.meta.add_image(str(manifest.digest), manifest.media_type, len(manifest.raw),
-                             [str(d.digest) for d in manifest.blobs()], tag=str(ref))
+        written.append(str(config.digest))
+        config_desc, manifest = record_image(store, lease, config.raw, mt.OCI_CONFIG, layers,
+                                             [str(ref)])
     return ImportResult(ref, manifest.descriptor(), config_desc, tuple(layers), tuple(diff_ids))

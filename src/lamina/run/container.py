@@ -26,20 +26,22 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any
 
+from lamina.digest import Digest
 from lamina.errors import InvalidInput, InvalidReference, Unsupported
 from lamina.image import mediatypes as mt
 from lamina.image.config import parse_config, rfc3339
-from lamina.image.manifest import Descriptor, build_manifest, dumps
+from lamina.image.manifest import Descriptor, dumps
 from lamina.image.reference import Reference
-from lamina.layer import Changeset, LayerOptions, write_changeset
+from lamina.layer import Changeset, LayerOptions
+from lamina.layer.commit import commit_changeset
 from lamina.layer.options import Compression
 from lamina.run.rootfs import SnapshotterMode, open_rootfs
 from lamina.run.sandbox import Network, ProcessSpec, SandboxKind, run_process
 from lamina.run.snapshots import Snapshotter
 from lamina.store.store import Store
-from lamina.transport.local import StoreTransport
+from lamina.transport.local import StoreTransport, record_image
 from lamina.transport.resolve import ResolvedImage, resolve_image
 
 
@@ -184,20 +186,16 @@ def commit_changes(store: Store, image: ResolvedImage, changes: Changeset, ref: 
     written: list[str] = []
     with store.lease() as lease:
         try:
-            with store.blobs.writer() as w:
-                info = write_changeset(changes, cast(BinaryIO, w), LayerOptions(
-                    compression=compression, source_date_epoch=source_date_epoch))
-                lease.add(w.digest)
-                size = w.count
-                digest = w.commit()
-            written.append(str(digest))
-            store.meta.add_layer(str(digest), str(info.diff_id), media_type, size)
-            layer = Descriptor(media_type, digest, size)
+            stored = commit_changeset(store, lease, changes, LayerOptions(
+                compression=compression, source_date_epoch=source_date_epoch), media_type)
+            written.append(str(stored.digest))
+            layer = Descriptor(media_type, stored.digest, stored.size)
 
             doc: dict[str, Any] = copy.deepcopy(image.config.doc)
             doc["created"] = created
             doc["rootfs"] = {"type": "layers",
-                             "diff_ids": [*map(str, image.config.diff_ids), str(info.diff_id)]}
+                             "diff_ids": [*map(str, image.config.diff_ids),
+                                          str(stored.diff_id)]}
             history = list(doc.get("history") or [])
             # Keep history aligned with the layers (one non-empty entry per layer):
             # an image that recorded less gets blank entries for its own layers.
@@ -208,19 +206,12 @@ def commit_changes(store: Store, image: ResolvedImage, changes: Changeset, ref: 
                             "comment": "lamina run --commit"})
             doc["history"] = history
             raw = dumps(doc)
-            config = parse_config(raw)
-            config_desc = Descriptor(image.manifest.config.media_type, config.digest, len(raw))
-            lease.add(config.digest)
-            store.blobs.put_bytes(raw, config.digest)
-            written.append(str(config.digest))
-
-            manifest = build_manifest(config_desc, [*image.manifest.layers, layer],
-                                      media_type=image.manifest.media_type)
-            lease.add(manifest.digest)
-            store.blobs.put_bytes(manifest.raw, manifest.digest)
+            parse_config(raw)  # what we wrote must read back as a valid config
+            written.append(str(Digest.from_bytes(raw)))
+            _config_desc, manifest = record_image(
+                store, lease, raw, image.manifest.config.media_type,
+                [*image.manifest.layers, layer], [str(ref)], image.manifest.media_type)
             written.append(str(manifest.digest))
-            store.meta.add_image(str(manifest.digest), manifest.media_type, len(manifest.raw),
-                                 [str(d.digest) for d in manifest.blobs()], tag=str(ref))
         except BaseException:
             from lamina.store.gc import discard
 

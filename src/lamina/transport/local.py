@@ -4,15 +4,16 @@ write.  Names are full references (``docker.io/library/busybox:latest``)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import BinaryIO
 
 from lamina.digest import Digest, VerifyingReader
 from lamina.errors import InvalidReference, NotFound
 from lamina.image import mediatypes as mt
 from lamina.image.config import parse_config
-from lamina.image.manifest import Descriptor, Index, Manifest, parse
+from lamina.image.manifest import Descriptor, Index, Manifest, build_manifest, parse
 from lamina.image.reference import Reference
-from lamina.store.store import Store
+from lamina.store.store import Lease, Store
 from lamina.transport.base import NamedImage, Progress
 
 
@@ -169,3 +170,25 @@ class StoreTransport:
             discard(self.store, self._written, self._lease_id)
         self._written = []
         self.close()
+
+
+def record_image(store: Store, lease: Lease, config_raw: bytes, config_media_type: str,
+                 layers: Sequence[Descriptor], tags: Sequence[str] = (),
+                 manifest_media_type: str = mt.OCI_MANIFEST) -> tuple[Descriptor, Manifest]:
+    """Store a new image made here (import, build, ``run --commit``): its layers are in
+    the store already; put the config and the manifest — each named in ``lease`` before
+    it becomes visible — then record the image and point ``tags`` (full references) at
+    it.  Returns the config's descriptor and the manifest."""
+    config_digest = Digest.from_bytes(config_raw)
+    lease.add(config_digest)
+    store.blobs.put_bytes(config_raw, config_digest)
+    config_desc = Descriptor(config_media_type, config_digest, len(config_raw))
+    manifest = build_manifest(config_desc, layers, media_type=manifest_media_type)
+    lease.add(manifest.digest)
+    store.blobs.put_bytes(manifest.raw, manifest.digest)
+    store.meta.add_image(str(manifest.digest), manifest.media_type, len(manifest.raw),
+                         [str(d.digest) for d in manifest.blobs()],
+                         tags[0] if tags else None)
+    for tag in tags[1:]:
+        store.meta.set_tag(tag, str(manifest.digest), manifest.media_type)
+    return config_desc, manifest
