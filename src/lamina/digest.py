@@ -122,6 +122,12 @@ class VerifyingReader:
             self._finish()
         return data
 
+    @property
+    def raw(self) -> Readable:
+        """The stream underneath (a consumer that can check the digest another way may
+        take the bytes from it directly, e.g. a push by sendfile)."""
+        return self._raw
+
     def readinto(self, buf: bytearray | memoryview) -> int:
         data = self.read(len(buf))
         buf[: len(data)] = data

@@ -20,6 +20,7 @@ from lamina.errors import (
     TransportError,
     Unsupported,
 )
+from lamina.image.manifest import Manifest
 from lamina.image.reference import Reference
 from lamina.store.store import Store
 from lamina.transport.copy import CopyOptions
@@ -56,6 +57,16 @@ def fails_cleanly(lam: Lamina, ref: Reference, kind: type[LaminaError],
     with Store(lam.root) as store:
         assert store.meta.get_tag(str(ref)) is None
     return message
+
+
+def store_manifest(store: Store, name: str) -> Manifest:
+    from lamina.image.manifest import parse
+    from lamina.transport.local import StoreTransport
+
+    desc = StoreTransport(store).resolve(name)
+    doc = parse(store.blobs.read_bytes(desc.digest), desc.media_type)
+    assert isinstance(doc, Manifest)
+    return doc
 
 
 def blob_gets(fake: FakeRegistry, data: bytes) -> list[dict[str, str]]:
@@ -189,6 +200,26 @@ def test_push_rides_out_500_and_honours_chunk_min_length(fake: FakeRegistry, see
     other.assert_consistent()
 
 
+def test_push_of_a_rotten_store_blob_is_refused_by_the_registry(
+        fake: FakeRegistry, seeded: Lamina) -> None:
+    """A store blob is pushed by sendfile without hashing it again: the registry's check
+    of ``?digest=`` is what catches bytes that rotted on disk (same size, other bytes),
+    and the CLI says so in one line with a non-zero exit."""
+    with Store(seeded.root) as store:
+        manifest = store_manifest(store, "demo/a")
+        layer = manifest.layers[-1]
+        path = store.blobs.path(layer.digest)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    res = seeded.run("push", "demo/a", f"{fake.host}/rotten:v1", check=False)
+    assert res.code == 6, res
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1 and "DIGEST_INVALID" in lines[0] and str(layer.digest) in lines[0]
+    assert "rotten:v1" not in fake.manifests
+    assert (("rotten", str(layer.digest)) not in fake.links)
+
+
 def test_source_resolves_tags_digests_and_lists(fake: FakeRegistry, image: Reference) -> None:
     src = RegistrySource(image, FAST)
     desc = src.resolve(None)
@@ -198,16 +229,17 @@ def test_source_resolves_tags_digests_and_lists(fake: FakeRegistry, image: Refer
     src.close()
 
 
-def test_resume_through_httpx_own_transport(fake: FakeRegistry, image: Reference,
-                                            lamina: Lamina) -> None:
-    """The client seam: a caller's httpx.Client (httpx's own transport, as used behind a
-    proxy) resumes a cut blob the same way."""
-    import httpx
+def test_resume_through_a_callers_own_client(fake: FakeRegistry, image: Reference,
+                                             lamina: Lamina) -> None:
+    """The client seam: a caller's own ``HttpClient`` (with one pooled connection) is
+    the one used, and resumes a cut blob the same way."""
+    from lamina.transport.registry.wire import HttpClient
 
     cut = 2 * 1024 * 1024 + 1
     fake.cuts[sha256(BIG)] = (cut, 1)
-    with Store(lamina.root) as store, httpx.Client() as client:
+    with Store(lamina.root) as store, HttpClient(pool_size=1) as client:
         pull_image(store, image, FAST, client=client)
+        assert client.connections >= 2   # the cut connection, then a new one
     gets = blob_gets(fake, BIG)
     assert len(gets) == 2 and gets[1]["Range"] == f"bytes={cut}-"
     lamina.assert_consistent()

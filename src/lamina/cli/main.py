@@ -27,6 +27,7 @@ from lamina.cli.format import (
     human_size,
     option,
     print_json,
+    say,
     table,
 )
 from lamina.errors import LaminaError
@@ -365,28 +366,23 @@ def main() -> None:
     debug = bool(os.environ.get("LAMINA_DEBUG"))
     try:
         code = _run(sys.argv[1:])
+    # Error lines are plain writes: importing rich for one line would cost ~40 ms.
     except LaminaError as e:
         if debug:
             raise
-        from lamina.cli.format import err
-
-        err.print(f"lamina: {e}", markup=False)
+        say(f"lamina: {e}", sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        from lamina.cli.format import err
-
-        err.print("lamina: interrupted")
+        say("lamina: interrupted", sys.stderr)
         sys.exit(130)
     except OSError as e:
         if debug:
             raise
-        from lamina.cli.format import err
-
         if e.errno == errno.ENOSPC:
-            err.print("lamina: no space left on device", markup=False)
+            say("lamina: no space left on device", sys.stderr)
         else:
             where = f": {e.filename}" if e.filename else ""
-            err.print(f"lamina: {e.strerror or e}{where}", markup=False)
+            say(f"lamina: {e.strerror or e}{where}", sys.stderr)
         sys.exit(1)
     sys.exit(code)
 

@@ -72,7 +72,7 @@ class Opened:
 
 def open_source(place: Place, store: Store, opts: RegistryOptions,
                 client: Any = None) -> Opened:
-    """``client``: an ``httpx.Client`` for a registry place (tests inject transports)."""
+    """``client``: a ``wire.HttpClient`` for a registry place (tests bring their own)."""
     if place.kind == "store":
         src = StoreTransport(store)
         desc = src.resolve(place.name)

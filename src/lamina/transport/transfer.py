@@ -24,7 +24,7 @@ class TransferOptions:
     all_platforms: bool = False
     on_event: Callable[[CopyEvent], None] | None = None     # per blob, from worker threads
     on_push: Callable[[BlobPush], None] | None = None       # exists / mounted / pushed
-    client: Any = None      # an httpx.Client for the registry side (tests inject faults)
+    client: Any = None      # a wire.HttpClient for the registry side (tests bring their own)
     # where a push may mount a blob from; default: the repositories the store recorded
     mount_from: Callable[[Descriptor], str | None] | None = None
 

@@ -7,25 +7,14 @@
     source.py    RegistrySource (ImageSource), BlobStream (ranged resume)
     sink.py      RegistrySink (ImageSink): HEAD, mount, monolithic/chunked upload, manifests
     login.py     login / logout
-    httptransport.py  an httpx transport over http.client (the fast default)
+    wire.py      HTTP/1.1 on http.client: pooled connections, sendfile bodies, proxies
 
 A pull is ``copy_image(RegistrySource(ref), desc, StoreTransport(store), names)``; a push
 is the same the other way round.  The one place that wires them for users (and tests) is
 ``lamina.transport.transfer``.  Parallel blobs come from ``CopyOptions.jobs``.
 """
 
-import sys as _sys
-import types as _types
-
-# httpx's __init__ imports its own command-line tool (httpx._main: click, rich, pygments)
-# whenever click is installed — about 0.1 s on every lamina run that talks to a
-# registry.  lamina never uses that tool, so a stand-in is registered first.
-if "httpx" not in _sys.modules:
-    _stub = _types.ModuleType("httpx._main")
-    _stub.main = lambda *args, **kwargs: None  # type: ignore[attr-defined]
-    _sys.modules.setdefault("httpx._main", _stub)
-
-from lamina.transport.registry.auth import (  # noqa: E402 - after the stand-in, on purpose
+from lamina.transport.registry.auth import (
     auth_key,
     docker_config_path,
     lamina_auth_path,

@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from lamina.errors import InvalidInput
 from lamina.transport.registry.errors import RegistryError, error_from_response, read_limited
 from lamina.transport.registry.options import Credentials
+from lamina.transport.registry.wire import HttpClient, Response, WireError, with_params
 
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 _DOCKER_HUB_NAMES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
@@ -241,7 +240,7 @@ class Authenticator:
     bearer tokens fetched so far, keyed by scope set.  Thread-safe (parallel blobs)."""
 
     def __init__(self, registry: str, credentials: Credentials | None,
-                 http: httpx.Client) -> None:
+                 http: HttpClient) -> None:
         self.registry = registry
         self.credentials = credentials
         self._http = http
@@ -277,7 +276,7 @@ class Authenticator:
         with self._fetching:
             return self._cached(scopes) or f"Bearer {self._fetch_token(self._bearer, scopes, what)}"
 
-    def answer(self, resp: httpx.Response, scopes: tuple[str, ...], sent: str | None,
+    def answer(self, resp: Response, scopes: tuple[str, ...], sent: str | None,
                what: str) -> str | None:
         """Given a 401, the Authorization header to retry with, or None if there is
         no point retrying (then the 401 is the answer)."""
@@ -308,22 +307,26 @@ class Authenticator:
 
     def _fetch_token(self, challenge: Challenge, scopes: tuple[str, ...], what: str) -> str:
         realm = challenge.params["realm"]
-        params: list[tuple[str, str | int | float | bool | None]] = []
+        params: list[tuple[str, str]] = []
         if challenge.params.get("service"):
             params.append(("service", challenge.params["service"]))
         params.extend(("scope", s) for s in scopes)
         creds = self.credentials
-        if creds is not None and creds.identity_token:
-            # OAuth2 refresh-token grant (what Docker does with an identity token)
-            form = {k: v for k, v in params if k == "service"}
-            request = self._http.build_request("POST", realm, data={
-                **form, "scope": " ".join(scopes), "grant_type": "refresh_token",
-                "refresh_token": creds.identity_token, "client_id": "lamina"})
-        else:
-            headers = {"Authorization": basic_header(creds)} if creds is not None else {}
-            request = self._http.build_request("GET", realm, params=params, headers=headers)
         try:
-            resp = self._http.send(request, stream=True)
+            if creds is not None and creds.identity_token:
+                # OAuth2 refresh-token grant (what Docker does with an identity token)
+                from urllib.parse import urlencode
+
+                form = {k: v for k, v in params if k == "service"}
+                body = urlencode({**form, "scope": " ".join(scopes),
+                                  "grant_type": "refresh_token",
+                                  "refresh_token": creds.identity_token,
+                                  "client_id": "lamina"}).encode()
+                resp = self._http.request("POST", realm, body=body, headers={
+                    "Content-Type": "application/x-www-form-urlencoded"})
+            else:
+                headers = {"Authorization": basic_header(creds)} if creds is not None else {}
+                resp = self._http.request("GET", with_params(realm, params), headers=headers)
             try:
                 self.token_requests += 1
                 if resp.status_code != 200:
@@ -332,7 +335,7 @@ class Authenticator:
                 body = read_limited(resp, MAX_TOKEN_BODY)
             finally:
                 resp.close()
-        except httpx.HTTPError as e:
+        except WireError as e:
             raise RegistryError(f"{self.registry}: cannot get a token from {realm}: {e}",
                                 registry=self.registry) from None
         try:

@@ -20,26 +20,30 @@ bodies 8 KiB) or in chunks (blobs), and must close them.
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import random
 import re
+import socket
 import ssl
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Container, Iterable, Iterator
-
-import httpx
+from collections.abc import Callable, Container, Iterator
 
 from lamina.errors import LaminaError, TransportError
 from lamina.transport.registry.auth import Authenticator, lookup_credentials
 from lamina.transport.registry.errors import error_from_response
-from lamina.transport.registry.httptransport import StdlibTransport
 from lamina.transport.registry.options import RegistryOptions
+from lamina.transport.registry.wire import (
+    Body,
+    ConnectError,
+    FileBody,
+    HttpClient,
+    Response,
+    WireError,
+    with_params,
+)
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 60.0
-USER_AGENT = "lamina/0.1"
 
 
 def _host(registry: str) -> str:
@@ -53,10 +57,15 @@ def is_loopback(registry: str) -> bool:
     host = _host(registry)
     if host == "localhost" or host.endswith(".localhost"):
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    # 127.0.0.0/8 and ::1, in any spelling (the ipaddress module costs ~5 ms to import
+    # for this one question)
+    for family, loopback in ((socket.AF_INET, None), (socket.AF_INET6, bytes(15) + b"\1")):
+        try:
+            packed = socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return packed[0] == 127 if loopback is None else packed == loopback
+    return False
 
 
 def api_host(registry: str) -> str:
@@ -75,29 +84,20 @@ def registry_base_url(registry: str, opts: RegistryOptions = RegistryOptions()) 
     return f"https://{host}"
 
 
-def make_http_client(opts: RegistryOptions) -> httpx.Client:
-    """The client a registry connection makes for itself: TLS as the options say, a
-    pool big enough for ``jobs`` parallel blobs, and the http.client transport
-    (httptransport.py) unless a proxy is configured in the environment."""
-    pool = max(10, 2 * opts.jobs)
-    proxied = any(k in ("http", "https", "all") for k in urllib.request.getproxies())
+def make_http_client(opts: RegistryOptions) -> HttpClient:
+    """The client a registry connection makes for itself: TLS as the options say and a
+    pool big enough for ``jobs`` parallel blobs."""
     # Loading the system's CA store costs ~50 ms: for a plain-http registry (loopback)
-    # with the default trust it is never needed, and the transport makes the default
+    # with the default trust it is never needed, and the client makes the default
     # context itself on its first https connection.
     ctx: ssl.SSLContext | None = None
-    if proxied or opts.ca_bundle is not None or opts.insecure:
+    if opts.ca_bundle is not None or opts.insecure:
         ctx = ssl.create_default_context(
             cafile=str(opts.ca_bundle) if opts.ca_bundle is not None else None)
         if opts.insecure:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-    return httpx.Client(
-        verify=ctx if ctx is not None else True,
-        timeout=httpx.Timeout(opts.timeout),
-        limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
-        headers={"User-Agent": USER_AGENT},
-        transport=None if proxied else StdlibTransport(ctx, pool),
-    )
+    return HttpClient(ctx, timeout=opts.timeout, pool_size=max(10, 2 * opts.jobs))
 
 
 def _cause_chain(e: BaseException) -> Iterator[BaseException]:
@@ -127,7 +127,7 @@ def _reason(e: BaseException) -> str:
     return re.sub(r"^\[Errno -?\d+\] ", "", " ".join(text.split()))
 
 
-def retry_after(resp: httpx.Response) -> float | None:
+def retry_after(resp: Response) -> float | None:
     """Seconds asked for by ``Retry-After`` (delta-seconds or an HTTP date)."""
     value = resp.headers.get("retry-after")
     if not value:
@@ -148,7 +148,7 @@ class RegistryClient:
     parallel blob copies share one client (and its connection pool)."""
 
     def __init__(self, registry: str, opts: RegistryOptions = RegistryOptions(),
-                 client: httpx.Client | None = None) -> None:
+                 client: HttpClient | None = None) -> None:
         self.registry = registry
         self.opts = opts
         self.base = registry_base_url(registry, opts)
@@ -161,14 +161,10 @@ class RegistryClient:
         self._sleep: Callable[[float], None] = time.sleep
 
     # -- URLs --------------------------------------------------------------------------
-    def url(self, path_or_url: str | httpx.URL) -> httpx.URL:
-        if isinstance(path_or_url, httpx.URL):
-            return path_or_url
-        if path_or_url.startswith("/"):
-            return httpx.URL(self.base + path_or_url)
-        return httpx.URL(path_or_url)
+    def url(self, path_or_url: str) -> str:
+        return self.base + path_or_url if path_or_url.startswith("/") else path_or_url
 
-    def _backoff(self, attempt: int, resp: httpx.Response | None = None) -> float:
+    def _backoff(self, attempt: int, resp: Response | None = None) -> float:
         if resp is not None:
             asked = retry_after(resp)
             if asked is not None:
@@ -176,18 +172,17 @@ class RegistryClient:
         step = min(self.opts.max_backoff, self.opts.backoff * (2.0 ** attempt))
         return step * random.uniform(0.5, 1.0)
 
-    def pause(self, attempt: int, resp: httpx.Response | None = None) -> None:
+    def pause(self, attempt: int, resp: Response | None = None) -> None:
         self._sleep(self._backoff(attempt, resp))
 
     # -- the one way requests go out ---------------------------------------------------
-    def send(self, method: str, target: str | httpx.URL, *, what: str,
+    def send(self, method: str, target: str, *, what: str,
              scopes: tuple[str, ...] = (), headers: dict[str, str] | None = None,
-             content: bytes | Iterable[bytes] | None = None,
-             params: dict[str, str] | None = None,
-             ok: Container[int] = (200,), follow_redirects: bool = False) -> httpx.Response:
+             content: Body = None, params: dict[str, str] | None = None,
+             ok: Container[int] = (200,), follow_redirects: bool = False) -> Response:
         """Send a request, return the streamed response whose status is in ``ok``
         (close it), or raise the lamina error for what came back."""
-        replayable = content is None or isinstance(content, bytes)
+        replayable = content is None or isinstance(content, bytes | FileBody)
         attempt = 0
         auth_tries = 0
         while True:
@@ -195,15 +190,13 @@ class RegistryClient:
             sent = self.auth.header(scopes, what)
             if sent is not None:
                 hdrs["Authorization"] = sent
-            url = self.url(target)
-            if params:
-                url = url.copy_merge_params(params)
+            url = with_params(self.url(target), params)
             try:
-                request = self.http.build_request(method, url, headers=hdrs, content=content)
-                resp = self.http.send(request, stream=True, follow_redirects=follow_redirects)
+                resp = self.http.request(method, url, headers=hdrs, body=content,
+                                         follow_redirects=follow_redirects)
             except LaminaError:
                 raise  # from a streamed body (IntegrityError) or the token service
-            except httpx.HTTPError as e:
+            except WireError as e:
                 if self._tls_fallback(e, target):
                     continue
                 if _is_refused(e):
@@ -213,11 +206,10 @@ class RegistryClient:
                     raise TransportError(
                         f"cannot connect to {self.registry}: TLS failed: {_reason(e)} "
                         "(use --insecure, or give the registry's CA certificate)") from None
-                if isinstance(e, httpx.ConnectError):
+                if isinstance(e, ConnectError):
                     raise TransportError(f"cannot connect to {self.registry}: "
                                          f"{_reason(e)}") from None
-                if not replayable or attempt >= self.opts.retries or not isinstance(
-                        e, httpx.TransportError):
+                if not replayable or attempt >= self.opts.retries:
                     raise TransportError(f"{self.registry}: {what}: {_reason(e)}") from None
                 self.pause(attempt)
                 attempt += 1
@@ -246,7 +238,7 @@ class RegistryClient:
             finally:
                 resp.close()
 
-    def _tls_fallback(self, e: Exception, target: str | httpx.URL) -> bool:
+    def _tls_fallback(self, e: Exception, target: str) -> bool:
         """--insecure: a registry that does not speak TLS is spoken to over http
         (Docker's insecure-registry behaviour)."""
         if not (self.opts.insecure and isinstance(target, str) and target.startswith("/")
@@ -261,14 +253,14 @@ class RegistryClient:
             self.http.close()
 
 
-def header_digest(resp: httpx.Response) -> str | None:
+def header_digest(resp: Response) -> str | None:
     value = resp.headers.get("docker-content-digest")
     return value.strip() if value else None
 
 
-def resolve_location(resp: httpx.Response, what: str, registry: str) -> httpx.URL:
+def resolve_location(resp: Response, what: str, registry: str) -> str:
     """An upload ``Location`` may be absolute or relative to the request (spec 1.1)."""
     loc = resp.headers.get("location")
     if not loc:
         raise TransportError(f"{registry}: {what}: the registry gave no upload location")
-    return resp.url.join(loc)
+    return resp.join(loc)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
-
 from lamina.errors import LaminaError, NotFound, TransportError, Unsupported
+from lamina.transport.registry.wire import Response, WireError
 
 MAX_ERROR_BODY = 8 * 1024
 
@@ -46,7 +45,7 @@ class RegistryUnsupported(Unsupported, RegistryError):
     pass
 
 
-def read_limited(resp: httpx.Response, limit: int) -> bytes:
+def read_limited(resp: Response, limit: int) -> bytes:
     """At most ``limit`` bytes of a streamed response's body (then the rest is dropped
     with the connection)."""
     out = bytearray()
@@ -55,7 +54,7 @@ def read_limited(resp: httpx.Response, limit: int) -> bytes:
             out += chunk
             if len(out) >= limit:
                 break
-    except httpx.HTTPError:
+    except WireError:
         pass  # an error body cut short is still worth what we got
     return bytes(out[:limit])
 
@@ -88,11 +87,11 @@ def parse_error_body(body: bytes) -> tuple[str | None, str | None]:
     return code, message
 
 
-def error_from_response(resp: httpx.Response, registry: str, what: str,
+def error_from_response(resp: Response, registry: str, what: str,
                         authenticated: bool = False) -> LaminaError:
     """One clear line naming the registry and the object, from any error answer."""
     status = resp.status_code
-    body = b"" if resp.request.method == "HEAD" else read_limited(resp, MAX_ERROR_BODY)
+    body = b"" if resp.method == "HEAD" else read_limited(resp, MAX_ERROR_BODY)
     code, message = parse_error_body(body)
     if message is None and body and not body.lstrip().startswith((b"{", b"<")):
         message = body.decode("utf-8", "replace")

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import httpx
-
 from lamina.transport.registry.auth import remove_credentials, store_credentials
 from lamina.transport.registry.client import RegistryClient
 from lamina.transport.registry.options import Credentials, RegistryOptions
+from lamina.transport.registry.wire import HttpClient
 
 
 def check_login(registry: str, creds: Credentials, opts: RegistryOptions = RegistryOptions(),
-                client: httpx.Client | None = None) -> None:
+                client: HttpClient | None = None) -> None:
     """GET /v2/ with the auth dance, as ``docker login`` does; raises on failure.  For a
     bearer registry the token service judges the credentials (a token for no scope)."""
     rc = RegistryClient(registry, replace(opts, credentials=creds), client)
@@ -24,7 +23,7 @@ def check_login(registry: str, creds: Credentials, opts: RegistryOptions = Regis
 
 
 def login(registry: str, username: str, password: str,
-          opts: RegistryOptions = RegistryOptions(), client: httpx.Client | None = None
+          opts: RegistryOptions = RegistryOptions(), client: HttpClient | None = None
           ) -> None:
     """Verify ``username``/``password`` against ``registry`` and store them (0600) in
     lamina's credentials file.  Raises RegistryError (bad credentials) or

@@ -19,12 +19,13 @@ threads.
 from __future__ import annotations
 
 import contextlib
+import io
+import os
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
-
-import httpx
 
 from lamina.digest import CHUNK, Digest, VerifyingReader
 from lamina.errors import IntegrityError, InvalidInput, InvalidManifest, LaminaError
@@ -34,6 +35,7 @@ from lamina.transport.base import Progress
 from lamina.transport.registry.client import RegistryClient, header_digest, resolve_location
 from lamina.transport.registry.errors import RegistryError
 from lamina.transport.registry.options import RegistryOptions
+from lamina.transport.registry.wire import FileBody, HttpClient, Response, WireError
 
 PushKind = Literal["exists", "mounted", "pushed"]
 
@@ -61,7 +63,7 @@ class RegistrySink:
     concurrent_blobs = True   # thread-safe: copy may put several blobs at once
 
     def __init__(self, ref: Reference, opts: RegistryOptions = RegistryOptions(),
-                 client: httpx.Client | None = None,
+                 client: HttpClient | None = None,
                  mount_from: Callable[[Descriptor], str | None] | None = None,
                  on_blob: Callable[[BlobPush], None] | None = None) -> None:
         self.ref = ref
@@ -72,7 +74,7 @@ class RegistrySink:
         self.on_blob = on_blob
         self.results: dict[str, BlobPush] = {}
         self._lock = threading.Lock()
-        self._sessions: set[httpx.URL] = set()   # open upload sessions (abort cancels)
+        self._sessions: set[str] = set()   # open upload sessions (abort cancels)
 
     @property
     def registry(self) -> str:
@@ -102,7 +104,7 @@ class RegistrySink:
         reader = stream if isinstance(stream, VerifyingReader) else VerifyingReader(
             stream, desc.digest, desc.size)
         what = self._blob_what(desc)
-        location: httpx.URL | None = None
+        location: str | None = None
         min_chunk = 0
         origin = self.mount_from(desc) if self.mount_from is not None else None
         if origin and origin != self.ref.repository:
@@ -145,7 +147,30 @@ class RegistrySink:
         self._record(BlobPush(desc.digest, "pushed", desc.size, None, chunks))
 
     def _upload_monolithic(self, desc: Descriptor, reader: VerifyingReader,
-                           location: httpx.URL, progress: Progress | None) -> None:
+                           location: str, progress: Progress | None) -> None:
+        file = _plain_file(reader, desc.size)
+        if file is not None:
+            # A blob from the store leaves by sendfile(2), never entering Python.  It is
+            # not hashed again here: the store checked it when it came in, and the
+            # registry checks it now (distribution-spec "Pushing a blob monolithically":
+            # the closing PUT carries ?digest=, which the registry verifies, answering
+            # 400 DIGEST_INVALID on a mismatch), so bit rot on disk cannot be pushed.
+            content: FileBody | Iterator[bytes] = FileBody(
+                file, desc.size, progress=None if progress is None
+                else (lambda sent: progress(sent, desc.size)))
+        else:
+            content = self._stream(desc, reader, progress)
+        resp = self.client.send(
+            "PUT", location, what=self._blob_what(desc), scopes=self.scopes,
+            params={"digest": str(desc.digest)}, content=content, ok=(201, 204),
+            headers={"Content-Type": "application/octet-stream",
+                     "Content-Length": str(desc.size)})
+        resp.close()
+        self._check_digest(resp, desc, self._blob_what(desc))
+
+    @staticmethod
+    def _stream(desc: Descriptor, reader: VerifyingReader,
+                progress: Progress | None) -> Iterator[bytes]:
         def body() -> Iterator[bytes]:
             done = 0
             while chunk := reader.read(CHUNK):
@@ -155,15 +180,9 @@ class RegistrySink:
                     progress(done, desc.size)
             reader.verify()   # a short or corrupt source fails here, before the 201
 
-        resp = self.client.send(
-            "PUT", location, what=self._blob_what(desc), scopes=self.scopes,
-            params={"digest": str(desc.digest)}, content=body(), ok=(201, 204),
-            headers={"Content-Type": "application/octet-stream",
-                     "Content-Length": str(desc.size)})
-        resp.close()
-        self._check_digest(resp, desc, self._blob_what(desc))
+        return body()
 
-    def _upload_chunked(self, desc: Descriptor, reader: VerifyingReader, location: httpx.URL,
+    def _upload_chunked(self, desc: Descriptor, reader: VerifyingReader, location: str,
                         size: int, progress: Progress | None) -> int:
         """PATCH every chunk but the last, which travels with the closing PUT: only that
         one may be shorter than ``OCI-Chunk-Min-Length`` (distribution-spec 1.1)."""
@@ -203,18 +222,19 @@ class RegistrySink:
         self._check_digest(resp, desc, what)
         return chunks
 
-    def _check_digest(self, resp: httpx.Response, desc: Descriptor, what: str) -> None:
+    def _check_digest(self, resp: Response, desc: Descriptor, what: str) -> None:
         served = header_digest(resp)
         if served and served != str(desc.digest):
             raise IntegrityError(f"{self.registry}: {what}: the registry stored it as "
                                  f"{served}")
 
-    def _cancel(self, location: httpx.URL) -> None:
+    def _cancel(self, location: str) -> None:
         """Best effort: tell the registry to drop an upload session we abandon."""
         with self._lock:
             self._sessions.discard(location)
-        with contextlib.suppress(LaminaError, httpx.HTTPError):
-            self.client.http.delete(location, headers=_auth(self.client, self.scopes))
+        with contextlib.suppress(LaminaError, WireError):
+            self.client.http.request("DELETE", location,
+                                     headers=_auth(self.client, self.scopes)).close()
 
     # -- manifests ---------------------------------------------------------------------
     def put_manifest(self, desc: Descriptor, raw: bytes, names: list[str] | None) -> None:
@@ -260,6 +280,21 @@ def _int(value: str | None) -> int:
         return max(0, int(value)) if value else 0
     except ValueError:
         return 0
+
+
+def _plain_file(reader: VerifyingReader, size: int) -> BinaryIO | None:
+    """The regular file under ``reader`` if it is one, unread and ``size`` bytes long
+    (a store blob); else None (the bytes must stream through the reader)."""
+    raw = reader.raw
+    if reader.count or not isinstance(raw, io.BufferedReader):
+        return None
+    try:
+        st = os.fstat(raw.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size or raw.tell() != 0:
+            return None
+    except (OSError, ValueError):
+        return None
+    return raw
 
 
 def _read_exactly(reader: VerifyingReader, size: int) -> bytes:

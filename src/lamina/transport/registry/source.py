@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import threading
 from typing import Any
 from urllib.parse import quote
-
-import httpx
 
 from lamina.digest import Digest, VerifyingReader
 from lamina.errors import (
@@ -36,6 +33,7 @@ from lamina.transport.base import NamedImage
 from lamina.transport.registry.client import RegistryClient, header_digest
 from lamina.transport.registry.errors import RegistryUnsupported
 from lamina.transport.registry.options import RegistryOptions
+from lamina.transport.registry.wire import READ_SIZE, HttpClient, Response, WireError
 
 # Preference order: what lamina writes first, then Docker's; indexes are accepted so
 # that copy can pick a platform (or copy them all).
@@ -44,7 +42,7 @@ _SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
             "application/vnd.docker.distribution.manifest.v1+prettyjws")
 
 
-def _media_type(resp: httpx.Response) -> str:
+def _media_type(resp: Response) -> str:
     return str(resp.headers.get("content-type", "")).split(";", 1)[0].strip().lower()
 
 
@@ -57,7 +55,7 @@ class RegistrySource:
     concurrent_blobs = True   # thread-safe: copy may open several blobs at once
 
     def __init__(self, ref: Reference, opts: RegistryOptions = RegistryOptions(),
-                 client: httpx.Client | None = None) -> None:
+                 client: HttpClient | None = None) -> None:
         self.ref = ref
         self.opts = opts
         self.client = RegistryClient(ref.registry, opts, client)
@@ -93,7 +91,7 @@ class RegistrySource:
                     if len(raw) > MAX_MANIFEST_BYTES:
                         raise InvalidManifest(f"{self.registry}: {what} is over the 4 MiB "
                                               "limit")
-            except httpx.HTTPError as e:
+            except WireError as e:
                 raise TransportError(f"{self.registry}: {what}: {e}") from None
             media_type = _media_type(resp)
             served = header_digest(resp)
@@ -192,7 +190,7 @@ class RegistrySource:
     def tags(self) -> list[str]:
         """Every tag of the repository (following ``Link`` pagination)."""
         out: list[str] = []
-        target: str | httpx.URL = f"/v2/{self.ref.repository}/tags/list"
+        target = f"/v2/{self.ref.repository}/tags/list"
         for _ in range(1000):
             resp = self.client.send("GET", target, what=f"tags of {self.ref.repository}",
                                     scopes=self.scopes)
@@ -200,7 +198,6 @@ class RegistrySource:
                 body = resp.read() if int(resp.headers.get("content-length") or 0) \
                     <= MAX_MANIFEST_BYTES else b""
                 link = resp.headers.get("link")
-                base = resp.url
             finally:
                 resp.close()
             try:
@@ -211,7 +208,7 @@ class RegistrySource:
             out.extend(t for t in tags if isinstance(t, str))
             if not link or "<" not in link:
                 break
-            target = base.join(link[link.index("<") + 1:link.index(">")])
+            target = resp.join(link[link.index("<") + 1:link.index(">")])
         return out
 
     def images(self) -> list[NamedImage]:
@@ -239,9 +236,7 @@ class BlobStream:
         self.offset = 0            # bytes handed out so far
         self.resumed = 0           # requests after the first (for tests and progress)
         self._skip = 0             # bytes of a restarted (200) answer already handed out
-        self._resp: httpx.Response | None = None
-        self._chunks: Any = None
-        self._buf = b""
+        self._resp: Response | None = None
         self._failures = 0
         self._open()
 
@@ -260,10 +255,10 @@ class BlobStream:
                                      f"from {self.offset}, got a range from {start}")
         elif self.offset:
             self._skip = self.offset   # no Range support: full body again, skip the head
+        # Bodies are read as sent (no Content-Encoding is asked for or decoded: the digest
+        # is of the bytes as stored), piece by piece as they arrive, so a drop loses
+        # nothing that was received.
         self._resp = resp
-        # raw: no Content-Encoding decoding (the digest is of the bytes as stored); the
-        # pieces as they arrive, so a drop loses nothing that was received
-        self._chunks = resp.iter_raw()
 
     def _drop(self, reason: str) -> None:
         if self._resp is not None:
@@ -278,21 +273,21 @@ class BlobStream:
         self.resumed += 1
         self._open()
 
-    def _next_chunk(self) -> bytes:
+    def _next_chunk(self, n: int) -> bytes:
         while True:
-            if self._chunks is None:
+            if self._resp is None:
                 return b""
             try:
-                chunk: bytes = next(self._chunks)
-            except StopIteration:
+                chunk = self._resp.read1(n)
+            except WireError as e:
+                self._drop(str(e) or type(e).__name__)
+                continue
+            if not chunk:
                 if self.offset < self.desc.size:
                     self._drop("the body ended early")
                     continue
                 self._close_resp()
                 return b""
-            except httpx.TransportError as e:
-                self._drop(str(e) or type(e).__name__)
-                continue
             if self._skip:
                 cut = min(self._skip, len(chunk))
                 self._skip -= cut
@@ -304,28 +299,20 @@ class BlobStream:
             return chunk
 
     def read(self, n: int = -1, /) -> bytes:
-        """Up to ``n`` bytes (all that is left for n < 0), gathered across network reads
-        and reconnections: a consumer reading 1 MiB at a time gets 1 MiB pieces."""
-        want = sys.maxsize if n is None or n < 0 else n
-        parts = [self._buf] if self._buf else []
-        have = len(self._buf)
-        self._buf = b""
-        while have < want:
-            chunk = self._next_chunk()
-            if not chunk:
-                break
-            parts.append(chunk)
-            have += len(chunk)
-        data = b"".join(parts)
-        if len(data) > want:
-            data, self._buf = data[:want], data[want:]
-        return data
+        """Up to ``n`` bytes as soon as some have arrived (all that is left for n < 0);
+        b"" only at the end of the blob.  Pieces are handed on as received, not gathered
+        into ``n``-byte blocks: that would copy every byte once more."""
+        if n is None or n < 0:
+            parts = []
+            while chunk := self._next_chunk(READ_SIZE):
+                parts.append(chunk)
+            return b"".join(parts)
+        return self._next_chunk(n) if n else b""
 
     def _close_resp(self) -> None:
         if self._resp is not None:
             self._resp.close()
             self._resp = None
-        self._chunks = None
 
     def close(self) -> None:
         self._close_resp()
