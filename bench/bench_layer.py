@@ -55,12 +55,14 @@ TARGET_BYTES = 200 * 1000 * 1000
 MAX_FILE = 8 << 20  # many small files, like a distribution's base layer; no libLLVM
 
 
-def build_tree(dest: Path) -> None:
-    """Copy files (none over 8 MiB) from SOURCES until ~200 MB, keeping symlinks."""
+def build_tree(dest: Path, sources: list[str] = SOURCES, target: int = TARGET_BYTES,
+               max_file: int = MAX_FILE) -> None:
+    """Copy files (none over ``max_file``) from ``sources`` until ``target`` bytes (by
+    default ~200 MB, none over 8 MiB), keeping symlinks."""
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     total = 0
-    for src in SOURCES:
+    for src in sources:
         if not os.path.isdir(src):
             continue
         for dirpath, dirnames, filenames in os.walk(src):
@@ -73,14 +75,14 @@ def build_tree(dest: Path) -> None:
                 st = os.lstat(s)
                 if os.path.islink(s):
                     os.symlink(os.readlink(s), d)
-                elif os.path.isfile(s) and st.st_size <= MAX_FILE:
+                elif os.path.isfile(s) and st.st_size <= max_file:
                     shutil.copy2(s, d)
                     total += st.st_size
-                if total >= TARGET_BYTES:
+                if total >= target:
                     break
-            if total >= TARGET_BYTES:
+            if total >= target:
                 break
-        if total >= TARGET_BYTES:
+        if total >= target:
             break
     tmp.rename(dest)
 

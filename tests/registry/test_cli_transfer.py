@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -101,6 +102,28 @@ def test_unreachable_registry_is_one_line(seeded: Lamina) -> None:
     res = seeded.fail("pull", f"127.0.0.1:{free_port()}/x/y")
     assert "cannot connect" in res.err
     seeded.assert_consistent()
+
+
+def test_pull_and_push_load_only_what_moving_bytes_needs(tmp_path: Path) -> None:
+    """The CLI's fixed cost is most of a small pull: ``pull`` and ``push`` must not drag
+    in an HTTP library, rich (terminal drawing) or urllib.request (proxies, only when the
+    environment names one).  Checked on the modules loaded by a run that fails at
+    once on a closed port."""
+    import sys
+
+    script = ("import sys\nfrom lamina.cli.main import main\n"
+              "try:\n    main()\nexcept SystemExit:\n    pass\n"
+              "sys.stdout.write(' '.join(sorted(sys.modules)))\n")
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["LAMINA_ROOT"] = str(tmp_path / "store")
+    for argv in (["pull", "-q", "127.0.0.1:9/x:v1"], ["push", "-q", "x:v1", "127.0.0.1:9/x"]):
+        proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True,
+                              text=True, env=env, timeout=60)
+        loaded = set(proc.stdout.split())
+        assert "lamina.transport.registry.wire" in loaded or argv[0] == "push", proc
+        heavy = {m for m in loaded if m.split(".")[0] in (
+            "httpx", "httpcore", "h11", "anyio", "rich", "pygments")}
+        assert not heavy and "urllib.request" not in loaded, (argv, sorted(heavy))
 
 
 def test_inspect_commands_read_a_registry(seeded: Lamina, registry: DockerRegistry) -> None:

@@ -5,6 +5,7 @@ ingest files); transient ones (429, 500, a connection cut mid-blob) are ridden o
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -218,6 +219,27 @@ def test_push_of_a_rotten_store_blob_is_refused_by_the_registry(
     assert len(lines) == 1 and "DIGEST_INVALID" in lines[0] and str(layer.digest) in lines[0]
     assert "rotten:v1" not in fake.manifests
     assert (("rotten", str(layer.digest)) not in fake.links)
+
+
+def test_pull_onto_a_full_disk(fake: FakeRegistry, image: Reference, tmp_path: Path) -> None:
+    """A store on a 2 MiB tmpfs, a 3 MiB layer: one line naming the problem, exit 5
+    (StoreError), and no blob, ingest file or image left behind."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        lam = Lamina(mnt / "store", tmp_path)
+        res = lam.run("pull", str(image), check=False)
+        assert res.code == 5, res
+        assert res.err.strip() == "lamina: no space left on device while writing a blob"
+        assert sha256(BIG).split(":", 1)[1] not in lam.blob_files()
+        assert not list((mnt / "store" / "ingest").iterdir())
+        lam.assert_consistent()
+        assert "app" not in lam.run("images").out
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_source_resolves_tags_digests_and_lists(fake: FakeRegistry, image: Reference) -> None:

@@ -8,7 +8,7 @@ the digest of those bytes (image-spec descriptor.md), never of a re-serialisatio
 from __future__ import annotations
 
 import json
-import platform as _platform
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -102,7 +102,7 @@ _GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386
 
 def current_platform() -> Platform:
     """This machine's platform in the GOARCH vocabulary images use."""
-    machine = _platform.machine()
+    machine = os.uname().machine   # what platform.machine() says, without its import
     arch = _GO_ARCH.get(machine, machine)
     return Platform(arch, "linux", "v7" if machine == "armv7l" else None)
 

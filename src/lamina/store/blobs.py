@@ -74,6 +74,7 @@ class BlobWriter:
         fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._hash = HashingWriter(self._file, algorithm, hash=verified_by is None)
         self._closed = False
+        self._digest: Digest | None = None   # set by finish()
 
     @property
     def count(self) -> int:
@@ -99,6 +100,15 @@ class BlobWriter:
 
     def commit(self, expected: Digest | None = None, size: int | None = None) -> Digest:
         """Check, fsync and rename into place; return the blob's digest."""
+        digest = self.finish(expected, size)
+        self.publish()
+        return digest
+
+    def finish(self, expected: Digest | None = None, size: int | None = None) -> Digest:
+        """The checking half of ``commit``: the bytes are all there and are what
+        ``expected`` names (else IntegrityError, and the ingest file is gone).  The blob
+        is not visible until ``publish``; the caller may hand that to another thread,
+        so the next download starts while this one's fsync runs."""
         if self._verified_by is not None:
             # The reader's own check, to the end of its stream, stands for ours.
             reader = self._verified_by
@@ -121,6 +131,22 @@ class BlobWriter:
                 raise IntegrityError(f"blob {expected}: content has digest {digest} "
                                      "(corrupt or wrong blob)")
             self._file.flush()
+        except OSError as e:
+            self.abort()
+            raise _disk_error(e, f"blob {digest}") from None
+        except BaseException:
+            self.abort()
+            raise
+        self._digest = digest
+        return digest
+
+    def publish(self) -> Digest:
+        """The durable half of ``commit`` (after ``finish``): fsync the bytes, rename
+        them to their name, fsync the directory.  On failure the ingest file is gone."""
+        digest = self._digest
+        if digest is None:
+            raise IntegrityError("publish before finish")
+        try:
             os.fsync(self._file.fileno())
             final = self._blobs.path(digest)
             final.parent.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,10 @@ def _copy_blobs(source: ImageSource, sink: ImageSink, blobs: list[Descriptor],
         for blob in blobs:
             _copy_blob(source, sink, blob, opts)
         return
+    # Largest first (the "longest processing time" rule): the last blob to start is a
+    # small one, so the workers finish together instead of one big blob running alone
+    # at the end.  Python's sort is stable: equal sizes keep the manifest's order.
+    unique.sort(key=lambda b: -b.size)
     with ThreadPoolExecutor(max_workers=min(opts.jobs, len(unique)),
                             thread_name_prefix="lamina-copy") as pool:
         futures = [pool.submit(_copy_blob, source, sink, blob, opts) for blob in unique]

@@ -3,8 +3,10 @@ write.  Names are full references (``docker.io/library/busybox:latest``)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 from lamina.digest import Digest, VerifyingReader
@@ -19,7 +21,13 @@ from lamina.transport.base import NamedImage, Progress
 
 class StoreTransport:
     """Source and sink over a Store.  As a sink it holds a lease from creation to
-    ``close``/``abort`` so gc never removes a blob it wrote but has not yet named."""
+    ``close``/``abort`` so gc never removes a blob it wrote but has not yet named.
+
+    ``put_blob`` returns once the bytes are written and verified; their fsync and rename
+    (``BlobWriter.publish``) run on a background thread, so copy's worker goes on to
+    the next blob meanwhile.  ``put_manifest``, ``close`` and ``abort`` wait for every
+    pending publish first: no manifest is recorded before its blobs are durable, and a
+    failed publish fails the copy."""
 
     accepts_index = True
     concurrent_blobs = True   # copy may call it from several threads (CopyOptions.jobs)
@@ -29,6 +37,8 @@ class StoreTransport:
         self._lease_id: str | None = None
         self._lease_lock = threading.Lock()   # copy may put blobs from several threads
         self._written: list[str] = []   # blobs this sink added (for abort)
+        self._publishing: list[Future[Digest]] = []
+        self._publisher: ThreadPoolExecutor | None = None
 
     # -- source ----------------------------------------------------------------------
     def images(self) -> list[NamedImage]:
@@ -104,12 +114,33 @@ class StoreTransport:
 
         verified = stream if isinstance(stream, VerifyingReader) and \
             stream.expected == desc.digest else None
-        with self.store.blobs.writer(desc.digest.algorithm, verified_by=verified) as w:
+        w = self.store.blobs.writer(desc.digest.algorithm, verified_by=verified)
+        try:
             pump(stream, w.write, desc.size, progress)
-            w.commit(desc.digest, desc.size)
-        self._written.append(str(desc.digest))
+            w.finish(desc.digest, desc.size)
+        except BaseException:
+            w.abort()
+            raise
+        with self._lease_lock:
+            if self._publisher is None:
+                self._publisher = ThreadPoolExecutor(2, thread_name_prefix="lamina-publish")
+            self._publishing.append(self._publisher.submit(w.publish))
+
+    def _settle(self) -> None:
+        """Wait for every pending publish; raise the first failure (after all ended)."""
+        with self._lease_lock:
+            pending, self._publishing = self._publishing, []
+        first: BaseException | None = None
+        for future in pending:
+            try:
+                self._written.append(str(future.result()))
+            except BaseException as e:  # noqa: BLE001 - the first is raised below
+                first = first or e
+        if first is not None:
+            raise first
 
     def put_manifest(self, desc: Descriptor, raw: bytes, names: list[str] | None) -> None:
+        self._settle()
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
         if not self.store.blobs.has(desc.digest):
             self.store.blobs.put_bytes(raw, desc.digest)
@@ -157,15 +188,23 @@ class StoreTransport:
                                       layer.size)
 
     def close(self) -> None:
-        if self._lease_id is not None:
-            self.store.meta.delete_lease(self._lease_id)
-            self._lease_id = None
+        try:
+            self._settle()
+        finally:
+            if self._publisher is not None:
+                self._publisher.shutdown()
+                self._publisher = None
+            if self._lease_id is not None:
+                self.store.meta.delete_lease(self._lease_id)
+                self._lease_id = None
 
     def abort(self) -> None:
         """Undo: remove the blobs this sink wrote that nothing else reaches (a manifest
         put before the failure stays only if named).  Failing input leaves no trace."""
         from lamina.store.gc import discard
 
+        with contextlib.suppress(BaseException):
+            self._settle()   # what was published is discarded with the rest
         if self._written and self._lease_id is not None:
             discard(self.store, self._written, self._lease_id)
         self._written = []
