@@ -333,6 +333,16 @@ def main() -> int:
             if res.moved != len(blobs):
                 raise SystemExit(f"lamina push (library): moved {res.moved} blobs")
 
+        blob_files = [str(layout / "blobs/sha256" / b["digest"].split(":", 1)[1])
+                      for b in sorted(blobs, key=lambda b: -int(b["size"]))]
+
+        def curl_push() -> None:
+            n = push_n.setdefault("curl", 0)
+            push_n["curl"] += 1
+            subprocess.run(["bash", "-c", CURL_PUSH, "curl-push", *blob_files], check=True,
+                           env={**os.environ, "REGISTRY": registry, "REPO": f"curl-push-{n}",
+                                "JOBS": str(args.jobs)})
+
         def lamina_fixed_cost(bytecode: bool = True) -> Callable[[], None]:
             # Connection refused at once: process start, imports, argument parsing, store
             # open; what every CLI run pays before the first byte moves.
@@ -349,6 +359,7 @@ def main() -> int:
             "lamina push": [],
             "skopeo copy (push)": [],
             "lamina push (library)": [],
+            "curl, blobs only (floor)": [],
         }
         fixed: list[float] = []
         fixed_no_pyc: list[float] = []
@@ -361,6 +372,7 @@ def main() -> int:
             push["skopeo copy (push)"].append(timed_warm(skopeo_push))
             shutil.copytree(base_store, stores / f"libpush-{push_n['library']}", symlinks=True)
             push["lamina push (library)"].append(timed_warm(lamina_push_library))
+            push["curl, blobs only (floor)"].append(timed_warm(curl_push))
             fixed.append(timed(lamina_fixed_cost()))
             fixed_no_pyc.append(timed(lamina_fixed_cost(bytecode=False)))
 
@@ -421,17 +433,35 @@ def main() -> int:
             if res.moved != len(blobs):
                 raise SystemExit(f"lamina pull (library): moved {res.moved} blobs")
 
+        def curl_pull() -> None:
+            n = pull_n.setdefault("curl", 0)
+            pull_n["curl"] += 1
+            dest = work / f"curl-pull-{n}"
+            dest.mkdir()
+            names = [b["digest"].split(":", 1)[1]
+                     for b in sorted(blobs, key=lambda b: -int(b["size"]))]
+            subprocess.run(["bash", "-c", CURL_PULL, "curl-pull", *names], check=True,
+                           env={**os.environ, "REGISTRY": registry, "DEST": str(dest),
+                                "REPO": source.split("/", 1)[1].split(":", 1)[0],
+                                "JOBS": str(args.jobs)})
+            for b in blobs:
+                got = dest / b["digest"].split(":", 1)[1]
+                if got.stat().st_size != int(b["size"]):
+                    raise SystemExit(f"curl pull: {got} has the wrong size")
+
         pull_n["library"] = 0
         pull: dict[str, list[float]] = {
             "lamina pull": [],
             "skopeo copy (pull)": [],
             "lamina pull (library)": [],
+            "curl, blobs only (floor)": [],
         }
         for _ in range(args.runs):
             pull["lamina pull"].append(timed_warm(lamina_pull))
             skopeo_pull_cache.append(empty_cache())
             pull["skopeo copy (pull)"].append(timed_warm(skopeo_pull))
             pull["lamina pull (library)"].append(timed_warm(lamina_pull_library))
+            pull["curl, blobs only (floor)"].append(timed_warm(curl_pull))
 
         # -- report ----------------------------------------------------------------------
         def report(title: str, results: dict[str, list[float]], peer: str) -> None:
@@ -446,7 +476,13 @@ def main() -> int:
                       f"   [{runs}]{ratio}")
 
         report("push to docker-registry on loopback", push, "skopeo copy (push)")
+        print("  lamina push: " + ratio_text(
+            statistics.median(push["curl, blobs only (floor)"]),
+            statistics.median(push["lamina push"]), "the floor"))
         report("pull from docker-registry on loopback", pull, "skopeo copy (pull)")
+        print("  lamina pull: " + ratio_text(
+            statistics.median(pull["curl, blobs only (floor)"]),
+            statistics.median(pull["lamina pull"]), "the floor"))
         print("\nlamina CLI fixed cost (push to a closed port: start, imports, parsing, store)")
         for label, times in (("bytecode cached (as in the rows above)", fixed),
                              ("PYTHONDONTWRITEBYTECODE=1, editable", fixed_no_pyc)):
@@ -466,6 +502,28 @@ def main() -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+# The registry's floor: curl moving the same blobs, ``jobs`` at a time, doing nothing else
+# (no digest check, no fsync, no manifest).  No client can beat what docker-registry
+# itself needs to receive or serve the bytes; this row shows how close lamina gets.
+CURL_PUSH = r"""
+up() {
+  loc=$(curl -sS -D - -o /dev/null -X POST "http://$REGISTRY/v2/$REPO/blobs/uploads/" \
+        | tr -d '\r' | awk -F': ' 'tolower($1)=="location" {print $2}')
+  case "$loc" in http*) ;; *) loc="http://$REGISTRY$loc" ;; esac
+  case "$loc" in *\?*) sep='&' ;; *) sep='?' ;; esac
+  code=$(curl -sS -o /dev/null -w '%{http_code}' -T "$1" \
+         -H 'Content-Type: application/octet-stream' "$loc${sep}digest=sha256:${1##*/}")
+  [ "$code" = 201 ] || { echo "curl upload of $1: HTTP $code" >&2; exit 1; }
+}
+export -f up
+printf '%s\n' "$@" | xargs -P "$JOBS" -I{} bash -c 'up {}'
+"""
+CURL_PULL = r"""
+cd "$DEST" && printf '%s\n' "$@" | xargs -P "$JOBS" -I{} \
+  curl -sS -f -o {} "http://$REGISTRY/v2/$REPO/blobs/sha256:{}"
+"""
 
 
 def skopeo_version() -> str:
