@@ -112,7 +112,7 @@ def test_pull_and_push_load_only_what_moving_bytes_needs(tmp_path: Path) -> None
     import sys
 
     script = ("import sys\nfrom lamina.cli.main import main\n"
-              "try:\n    main()\nexcept SystemExit:\n    pass\n"
+              "try:\n    main(fast_exit=False)\nexcept SystemExit:\n    pass\n"
               "sys.stdout.write(' '.join(sorted(sys.modules)))\n")
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env["LAMINA_ROOT"] = str(tmp_path / "store")

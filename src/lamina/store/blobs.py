@@ -17,7 +17,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,7 +65,7 @@ class BlobWriter:
         # A writer fed from a VerifyingReader need not hash the same bytes again: the
         # reader checks them, and commit() requires its verdict (CRAFT: no second pass).
         self._verified_by = verified_by
-        self.path = blobs.ingest_dir / f"{algorithm}-{secrets.token_hex(8)}"
+        self.path = blobs.ingest_dir / f"{algorithm}-{os.urandom(8).hex()}"
         try:
             self._file: BinaryIO = open(self.path, "xb")
         except OSError as e:

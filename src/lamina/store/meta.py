@@ -21,7 +21,7 @@ room that writes a manifest also says what it references.
 from __future__ import annotations
 
 import contextlib
-import secrets
+import os
 import sqlite3
 import threading
 import time
@@ -280,7 +280,7 @@ class Metadata:
 
     # -- leases -------------------------------------------------------------------------
     def create_lease(self, ttl: float = 3600.0) -> str:
-        lease_id = secrets.token_hex(8)
+        lease_id = os.urandom(8).hex()
         now = time.time()
         with self.transaction() as db:
             db.execute("INSERT INTO leases VALUES(?,?,?)", (lease_id, now, now + ttl))
