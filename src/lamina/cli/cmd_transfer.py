@@ -74,6 +74,8 @@ class Printer:
             self.kinds[str(push.digest)] = push
 
     def on_event(self, event: Any) -> None:
+        if event.kind == "progress" and self.bar is None:
+            return   # one per piece received: drawn only on a terminal
         from lamina.image import mediatypes as mt
 
         desc = event.descriptor
