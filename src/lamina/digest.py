@@ -129,9 +129,27 @@ class VerifyingReader:
         return self._raw
 
     def readinto(self, buf: bytearray | memoryview) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
+        """``read`` into ``buf``: straight into it when the stream underneath can,
+        hashing the bytes where they landed (no copy)."""
+        if self._done:
+            return 0
+        readinto = getattr(self._raw, "readinto", None)
+        if readinto is None:
+            data = self.read(len(buf))
+            buf[: len(data)] = data
+            return len(data)
+        n: int = readinto(buf)
+        if n:
+            view = memoryview(buf)
+            self._hasher.update(view[:n] if n < len(view) else view)
+            self.count += n
+            if self.size is not None and self.count > self.size:
+                raise IntegrityError(
+                    f"{self.what} {self.expected}: more than the declared {self.size} bytes"
+                )
+        else:
+            self._finish()
+        return n
 
     def _finish(self) -> None:
         if self._done:
@@ -184,6 +202,12 @@ class HashingWriter:
         if self._raw is not None:
             self._raw.write(data)
         return n
+
+    def account(self, data: bytes | bytearray | memoryview) -> None:
+        """Hash and count bytes someone else wrote (``BlobWriter.fill_from``)."""
+        if self._hash:
+            self._hasher.update(data)
+        self.count += len(data)
 
     def flush(self) -> None:
         if self._raw is not None:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import mmap
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -53,6 +54,34 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+DIRECT_CHUNK = 1 << 20   # O_DIRECT writes: a multiple of any block size in use
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Turn O_DIRECT on or off for ``fd``; whether it is now on (False where the file
+    system refuses it, or the platform has no such flag)."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return False
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | flag if on else flags & ~flag)
+    except OSError:
+        return False
+    return on
+
+
+def _write_all(fd: int, data: memoryview, direct: bool) -> bool:
+    """Write all of ``data``; returns whether O_DIRECT is still on (a short direct write
+    leaves an unaligned rest, which is written buffered)."""
+    done = os.write(fd, data)
+    while done < len(data):
+        if direct:
+            direct = _set_direct(fd, False)
+        done += os.write(fd, data[done:])
+    return direct
 
 
 class BlobWriter:
@@ -96,6 +125,60 @@ class BlobWriter:
     def copy_from(self, src: BinaryIO | VerifyingReader) -> None:
         while chunk := src.read(CHUNK):
             self.write(chunk)
+
+    def fill_from(self, src: BinaryIO | VerifyingReader,
+                  progress: Callable[[int], None] | None = None) -> None:
+        """Write everything ``src`` yields, through one reused buffer, bypassing the
+        page cache (``O_DIRECT``) where the file system allows it.
+
+        Why: a blob is fsynced before it is named anyway, so its bytes must reach the
+        disk now; copying them into the page cache first and writing them back at the
+        fsync cost a pull of a 460 MB image ~25% of its time here (bench_registry).
+        Direct writes need block-aligned memory, lengths and offsets: the buffer is an
+        mmap (page-aligned), written whole (``DIRECT_CHUNK``) at offsets that are
+        multiples of it, and the tail goes through the page cache after O_DIRECT is
+        switched off.  File systems without direct I/O (tmpfs before Linux 6.6, some
+        FUSE) refuse the flag, and the same loop writes buffered.  ``progress`` gets the
+        bytes written so far after each read."""
+        readinto = getattr(src, "readinto", None)
+        if readinto is None:
+            while chunk := src.read(CHUNK):
+                self.write(chunk)
+                if progress is not None:
+                    progress(self.count)
+            return
+        self._file.flush()
+        fd = self._file.fileno()
+        direct = _set_direct(fd, True)
+        buf = mmap.mmap(-1, DIRECT_CHUNK)
+        view = memoryview(buf)
+        fill = 0
+        try:
+            while True:
+                n = readinto(view[fill:])
+                if not n:
+                    break
+                self._hash.account(view[fill:fill + n])
+                fill += n
+                if progress is not None:
+                    progress(self.count)
+                if fill == DIRECT_CHUNK:
+                    direct = _write_all(fd, view, direct)
+                    fill = 0
+            if fill:
+                if direct:
+                    direct = _set_direct(fd, False)   # a tail is not block-sized
+                _write_all(fd, view[:fill], False)
+        except OSError as e:
+            raise _disk_error(e, "a blob") from None
+        finally:
+            if direct:
+                _set_direct(fd, False)
+            view.release()
+            # An exception raised through readinto (say a digest mismatch) may still hold
+            # slices of the buffer in its traceback: then it is freed with them.
+            with contextlib.suppress(BufferError):
+                buf.close()
 
     def commit(self, expected: Digest | None = None, size: int | None = None) -> Digest:
         """Check, fsync and rename into place; return the blob's digest."""

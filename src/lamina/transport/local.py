@@ -110,13 +110,13 @@ class StoreTransport:
     def put_blob(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
                  progress: Progress | None = None) -> None:
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
-        from lamina.transport.base import pump
 
         verified = stream if isinstance(stream, VerifyingReader) and \
             stream.expected == desc.digest else None
         w = self.store.blobs.writer(desc.digest.algorithm, verified_by=verified)
         try:
-            pump(stream, w.write, desc.size, progress)
+            w.fill_from(stream, None if progress is None
+                        else (lambda done: progress(done, desc.size)))
             w.finish(desc.digest, desc.size)
         except BaseException:
             w.abort()

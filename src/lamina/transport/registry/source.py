@@ -309,6 +309,35 @@ class BlobStream:
             return b"".join(parts)
         return self._next_chunk(n) if n else b""
 
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        """``read`` into ``buf``: what one socket read brings, resuming as ``read``
+        does; 0 only at the end of the blob."""
+        view = memoryview(buf).cast("B")
+        while True:
+            if self._resp is None:
+                return 0
+            try:
+                n = self._resp.readinto1(view)
+            except WireError as e:
+                self._drop(str(e) or type(e).__name__)
+                continue
+            if not n:
+                if self.offset < self.desc.size:
+                    self._drop("the body ended early")
+                    continue
+                self._close_resp()
+                return 0
+            if self._skip:
+                cut = min(self._skip, n)
+                self._skip -= cut
+                if cut == n:
+                    continue
+                view[:n - cut] = view[cut:n]
+                n -= cut
+            self.offset += n
+            self._failures = 0
+            return n
+
     def _close_resp(self) -> None:
         if self._resp is not None:
             self._resp.close()

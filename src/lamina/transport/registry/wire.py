@@ -121,23 +121,56 @@ class Response:
             return b""
         try:
             data = self._resp.read1(n)
-        except http.client.IncompleteRead as e:
-            raise ReadError("peer closed connection without sending complete message "
-                            f"body (received {self.received + len(e.partial)} bytes)") from e
-        except TimeoutError as e:
-            raise ReadError(str(e) or "read timed out") from e
         except (OSError, http.client.HTTPException) as e:
-            raise ReadError(str(e) or type(e).__name__) from e
+            raise self._read_error(e) from e
         if data:
             self.received += len(data)
             return data
-        if self._resp.length:   # Content-Length not reached: http.client does not say
+        self._at_end()
+        return b""
+
+    def readinto1(self, buf: memoryview) -> int:
+        """``read1`` into ``buf`` (no new bytes object per piece): at most one socket
+        read; 0 at the end of the body."""
+        if self._conn is None:
+            return 0
+        resp = self._resp
+        if resp.chunked or resp.length is None or resp.fp is None:
+            data = self.read1(len(buf))   # http.client decodes the framing
+            buf[:len(data)] = data
+            return len(data)
+        want = min(len(buf), resp.length)
+        n = 0
+        if want:
+            # A Content-Length body straight from http.client's buffered socket file,
+            # keeping its count of what is left (HTTPResponse.length) as read1 does.
+            try:
+                n = resp.fp.readinto1(buf[:want])
+            except (OSError, http.client.HTTPException) as e:
+                raise self._read_error(e) from e
+        if n:
+            resp.length -= n
+            self.received += n
+            return n
+        self._at_end()
+        return 0
+
+    def _read_error(self, e: OSError | http.client.HTTPException) -> ReadError:
+        if isinstance(e, http.client.IncompleteRead):
+            return ReadError("peer closed connection without sending complete message "
+                             f"body (received {self.received + len(e.partial)} bytes)")
+        if isinstance(e, TimeoutError):
+            return ReadError(str(e) or "read timed out")
+        return ReadError(str(e) or type(e).__name__)
+
+    def _at_end(self) -> None:
+        """The body gave no more bytes: done, or cut short (http.client does not say)."""
+        if self._resp.length:
             expected = self.received + self._resp.length
             self.close()
             raise ReadError("peer closed connection without sending complete message body "
                             f"(received {self.received} bytes, expected {expected})")
         self._finished()
-        return b""
 
     def iter_bytes(self) -> Iterator[bytes]:
         while data := self.read1():
