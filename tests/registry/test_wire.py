@@ -1,10 +1,11 @@
 """lamina's HTTP/1.1 client (``transport.registry.wire``) against real servers on
 127.0.0.1: bodies as bytes, chunked streams and sendfile; redirects that leave the
 origin lose ``Authorization``; requests through an http proxy named by the
-environment; a broken-off body is an error, not a short blob."""
+environment (with its credentials); a broken-off body is an error, not a short blob."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import socket
@@ -149,6 +150,7 @@ def test_requests_go_through_the_http_proxy_the_environment_names(
     """HTTP_PROXY: absolute-form request lines to the proxy, which forwards them; with
     the host in NO_PROXY the request goes direct."""
     lines: list[str] = []
+    auths: list[str | None] = []
 
     class Proxy(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -158,6 +160,7 @@ def test_requests_go_through_the_http_proxy_the_environment_names(
 
         def do_GET(self) -> None:
             lines.append(self.requestline)
+            auths.append(self.headers.get("Proxy-Authorization"))
             target = self.path.split("://", 1)[1]
             hostport, _, path = target.partition("/")
             host, port = hostport.split(":")
@@ -173,12 +176,13 @@ def test_requests_go_through_the_http_proxy_the_environment_names(
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.setenv("HTTP_PROXY", f"http://u%40x:p%3A1@127.0.0.1:{proxy.server_address[1]}")
         monkeypatch.delenv("NO_PROXY", raising=False)
         monkeypatch.delenv("no_proxy", raising=False)
         with HttpClient() as client:
             assert client.request("GET", server.url + "/via").status_code == 200
         assert lines == [f"GET {server.url}/via HTTP/1.1"]
+        assert auths == ["Basic " + base64.b64encode(b"u@x:p:1").decode()]   # unquoted
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         with HttpClient() as client:
             client.request("GET", server.url + "/direct").read()

@@ -273,45 +273,25 @@ class BlobStream:
         self.resumed += 1
         self._open()
 
-    def _next_chunk(self, n: int) -> bytes:
-        while True:
-            if self._resp is None:
-                return b""
-            try:
-                chunk = self._resp.read1(n)
-            except WireError as e:
-                self._drop(str(e) or type(e).__name__)
-                continue
-            if not chunk:
-                if self.offset < self.desc.size:
-                    self._drop("the body ended early")
-                    continue
-                self._close_resp()
-                return b""
-            if self._skip:
-                cut = min(self._skip, len(chunk))
-                self._skip -= cut
-                chunk = chunk[cut:]
-                if not chunk:
-                    continue
-            self.offset += len(chunk)
-            self._failures = 0   # progress: a later drop gets the full number of retries
-            return chunk
-
     def read(self, n: int = -1, /) -> bytes:
         """Up to ``n`` bytes as soon as some have arrived (all that is left for n < 0);
         b"" only at the end of the blob.  Pieces are handed on as received, not gathered
-        into ``n``-byte blocks: that would copy every byte once more."""
+        into ``n``-byte blocks."""
         if n is None or n < 0:
             parts = []
-            while chunk := self._next_chunk(READ_SIZE):
+            while chunk := self.read(READ_SIZE):
                 parts.append(chunk)
             return b"".join(parts)
-        return self._next_chunk(n) if n else b""
+        if not n:
+            return b""
+        buf = bytearray(n)
+        got = self.readinto(buf)
+        return bytes(memoryview(buf)[:got])
 
     def readinto(self, buf: memoryview | bytearray) -> int:
-        """``read`` into ``buf``: what one socket read brings, resuming as ``read``
-        does; 0 only at the end of the blob."""
+        """What one socket read brings, into ``buf``; 0 only at the end of the blob.
+        A broken or short body is resumed (see the class); bytes a restarted (200)
+        answer repeats are skipped, so the consumer sees each byte once."""
         view = memoryview(buf).cast("B")
         while True:
             if self._resp is None:
@@ -335,7 +315,7 @@ class BlobStream:
                 view[:n - cut] = view[cut:n]
                 n -= cut
             self.offset += n
-            self._failures = 0
+            self._failures = 0   # progress: a later drop gets the full number of retries
             return n
 
     def _close_resp(self) -> None:

@@ -263,19 +263,14 @@ class HttpClient:
         if proxy is not None:
             p = urlsplit(proxy if "://" in proxy else "http://" + proxy)
             p_port = p.port or (443 if p.scheme == "https" else 80)
-            auth = {}
-            if p.username is not None:
-                raw = f"{unquote(p.username)}:{unquote(p.password or '')}".encode()
-                auth = {"Proxy-Authorization": "Basic " + base64.b64encode(raw).decode()}
             if scheme == "https":
                 conn = http.client.HTTPSConnection(p.hostname or "", p_port,
                                                    timeout=self.timeout,
                                                    context=self._context())
-                conn.set_tunnel(host, port, headers=auth)
+                conn.set_tunnel(host, port, headers=_proxy_auth(proxy))
             else:
                 conn = http.client.HTTPConnection(p.hostname or "", p_port,
                                                   timeout=self.timeout)
-                conn._lamina_proxy_headers = auth  # type: ignore[attr-defined]
         elif scheme == "https":
             conn = http.client.HTTPSConnection(host, port, timeout=self.timeout,
                                                context=self._context())
@@ -326,6 +321,7 @@ class HttpClient:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if proxy is not None and scheme == "http":
             target = url.split("#", 1)[0]    # absolute-form through an http proxy
+            headers = {**_proxy_auth(proxy), **headers}
         replayable = body is None or isinstance(body, bytes | FileBody)
         for fresh in (False, True):
             conn = None if fresh or key is None else self._checkout(key)
@@ -360,8 +356,6 @@ class HttpClient:
                headers: dict[str, str], body: Body) -> None:
         conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
         conn.putheader("Host", netloc)
-        for name, value in getattr(conn, "_lamina_proxy_headers", {}).items():
-            conn.putheader(name, value)
         lower = {k.lower() for k in headers}
         for name, value in headers.items():
             conn.putheader(name, value)
@@ -427,6 +421,15 @@ def _sendfile(conn: http.client.HTTPConnection, body: FileBody) -> None:
         sent += n
         if progress is not None:
             progress(sent)
+
+
+def _proxy_auth(proxy: str) -> dict[str, str]:
+    """``Proxy-Authorization`` for a proxy URL with credentials (``http://u:p@host``)."""
+    p = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    if p.username is None:
+        return {}
+    raw = f"{unquote(p.username)}:{unquote(p.password or '')}".encode()
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(raw).decode()}
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
