@@ -472,8 +472,16 @@ def main() -> int:
                 med = statistics.median(times)
                 runs = " ".join(f"{t:.2f}" for t in times)
                 ratio = "" if name == peer else "   " + ratio_text(base, med, peer)
-                print(f"  {name:22s} {med:6.2f} s  {moved / 1e6 / med:6.1f} MB/s"
+                print(f"  {name:24s} {med:6.2f} s  {moved / 1e6 / med:6.1f} MB/s"
                       f"   [{runs}]{ratio}")
+            # Runs alternate, so run i of each row shared the machine's state of the
+            # moment: the median of the per-round ratios is steadier than the ratio of
+            # the medians when the machine is noisy (other VMs, reclaimed memory).
+            for name, times in results.items():
+                if name != peer:
+                    paired = statistics.median(p / t for p, t in zip(results[peer], times,
+                                                                      strict=True))
+                    print(f"  {name}: median of per-round ratios {paired:.2f}")
 
         report("push to docker-registry on loopback", push, "skopeo copy (push)")
         print("  lamina push: " + ratio_text(
