@@ -112,15 +112,18 @@ class VerifyingReader:
             return b""
         data = self._raw.read(n)
         if data:
-            self._hasher.update(data)
-            self.count += len(data)
-            if self.size is not None and self.count > self.size:
-                raise IntegrityError(
-                    f"{self.what} {self.expected}: more than the declared {self.size} bytes"
-                )
+            self._take(data)
         else:
             self._finish()
         return data
+
+    def _take(self, data: bytes | memoryview) -> None:
+        self._hasher.update(data)
+        self.count += len(data)
+        if self.size is not None and self.count > self.size:
+            raise IntegrityError(
+                f"{self.what} {self.expected}: more than the declared {self.size} bytes"
+            )
 
     @property
     def raw(self) -> Readable:
@@ -141,12 +144,7 @@ class VerifyingReader:
         n: int = readinto(buf)
         if n:
             view = memoryview(buf)
-            self._hasher.update(view[:n] if n < len(view) else view)
-            self.count += n
-            if self.size is not None and self.count > self.size:
-                raise IntegrityError(
-                    f"{self.what} {self.expected}: more than the declared {self.size} bytes"
-                )
+            self._take(view[:n] if n < len(view) else view)
         else:
             self._finish()
         return n

@@ -5,7 +5,6 @@ ingest files); transient ones (429, 500, a connection cut mid-blob) are ridden o
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from lamina.image.reference import Reference
 from lamina.store.store import Store
 from lamina.transport.copy import CopyOptions
 from lamina.transport.registry import RegistryError, RegistryOptions, RegistrySource
-from lamina_testing import Lamina
+from lamina_testing import Lamina, small_tmpfs
 
 FAST = RegistryOptions(backoff=0.01, max_backoff=0.05, retries=3)
 BIG = os.urandom(3 * 1024 * 1024 + 17)
@@ -224,12 +223,7 @@ def test_push_of_a_rotten_store_blob_is_refused_by_the_registry(
 def test_pull_onto_a_full_disk(fake: FakeRegistry, image: Reference, tmp_path: Path) -> None:
     """A store on a 2 MiB tmpfs, a 3 MiB layer: one line naming the problem, exit 5
     (StoreError), and no blob, ingest file or image left behind."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
-    try:
+    with small_tmpfs(tmp_path, "2m") as mnt:
         lam = Lamina(mnt / "store", tmp_path)
         res = lam.run("pull", str(image), check=False)
         # Where the space runs out (the layer, an ingest file, SQLite's WAL) depends on
@@ -241,8 +235,6 @@ def test_pull_onto_a_full_disk(fake: FakeRegistry, image: Reference, tmp_path: P
         assert not list((mnt / "store" / "ingest").iterdir())
         lam.assert_consistent()
         assert "app" not in lam.run("images").out
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_source_resolves_tags_digests_and_lists(fake: FakeRegistry, image: Reference) -> None:

@@ -264,7 +264,7 @@ class BlobWriter:
             digest = expected
         else:
             digest = self._hash.digest
-        try:
+        with self._or_abort(digest):
             if size is not None and self.count != size:
                 raise IntegrityError(f"blob {expected or digest}: got {self.count} bytes, "
                                      f"expected {size}")
@@ -272,12 +272,6 @@ class BlobWriter:
                 raise IntegrityError(f"blob {expected}: content has digest {digest} "
                                      "(corrupt or wrong blob)")
             self._file.flush()
-        except OSError as e:
-            self.abort()
-            raise _disk_error(e, f"blob {digest}") from None
-        except BaseException:
-            self.abort()
-            raise
         self._digest = digest
         return digest
 
@@ -287,21 +281,27 @@ class BlobWriter:
         digest = self._digest
         if digest is None:
             raise IntegrityError("publish before finish")
-        try:
+        with self._or_abort(digest):
             os.fsync(self._file.fileno())
             final = self._blobs.path(digest)
             final.parent.mkdir(parents=True, exist_ok=True)
             # rename over an existing blob is harmless: same name, same bytes.
             os.replace(self.path, final)
             _fsync_dir(final.parent)
+        self._close()
+        return digest
+
+    @contextlib.contextmanager
+    def _or_abort(self, digest: Digest) -> Iterator[None]:
+        """Any failure inside removes the ingest file; a disk error becomes one line."""
+        try:
+            yield
         except OSError as e:
             self.abort()
             raise _disk_error(e, f"blob {digest}") from None
         except BaseException:
             self.abort()
             raise
-        self._close()
-        return digest
 
     def _close(self) -> None:
         if not self._closed:
