@@ -97,9 +97,13 @@ class VerifyingReader:
     """
 
     def __init__(
-        self, raw: Readable, expected: Digest, size: int | None = None, what: str = "blob"
+        self, raw: Readable, expected: Digest, size: int | None = None, what: str = "blob",
+        at_rest: bool = False,
     ) -> None:
         self._raw = raw
+        # The bytes were verified when they were stored (a content store's blob): a
+        # consumer with its own check downstream may take them without hashing again.
+        self.at_rest = at_rest
         self.expected = expected
         self.size = size
         self.what = what

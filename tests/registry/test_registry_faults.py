@@ -4,6 +4,7 @@ ingest files); transient ones (429, 500, a connection cut mid-blob) are ridden o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -235,6 +236,55 @@ def test_pull_onto_a_full_disk(fake: FakeRegistry, image: Reference, tmp_path: P
         assert not list((mnt / "store" / "ingest").iterdir())
         lam.assert_consistent()
         assert "app" not in lam.run("images").out
+
+
+def test_push_over_tls_sends_a_retried_blob_from_its_start(seeded: Lamina,
+                                                          tmp_path: Path) -> None:
+    """A store blob goes out by sendfile; over TLS that is read+send, and a PUT retried
+    after a 503 must send the file from its first byte again, not from where the last
+    attempt left it."""
+    import ssl
+
+    from registry_servers import make_cert
+
+    cert, key = make_cert(tmp_path)
+    fake = FakeRegistry()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    fake.server.socket = ctx.wrap_socket(fake.server.socket, server_side=True)
+    fake.start()
+    try:
+        fake.faults.append(Fault("PUT", "/blobs/uploads/", 503, times=2))
+        with Store(seeded.root) as store:
+            push_image(store, "demo/a", f"{fake.host}/pushed:v1",
+                       RegistryOptions(backoff=0.01, ca_bundle=cert))
+            manifest = store_manifest(store, "demo/a")
+            for blob in manifest.blobs():
+                assert fake.blobs[str(blob.digest)] == store.blobs.read_bytes(blob.digest)
+        assert "pushed:v1" in fake.manifests
+        assert len(fake.requests("PUT", "/blobs/uploads/")) == len(manifest.blobs()) + 2
+    finally:
+        fake.stop()
+
+
+def test_a_layer_listed_twice_is_copied_once(fake: FakeRegistry, lamina: Lamina) -> None:
+    """One blob, two places in a manifest (it happens: an empty layer twice): fetched
+    once, written once, counted once — one worker or several."""
+    import json
+
+    from lamina.transport.copy import CopyEvent
+
+    manifest = json.loads(fake.add_image("dup", "v1", [BIG, SMALL, BIG]))
+    every = sorted({sha256(BIG), sha256(SMALL), manifest["config"]["digest"]})
+    for jobs in (1, 3):
+        events: list[CopyEvent] = []
+        with Store(lamina.root.with_name(f"dup-{jobs}")) as store:
+            pull_image(store, Reference.parse(f"{fake.host}/dup:v1"),
+                       dataclasses.replace(FAST, jobs=jobs), CopyOptions(on_event=events.append))
+        seen = sorted((str(e.descriptor.digest), e.kind) for e in events
+                      if e.kind != "progress")
+        assert seen == sorted((d, k) for d in every for k in ("start", "done")), seen
+    assert len(blob_gets(fake, BIG)) == 2   # once per pull
 
 
 def test_source_resolves_tags_digests_and_lists(fake: FakeRegistry, image: Reference) -> None:

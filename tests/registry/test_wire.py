@@ -192,6 +192,19 @@ def test_requests_go_through_the_http_proxy_the_environment_names(
         proxy.server_close()
 
 
+def test_empty_reads_leave_the_body_alone(server: Recorder) -> None:
+    """A zero-length read mid-body is not the end of it (nor an error)."""
+    with HttpClient() as client:
+        r = client.request("PUT", server.url + "/e", body=b"0123456789")
+        assert r.read1(0) == b"" and r.readinto1(memoryview(bytearray(0))) == 0
+        buf = bytearray(4)
+        assert r.readinto1(memoryview(buf)) == 4 and bytes(buf) == b"0123"
+        assert r.read() == b"456789"
+        r = client.request("GET", server.url + "/again")   # the connection went back
+        r.read()
+        assert client.connections == 1
+
+
 def test_a_body_cut_short_is_an_error(server: Recorder) -> None:
     with HttpClient() as client:
         r = client.request("GET", server.url + "/cut")

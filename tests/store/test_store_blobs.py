@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from store_helpers import blob_names, ingest_names
@@ -278,3 +279,40 @@ def test_direct_io_is_on_for_the_store_file_system(store: Store) -> None:
     with store.blobs.writer() as w:
         assert _set_direct(w._file.fileno(), True)
         assert _set_direct(w._file.fileno(), False) is False
+
+
+def test_interrupted_fill_never_writes_into_a_reused_descriptor(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while fill_from waits for its writer thread: the writer (with writes still
+    queued on a slow disk) has a descriptor of its own, so closing the ingest file and
+    opening another, which may get the same number, cannot let those writes land there."""
+    import threading
+    import types
+
+    import lamina.store.blobs as blobs_mod
+
+    real_write, real_join = os.write, threading.Thread.join
+
+    def slow_write(fd: int, data: Any) -> int:
+        time.sleep(0.1)
+        return real_write(fd, data)
+
+    def interrupted_join(self: threading.Thread, *args: Any, **kwargs: Any) -> None:
+        if self.name == "lamina-ingest":
+            raise KeyboardInterrupt
+        real_join(self, *args, **kwargs)
+
+    fake_os = types.SimpleNamespace(**{k: getattr(os, k) for k in dir(os)
+                                       if not k.startswith("__")})
+    fake_os.write = slow_write
+    monkeypatch.setattr(blobs_mod, "os", fake_os)
+    monkeypatch.setattr(threading.Thread, "join", interrupted_join)
+    w = store.blobs.writer()
+    with pytest.raises(KeyboardInterrupt):
+        w.fill_from(_Trickle(os.urandom(3 * (1 << 20) + 5)))  # type: ignore[arg-type]
+    w.abort()
+    other = store.root / "unrelated"
+    with open(other, "wb"):
+        time.sleep(0.6)   # the queued writes finish meanwhile
+    assert other.stat().st_size == 0
+    assert not list(store.blobs.ingest_dir.iterdir())

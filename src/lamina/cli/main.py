@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -370,12 +371,15 @@ def main(fast_exit: bool = True) -> None:
     object, ~25 ms measured on a ``pull`` — would only add to each run's fixed cost.
     Callers running ``main`` in a process of their own (tests) pass False."""
     code = _main()
-    if fast_exit:
+    # A thread still running (none today) would be cut off by os._exit: then exit the
+    # ordinary way, which waits for it.
+    if fast_exit and not any(t.is_alive() and not t.daemon for t in threading.enumerate()
+                             if t is not threading.main_thread()):
         try:
             sys.stdout.flush()
             sys.stderr.flush()
-        except OSError:
-            code = code or 1   # output lost (a closed pipe): not a success
+        except (OSError, ValueError):
+            code = code or 1   # output lost (a closed pipe, a closed stream): not a success
         os._exit(code)
     sys.exit(code)
 

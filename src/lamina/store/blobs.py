@@ -93,8 +93,12 @@ class _BlockWriter:
     last); ``close`` waits for every write and raises the first failure."""
 
     def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.direct = _set_direct(fd, True)
+        # A descriptor of its own (same open file, so O_DIRECT set on either holds for
+        # both): if the filling thread is interrupted and the writer's file is closed
+        # while writes are still queued, they cannot land in whatever file reuses the
+        # number.  Closed by the thread when it ends.
+        self.fd = os.dup(fd)
+        self.direct = _set_direct(self.fd, True)
         self.error: BaseException | None = None
         self._maps = [mmap.mmap(-1, DIRECT_CHUNK) for _ in range(2)]
         self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
@@ -105,6 +109,12 @@ class _BlockWriter:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._write_queued()
+        finally:
+            os.close(self.fd)
+
+    def _write_queued(self) -> None:
         while (item := self._work.get()) is not None:
             view, n = item
             if self.error is None:
@@ -118,6 +128,8 @@ class _BlockWriter:
                 except BaseException as e:  # noqa: BLE001 - handed to the filling thread
                     self.error = e
             self._free.put(view)   # always: the filling thread may be waiting for it
+        if self.direct:
+            self.direct = _set_direct(self.fd, False)   # the file is shared with the writer
 
     def take(self) -> memoryview:
         view = self._free.get()
@@ -137,9 +149,7 @@ class _BlockWriter:
 
     def close(self, raise_error: bool = True) -> None:
         self._work.put(None)
-        self._thread.join()
-        if self.direct:
-            _set_direct(self.fd, False)
+        self._thread.join()   # clears O_DIRECT itself on the tail; the fd is its to close
         while not self._free.empty():
             with contextlib.suppress(BufferError):
                 self._free.get().release()
@@ -349,7 +359,7 @@ class BlobStore:
             f = open(self.path(digest), "rb")
         except FileNotFoundError:
             raise NotFound(f"blob {digest} not in the store") from None
-        return VerifyingReader(f, digest, size, what="stored blob")
+        return VerifyingReader(f, digest, size, what="stored blob", at_rest=True)
 
     def read_bytes(self, digest: Digest, size: int | None = None) -> bytes:
         with self.open(digest, size) as r:

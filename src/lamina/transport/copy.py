@@ -59,7 +59,7 @@ def _copy_blobs(source: ImageSource, sink: ImageSink, blobs: list[Descriptor],
     concurrent = getattr(source, "concurrent_blobs", False) and getattr(
         sink, "concurrent_blobs", False)
     if opts.jobs <= 1 or len(unique) <= 1 or not concurrent:
-        for blob in blobs:
+        for blob in unique:
             _copy_blob(source, sink, blob, opts)
         return
     # Largest first (the "longest processing time" rule): the last blob to start is a

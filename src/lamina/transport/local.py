@@ -38,6 +38,7 @@ class StoreTransport:
         self._lease_lock = threading.Lock()   # copy may put blobs from several threads
         self._written: list[str] = []   # blobs this sink added (for abort)
         self._publishing: list[Future[Digest]] = []
+        self._pending: set[str] = set()   # digests written, their publish not yet settled
         self._publisher: ThreadPoolExecutor | None = None
 
     # -- source ----------------------------------------------------------------------
@@ -105,6 +106,9 @@ class StoreTransport:
         # Register first, then look: a blob that exists now cannot be collected before
         # the manifest naming it is recorded (see store/gc.py).
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
+        with self._lease_lock:
+            if str(desc.digest) in self._pending:
+                return True   # written and checked; its publish is settled before any manifest
         return self.store.blobs.has(desc.digest)
 
     def put_blob(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
@@ -124,6 +128,10 @@ class StoreTransport:
         with self._lease_lock:
             if self._publisher is None:
                 self._publisher = ThreadPoolExecutor(2, thread_name_prefix="lamina-publish")
+            # Counted as written from now on: a publish that renames the blob and then
+            # fails (the directory fsync) must still be undone by abort.
+            self._written.append(str(desc.digest))
+            self._pending.add(str(desc.digest))
             self._publishing.append(self._publisher.submit(w.publish))
 
     def _settle(self) -> None:
@@ -133,9 +141,11 @@ class StoreTransport:
         first: BaseException | None = None
         for future in pending:
             try:
-                self._written.append(str(future.result()))
+                future.result()
             except BaseException as e:  # noqa: BLE001 - the first is raised below
                 first = first or e
+        with self._lease_lock:
+            self._pending.clear()
         if first is not None:
             raise first
 
@@ -203,8 +213,12 @@ class StoreTransport:
         put before the failure stays only if named).  Failing input leaves no trace."""
         from lamina.store.gc import discard
 
-        with contextlib.suppress(BaseException):
-            self._settle()   # what was published is discarded with the rest
+        # Every publish must have ended (renamed or failed) before the discard, or a
+        # late rename would leave a blob behind; their failures are the abort's reason.
+        if self._publisher is not None:
+            self._publisher.shutdown(wait=True)
+        with contextlib.suppress(Exception):
+            self._settle()
         if self._written and self._lease_id is not None:
             discard(self.store, self._written, self._lease_id)
         self._written = []

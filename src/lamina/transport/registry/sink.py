@@ -283,10 +283,11 @@ def _int(value: str | None) -> int:
 
 
 def _plain_file(reader: VerifyingReader, size: int) -> BinaryIO | None:
-    """The regular file under ``reader`` if it is one, unread and ``size`` bytes long
-    (a store blob); else None (the bytes must stream through the reader)."""
+    """The regular file under ``reader`` if it is a store blob (verified when it was
+    stored), unread and ``size`` bytes long; else None (the bytes stream through the
+    reader and are hashed: an OCI layout on disk was never checked by anyone)."""
     raw = reader.raw
-    if reader.count or not isinstance(raw, io.BufferedReader):
+    if not reader.at_rest or reader.count or not isinstance(raw, io.BufferedReader):
         return None
     try:
         st = os.fstat(raw.fileno())

@@ -117,7 +117,7 @@ class Response:
     def read1(self, n: int = READ_SIZE) -> bytes:
         """Up to ``n`` bytes, as soon as any have arrived; b"" at the end of the body.
         Raises ReadError if the connection breaks or the body ends short."""
-        if self._conn is None:
+        if self._conn is None or n == 0:
             return b""
         try:
             data = self._resp.read1(n)
@@ -132,7 +132,7 @@ class Response:
     def readinto1(self, buf: memoryview) -> int:
         """``read1`` into ``buf`` (no new bytes object per piece): at most one socket
         read; 0 at the end of the body."""
-        if self._conn is None:
+        if self._conn is None or not len(buf):
             return 0
         resp = self._resp
         if resp.chunked or resp.length is None or resp.fp is None:
@@ -333,8 +333,8 @@ class HttpClient:
             try:
                 self._write(conn, method, target, parts.netloc, headers, body)
                 resp = conn.getresponse()
-            except (http.client.RemoteDisconnected, BrokenPipeError,
-                    ConnectionResetError) as e:
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
+                    ConnectionAbortedError, ssl.SSLEOFError, ssl.SSLZeroReturnError) as e:
                 conn.close()
                 if reused and replayable:
                     continue   # a stale keep-alive connection: once more on a new one
@@ -414,7 +414,10 @@ def _sendfile(conn: http.client.HTTPConnection, body: FileBody) -> None:
     while sent < body.size:
         count = min(SENDFILE_SLICE, body.size - sent)
         # socket.sendfile uses os.sendfile on a plain socket and falls back to
-        # read+send over TLS; either way it stops short only at end of file.
+        # read+send over TLS; either way it stops short only at end of file.  The
+        # fallback seeks only for a non-zero offset, so a body sent again (a retry)
+        # would start where the last attempt stopped: seek every time.
+        body.file.seek(body.offset + sent)
         n = sock.sendfile(body.file, body.offset + sent, count)
         if n <= 0:
             raise WriteError(f"the file ended after {sent} of {body.size} bytes")
