@@ -316,3 +316,36 @@ def test_interrupted_fill_never_writes_into_a_reused_descriptor(
         time.sleep(0.6)   # the queued writes finish meanwhile
     assert other.stat().st_size == 0
     assert not list(store.blobs.ingest_dir.iterdir())
+
+
+def test_direct_writes_refused_with_einval_fall_back_to_buffered(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system may accept O_DIRECT on the descriptor and then refuse the writes
+    (EINVAL): the blob is written buffered instead, whole and correct."""
+    import errno
+    import fcntl
+    import types
+
+    import lamina.store.blobs as blobs_mod
+
+    refused: list[int] = []
+
+    def picky_write(fd: int, data: Any) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(len(data))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return os.write(fd, data)
+
+    fake_os = types.SimpleNamespace(**{k: getattr(os, k) for k in dir(os)
+                                       if not k.startswith("__")})
+    fake_os.write = picky_write
+    monkeypatch.setattr(blobs_mod, "os", fake_os)
+    data = os.urandom(3 * (1 << 20) + 99)
+    with store.blobs.writer() as w:
+        w.fill_from(_Trickle(data))  # type: ignore[arg-type]
+        digest = w.commit(size=len(data))
+    assert store.blobs.read_bytes(digest) == data
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(store.root)], capture_output=True,
+                        text=True, check=True).stdout.strip()
+    if fs in ("ext2/ext3", "ext4", "xfs", "btrfs"):
+        assert refused == [1 << 20]   # tried once, then buffered for the rest

@@ -77,8 +77,16 @@ def _set_direct(fd: int, on: bool) -> bool:
 
 def _write_all(fd: int, data: memoryview, direct: bool) -> bool:
     """Write all of ``data``; returns whether O_DIRECT is still on (a short direct write
-    leaves an unaligned rest, which is written buffered)."""
-    done = os.write(fd, data)
+    leaves an unaligned rest, which is written buffered).  A file system that took the
+    flag but refuses the write itself (EINVAL: alignment it wants larger, ext4 with
+    data=journal, some network file systems) gets it buffered, and so does the rest."""
+    try:
+        done = os.write(fd, data)
+    except OSError as e:
+        if not direct or e.errno != errno.EINVAL:
+            raise
+        direct = _set_direct(fd, False)
+        done = os.write(fd, data)
     while done < len(data):
         if direct:
             direct = _set_direct(fd, False)
