@@ -95,19 +95,12 @@ class Reference:
     def with_digest(self, digest: Digest) -> Reference:
         return Reference(self.registry, self.repository, None, digest)
 
+    def _suffix(self) -> str:
+        return (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+
     def __str__(self) -> str:
-        out = self.name
-        if self.tag:
-            out += f":{self.tag}"
-        if self.digest:
-            out += f"@{self.digest}"
-        return out
+        return self.name + self._suffix()
 
     @property
     def familiar(self) -> str:
-        out = self.familiar_name
-        if self.tag:
-            out += f":{self.tag}"
-        if self.digest:
-            out += f"@{self.digest}"
-        return out
+        return self.familiar_name + self._suffix()

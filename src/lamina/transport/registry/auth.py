@@ -68,13 +68,7 @@ def _normalise_key(key: str) -> str:
 
 
 def _read_auths(path: Path) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise InvalidInput(f"cannot read credentials file {path}: {e}") from None
-    auths = obj.get("auths") if isinstance(obj, dict) else None
+    auths = _load_file(path).get("auths")
     return auths if isinstance(auths, dict) else {}
 
 
