@@ -27,6 +27,7 @@ what ``which`` shows of a path's lower versions and what ``efficiency`` counts a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -347,45 +348,43 @@ def split_key(path: str) -> tuple[bytes, ...]:
 
 
 # -- reading layers --------------------------------------------------------------------
-def read_entries(source: ImageSource, desc: Descriptor) -> list[TarEntry]:
-    """The headers of a layer (gzip, zstd or plain), its blob digest verified."""
+@contextlib.contextmanager
+def _layer_tar(source: ImageSource, desc: Descriptor) -> Iterator[TarReader]:
+    """A layer's tar (gzip, zstd or plain) to read; on leaving, the rest is drained and
+    the blob's digest checked.  Tar errors name the layer."""
     with source.open_blob(desc) as blob:
         stream = open_decompressed(blob, None)
         try:
             reader = TarReader(stream)
-            entries = list(reader)
+            yield reader
             reader.drain()
         except LaminaError as e:
             raise e.context(f"layer {desc.digest}") from None
         finally:
             stream.close()
         blob.verify()
-    return entries
+
+
+def read_entries(source: ImageSource, desc: Descriptor) -> list[TarEntry]:
+    """The headers of a layer, its blob digest verified."""
+    with _layer_tar(source, desc) as reader:
+        return list(reader)
 
 
 def hash_files(source: ImageSource, desc: Descriptor, paths: set[str]) -> dict[str, str]:
     """sha256 of the contents of the named files (``/``-rooted paths) in one layer; a
     path the tar holds twice gets the last copy's digest, as apply keeps the last."""
     out: dict[str, str] = {}
-    with source.open_blob(desc) as blob:
-        stream = open_decompressed(blob, None)
-        try:
-            reader = TarReader(stream)
-            while (e := reader.next()) is not None:
-                if e.type != tf.REG:
-                    continue
-                path = join(clean_name(e.name))
-                if path in paths:
-                    h = hashlib.sha256()
-                    for view in reader.data():
-                        h.update(view)
-                    out[path] = "sha256:" + h.hexdigest()
-            reader.drain()
-        except LaminaError as e:
-            raise e.context(f"layer {desc.digest}") from None
-        finally:
-            stream.close()
-        blob.verify()
+    with _layer_tar(source, desc) as reader:
+        while (e := reader.next()) is not None:
+            if e.type != tf.REG:
+                continue
+            path = join(clean_name(e.name))
+            if path in paths:
+                h = hashlib.sha256()
+                for view in reader.data():
+                    h.update(view)
+                out[path] = "sha256:" + h.hexdigest()
     return out
 
 
