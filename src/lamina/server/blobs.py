@@ -195,18 +195,24 @@ def _content_range(rq: Rq, up: Upload) -> int | None:
     return n
 
 
+async def _append(reg: Registry, rq: Rq, up: Upload) -> None:
+    """Add the request's body to the upload: at the offset its Content-Range names (or
+    the end), refused with 413 (and the session cancelled) past the blob size limit."""
+    expect = _content_range(rq, up)
+    length = expect if expect is not None else _length(rq)
+    limit = reg.cfg.limits.max_blob_bytes
+    if limit and length is not None and up.offset + length > limit:
+        await reg.uploads.cancel(up)
+        raise RegistryHTTPError(413, "SIZE_INVALID", f"blob over the {limit}-byte limit")
+    await reg.uploads.append(up, rq.stream(), expect)
+
+
 async def patch_upload(reg: Registry, rq: Rq) -> Reply:
     up = await reg.uploads.get(rq.arg, rq.repo)
     async with up.lock:
         if up.done:
             raise RegistryHTTPError(404, "BLOB_UPLOAD_UNKNOWN", f"upload {up.uuid} has ended")
-        expect = _content_range(rq, up)
-        length = expect if expect is not None else _length(rq)
-        limit = reg.cfg.limits.max_blob_bytes
-        if limit and length is not None and up.offset + length > limit:
-            await reg.uploads.cancel(up)
-            raise RegistryHTTPError(413, "SIZE_INVALID", f"blob over the {limit}-byte limit")
-        await reg.uploads.append(up, rq.stream(), expect)
+        await _append(reg, rq, up)
         return Reply(202, _upload_headers(rq, up))
 
 
@@ -223,13 +229,7 @@ async def finish_upload(reg: Registry, rq: Rq) -> Reply:
         except RegistryHTTPError:
             await reg.uploads.cancel(up)
             raise
-        expect = _content_range(rq, up)
-        length = expect if expect is not None else _length(rq)
-        limit = reg.cfg.limits.max_blob_bytes
-        if limit and length is not None and up.offset + length > limit:
-            await reg.uploads.cancel(up)
-            raise RegistryHTTPError(413, "SIZE_INVALID", f"blob over the {limit}-byte limit")
-        await reg.uploads.append(up, rq.stream(), expect)
+        await _append(reg, rq, up)
         await reg.uploads.finish(up, digest)
     await anyio.to_thread.run_sync(reg.state.link_blobs, rq.repo, [str(digest)])
     return _blob_created(rq, digest)
