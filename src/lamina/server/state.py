@@ -116,25 +116,23 @@ class RegistryState:
         return (str(rows[0][0]), int(rows[0][1])) if rows else None
 
     def members(self, repo: str, digests: Iterable[str]) -> set[str]:
-        wanted = list(dict.fromkeys(digests))
-        found: set[str] = set()
-        for i in range(0, len(wanted), 500):
-            part = wanted[i:i + 500]
-            rows = self._q("SELECT digest FROM server_manifests WHERE repo=? AND digest IN "
-                           f"({','.join('?' * len(part))})", (repo, *part))
-            found.update(str(r[0]) for r in rows)
-        return found
+        return self._present("server_manifests", repo, digests)
 
     def linked(self, repo: str, digest: str) -> bool:
         return bool(self._q("SELECT 1 FROM server_blobs WHERE repo=? AND digest=?",
                             (repo, digest)))
 
     def links(self, repo: str, digests: Iterable[str]) -> set[str]:
+        return self._present("server_blobs", repo, digests)
+
+    def _present(self, table: str, repo: str, digests: Iterable[str]) -> set[str]:
+        """Which of ``digests`` ``table`` holds for ``repo``, 500 to a query (SQLite's
+        bound-parameter limit is 999 on older builds)."""
         wanted = list(dict.fromkeys(digests))
         found: set[str] = set()
         for i in range(0, len(wanted), 500):
             part = wanted[i:i + 500]
-            rows = self._q("SELECT digest FROM server_blobs WHERE repo=? AND digest IN "
+            rows = self._q(f"SELECT digest FROM {table} WHERE repo=? AND digest IN "
                            f"({','.join('?' * len(part))})", (repo, *part))
             found.update(str(r[0]) for r in rows)
         return found
