@@ -43,12 +43,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_layer import lamina_cli  # noqa: E402 - the sibling benchmark's helper
+from bench_layer import lamina_cli, ratio_text, timed  # noqa: E402 - the sibling's helpers
 
 CACHE = Path("/var/tmp/lamina-bench")
 WORK = CACHE / "build"
@@ -109,19 +108,6 @@ def run(
         out = e.stdout[-2000:] + (e.stderr or "")[-2000:]
         raise SystemExit(f"{' '.join(cmd)} failed ({e.returncode}):\n{out}") from None
     return proc.stdout
-
-
-def ratio_text(peer_s: float, ours_s: float, peer: str) -> str:
-    r = peer_s / ours_s
-    if r >= 1:
-        return f"{r:.2f}\u00d7 faster than {peer}"
-    return f"{1 / r:.2f}\u00d7 slower than {peer}"
-
-
-def timed(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def walk(root: Path) -> dict[str, tuple[object, ...]]:

@@ -77,6 +77,7 @@ from bench_layer import (  # noqa: E402
 )
 
 from lamina.store.store import Store  # noqa: E402
+from lamina.transport.places import Place  # noqa: E402
 from lamina.transport.registry import RegistryOptions  # noqa: E402
 from lamina.transport.transfer import (  # noqa: E402
     TransferOptions,
@@ -320,18 +321,23 @@ def main() -> int:
             if "skipped" in out:
                 raise SystemExit(f"skopeo copy to {dest} skipped blobs:\n{out}")
 
-        def lamina_push_library() -> None:
-            n = push_n["library"]
-            push_n["library"] += 1
-            store = Store(stores / f"libpush-{n}")
+        def library(what: str, store_dir: Path, places: tuple[Place, Place]) -> None:
+            """``transfer()`` in this process (what the CLI calls), checked to move every
+            blob."""
+            store = Store(store_dir)
             try:
-                src, dst = push_places(IMAGE, f"{registry}/library-push-{n}:v1")
-                res = transfer(store, src, dst, TransferOptions(
+                res = transfer(store, *places, TransferOptions(
                     registry=RegistryOptions(jobs=args.jobs)))
             finally:
                 store.close()
             if res.moved != len(blobs):
-                raise SystemExit(f"lamina push (library): moved {res.moved} blobs")
+                raise SystemExit(f"lamina {what} (library): moved {res.moved} blobs")
+
+        def lamina_push_library() -> None:
+            n = push_n["library"]
+            push_n["library"] += 1
+            library("push", stores / f"libpush-{n}",
+                    push_places(IMAGE, f"{registry}/library-push-{n}:v1"))
 
         blob_files = [str(layout / "blobs/sha256" / b["digest"].split(":", 1)[1])
                       for b in sorted(blobs, key=lambda b: -int(b["size"]))]
@@ -423,15 +429,7 @@ def main() -> int:
         def lamina_pull_library() -> None:
             n = pull_n["library"]
             pull_n["library"] += 1
-            store = Store(stores / f"libpull-{n}")
-            try:
-                src, dst = pull_place(source)
-                res = transfer(store, src, dst, TransferOptions(
-                    registry=RegistryOptions(jobs=args.jobs)))
-            finally:
-                store.close()
-            if res.moved != len(blobs):
-                raise SystemExit(f"lamina pull (library): moved {res.moved} blobs")
+            library("pull", stores / f"libpull-{n}", pull_place(source))
 
         def curl_pull() -> None:
             n = pull_n.setdefault("curl", 0)
