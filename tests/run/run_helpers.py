@@ -66,27 +66,6 @@ def store_image(store: Store, tag: str, tars: list[bytes], container_config: dic
     return manifest.descriptor()
 
 
-def tree(root: Path) -> dict[str, tuple[object, ...]]:
-    """What a process sees under ``root``: type, mode, owner, content or target."""
-    import stat
-
-    out: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            rel = os.path.relpath(p, root)
-            if stat.S_ISREG(st.st_mode):
-                extra: object = Path(p).read_bytes()
-            elif stat.S_ISLNK(st.st_mode):
-                extra = os.readlink(p)
-            else:
-                extra = None
-            out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid,
-                        st.st_gid, extra)
-    return out
-
-
 def layer_members(blob: Path) -> list[tuple[str, str, int, int, int, bytes]]:
     """(name, type, mode, uid, gid, data) of every entry in a (gzipped) layer blob."""
     out = []
