@@ -88,6 +88,14 @@ def seed_sources(seed: Path, site: str) -> list[Path]:
     return [seed / "os", seed / "webserver", seed / "config", seed / f"site-{site}"]
 
 
+def import_seed_images(lam: Lamina, seed: Path) -> Lamina:
+    """Import the seed's demo/a and demo/b (three shared layers, one of their own each)
+    into ``lam``'s store."""
+    lam.run("import", "demo/a", *seed_sources(seed, "a"))
+    lam.run("import", "demo/b", *seed_sources(seed, "b"))
+    return lam
+
+
 def tree_listing(root: Path) -> dict[str, tuple[Any, ...]]:
     """Every entry under root: type, mode, owner, size, content digest or link target."""
     import hashlib

@@ -17,7 +17,7 @@ from registry_servers import (
     make_htpasswd,
 )
 
-from lamina_testing import Lamina, seed_sources
+from lamina_testing import Lamina, import_seed_images
 
 
 @pytest.fixture(scope="session")
@@ -47,9 +47,7 @@ def fake() -> Iterator[FakeRegistry]:
 @pytest.fixture(scope="session")
 def seeded_template(tmp_path_factory: pytest.TempPathFactory, seed: Path) -> Path:
     root = tmp_path_factory.mktemp("seeded")
-    lam = Lamina(root / "store", root)
-    lam.run("import", "demo/a", *seed_sources(seed, "a"))
-    lam.run("import", "demo/b", *seed_sources(seed, "b"))
+    import_seed_images(Lamina(root / "store", root), seed)
     return root / "store"
 
 

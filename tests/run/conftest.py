@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina_testing import Lamina, need, seed_sources
+from lamina_testing import Lamina, import_seed_images, need
 
 
 @pytest.fixture(scope="session")
@@ -15,10 +15,7 @@ def seeded(seed: Path, tmp_path_factory: pytest.TempPathFactory) -> Lamina:
     tests that commit use tags of their own."""
     need("bwrap")
     work = tmp_path_factory.mktemp("run-store")
-    lam = Lamina(work / "store", seed)
-    lam.run("import", "demo/a", *seed_sources(seed, "a"))
-    lam.run("import", "demo/b", *seed_sources(seed, "b"))
-    return lam
+    return import_seed_images(Lamina(work / "store", seed), seed)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from server_helpers import Serve, digest_of, random_bytes, skopeo
 
-from lamina_testing import LAMINA, Lamina, need, seed_sources
+from lamina_testing import LAMINA, Lamina, import_seed_images, need
 
 TLS_OFF = ("--tls-verify=false",)
 
@@ -29,9 +29,7 @@ TLS_OFF = ("--tls-verify=false",)
 def seeded(tmp_path_factory: pytest.TempPathFactory, seed: Path) -> Path:
     """A store with demo/a and demo/b: three shared layers, one of their own each."""
     root = tmp_path_factory.mktemp("serve-seeded")
-    lam = Lamina(root / "store", root)
-    lam.run("import", "demo/a", *seed_sources(seed, "a"))
-    lam.run("import", "demo/b", *seed_sources(seed, "b"))
+    import_seed_images(Lamina(root / "store", root), seed)
     return root / "store"
 
 
