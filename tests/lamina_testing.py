@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,3 +154,29 @@ def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def tar_bytes(members: Iterable[tuple[str, bytes | None]],
+              symlinks: Iterable[tuple[str, str]] = (), mtime: int = 1600000000) -> bytes:
+    """A tar (PAX, Python's tarfile: an independent writer) of ``members`` in the order
+    given — (name, bytes) files, (name, None) directories — then ``symlinks`` (name,
+    target); all with ``mtime``."""
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name.rstrip("/"))
+            info.mtime = mtime
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+        for name, target in symlinks:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.mtime = tarfile.SYMTYPE, target, mtime
+            tar.addfile(info)
+    return raw.getvalue()

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamina_testing import Lamina
+from lamina_testing import Lamina, tar_bytes
 
 MTIME = 1600000000
 
@@ -79,22 +77,6 @@ def make_snapshots(root: Path) -> Path:
     return root
 
 
-def _layer(members: list[tuple[str, bytes | None]]) -> bytes:
-    """A gzip'd layer tar: (name, bytes) files and (name/, None) directories."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name.rstrip("/"))
-            info.mtime = MTIME
-            if data is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            else:
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
-    return raw.getvalue()
-
-
 def write_opaque_layout(path: Path) -> None:
     """An OCI layout, tag ``latest``, two layers:
     1: /d/x (10 bytes), /d/y (20 bytes);  2: /d made opaque, /d/z (5 bytes)."""
@@ -106,8 +88,8 @@ def write_opaque_layout(path: Path) -> None:
         (blobs / hexd).write_bytes(data)
         return {"digest": f"sha256:{hexd}", "size": len(data)}
 
-    tars = [_layer([("d/", None), ("d/x", b"x" * 10), ("d/y", b"y" * 20)]),
-            _layer([("d/", None), ("d/.wh..wh..opq", b""), ("d/z", b"z" * 5)])]
+    tars = [tar_bytes([("d/", None), ("d/x", b"x" * 10), ("d/y", b"y" * 20)]),
+            tar_bytes([("d/", None), ("d/.wh..wh..opq", b""), ("d/z", b"z" * 5)])]
     layers = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                **put(gzip.compress(t, mtime=0))} for t in tars]
     config = {"architecture": "amd64", "os": "linux", "created": "2023-11-14T22:13:20Z",

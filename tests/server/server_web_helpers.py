@@ -4,10 +4,8 @@ and reading the pages' HTML (with the SVG inside) back."""
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import re
-import tarfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -16,7 +14,7 @@ from pathlib import Path
 import bcrypt
 from server_helpers import OCI_MANIFEST, Image, descriptor, digest_of
 
-from lamina_testing import Lamina, seed_sources
+from lamina_testing import Lamina, seed_sources, tar_bytes
 
 SVG_NS = {"s": "http://www.w3.org/2000/svg"}
 HOSTILE = "<script>alert('pwned')</script> & \"quoted\""
@@ -71,22 +69,8 @@ def stored_image(root: Path, name: str) -> StoredImage:
 # -- images with real layers (tar+gzip) ---------------------------------------------------
 def layer_tar(files: dict[str, bytes | None], symlinks: dict[str, str] | None = None) -> bytes:
     """A gzip'd layer: files (None: a directory), symlinks name → target."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.mtime = 1600000000
-            if data is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            else:
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
-        for name, target in sorted((symlinks or {}).items()):
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname, info.mtime = tarfile.SYMTYPE, target, 1600000000
-            tar.addfile(info)
-    return gzip.compress(raw.getvalue(), mtime=0)
+    return gzip.compress(tar_bytes(sorted(files.items()), sorted((symlinks or {}).items())),
+                         mtime=0)
 
 
 def image_of(layers: list[bytes], created_by: list[str], author: str = "test",
