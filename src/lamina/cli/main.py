@@ -333,10 +333,14 @@ def _run(args: list[str]) -> int:
     usage line (exit 2); Ctrl-C, or SIGTERM under ``lamina run``, exits 130 without a
     word; end of input at a prompt is "Aborted!" (exit 1); a closed stdout exits 1.
     Anything else reaches ``main``."""
-    from click.utils import PacifyFlushWrapper, _detect_program_name
+    from click import utils as click_utils
+
+    # click 8.5 renamed it _PacifyFlushWrapper (the old name warns DeprecationWarning).
+    pacify: Any = (getattr(click_utils, "_PacifyFlushWrapper", None)
+                   or getattr(click_utils, "PacifyFlushWrapper"))  # noqa: B009
 
     try:
-        with app.make_context(_detect_program_name(), args) as ctx:
+        with app.make_context(click_utils._detect_program_name(), args) as ctx:
             app.invoke(ctx)
     except click.exceptions.Exit as e:
         return e.exit_code
@@ -355,8 +359,8 @@ def _run(args: list[str]) -> int:
     except OSError as e:
         if e.errno != errno.EPIPE:
             raise
-        sys.stdout = PacifyFlushWrapper(sys.stdout)
-        sys.stderr = PacifyFlushWrapper(sys.stderr)
+        sys.stdout = pacify(sys.stdout)
+        sys.stderr = pacify(sys.stderr)
         return 1
     return 0
 
