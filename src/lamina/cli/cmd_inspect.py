@@ -99,18 +99,28 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     @platform_option
     @json_flag
     def history(image: str, no_trunc: bool, platform: str | None, json_: bool) -> None:
-        """Show how each layer of an image was made, newest first."""
+        """Show how each layer of an image was made, newest first.  SIZE is the layer
+        uncompressed (as Docker's SIZE; N/A for a registry's layer not in the store),
+        COMPRESSED the blob as stored and moved."""
         from lamina.cli.format import human_age, human_size, print_json, table
+        from lamina.inspect.sizes import unpacked_sizes
         from lamina.inspect.summary import history as history_rows
+        from lamina.transport.local import StoreTransport
 
         with image_of(image, platform) as img:
-            rows = history_rows(img.image)
+            store = img.source.store if isinstance(img.source, StoreTransport) else None
+            m = img.image.manifest
+            # Counting a registry's layer would download it: only what is known there.
+            sizes = unpacked_sizes(img.source, m.layers, img.image.config.diff_ids, store,
+                                   count=image.partition(":")[0] != "docker")
+            rows = history_rows(img.image, sizes)
         if json_:
             print_json([r.to_json() for r in rows])
             return
-        table(["LAYER", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+        table(["LAYER", "CREATED", "CREATED BY", "SIZE", "COMPRESSED", "COMMENT"],
               [[(r.layer if no_trunc else _short(r.layer)) if r.layer else "<none>",
                 human_age(r.created), _trunc(r.created_by, 45, no_trunc),
+                "N/A" if r.unpacked_size is None else human_size(r.unpacked_size),
                 human_size(r.size), r.comment] for r in rows])
 
     # -- layers -----------------------------------------------------------------------
