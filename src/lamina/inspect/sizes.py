@@ -16,7 +16,6 @@ from lamina.digest import Digest
 from lamina.errors import LaminaError
 from lamina.image import mediatypes as mt
 from lamina.image.manifest import Descriptor
-from lamina.layer.compress import open_decompressed
 from lamina.store.store import Store
 from lamina.transport.base import ImageSource
 
@@ -24,6 +23,10 @@ _UNCOMPRESSED = frozenset({mt.OCI_LAYER, mt.OCI_LAYER_ND, mt.DOCKER_LAYER})
 
 
 def _count(source: ImageSource, desc: Descriptor) -> tuple[int, Digest]:
+    # Imported here: lamina.layer costs ~20 ms, and a listing whose sizes are all known
+    # (the common case) never decompresses anything.
+    from lamina.layer.compress import open_decompressed
+
     with source.open_blob(desc) as blob:
         stream = open_decompressed(blob)
         try:
