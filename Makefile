@@ -44,7 +44,11 @@ test-latest: debs
 	test -x .venv-latest/bin/python || $(PY) -m venv .venv-latest
 	.venv-latest/bin/pip install -q --upgrade pip
 	.venv-latest/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
-	.venv-latest/bin/pip freeze --exclude-editable | diff constraints.txt - || true
+	@.venv-latest/bin/pip freeze --exclude-editable > .venv-latest/freeze.txt
+	@grep -v '^#' constraints.txt | diff - .venv-latest/freeze.txt >/dev/null \
+	  && echo "the newest releases are the pinned ones" \
+	  || { echo "newer than constraints.txt (<: pinned, >: newest):"; \
+	       grep -v '^#' constraints.txt | diff - .venv-latest/freeze.txt | grep '^[<>]'; true; }
 	.venv-latest/bin/python -m pytest -q -n 2 tests
 
 # Re-pin to the newest releases: a fresh venv without constraints, frozen.  Then `make
