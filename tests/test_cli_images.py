@@ -294,3 +294,28 @@ def test_sizes_uncompressed_and_compressed(lamina: Lamina, seed: Path, tmp_path:
     # a source outside the store is counted too (not recorded anywhere)
     hist2 = lamina.run("history", "--json", f"oci:{tmp_path / 'layout'}").json()
     assert [h["unpacked_size"] for h in hist2] == [h["unpacked_size"] for h in hist]
+
+
+
+def test_sizes_listed_when_the_store_cannot_record_them(seed: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting a size writes it to the store; when that write fails (a full disk, a
+    read-only store) the listing still shows the size."""
+    from lamina.errors import StoreError
+    from lamina.inspect.summary import list_images
+    from lamina.store.meta import Metadata
+    from lamina.store.store import Store
+
+    src = Lamina(tmp_path / "src", tmp_path)
+    src.run("import", "small", seed / "site-a" / "etc", seed / "site-a" / "var")
+    want = src.run("images", "--json").json()[0]["unpacked_size"]
+    src.run("save", "small", "-o", tmp_path / "layout", "--format", "oci")
+    other = Lamina(tmp_path / "other", tmp_path)
+    other.run("load", tmp_path / "layout")
+
+    def refuse(self: Metadata, diff_id: str, size: int) -> None:
+        raise StoreError("no space left on device while writing store metadata")
+
+    monkeypatch.setattr(Metadata, "set_unpacked_size", refuse)
+    with Store(other.root) as store:
+        assert [r.unpacked_size for r in list_images(store)] == [want]

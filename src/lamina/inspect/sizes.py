@@ -10,10 +10,11 @@ digest matched the diff_id.  An uncompressed layer's size is its blob's.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from lamina.digest import Digest
-from lamina.errors import LaminaError
+from lamina.errors import LaminaError, StoreError
 from lamina.image import mediatypes as mt
 from lamina.image.manifest import Descriptor
 from lamina.store.store import Store
@@ -59,7 +60,9 @@ def unpacked_sizes(source: ImageSource, layers: Sequence[Descriptor],
                 out.append(None)  # a broken blob is fsck's business, not a listing's
                 continue
             if store is not None and diff_id is not None and digest == diff_id:
-                store.meta.set_unpacked_size(str(diff_id), size)
                 known[str(diff_id)] = size
+                # a listing still works on a full, busy or read-only store
+                with contextlib.suppress(StoreError):
+                    store.meta.set_unpacked_size(str(diff_id), size)
             out.append(size)
     return out
