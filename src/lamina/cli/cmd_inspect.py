@@ -107,12 +107,15 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         from lamina.inspect.summary import history as history_rows
         from lamina.transport.local import StoreTransport
 
-        with image_of(image, platform) as img:
+        remote = image.partition(":")[0] == "docker"
+        with image_of(image, platform) as img, contextlib.ExitStack() as stack:
             store = img.source.store if isinstance(img.source, StoreTransport) else None
+            if store is None and remote and _store_exists():
+                store = stack.enter_context(store_factory())  # what it knows of sizes
             m = img.image.manifest
-            # Counting a registry's layer would download it: only what is known there.
+            # Counting a registry's layer would download it: only what the store knows.
             sizes = unpacked_sizes(img.source, m.layers, img.image.config.diff_ids, store,
-                                   count=image.partition(":")[0] != "docker")
+                                   count=not remote)
             rows = history_rows(img.image, sizes)
         if json_:
             print_json([r.to_json() for r in rows])
@@ -379,6 +382,15 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         tmp = output.with_name(output.name + ".tmp")
         tmp.write_text(doc, encoding="utf-8")
         tmp.replace(output)
+
+
+def _store_exists() -> bool:
+    """Whether the store (``--root``, ``$LAMINA_ROOT`` or the default) has been made: a
+    command that only reads from it need not create one."""
+    from lamina.store.store import default_root
+
+    root = click.get_current_context().find_root().params.get("root") or default_root()
+    return (Path(root) / "meta.db").exists()
 
 
 def _parse_score(text: str) -> float:
