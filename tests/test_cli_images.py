@@ -319,3 +319,19 @@ def test_sizes_listed_when_the_store_cannot_record_them(seed: Path, tmp_path: Pa
     monkeypatch.setattr(Metadata, "set_unpacked_size", refuse)
     with Store(other.root) as store:
         assert [r.unpacked_size for r in list_images(store)] == [want]
+
+
+def test_sizes_from_snapshots_need_no_count(lamina: Lamina, seed: Path, tmp_path: Path
+                                            ) -> None:
+    """An image that has been run has snapshots, whose sizes are the uncompressed layers
+    (their diff_ids checked when applied): the listing reads them, counting nothing."""
+    need_root()
+    lamina.run("import", "base", seed / "os")
+    want = lamina.run("images", "--json").json()[0]["unpacked_size"]
+    lamina.run("save", "base", "-o", tmp_path / "layout", "--format", "oci")
+    other = Lamina(tmp_path / "other", tmp_path)
+    other.run("load", tmp_path / "layout")
+    other.run("run", "--snapshotter", "overlay", "base", "/bin/busybox", "true")
+    assert other.run("images", "--json").json()[0]["unpacked_size"] == want
+    with sqlite3.connect(other.root / "meta.db") as conn:
+        assert conn.execute("SELECT count(*) FROM layer_sizes").fetchone()[0] == 0

@@ -273,12 +273,16 @@ class Metadata:
             db.execute("INSERT OR REPLACE INTO layer_sizes VALUES(?,?)", (diff_id, size))
 
     def unpacked_sizes(self, diff_ids: Iterable[str]) -> dict[str, int]:
+        """Recorded uncompressed sizes; a snapshot's size (the uncompressed tar it was
+        applied from, its diff_id checked) counts too."""
         wanted = list(dict.fromkeys(diff_ids))
         out: dict[str, int] = {}
-        for i in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
-            chunk = wanted[i:i + 500]
-            rows = self._query("SELECT diff_id, size FROM layer_sizes WHERE diff_id IN "
-                               f"({','.join('?' * len(chunk))})", tuple(chunk))
+        for i in range(0, len(wanted), 400):  # SQLite's limit on bound parameters
+            chunk = wanted[i:i + 400]
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(f"SELECT diff_id, size FROM snapshots WHERE diff_id IN ({marks})"
+                               f" UNION ALL SELECT diff_id, size FROM layer_sizes WHERE "
+                               f"diff_id IN ({marks})", (*chunk, *chunk))
             out.update((str(d), int(n)) for d, n in rows)  # type: ignore[call-overload]
         return out
 
