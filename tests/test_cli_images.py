@@ -5,6 +5,7 @@ sizes both ways, each against a real store through the installed ``lamina``."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import sqlite3
 from importlib.metadata import version
@@ -216,13 +217,35 @@ def test_image_prune_all_removes_every_image(lamina: Lamina, seed: Path) -> None
 
 def test_image_prune_keeps_a_manifest_under_a_tagged_index(lamina: Lamina, seed: Path,
                                                            tmp_path: Path) -> None:
+    """A platform's manifest under a tagged index is not dangling, even with an image
+    record of its own."""
+    from lamina.inspect.remove import dangling_images
+    from lamina.store.store import Store
+
     import_seed_images(lamina, seed)
-    lamina.run("save", "demo/a", "-o", tmp_path / "layout", "--format", "oci")
+    layout = tmp_path / "layout"
+    lamina.run("save", "demo/a", "-o", layout, "--format", "oci")
+    top = json.loads((layout / "index.json").read_text())
+    child = {k: v for k, v in top["manifests"][0].items() if k != "annotations"}
+    child["platform"] = {"architecture": "amd64", "os": "linux"}
+    raw = json.dumps({"schemaVersion": 2, "manifests": [child],
+                      "mediaType": "application/vnd.oci.image.index.v1+json"}).encode()
+    digest = hashlib.sha256(raw).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(raw)
+    top["manifests"] = [{"mediaType": "application/vnd.oci.image.index.v1+json",
+                         "digest": f"sha256:{digest}", "size": len(raw),
+                         "annotations": {"org.opencontainers.image.ref.name": "1"}}]
+    (layout / "index.json").write_text(json.dumps(top))
     other = Lamina(tmp_path / "other", tmp_path)
-    other.run("load", tmp_path / "layout", "--name", "x/y:1")
+    other.run("load", layout, "--name", "x/y")
+    with Store(other.root) as store:
+        store.meta.add_image(child["digest"], child["mediaType"], child["size"], [], None)
+        assert dangling_images(store) == []
     listed = other.run("images", "--json").json()
-    other.run("image", "prune", "-f")
+    blobs = other.blob_files()
+    assert other.run("image", "prune", "-f").out == "Total reclaimed space: 0B\n"
     assert other.run("images", "--json").json() == listed
+    assert other.blob_files() == blobs
 
 
 def test_system_prune(lamina: Lamina, seed: Path, tmp_path: Path) -> None:
