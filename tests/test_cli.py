@@ -36,7 +36,8 @@ def test_seed_images_share_three_layers(lamina: Lamina, seed: Path) -> None:
 def test_images_table_and_history(lamina: Lamina, seed: Path) -> None:
     import_seed(lamina, seed, "a")
     table = lamina.run("images").out.splitlines()
-    assert table[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE", "LAYERS"]
+    assert table[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE",
+                                "COMPRESSED", "LAYERS"]
     assert table[1].split()[:2] == ["demo/a", "latest"]
     rows = lamina.run("history", "--json", "demo/a").json()
     assert [r["created_by"] for r in rows] == [

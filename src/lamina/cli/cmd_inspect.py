@@ -99,18 +99,31 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     @platform_option
     @json_flag
     def history(image: str, no_trunc: bool, platform: str | None, json_: bool) -> None:
-        """Show how each layer of an image was made, newest first."""
+        """Show how each layer of an image was made, newest first.  SIZE is the layer
+        uncompressed (as Docker's SIZE; N/A for a registry's layer not in the store),
+        COMPRESSED the blob as stored and moved."""
         from lamina.cli.format import human_age, human_size, print_json, table
+        from lamina.inspect.sizes import unpacked_sizes
         from lamina.inspect.summary import history as history_rows
+        from lamina.transport.local import StoreTransport
 
-        with image_of(image, platform) as img:
-            rows = history_rows(img.image)
+        remote = image.partition(":")[0] == "docker"
+        with image_of(image, platform) as img, contextlib.ExitStack() as stack:
+            store = img.source.store if isinstance(img.source, StoreTransport) else None
+            if store is None and remote and _store_exists():
+                store = stack.enter_context(store_factory())  # what it knows of sizes
+            m = img.image.manifest
+            # Counting a registry's layer would download it: only what the store knows.
+            sizes = unpacked_sizes(img.source, m.layers, img.image.config.diff_ids, store,
+                                   count=not remote)
+            rows = history_rows(img.image, sizes)
         if json_:
             print_json([r.to_json() for r in rows])
             return
-        table(["LAYER", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+        table(["LAYER", "CREATED", "CREATED BY", "SIZE", "COMPRESSED", "COMMENT"],
               [[(r.layer if no_trunc else _short(r.layer)) if r.layer else "<none>",
                 human_age(r.created), _trunc(r.created_by, 45, no_trunc),
+                "N/A" if r.unpacked_size is None else human_size(r.unpacked_size),
                 human_size(r.size), r.comment] for r in rows])
 
     # -- layers -----------------------------------------------------------------------
@@ -369,6 +382,15 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         tmp = output.with_name(output.name + ".tmp")
         tmp.write_text(doc, encoding="utf-8")
         tmp.replace(output)
+
+
+def _store_exists() -> bool:
+    """Whether the store (``--root``, ``$LAMINA_ROOT`` or the default) has been made: a
+    command that only reads from it need not create one."""
+    from lamina.store.store import default_root
+
+    root = click.get_current_context().find_root().params.get("root") or default_root()
+    return (Path(root) / "meta.db").exists()
 
 
 def _parse_score(text: str) -> float:

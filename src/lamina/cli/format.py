@@ -4,10 +4,17 @@ help pages — the CLI's only drawing code.
 Cheap to import (every ``lamina`` run does): rich's consoles ``out`` and ``err`` are made
 on first use, so a command that only writes tables never imports rich.
 
-The parameter classes keep the help pages, usage lines and usage errors that lamina had
-under typer 0.29 (``ref <str>`` under Arguments, ``{ref}`` in the usage line, ``[default:
-3]``, pydantic's message for a bad integer), on plain click without typer's per-run
-signature inspection and pydantic adapters.
+The parameter classes keep the help pages and usage errors that lamina had under typer
+0.29 (``REF <str>`` under Arguments, ``[default: 3]``, pydantic's message for a bad
+integer), on plain click without typer's per-run signature inspection and pydantic
+adapters.  Usage lines are click's and Docker's (``REF``, ``[REF]``, ``SRC...``).
+
+The help pages are drawn here, not by click, and read nothing click changed between 8.1
+and 8.5: click 8.3 made an unset default the ``Sentinel.UNSET`` object (read here through
+``to_info_dict``, which shows it as None); 8.5 added a "Positional arguments" section of
+its own (``format_arguments``, a no-op here: ours is "Arguments"); 8.4 made
+``NoSuchCommand`` add its own "Did you mean" (the suggestion here is raised as a plain
+usage error).  ``tests/test_cli_help.py`` walks every help page for such glitches.
 """
 
 from __future__ import annotations
@@ -112,7 +119,13 @@ def _escape(text: str) -> str:
     return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m[0]):02x}", text)
 
 
-class IntType(click.ParamType):
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[Any]  # generic from click 8.5 on (mypy runs on the pins)
+else:
+    _ParamType = click.ParamType
+
+
+class IntType(_ParamType):
     """Integers read the way typer's pydantic read them: surrounding whitespace, ``1_000``
     and ``3.0`` accepted, ``3.5``, ``0x10`` and ``1e3`` refused with pydantic's message."""
 
@@ -130,7 +143,7 @@ class IntType(click.ParamType):
         return int(text.partition(".")[0])
 
 
-class PathType(click.ParamType):
+class PathType(_ParamType):
     """Any string, as a ``Path``; nothing checked here (the library says what is wrong)."""
 
     name = "path"
@@ -141,7 +154,7 @@ class PathType(click.ParamType):
 
 
 # kind -> (click type, label in help, label in help for a list of it)
-_KINDS: dict[type, tuple[click.ParamType, str, str]] = {
+_KINDS: dict[type, tuple[_ParamType, str, str]] = {
     str: (click.STRING, "str", "list[str]"),
     int: (IntType(), "int", "list[int]"),
     Path: (PathType(), "path", "list[Path]"),
@@ -156,10 +169,16 @@ def _extras(help: str | None, extra: list[str]) -> str:
     return text
 
 
+def _shown_default(param: click.Parameter) -> Any:
+    """The default to show in help, None when there is none: ``to_info_dict`` gives None
+    for click >= 8.3's ``Sentinel.UNSET`` as older clicks gave None for no default."""
+    return param.to_info_dict().get("default")
+
+
 class Arg(click.Argument):
-    """An argument with help: ``ref <str>`` under Arguments, ``{ref}`` (required) or
-    ``[ref]`` in the usage line, ``'ref'`` in errors (the metavar instead of the name when
-    there is one)."""
+    """An argument with help: ``REF <str>`` under Arguments; ``REF`` (required),
+    ``[REF]`` or ``SRC...`` in the usage line, as click and Docker write them; ``'REF'``
+    in errors (the metavar instead of the upper-cased name when there is one)."""
 
     def __init__(self, param_decls: Sequence[str], *, help: str | None = None,
                  label: str = "str", **attrs: Any) -> None:
@@ -169,23 +188,25 @@ class Arg(click.Argument):
 
     @property
     def display(self) -> str:
-        return self.metavar or self.name or ""
+        """``REF``, or ``SRC...`` for a list (a metavar given as ``IMAGE...`` keeps one
+        ellipsis)."""
+        base = (self.metavar or (self.name or "").upper()).removesuffix("...")
+        return base + ("..." if self.nargs != 1 else "")
 
     def get_usage_pieces(self, ctx: click.Context) -> list[str]:
-        name = f"{{{self.display}}}" if self.required else f"[{self.display}]"
-        return [name + ("..." if self.nargs != 1 else "")]
+        return [self.display if self.required else f"[{self.display}]"]
 
-    def get_error_hint(self, ctx: click.Context) -> str:
+    def get_error_hint(self, ctx: click.Context | None) -> str:
         return f"'{self.display}'"
 
-    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
-        name = self.display + ("..." if self.metavar is None and self.nargs != 1 else "")
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str]:
         extra = []
-        if self.default is not None:
-            extra.append(f"default: {self.default}")
+        default = _shown_default(self)
+        if default is not None and default != ():
+            extra.append(f"default: {default}")
         if self.required:
             extra.append("required")
-        return f"{name} <{self.label}>", _extras(self.help, extra)
+        return f"{self.display} <{self.label}>", _extras(self.help, extra)
 
 
 class Opt(click.Option):
@@ -205,8 +226,9 @@ class Opt(click.Option):
         extra = []
         if self.envvar:
             extra.append(f"env var: {self.envvar}")
-        if self.default is not None and self.default is not False and self.default != ():
-            extra.append(f"default: {self.default}")
+        default = _shown_default(self)
+        if default is not None and default is not False and default != ():
+            extra.append(f"default: {default}")
         if self.required:
             extra.append("required")
         return names, _extras(self.help, extra)
@@ -241,11 +263,11 @@ def _usage_messages() -> Iterator[None]:
     try:
         yield
     except click.NoSuchOption as e:
-        e.message = f"No such option: {_escape(e.option_name)}"
+        message = f"No such option: {_escape(e.option_name)}"
         if e.possibilities:
-            e.message += f" (Possible options: {', '.join(sorted(e.possibilities))})"
-        e.possibilities = None
-        raise
+            message += f" (Possible options: {', '.join(sorted(e.possibilities))})"
+        # A new error: click >= 8.4 keeps message and possibilities final.
+        raise click.NoSuchOption(e.option_name, message, None, e.ctx) from None
 
 
 def _format_params(cmd: click.Command, ctx: click.Context,
@@ -266,6 +288,9 @@ def _format_params(cmd: click.Command, ctx: click.Context,
 
 class Command(click.Command):
     """A command whose help lists its arguments, and whose usage errors read as before."""
+
+    def format_arguments(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Nothing: ``format_options`` writes Arguments (click >= 8.5 calls this too)."""
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         _format_params(self, ctx, formatter)
@@ -302,6 +327,9 @@ class Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)
 
+    def format_arguments(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Nothing: ``format_options`` writes Arguments (click >= 8.5 calls this too)."""
+
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         _format_params(self, ctx, formatter)
         self.format_commands(ctx, formatter)
@@ -320,7 +348,9 @@ class Group(click.Group):
             import difflib
 
             matches = difflib.get_close_matches(args[0], list(self.commands)) if args else []
-            if matches:
-                e.message = (f"{e.message.rstrip('.')}. Did you mean "
-                             f"{', '.join(repr(m) for m in matches)}?")
-            raise
+            if not matches:
+                raise
+            # A new error, not e: click >= 8.4's NoSuchCommand adds its own suggestion
+            # when shown, which would say "Did you mean" twice.
+            raise click.UsageError(f"{e.message.rstrip('.')}. Did you mean "
+                                   f"{', '.join(repr(m) for m in matches)}?", ctx) from None

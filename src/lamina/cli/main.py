@@ -43,6 +43,9 @@ json_flag = flag("--json", "json_", help="Print JSON for scripts.")
              context_settings={"help_option_names": ["-h", "--help"]})
 @option("--root", kind=Path, envvar="LAMINA_ROOT",
         help="Store directory (default: XDG data dir).")
+# From the installed package's metadata (importlib.metadata), read only when asked.
+@click.version_option(None, "--version", package_name="lamina", prog_name="lamina",
+                      message="%(prog)s version %(version)s", help="Print the version.")
 def app(root: Path | None) -> None:
     _state["root"] = root
 
@@ -175,25 +178,75 @@ def export(ref: str, output: Path) -> None:
 
 
 # -- listing and inspecting -------------------------------------------------------------
+IMAGE_HEADERS = {"Repository": "REPOSITORY", "Tag": "TAG", "ID": "IMAGE ID",
+                 "Digest": "DIGEST", "CreatedSince": "CREATED", "CreatedAt": "CREATED AT",
+                 "Size": "SIZE", "CompressedSize": "COMPRESSED", "Layers": "LAYERS"}
+
+
 @app.command()
+@flag("-q", "--quiet", help="Only image IDs (each once).")
+@option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+        help="dangling=true|false, reference=GLOB, before=IMAGE, since=IMAGE, "
+             "label=KEY[=VALUE]; repeatable.")
+@option("--format", "format_", metavar="TEMPLATE",
+        help="Go-template-like, as Docker's: {{.Repository}} {{.Tag}} {{.ID}} {{.Digest}} "
+             "{{.CreatedSince}} {{.CreatedAt}} {{.Size}} {{.CompressedSize}} {{.Layers}}; "
+             "'table ...' for a header and aligned columns; 'json' for one object a line.")
+@flag("--no-trunc", help="Full image IDs.")
 @json_flag
-def images(json_: bool) -> None:
-    """List images in the store."""
+def images(quiet: bool, filters: tuple[str, ...], format_: str | None, no_trunc: bool,
+           json_: bool) -> None:
+    """List images in the store.  SIZE is the layers uncompressed (as Docker's SIZE);
+    COMPRESSED is the bytes stored and moved (config and compressed layers)."""
+    from lamina.cli.template import Format
+    from lamina.inspect.filters import filter_images, parse_filters
     from lamina.inspect.summary import list_images
 
+    wanted = parse_filters(filters)
+    fmt = Format.parse(format_) if format_ else None  # a bad template fails before work
     with _store() as store:
-        rows = list_images(store)
+        rows = filter_images(store, list_images(store), wanted)
     if json_:
         print_json([r.to_json() for r in rows])
         return
-    table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "LAYERS"],
-          [[r.repository, r.tag, r.image_id.split(":", 1)[1][:12], human_age(r.created),
+
+    def short(r: Any) -> str:
+        return str(r.image_id) if no_trunc else r.image_id.split(":", 1)[1][:12]
+
+    if quiet:
+        for image_id in dict.fromkeys(short(r) for r in rows):
+            say(image_id)
+        return
+    if fmt is not None:
+        from lamina.cli.format import parse_time
+
+        def fields(r: Any) -> dict[str, Any]:
+            t = parse_time(r.created)
+            return {"Repository": r.repository, "Tag": r.tag, "ID": short(r),
+                    "Digest": r.digest, "CreatedSince": human_age(r.created),
+                    "CreatedAt": t.strftime("%Y-%m-%d %H:%M:%S %z %Z") if t else "N/A",
+                    "Size": _size(r.unpacked_size), "CompressedSize": human_size(r.size),
+                    "Layers": r.layers}
+
+        for line in fmt.lines([fields(r) for r in rows], IMAGE_HEADERS):
+            say(line)
+        return
+    table([IMAGE_HEADERS[k] for k in ("Repository", "Tag", "ID", "CreatedSince", "Size",
+                                      "CompressedSize", "Layers")],
+          [[r.repository, r.tag, short(r), human_age(r.created), _size(r.unpacked_size),
             human_size(r.size), str(r.layers)] for r in rows])
+
+
+def _size(n: int | None) -> str:
+    return "N/A" if n is None else human_size(n)
 
 
 @app.command()
 @argument("refs", nargs=-1, required=True, help="Images in the store.")
-def inspect(refs: tuple[str, ...]) -> None:
+@option("-f", "--format", "format_", metavar="TEMPLATE",
+        help="Go-template-like, as Docker's: {{.Id}}, {{.Config.Env}}, {{json .Config}}, "
+             "{{index .RepoTags 0}}; one line per image.")
+def inspect(refs: tuple[str, ...], format_: str | None) -> None:
     """Show images' config and manifest as JSON."""
     from lamina.inspect.summary import inspect_document
     from lamina.transport.local import StoreTransport
@@ -206,6 +259,18 @@ def inspect(refs: tuple[str, ...]) -> None:
             desc = source.resolve(ref)
             image = resolve_image(source, desc)
             docs.append(inspect_document(source, image, store.meta.tags_for(str(desc.digest))))
+    if format_ is not None:
+        from lamina.cli.template import Format
+
+        # The image config's fields (OCI image-spec config.md "config"), which a config
+        # may leave out: {{.Config.Env}} of an image without one is "<no value>".
+        config_fields = frozenset((
+            "User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir",
+            "Labels", "StopSignal", "ArgsEscaped", "Memory", "MemorySwap", "CpuShares",
+            "Healthcheck", "OnBuild", "Shell", "Hostname", "Domainname", "Image"))
+        for line in Format.parse(format_).lines(docs, {}, {("Config",): config_fields}):
+            say(line)
+        return
     print_json(docs)
 
 
@@ -308,7 +373,8 @@ def fsck(repair: bool, json_: bool) -> None:
 # Modules with ``register(app: click.Group, store_factory)``.  Each keeps its heavy
 # imports inside its command functions, so every run imports only what it uses.
 _COMMAND_MODULES = ("lamina.cli.cmd_run", "lamina.cli.cmd_build", "lamina.cli.cmd_transfer",
-                    "lamina.cli.cmd_inspect", "lamina.cli.cmd_serve")
+                    "lamina.cli.cmd_inspect", "lamina.cli.cmd_serve", "lamina.cli.cmd_prune",
+                    "lamina.cli.cmd_completion")
 
 
 def _register_more() -> None:
@@ -333,10 +399,21 @@ def _run(args: list[str]) -> int:
     usage line (exit 2); Ctrl-C, or SIGTERM under ``lamina run``, exits 130 without a
     word; end of input at a prompt is "Aborted!" (exit 1); a closed stdout exits 1.
     Anything else reaches ``main``."""
-    from click.utils import PacifyFlushWrapper, _detect_program_name
+    from click import utils as click_utils
 
+    # click 8.5 renamed it _PacifyFlushWrapper (the old name warns DeprecationWarning).
+    pacify: Any = (getattr(click_utils, "_PacifyFlushWrapper", None)
+                   or getattr(click_utils, "PacifyFlushWrapper"))  # noqa: B009
+
+    # Shell completion by click's protocol (_LAMINA_COMPLETE=bash_source lamina, then
+    # COMP_WORDS/COMP_CWORD), which click's own ``main`` would do and ``_run`` replaces.
+    instruction = os.environ.get("_LAMINA_COMPLETE")
+    if instruction:
+        from click.shell_completion import shell_complete
+
+        return shell_complete(app, {}, "lamina", "_LAMINA_COMPLETE", instruction)
     try:
-        with app.make_context(_detect_program_name(), args) as ctx:
+        with app.make_context(click_utils._detect_program_name(), args) as ctx:
             app.invoke(ctx)
     except click.exceptions.Exit as e:
         return e.exit_code
@@ -355,8 +432,8 @@ def _run(args: list[str]) -> int:
     except OSError as e:
         if e.errno != errno.EPIPE:
             raise
-        sys.stdout = PacifyFlushWrapper(sys.stdout)
-        sys.stderr = PacifyFlushWrapper(sys.stderr)
+        sys.stdout = pacify(sys.stdout)
+        sys.stderr = pacify(sys.stderr)
         return 1
     return 0
 

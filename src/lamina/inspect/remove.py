@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from lamina.errors import InvalidInput, LaminaError
 from lamina.image.reference import Reference
-from lamina.store.gc import discard, reachable
+from lamina.store.gc import GcReport, collect, discard, reachable
 from lamina.store.store import Store
 from lamina.transport.local import StoreTransport
 
@@ -57,4 +57,42 @@ def remove_images(store: Store, refs: Sequence[str], force: bool = False) -> Rem
             store.meta.delete_image(digest)
         gone = set(discard(store, [c for c in candidates if not c.startswith("snapshot:")]))
         report.deleted = [d for d in removed if d in gone] + sorted(gone - set(removed))
+    return report
+
+
+@dataclass
+class PruneReport:
+    untagged: list[str] = field(default_factory=list)   # familiar names
+    deleted: list[str] = field(default_factory=list)    # image (manifest/index) digests
+    gc: GcReport = field(default_factory=GcReport)
+
+
+def dangling_images(store: Store) -> list[str]:
+    """Docker's dangling images: image records without a name, that no named image
+    holds (a platform's manifest under a tagged index is not dangling)."""
+    edges: dict[str, list[str]] = {}
+    for parent, child in store.meta.all_refs():
+        edges.setdefault(parent, []).append(child)
+    held = reachable({t.digest for t in store.meta.tags()}, edges)
+    return [rec.digest for rec in store.meta.images() if rec.digest not in held]
+
+
+def prune_images(store: Store, all_images: bool = False, cache: bool = False
+                 ) -> PruneReport:
+    """``docker image prune``: forget dangling images, then let gc remove what nothing
+    reaches any more (``GcReport.bytes_freed`` is the reclaimed space).
+
+    ``all_images``: Docker's ``-a`` removes every image no container uses; lamina keeps
+    no containers (a running ``lamina run`` holds its layers by a lease, not by the
+    image), so that is every image, tagged or not.  ``cache``: the whole build cache
+    too (``system prune -a``); without it gc drops only entries whose layer is gone."""
+    report = PruneReport()
+    if all_images:
+        for tag in store.meta.tags():
+            if store.meta.delete_tag(tag.name):
+                report.untagged.append(Reference.parse(tag.name).familiar)
+    for digest in dangling_images(store):
+        store.meta.delete_image(digest)
+        report.deleted.append(digest)
+    report.gc = collect(store, cache=cache)
     return report

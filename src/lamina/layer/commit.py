@@ -44,4 +44,5 @@ def commit_changeset(store: Store, lease: Lease, changes: Changeset | Path,
         size = w.count
         digest = w.commit()
     store.meta.add_layer(str(digest), str(info.diff_id), media_type, size)
+    store.meta.set_unpacked_size(str(info.diff_id), info.uncompressed_size)  # known here
     return StoredLayer(digest, size, info.diff_id, options.compression)

@@ -6,6 +6,7 @@ What lives here, and why it is not in files:
   refs             content graph edges parent → child (manifest → config/layers,
                    index → manifests, image → snapshot): gc walks them without re-parsing
   layers           layer blob digest ↔ diff_id (compressed vs uncompressed names)
+  layer_sizes      diff_id → bytes of the uncompressed tar (``images``' SIZE, as Docker's)
   snapshots        unpacked layer stacks keyed by chain id
   leases           protect what an import, pull or build is still writing from gc
   blob_sources     which registry repositories a blob is known to be in (for
@@ -47,6 +48,7 @@ CREATE TABLE IF NOT EXISTS layers(
     digest TEXT PRIMARY KEY, diff_id TEXT NOT NULL, media_type TEXT NOT NULL,
     size INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS layers_diff_id ON layers(diff_id);
+CREATE TABLE IF NOT EXISTS layer_sizes(diff_id TEXT PRIMARY KEY, size INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshots(
     chain_id TEXT PRIMARY KEY, parent TEXT, diff_id TEXT NOT NULL, size INTEGER NOT NULL,
     created REAL NOT NULL);
@@ -265,6 +267,25 @@ class Metadata:
         return [LayerRecord(*r) for r in rows]  # type: ignore[arg-type]
 
     # -- snapshots ----------------------------------------------------------------------
+    def set_unpacked_size(self, diff_id: str, size: int) -> None:
+        """Record a layer's uncompressed size (a fact of its diff_id: never changes)."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO layer_sizes VALUES(?,?)", (diff_id, size))
+
+    def unpacked_sizes(self, diff_ids: Iterable[str]) -> dict[str, int]:
+        """Recorded uncompressed sizes; a snapshot's size (the uncompressed tar it was
+        applied from, its diff_id checked) counts too."""
+        wanted = list(dict.fromkeys(diff_ids))
+        out: dict[str, int] = {}
+        for i in range(0, len(wanted), 400):  # SQLite's limit on bound parameters
+            chunk = wanted[i:i + 400]
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(f"SELECT diff_id, size FROM snapshots WHERE diff_id IN ({marks})"
+                               f" UNION ALL SELECT diff_id, size FROM layer_sizes WHERE "
+                               f"diff_id IN ({marks})", (*chunk, *chunk))
+            out.update((str(d), int(n)) for d, n in rows)  # type: ignore[call-overload]
+        return out
+
     def add_snapshot(self, chain_id: str, parent: str | None, diff_id: str, size: int) -> None:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO snapshots VALUES(?,?,?,?,?)",

@@ -1,0 +1,92 @@
+"""``lamina image prune`` and ``lamina system prune``, as Docker's: a warning and a
+confirmation (``-f`` skips it), what went, and ``Total reclaimed space``.  The removal
+is the store's gc (``lamina.store.gc.collect``) after the image records go."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import click
+
+from lamina.cli.format import Group, flag
+
+if TYPE_CHECKING:
+    from lamina.inspect.remove import PruneReport
+    from lamina.store.store import Store
+
+FORCE_HELP = "Do not prompt for confirmation."
+
+
+def _confirm(lines: list[str], force: bool) -> bool:
+    if force:
+        return True
+    click.echo("WARNING! This will remove:" if len(lines) > 1 else f"WARNING! {lines[0]}")
+    if len(lines) > 1:
+        for line in lines:
+            click.echo(f"  - {line}")
+        click.echo()
+    return click.confirm("Are you sure you want to continue?", default=False)
+
+
+def _show(report: PruneReport) -> None:
+    from lamina.cli.format import human_size, say
+
+    if report.untagged or report.deleted:
+        say("Deleted Images:")
+        for name in report.untagged:
+            say(f"untagged: {name}")
+        for digest in report.deleted:
+            say(f"deleted: {digest}")
+        say("")
+    if report.gc.cache_removed:
+        say(f"Deleted build cache objects: {report.gc.cache_removed}")
+        say("")
+    say(f"Total reclaimed space: {human_size(report.gc.bytes_freed)}")
+
+
+def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
+    @app.group(cls=Group, no_args_is_help=True)
+    def image() -> None:
+        """Manage images (image prune)."""
+
+    @image.command("prune")
+    @flag("-a", "--all", "all_images",
+          help="Remove every image, not only dangling ones (lamina keeps no containers, "
+               "so no image is in use).")
+    @flag("-f", "--force", help=FORCE_HELP)
+    def image_prune(all_images: bool, force: bool) -> None:
+        """Remove dangling images (untagged, held by no tagged image), then the blobs and
+        snapshots nothing reaches any more."""
+        from lamina.inspect.remove import prune_images
+
+        what = ("This will remove all images (lamina keeps no containers: none is in use)."
+                if all_images else "This will remove all dangling images.")
+        if not _confirm([what], force):
+            return
+        with store_factory() as store:
+            _show(prune_images(store, all_images=all_images))
+
+    @app.group(cls=Group, no_args_is_help=True)
+    def system() -> None:
+        """Manage the store as a whole (system prune)."""
+
+    @system.command("prune")
+    @flag("-a", "--all", "all_images", help="Remove every image and all build cache, not "
+                                            "only dangling images and cache.")
+    @flag("-f", "--force", help=FORCE_HELP)
+    def system_prune(all_images: bool, force: bool) -> None:
+        """Remove dangling images, what no image reaches (blobs, snapshots, debris of
+        killed runs), and build cache whose layer is gone; with -a every image and all
+        build cache."""
+        from lamina.inspect.remove import prune_images
+        from lamina.run.rootfs import sweep_stale
+
+        lines = ["all images" if all_images else "all dangling images",
+                 "blobs and snapshots no image reaches, and what killed runs left",
+                 "all build cache" if all_images else "build cache whose layer is gone"]
+        if not _confirm(lines, force):
+            return
+        with store_factory() as store:
+            sweep_stale(store)  # as `lamina gc`: container dirs and mounts of killed runs
+            _show(prune_images(store, all_images=all_images, cache=all_images))
