@@ -144,8 +144,37 @@ RUN echo "about to fail" && echo "on stderr" >&2 && exit 7
     _write(ctx, "FROM busybox\nRUN echo before > /x\n", {})
     assert build(base, "-t", "partial", ctx)["cached_layers"] == 1
     base.run("rmi", "partial")
-    base.run("gc")
-    assert base.blob_files() - blobs_before == set()  # the cached layer went with gc
+    base.run("gc", "--cache")
+    assert base.blob_files() - blobs_before == set()  # the cached layer went with the cache
+    base.assert_consistent()
+
+
+def test_gc_keeps_the_build_cache_until_asked(base: Lamina, tmp_path: Path) -> None:
+    """#10.2: cache entries are roots (BuildKit keeps its cache records until ``builder
+    prune``): rmi + gc keep them, dry run and real run agree, ``gc --cache`` drops them."""
+    ctx = tmp_path / "two"
+    _write(ctx, "FROM busybox\nRUN echo one > /one\nRUN echo two > /two\n", {})
+    first = build(base, "-t", "two", ctx)
+    assert (first["new_layers"], first["cached_layers"]) == (2, 0)
+    cached = set(first["layers"][-2:])   # the two RUN layers
+    base.run("rmi", "two")
+    blobs = base.blob_files()
+    assert {d.split(":")[1] for d in cached} <= blobs
+    dry = base.run("gc", "--dry-run", "--json").json()
+    real = base.run("gc", "--json").json()
+    for key in ("blobs_removed", "bytes_freed", "snapshots_removed", "cache_removed"):
+        assert dry[key] == real[key], key
+    assert real["cache_removed"] == 0
+    assert base.blob_files() == blobs - set(real["blobs_removed"])
+    again = build(base, "-t", "two", ctx)
+    assert (again["new_layers"], again["cached_layers"]) == (0, 2)
+    assert again["layers"] == first["layers"]
+    base.run("rmi", "two")
+    dry = base.run("gc", "--cache", "--dry-run", "--json").json()
+    real = base.run("gc", "--cache", "--json").json()
+    assert dry["cache_removed"] == real["cache_removed"] == 2
+    assert dry["blobs_removed"] == real["blobs_removed"] and real["bytes_freed"] > 0
+    assert build(base, "-t", "two", ctx)["cached_layers"] == 0
     base.assert_consistent()
 
 

@@ -1,7 +1,9 @@
 """Garbage collection: a pure mark over roots and edges, then a sweep of the rest.
 
-Roots are tags, image records and the resources of live leases (containerd ``gc`` and
-``leases``).  Mark and sweep run inside one IMMEDIATE SQLite transaction, so no writer can
+Roots are tags, image records, the resources of live leases (containerd ``gc`` and
+``leases``) and the layers of build-cache entries: as BuildKit's cache records keep their
+layers until ``builder prune``, a cached layer stays until ``gc --cache`` drops the
+cache.  Mark and sweep run inside one IMMEDIATE SQLite transaction, so no writer can
 add a root or lease resource between them; a writer that registers a blob in its lease
 *before* checking whether the blob exists can therefore never have it swept from under it.
 """
@@ -9,6 +11,7 @@ add a root or lease resource between them; a writer that registers a blob in its
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,9 +49,32 @@ class GcReport:
 SNAPSHOT_PREFIX = "snapshot:"
 
 
+def _roots(db: sqlite3.Connection, dead_leases: Iterable[str], cache: bool) -> set[str]:
+    """Every root: tags, image records, resources of leases not in ``dead_leases``, and
+    (unless the cache is being dropped) the layers of build-cache entries."""
+    dead = set(dead_leases)
+    roots: set[str] = set()
+    roots.update(str(r[0]) for r in db.execute("SELECT digest FROM tags"))
+    roots.update(str(r[0]) for r in db.execute("SELECT digest FROM images"))
+    roots.update(str(key) for lease, key in db.execute("SELECT lease, key FROM lease_resources")
+                 if str(lease) not in dead)
+    if not cache:
+        roots.update(str(r[0]) for r in db.execute("SELECT layer FROM build_cache"))
+    return roots
+
+
+def _edges(db: sqlite3.Connection) -> dict[str, list[str]]:
+    edges: dict[str, list[str]] = {}
+    for parent, child in db.execute("SELECT parent, child FROM refs"):
+        edges.setdefault(str(parent), []).append(str(child))
+    return edges
+
+
 def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcReport:
-    """Remove every blob and snapshot no root reaches.  Build-cache entries are weak:
-    an entry whose layer goes goes with it; ``cache=True`` drops every entry first."""
+    """Remove every blob and snapshot no root reaches.  Build-cache entries are roots
+    (their layers stay); ``cache=True`` drops every entry, and then their layers go
+    like any other unreachable blob.  A dry run reports exactly what a real run with
+    the same arguments would remove."""
     report = GcReport()
     meta = store.meta
     with meta.transaction() as db:
@@ -60,16 +86,8 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
                 db.execute("DELETE FROM lease_resources WHERE lease=?", (lease_id,))
                 db.execute("DELETE FROM leases WHERE id=?", (lease_id,))
         report.leases_expired = len(expired)
-        roots: set[str] = set()
-        roots.update(str(r[0]) for r in db.execute("SELECT digest FROM tags"))
-        roots.update(str(r[0]) for r in db.execute("SELECT digest FROM images"))
-        roots.update(str(r[0]) for r in db.execute(
-            "SELECT key FROM lease_resources WHERE lease NOT IN "
-            "(SELECT id FROM leases WHERE expires < ?)", (now,)))
-        edges: dict[str, list[str]] = {}
-        for parent, child in db.execute("SELECT parent, child FROM refs"):
-            edges.setdefault(str(parent), []).append(str(child))
-        live = reachable(roots, edges)
+        edges = _edges(db)
+        live = reachable(_roots(db, expired, cache), edges)
 
         for digest in list(store.blobs.list()):
             key = str(digest)
@@ -93,13 +111,12 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
                 # rmtree never follows symlinks inside the tree it removes.
                 shutil.rmtree(path, ignore_errors=True)
                 db.execute("DELETE FROM snapshots WHERE chain_id=?", (chain_id,))
-        if cache and not dry_run:
-            report.cache_removed = db.execute("DELETE FROM build_cache").rowcount
+        if cache:
+            report.cache_removed = int(db.execute(
+                "SELECT count(*) FROM build_cache").fetchone()[0])
+            if not dry_run:
+                db.execute("DELETE FROM build_cache")
         if not dry_run:
-            for (key, layer) in db.execute("SELECT key, layer FROM build_cache").fetchall():
-                if str(layer) not in live:
-                    db.execute("DELETE FROM build_cache WHERE key=?", (key,))
-                    report.cache_removed += 1
             # Records and edges of what is gone (or of parents no longer reachable).
             for (d,) in db.execute("SELECT digest FROM layers").fetchall():
                 if str(d) not in live:
@@ -110,7 +127,6 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
     if not dry_run:
         report.ingest_removed = store.blobs.sweep_ingest()
     return report
-
 
 
 def discard(store: Store, candidates: Iterable[str], lease_id: str | None = None) -> list[str]:
@@ -124,15 +140,8 @@ def discard(store: Store, candidates: Iterable[str], lease_id: str | None = None
     if not wanted:
         return removed
     with store.meta.transaction() as db:
-        roots: set[str] = set()
-        roots.update(str(r[0]) for r in db.execute("SELECT digest FROM tags"))
-        roots.update(str(r[0]) for r in db.execute("SELECT digest FROM images"))
-        roots.update(str(r[0]) for r in db.execute(
-            "SELECT key FROM lease_resources WHERE lease != ?", (lease_id or "",)))
-        edges: dict[str, list[str]] = {}
-        for parent, child in db.execute("SELECT parent, child FROM refs"):
-            edges.setdefault(str(parent), []).append(str(child))
-        live = reachable(roots, edges)
+        dead = [] if lease_id is None else [lease_id]
+        live = reachable(_roots(db, dead, cache=False), _edges(db))
         for key in sorted(wanted - live):
             if store.blobs.delete(Digest.parse(key)):
                 removed.append(key)

@@ -10,8 +10,8 @@ What lives here, and why it is not in files:
   leases           protect what an import, pull or build is still writing from gc
   blob_sources     which registry repositories a blob is known to be in (for
                    cross-repository mounts on push)
-  build_cache      step cache key → the layer that step made (weak: gc drops entries
-                   whose layer it removes; ``gc --cache`` drops them all)
+  build_cache      step cache key → the layer that step made (a root for gc, as
+                   BuildKit's cache records; ``gc --cache`` drops them all)
 
 Node keys in ``refs`` and leases are strings: a blob is its digest (``sha256:…``), a
 snapshot is ``snapshot:<chain id>``.  The store knows nothing of manifest formats: the
