@@ -10,14 +10,18 @@ add a root or lease resource between them; a writer that registers a blob in its
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lamina.digest import Digest
+from lamina.store import locks
 
 if TYPE_CHECKING:
     from lamina.store.store import Store
@@ -77,56 +81,113 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
     the same arguments would remove."""
     report = GcReport()
     meta = store.meta
-    with meta.transaction() as db:
-        now = time.time()
-        expired = [str(r[0]) for r in db.execute("SELECT id FROM leases WHERE expires < ?",
-                                                 (now,))]
-        if not dry_run:
-            for lease_id in expired:
-                db.execute("DELETE FROM lease_resources WHERE lease=?", (lease_id,))
-                db.execute("DELETE FROM leases WHERE id=?", (lease_id,))
-        report.leases_expired = len(expired)
-        edges = _edges(db)
-        live = reachable(_roots(db, expired, cache), edges)
+    ended: dict[str, int | None] = {}   # with the abandoned locks gc now holds
+    done = False
+    try:
+        with meta.transaction() as db:
+            ended.update(_ended_leases(store, db))
+            expired = list(ended)
+            if not dry_run:
+                for lease_id in expired:
+                    db.execute("DELETE FROM lease_resources WHERE lease=?", (lease_id,))
+                    db.execute("DELETE FROM leases WHERE id=?", (lease_id,))
+            report.leases_expired = len(expired)
+            edges = _edges(db)
+            live = reachable(_roots(db, expired, cache), edges)
 
-        for digest in list(store.blobs.list()):
-            key = str(digest)
-            if key in live:
+            for digest in list(store.blobs.list()):
+                key = str(digest)
+                if key in live:
+                    continue
+                try:
+                    size = store.blobs.size(digest)
+                except Exception:  # noqa: BLE001 - raced with another delete
+                    size = 0
+                if not dry_run:
+                    store.blobs.delete(digest)
+                report.blobs_removed.append(key)
+                report.bytes_freed += size
+            for (chain_id,) in db.execute("SELECT chain_id FROM snapshots").fetchall():
+                key = SNAPSHOT_PREFIX + str(chain_id)
+                if key in live:
+                    continue
+                report.snapshots_removed.append(str(chain_id))
+                if not dry_run:
+                    path = store.snapshot_path(Digest.parse(str(chain_id)))
+                    # rmtree never follows symlinks inside the tree it removes.
+                    shutil.rmtree(path, ignore_errors=True)
+                    db.execute("DELETE FROM snapshots WHERE chain_id=?", (chain_id,))
+            if cache:
+                report.cache_removed = int(db.execute(
+                    "SELECT count(*) FROM build_cache").fetchone()[0])
+                if not dry_run:
+                    db.execute("DELETE FROM build_cache")
+            if not dry_run:
+                # Records and edges of what is gone (or of parents no longer reachable).
+                for (d,) in db.execute("SELECT digest FROM layers").fetchall():
+                    if str(d) not in live:
+                        db.execute("DELETE FROM layers WHERE digest=?", (d,))
+                for parent in list(edges):
+                    if parent not in live:
+                        db.execute("DELETE FROM refs WHERE parent=?", (parent,))
+        done = True
+    finally:
+        for lease_id, fd in ended.items():
+            if fd is None:
                 continue
-            try:
-                size = store.blobs.size(digest)
-            except Exception:  # noqa: BLE001 - raced with another delete
-                size = 0
-            if not dry_run:
-                store.blobs.delete(digest)
-            report.blobs_removed.append(key)
-            report.bytes_freed += size
-        for (chain_id,) in db.execute("SELECT chain_id FROM snapshots").fetchall():
-            key = SNAPSHOT_PREFIX + str(chain_id)
-            if key in live:
-                continue
-            report.snapshots_removed.append(str(chain_id))
-            if not dry_run:
-                path = store.snapshot_path(Digest.parse(str(chain_id)))
-                # rmtree never follows symlinks inside the tree it removes.
-                shutil.rmtree(path, ignore_errors=True)
-                db.execute("DELETE FROM snapshots WHERE chain_id=?", (chain_id,))
-        if cache:
-            report.cache_removed = int(db.execute(
-                "SELECT count(*) FROM build_cache").fetchone()[0])
-            if not dry_run:
-                db.execute("DELETE FROM build_cache")
-        if not dry_run:
-            # Records and edges of what is gone (or of parents no longer reachable).
-            for (d,) in db.execute("SELECT digest FROM layers").fetchall():
-                if str(d) not in live:
-                    db.execute("DELETE FROM layers WHERE digest=?", (d,))
-            for parent in list(edges):
-                if parent not in live:
-                    db.execute("DELETE FROM refs WHERE parent=?", (parent,))
+            if done and not dry_run:
+                locks.release(store.lease_lock(lease_id), fd)
+            else:
+                os.close(fd)
     if not dry_run:
-        report.ingest_removed = store.blobs.sweep_ingest()
+        _sweep_lease_locks(store)
+    report.ingest_removed, ingest_bytes = store.blobs.sweep_ingest(dry_run=dry_run)
+    report.bytes_freed += ingest_bytes
     return report
+
+
+def _ended_leases(store: Store, db: sqlite3.Connection) -> dict[str, int | None]:
+    """Leases that protect nothing any more, each with the descriptor holding its
+    abandoned lock (None for a lease without one).  A lease whose lock file exists
+    lives exactly as long as the process holding it (store.open_lease); one without
+    (the server's rolling leases, rootfs leases, a store of an older lamina) ends at
+    its expiry time."""
+    now = time.time()
+    ended: dict[str, int | None] = {}
+    try:
+        for lease_id, expires in db.execute("SELECT id, expires FROM leases").fetchall():
+            key = str(lease_id)
+            try:
+                fd = locks.take_if_abandoned(store.lease_lock(key))
+            except FileNotFoundError:
+                if float(expires) < now:
+                    ended[key] = None
+                continue
+            except OSError:
+                continue   # cannot tell: keep it
+            if fd is not None:
+                ended[key] = fd
+    except BaseException:
+        for fd in ended.values():
+            if fd is not None:
+                os.close(fd)
+        raise
+    return ended
+
+
+def _sweep_lease_locks(store: Store) -> None:
+    """Remove lock files no lease row names whose process is gone (it died between
+    deleting its row and unlinking its lock)."""
+    rows = {lease_id for lease_id, _ in store.meta.leases()}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(store.lease_dir):
+            name = entry.name.removesuffix(".lock")
+            if name == entry.name or name in rows:
+                continue
+            with contextlib.suppress(OSError):
+                fd = locks.take_if_abandoned(entry.path, min_age=locks.STALE_AGE)
+                if fd is not None:
+                    locks.release(Path(entry.path), fd)
 
 
 def discard(store: Store, candidates: Iterable[str], lease_id: str | None = None) -> list[str]:

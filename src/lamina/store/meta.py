@@ -279,8 +279,10 @@ class Metadata:
         return bool(self._query("SELECT 1 FROM snapshots WHERE chain_id=?", (chain_id,)))
 
     # -- leases -------------------------------------------------------------------------
-    def create_lease(self, ttl: float = 3600.0) -> str:
-        lease_id = os.urandom(8).hex()
+    def create_lease(self, ttl: float = 3600.0, lease_id: str | None = None) -> str:
+        """A lease that lives until ``delete_lease`` or ``ttl`` seconds, whichever
+        comes first, unless its owner holds a lock file (Store.open_lease)."""
+        lease_id = lease_id or os.urandom(8).hex()
         now = time.time()
         with self.transaction() as db:
             db.execute("INSERT INTO leases VALUES(?,?,?)", (lease_id, now, now + ttl))
