@@ -266,13 +266,15 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
         print_json({"blobs_removed": report.blobs_removed, "bytes_freed": report.bytes_freed,
                     "snapshots_removed": report.snapshots_removed,
                     "ingest_removed": report.ingest_removed,
+                    "temp_removed": report.temp_removed,
                     "cache_removed": report.cache_removed, "dry_run": dry_run})
         return
     verb = "Would remove" if dry_run else "Removed"
     for d in report.blobs_removed:
         out.print(f"{verb} blob {d}")
     out.print(f"{verb} {len(report.blobs_removed)} blobs, {len(report.snapshots_removed)} "
-              f"snapshots, {report.cache_removed} cache entries; "
+              f"snapshots, {report.cache_removed} cache entries, "
+              f"{report.ingest_removed + report.temp_removed} temporary files; "
               f"{'would free' if dry_run else 'freed'} "
               f"{human_size(report.bytes_freed)}")
 

@@ -41,7 +41,9 @@ from typing import Literal, Protocol, Self
 from lamina.errors import LaminaError, StoreError
 from lamina.layer import ApplyOptions, Changeset, apply_layer, diff_trees
 from lamina.layer.overlay import changes_from_upper
-from lamina.run.snapshots import Snapshotter, remove_tree
+from lamina.run.snapshots import Snapshotter
+from lamina.store import scratch
+from lamina.store.scratch import remove_tree
 from lamina.store.store import Store
 from lamina.transport.base import ImageSource
 from lamina.transport.resolve import ResolvedImage
@@ -214,7 +216,8 @@ def overlay_problem(store: Store) -> str | None:
     if dev in _probed:
         return _probed[dev]
     problem: str | None = None
-    probe = Path(tempfile.mkdtemp(prefix="probe-", dir=tmp_root))
+    owned = scratch.make_dir(tmp_root, "probe-")   # a killed probe is gc's to remove
+    probe = owned.path
     merged = probe / "merged"
     try:
         for d in ("lower", "upper", "work", "merged"):
@@ -235,7 +238,7 @@ def overlay_problem(store: Store) -> str | None:
     except (OSError, LaminaError) as e:
         problem = f"overlayfs does not work on {tmp_root}: {getattr(e, 'strerror', None) or e}"
     finally:
-        remove_tree(probe)
+        owned.remove()
     _probed[dev] = problem
     return problem
 

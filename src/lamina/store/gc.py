@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lamina.digest import Digest
-from lamina.store import locks
+from lamina.store import locks, scratch
 
 if TYPE_CHECKING:
     from lamina.store.store import Store
@@ -46,6 +46,7 @@ class GcReport:
     bytes_freed: int = 0
     snapshots_removed: list[str] = field(default_factory=list)
     ingest_removed: int = 0
+    temp_removed: int = 0     # tmp/ entries of dead processes (store/scratch.py)
     leases_expired: int = 0
     cache_removed: int = 0
 
@@ -75,7 +76,8 @@ def _edges(db: sqlite3.Connection) -> dict[str, list[str]]:
 
 
 def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcReport:
-    """Remove every blob and snapshot no root reaches.  Build-cache entries are roots
+    """Remove every blob and snapshot no root reaches, and what dead processes left
+    in ingest/ and tmp/ (``bytes_freed`` counts all of it).  Build-cache entries are roots
     (their layers stay); ``cache=True`` drops every entry, and then their layers go
     like any other unreachable blob.  A dry run reports exactly what a real run with
     the same arguments would remove."""
@@ -142,7 +144,8 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
     if not dry_run:
         _sweep_lease_locks(store)
     report.ingest_removed, ingest_bytes = store.blobs.sweep_ingest(dry_run=dry_run)
-    report.bytes_freed += ingest_bytes
+    report.temp_removed, temp_bytes = scratch.sweep(store.root / "tmp", dry_run=dry_run)
+    report.bytes_freed += ingest_bytes + temp_bytes
     return report
 
 
