@@ -256,9 +256,9 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
     """Remove blobs and snapshots no tag, image or live lease reaches."""
     from lamina.cli.format import out
     from lamina.run.rootfs import sweep_stale
-    from lamina.store.gc import collect
+    from lamina.store.gc import collect, open_to_collect
 
-    with _store() as store:
+    with open_to_collect(_state["root"]) as store:
         if not dry_run:
             sweep_stale(store)  # container dirs and mounts left by killed processes
         report = collect(store, dry_run=dry_run, cache=cache)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from lamina.digest import CHUNK, Digest, HashingWriter, VerifyingReader
-from lamina.errors import IntegrityError, NotFound, StoreError
+from lamina.errors import IntegrityError, NoSpace, NotFound, StoreError
 from lamina.store import locks
 
 
@@ -43,7 +43,8 @@ class BlobIngester(Protocol):
 
 def _disk_error(e: OSError, what: str) -> StoreError:
     if e.errno == errno.ENOSPC:
-        return StoreError(f"no space left on device while writing {what}")
+        return NoSpace(f"no space left on device while writing {what}; "
+                       "free space or run `lamina gc`")
     if e.errno == errno.EDQUOT:
         return StoreError(f"disk quota exceeded while writing {what}")
     return StoreError(f"cannot write {what}: {e.strerror or e}")

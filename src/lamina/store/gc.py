@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lamina.digest import Digest
+from lamina.errors import NoSpace
 from lamina.store import locks, scratch
 
 if TYPE_CHECKING:
@@ -212,3 +213,20 @@ def discard(store: Store, candidates: Iterable[str], lease_id: str | None = None
             db.execute("DELETE FROM layers WHERE digest=?", (key,))
             db.execute("DELETE FROM refs WHERE parent=?", (key,))
     return removed
+
+
+def open_to_collect(root: Path | None = None) -> Store:
+    """The store at ``root`` for gc, on a full file system too.  Should its metadata not
+    open even with the reserve given up (Store._open_meta), what needs no metadata to
+    judge goes first — ingest files and tmp entries of dead processes — and the open is
+    tried again: gc is the command that must work when nothing else does."""
+    from lamina.store.blobs import BlobStore
+    from lamina.store.store import Store, default_root
+
+    try:
+        return Store(root)
+    except NoSpace:
+        where = Path(root) if root is not None else default_root()
+        BlobStore(where).sweep_ingest()
+        scratch.sweep(where / "tmp")
+        return Store(root)

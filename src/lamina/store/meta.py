@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamina.errors import StoreBusy, StoreError
+from lamina.errors import NoSpace, StoreBusy, StoreError
 
 SCHEMA_VERSION = 1
 
@@ -65,12 +65,26 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+NO_SPACE_HINT = "free space or run `lamina gc`"
+_TIGHT = 1 << 20   # less free than this, and an I/O error of SQLite is a full disk
+
+
+def no_space_left(path: Path) -> bool:
+    """Whether the file system holding ``path`` is (all but) full."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _TIGHT
+
+
 def _store_error(e: sqlite3.DatabaseError) -> StoreError:
     text = str(e)
     if "locked" in text or "busy" in text:
         return StoreBusy(f"store metadata is locked by another process: {text}")
     if "disk is full" in text or "disk I/O" in text:
-        return StoreError(f"no space left on device while writing store metadata ({text})")
+        return NoSpace(f"no space left on device: cannot write store metadata ({text}); "
+                       f"{NO_SPACE_HINT}")
     return StoreError(f"store metadata: {text}")
 
 
@@ -127,6 +141,13 @@ class Metadata:
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)",
                                  (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as e:
+            with contextlib.suppress(Exception):
+                self._db.close()
+            # In WAL mode even a reader must create meta.db-wal and -shm: on a full file
+            # system that fails as "disk I/O error" (SQLITE_IOERR), not "disk is full".
+            if "full" in str(e) or no_space_left(path.parent):
+                raise NoSpace(f"no space left on device: cannot open store metadata {path} "
+                              f"({e}); {NO_SPACE_HINT}") from None
             raise StoreError(f"store metadata {path} is unusable: {e}") from None
 
     def close(self) -> None:

@@ -7,22 +7,41 @@ Layout of ``$LAMINA_ROOT`` (default ``$XDG_DATA_HOME/lamina``)::
     leases/<id>.lock       held (flock) by the process whose lease it is (locks.py)
     snapshots/<hex>/       unpacked layer stacks, by chain id
     meta.db                SQLite metadata (see meta.py)
+    reserve                space held back for a full disk (Store._open_meta)
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from lamina.digest import Digest
-from lamina.errors import StoreError
+from lamina.errors import NoSpace, StoreError
 from lamina.store import locks
 from lamina.store.blobs import BlobStore
 from lamina.store.meta import Metadata
 
 _OWNED_LEASE_TTL = 3600.0
+RESERVE = "reserve"
+# Room for -shm (32 KiB) and the WAL pages of an rmi or gc that frees space.
+RESERVE_SIZE = 256 * 1024
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Give ``fd`` ``size`` bytes of real blocks (a sparse file would hold nothing back)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    zeros = bytes(65536)
+    done = 0
+    while done < size:
+        done += os.write(fd, zeros[:size - done])
 
 
 def default_root() -> Path:
@@ -69,7 +88,45 @@ class Store:
         except OSError as e:
             raise StoreError(f"cannot create store at {self.root}: {e.strerror or e}") from None
         self.blobs = BlobStore(self.root)
-        self.meta = Metadata(self.root / "meta.db")
+        self.meta = self._open_meta()
+        self._keep_reserve()
+
+    def _open_meta(self) -> Metadata:
+        """Open the metadata, even on a full file system.
+
+        In WAL mode every connection, a reader's too, needs ``meta.db-wal`` and ``-shm``,
+        and a transaction needs room for its pages in the WAL: on a full disk every
+        command failed, ``rmi``, ``gc`` and ``df`` included (issue 10.9).  So the store
+        keeps ``reserve``, a file of RESERVE_SIZE bytes, as ballast: when the metadata
+        cannot be opened for want of space, the reserve is given up and the open tried
+        again; ``rmi``/``gc`` then free space, and the next open takes the reserve back.
+        Without a reserve to give, the error says how to free space."""
+        path = self.root / "meta.db"
+        try:
+            return Metadata(path)
+        except NoSpace:
+            if not os.path.exists(self.root / RESERVE):
+                raise
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.root / RESERVE)
+            return Metadata(path)
+
+    def _keep_reserve(self) -> None:
+        """Make ``reserve`` if it is missing and there is room (else try next time)."""
+        final = self.root / RESERVE
+        if final.exists():
+            return
+        tmp = self.root / f"{RESERVE}.{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                _allocate(fd, RESERVE_SIZE)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     @property
     def lease_dir(self) -> Path:
