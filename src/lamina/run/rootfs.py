@@ -261,7 +261,9 @@ class _Base:
         except OSError as e:
             raise StoreError(f"cannot make a root filesystem in {tmp_root}: "
                              f"{e.strerror or e}") from None
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Blocking: ``lamina df`` or a sweeper may be testing this fresh lock just now
+        # (store/scratch.py usage, sweep_stale); they let go at once.
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self.lease_id: str | None = None
         self._closed = False
 
