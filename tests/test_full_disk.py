@@ -109,6 +109,7 @@ def test_full_disk_without_reserve_says_how_to_free_space(
         assert len(res.err.strip().splitlines()) == 1, res.err
         assert res.err.startswith("lamina: no space left on device: "), res.err
         assert res.err.strip().endswith("free space or run `lamina gc`"), res.err
+    assert lamina.fail("gc", "--dry-run").code == 5 and abandoned.exists()
     res = lamina.run("gc", "--json").json()
     assert res["blobs_removed"] == [] and not abandoned.exists()
     assert lamina.run("rmi", "demo/a").code == 0

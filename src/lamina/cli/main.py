@@ -258,7 +258,7 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
     from lamina.run.rootfs import sweep_stale
     from lamina.store.gc import collect, open_to_collect
 
-    with open_to_collect(_state["root"]) as store:
+    with open_to_collect(_state["root"], dry_run) as store:
         if not dry_run:
             sweep_stale(store)  # container dirs and mounts left by killed processes
         report = collect(store, dry_run=dry_run, cache=cache)

@@ -215,17 +215,20 @@ def discard(store: Store, candidates: Iterable[str], lease_id: str | None = None
     return removed
 
 
-def open_to_collect(root: Path | None = None) -> Store:
+def open_to_collect(root: Path | None = None, dry_run: bool = False) -> Store:
     """The store at ``root`` for gc, on a full file system too.  Should its metadata not
     open even with the reserve given up (Store._open_meta), what needs no metadata to
     judge goes first — ingest files and tmp entries of dead processes — and the open is
-    tried again: gc is the command that must work when nothing else does."""
+    tried again (not in a dry run, which removes nothing): gc is the command that must
+    work when nothing else does."""
     from lamina.store.blobs import BlobStore
     from lamina.store.store import Store, default_root
 
     try:
         return Store(root)
     except NoSpace:
+        if dry_run:
+            raise
         where = Path(root) if root is not None else default_root()
         BlobStore(where).sweep_ingest()
         scratch.sweep(where / "tmp")
