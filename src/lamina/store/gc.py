@@ -154,8 +154,7 @@ def _ended_leases(store: Store, db: sqlite3.Connection) -> dict[str, int | None]
     """Leases that protect nothing any more, each with the descriptor holding its
     abandoned lock (None for a lease without one).  A lease whose lock file exists
     lives exactly as long as the process holding it (store.open_lease); one without
-    (the server's rolling leases, rootfs leases, a store of an older lamina) ends at
-    its expiry time."""
+    (the server's rolling leases, a lease of an older lamina) ends at its expiry time."""
     now = time.time()
     ended: dict[str, int | None] = {}
     try:
