@@ -250,10 +250,11 @@ def rmi(refs: tuple[str, ...], force: bool, json_: bool) -> None:
 
 @app.command()
 @flag("--dry-run", help="Only report.")
-@flag("--cache", help="Also clear the build cache.")
+@flag("--cache", help="Also drop the build cache (kept otherwise).")
 @json_flag
 def gc(dry_run: bool, cache: bool, json_: bool) -> None:
-    """Remove blobs and snapshots no tag, image or live lease reaches."""
+    """Remove blobs and snapshots no tag, image, live lease or cached build step reaches,
+    and the temporary files of killed processes."""
     from lamina.cli.format import out
     from lamina.run.rootfs import sweep_stale
     from lamina.store.gc import collect, open_to_collect
