@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lamina.store import Store
 from lamina_testing import Lamina, seed_sources, small_tmpfs
 
 
@@ -86,6 +87,23 @@ def test_commands_that_free_or_show_space_work_on_a_full_disk(
     (mnt / "fill").unlink()
     assert lamina.run("images", "--json").code == 0
     assert (mnt / "store" / "reserve").stat().st_size > 0
+    lamina.assert_consistent()
+
+
+def test_rmi_on_a_full_disk_while_another_process_has_the_store_open(
+        full_store: tuple[Lamina, Path]) -> None:
+    """#10.9: with meta.db-wal kept by another connection (a ``lamina serve``), opening
+    works on a full disk but a transaction did not: the reserve goes at open."""
+    lamina, mnt = full_store
+    (mnt / "fill").unlink()
+    with Store(mnt / "store") as other:
+        other.meta.tags()   # a reader: -wal and -shm exist while it lives
+        _fill(mnt)
+        assert (mnt / "store" / "meta.db-wal").exists()
+        res = lamina.run("rmi", "--json", "demo/a").json()
+        assert len(res["deleted"]) == 3 and lamina.blob_files() == set()
+        assert other.meta.tags() == []
+    (mnt / "fill").unlink()
     lamina.assert_consistent()
 
 

@@ -69,13 +69,14 @@ NO_SPACE_HINT = "free space or run `lamina gc`"
 _TIGHT = 1 << 20   # less free than this, and an I/O error of SQLite is a full disk
 
 
-def no_space_left(path: Path) -> bool:
-    """Whether the file system holding ``path`` is (all but) full."""
+def no_space_left(path: Path, needed: int = 0) -> bool:
+    """Whether the file system holding ``path`` is all but full (with ``needed`` bytes
+    more taken)."""
     try:
         st = os.statvfs(path)
     except OSError:
         return False
-    return st.f_bavail * st.f_frsize < _TIGHT
+    return st.f_bavail * st.f_frsize < _TIGHT + needed
 
 
 def _store_error(e: sqlite3.DatabaseError) -> StoreError:

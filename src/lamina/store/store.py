@@ -22,7 +22,7 @@ from lamina.digest import Digest
 from lamina.errors import NoSpace, StoreError
 from lamina.store import locks
 from lamina.store.blobs import BlobStore
-from lamina.store.meta import Metadata
+from lamina.store.meta import Metadata, no_space_left
 
 _OWNED_LEASE_TTL = 3600.0
 RESERVE = "reserve"
@@ -100,21 +100,32 @@ class Store:
         keeps ``reserve``, a file of RESERVE_SIZE bytes, as ballast: when the metadata
         cannot be opened for want of space, the reserve is given up and the open tried
         again; ``rmi``/``gc`` then free space, and the next open takes the reserve back.
-        Without a reserve to give, the error says how to free space."""
+        It is given up at once when the disk is all but full, since an open that works
+        (``-wal`` left by another process) is no sign that a transaction will.  Without
+        a reserve to give, the error says how to free space."""
         path = self.root / "meta.db"
+        if no_space_left(self.root):
+            self._give_up_reserve()
         try:
             return Metadata(path)
         except NoSpace:
-            if not os.path.exists(self.root / RESERVE):
+            if not self._give_up_reserve():
                 raise
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.root / RESERVE)
             return Metadata(path)
 
+    def _give_up_reserve(self) -> bool:
+        try:
+            os.unlink(self.root / RESERVE)
+        except FileNotFoundError:
+            return False
+        return True
+
     def _keep_reserve(self) -> None:
-        """Make ``reserve`` if it is missing and there is room (else try next time)."""
+        """Make ``reserve`` if it is missing and there is room (else try next time); room
+        enough that the disk is not then "all but full", or the next open would give it
+        up again."""
         final = self.root / RESERVE
-        if final.exists():
+        if final.exists() or no_space_left(self.root, RESERVE_SIZE):
             return
         tmp = self.root / f"{RESERVE}.{os.getpid()}-{os.urandom(4).hex()}"
         try:
