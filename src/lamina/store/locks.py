@@ -53,7 +53,8 @@ def take_if_abandoned(path: Path | str, min_age: float = 0.0) -> int | None:
     caller closes after removing what the owner left (``release``).  None while an owner
     holds it, or while the file is younger than ``min_age`` (created, not yet locked).
     Raises FileNotFoundError when there is no such lock file."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    # Never through a symlink, never blocking on a FIFO: only what is named is judged.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         if min_age and time.time() - os.fstat(fd).st_mtime < min_age:
             os.close(fd)
