@@ -11,7 +11,8 @@ Every error a user can cause or meet carries a message they can act on; the CLI 
     │   └── UnsafeArchive                     a tar that would write outside its target
     ├── IntegrityError               exit 4   bytes that do not match their digest or size
     ├── StoreError                   exit 5   the local store cannot do what was asked
-    │   └── StoreBusy                          a lock or lease is held by someone else
+    │   ├── StoreBusy                          a lock or lease is held by someone else
+    │   └── NoSpace                            the store's file system is full
     ├── TransportError               exit 6   a place images come from or go to failed
     └── Unsupported                  exit 7   valid input that lamina does not handle (yet)
 """
@@ -68,6 +69,10 @@ class StoreError(LaminaError):
 
 class StoreBusy(StoreError):
     pass
+
+
+class NoSpace(StoreError):
+    """The store's file system is full; the message says how to free space."""
 
 
 class TransportError(LaminaError):

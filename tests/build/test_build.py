@@ -6,11 +6,12 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from lamina_testing import REPO, Lamina, need
+from lamina_testing import LAMINA, REPO, Lamina, need
 
 
 @pytest.fixture
@@ -144,8 +145,93 @@ RUN echo "about to fail" && echo "on stderr" >&2 && exit 7
     _write(ctx, "FROM busybox\nRUN echo before > /x\n", {})
     assert build(base, "-t", "partial", ctx)["cached_layers"] == 1
     base.run("rmi", "partial")
-    base.run("gc")
-    assert base.blob_files() - blobs_before == set()  # the cached layer went with gc
+    base.run("gc", "--cache")
+    assert base.blob_files() - blobs_before == set()  # the cached layer went with the cache
+    base.assert_consistent()
+
+
+def test_gc_keeps_the_build_cache_until_asked(base: Lamina, tmp_path: Path) -> None:
+    """#10.2: cache entries are roots (BuildKit keeps its cache records until ``builder
+    prune``): rmi + gc keep them, dry run and real run agree, ``gc --cache`` drops them."""
+    ctx = tmp_path / "two"
+    _write(ctx, "FROM busybox\nRUN echo one > /one\nRUN echo two > /two\n", {})
+    first = build(base, "-t", "two", ctx)
+    assert (first["new_layers"], first["cached_layers"]) == (2, 0)
+    cached = set(first["layers"][-2:])   # the two RUN layers
+    base.run("rmi", "two")
+    blobs = base.blob_files()
+    assert {d.split(":")[1] for d in cached} <= blobs
+    dry = base.run("gc", "--dry-run", "--json").json()
+    real = base.run("gc", "--json").json()
+    for key in ("blobs_removed", "bytes_freed", "snapshots_removed", "cache_removed"):
+        assert dry[key] == real[key], key
+    assert real["cache_removed"] == 0
+    assert base.blob_files() == blobs - set(real["blobs_removed"])
+    again = build(base, "-t", "two", ctx)
+    assert (again["new_layers"], again["cached_layers"]) == (0, 2)
+    assert again["layers"] == first["layers"]
+    base.run("rmi", "two")
+    dry = base.run("gc", "--cache", "--dry-run", "--json").json()
+    real = base.run("gc", "--cache", "--json").json()
+    assert dry["cache_removed"] == real["cache_removed"] == 2
+    assert dry["blobs_removed"] == real["blobs_removed"] and real["bytes_freed"] > 0
+    assert build(base, "-t", "two", ctx)["cached_layers"] == 0
+    base.assert_consistent()
+
+
+def _sleeping(seconds: int) -> int:
+    out = subprocess.run(["pgrep", "-f", f"^sleep {seconds}$"], capture_output=True, text=True)
+    return len(out.stdout.split())
+
+
+def _wait_for(check: Callable[[], bool]) -> None:
+    for _ in range(400):
+        if check():
+            return
+        subprocess.run(["sleep", "0.05"])
+    raise AssertionError("timed out")
+
+
+def test_gc_removes_what_a_killed_build_left(base: Lamina, tmp_path: Path) -> None:
+    """#10.7: a build killed by SIGKILL leaves its work dirs in the store's tmp; df shows
+    them, gc removes them (not those of a build still running)."""
+    tmp = base.root / "tmp"
+    procs = []
+    try:
+        names: list[set[str]] = []
+        for seconds in (43, 44):
+            ctx = tmp_path / f"sleep{seconds}"
+            _write(ctx, f"FROM busybox\nRUN sleep {seconds}\n", {})
+            before = set(os.listdir(tmp)) if tmp.exists() else set()
+            procs.append(subprocess.Popen([LAMINA, "build", "-t", f"s{seconds}", ctx],
+                                          env=base.env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE))
+            _wait_for(lambda s=seconds: _sleeping(s) > 0)   # type: ignore[misc]
+            names.append(set(os.listdir(tmp)) - before)
+        dead, live = names
+        assert any(n.startswith("build-") for n in dead)
+        procs[0].kill()
+        procs[0].wait()
+        _wait_for(lambda: _sleeping(43) == 0)   # the sandbox dies with its parent
+        summary = {r["type"]: r for r in base.run("df", "--json").json()["summary"]}
+        temp = summary["Temporary files"]
+        assert temp["total"] == len([n for n in dead | live if not n.endswith(".lock")])
+        assert 0 < temp["active"] < temp["total"] and temp["size"] >= temp["reclaimable"]
+        dry = base.run("gc", "--dry-run", "--json").json()
+        real = base.run("gc", "--json").json()
+        assert dry["temp_removed"] == real["temp_removed"] >= 1
+        assert set(os.listdir(tmp)) == live and procs[1].poll() is None
+        procs[1].kill()
+        procs[1].wait()
+        _wait_for(lambda: _sleeping(44) == 0)
+        assert base.run("gc", "--json").json()["temp_removed"] >= 1
+        assert os.listdir(tmp) == []
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        base.run("gc", check=False)   # whatever happened, leave no mounts behind
     base.assert_consistent()
 
 

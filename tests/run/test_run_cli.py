@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from run_helpers import assert_no_leftovers, layer_members
 
-from lamina_testing import Lamina, need, need_root
+from lamina_testing import Lamina, need, need_root, seed_sources
 
 
 @pytest.fixture(autouse=True)
@@ -179,6 +179,39 @@ def test_nothing_is_left_mounted_after_an_interrupted_run(seeded: Lamina) -> Non
     os.utime(tmp)  # irrelevant to the sweep: it goes by the lock, not by age
     seeded.run("run", "demo/a", "sh", "-c", ":")
     assert_no_leftovers(seeded.root)
+
+
+def test_gc_dry_run_agrees_after_a_killed_run(fresh: Lamina, seed: Path) -> None:
+    """#10.8: a run's snapshot lease is owned by its process: once it is killed, gc's
+    dry run and real run both see it ended (the dry run used to keep its snapshots for
+    the lease's 30 days while the real run swept them)."""
+    fresh.run("import", "demo/a", *seed_sources(seed, "a"))
+    proc = subprocess.Popen([*_lamina_cmd(), "run", "demo/a", "sleep", "39"],
+                            env=fresh.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(200):
+            if _sleepers(39) > 0:
+                break
+            subprocess.run(["sleep", "0.05"])
+        fresh.run("rmi", "demo/a")   # now only the run's lease holds its snapshots
+        proc.kill()
+        proc.wait()
+        for _ in range(100):
+            if _sleepers(39) == 0:
+                break
+            subprocess.run(["sleep", "0.05"])
+        dry = fresh.run("gc", "--dry-run", "--json").json()
+        real = fresh.run("gc", "--json").json()
+        assert dry["snapshots_removed"] == real["snapshots_removed"]
+        assert dry["blobs_removed"] == real["blobs_removed"]
+        if os.geteuid() == 0:   # overlay: one snapshot per layer
+            assert len(real["snapshots_removed"]) == 4
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert_no_leftovers(fresh.root)
+    assert not any((fresh.root / "leases").iterdir())
 
 
 def test_sigterm_stops_the_container_and_cleans_up(seeded: Lamina) -> None:

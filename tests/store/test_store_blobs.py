@@ -201,7 +201,7 @@ def test_sweep_ingest_removes_abandoned_but_not_live(store: Store) -> None:
         for name in (dead, live_name, in_process.path.name):
             _age(ingest / name, 3600)
 
-        assert store.blobs.sweep_ingest() == 1
+        assert store.blobs.sweep_ingest()[0] == 1
         assert sorted(ingest_names(store)) == sorted([live_name, in_process.path.name])
 
         # Both live writers can still finish.
@@ -224,10 +224,10 @@ def test_sweep_ingest_leaves_young_files(tmp_path: Path) -> None:
     blobs = BlobStore(tmp_path)
     stray = blobs.ingest_dir / "sha256-0000000000000000"
     stray.write_bytes(b"just created, not yet locked")
-    assert blobs.sweep_ingest() == 0
+    assert blobs.sweep_ingest()[0] == 0
     assert stray.exists()
     _age(stray, 120)
-    assert blobs.sweep_ingest() == 1
+    assert blobs.sweep_ingest()[0] == 1
     assert not stray.exists()
 
 

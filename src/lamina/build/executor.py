@@ -18,8 +18,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -62,6 +60,7 @@ from lamina.run.rootfs import Rootfs, open_rootfs
 from lamina.run.sandbox import ProcessSpec, run_process
 from lamina.run.snapshots import Snapshotter
 from lamina.run.unpack import unpack_image
+from lamina.store import scratch
 from lamina.store.meta import CacheRecord
 from lamina.store.store import Lease, Store
 from lamina.transport.local import StoreTransport, record_image
@@ -171,7 +170,9 @@ class _Builder:
         self.used_args: set[str] = set()
         self.step = 0
         self.total_steps = 0
-        self.tmp = Path(tempfile.mkdtemp(prefix="build-", dir=self._tmp_root()))
+        # Owned by this process (store/scratch.py): a killed build's is gc's to remove.
+        self._scratch = scratch.make_dir(self._tmp_root(), "build-")
+        self.tmp = self._scratch.path
         self.file: Containerfile | None = None
         self.context: SourceTree | None = None
         self.global_args: dict[str, str] = {}
@@ -182,7 +183,7 @@ class _Builder:
         return root
 
     def close(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._scratch.remove()
 
     # -- events -------------------------------------------------------------------------
     def emit(self, kind: str, text: str, **data: Any) -> None:

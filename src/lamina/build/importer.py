@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from lamina.image.reference import Reference
 from lamina.layer import Changeset, LayerOptions, apply_layer, diff_trees
 from lamina.layer.commit import commit_changeset
 from lamina.layer.options import Compression
+from lamina.store import scratch
 from lamina.store.store import Store
 from lamina.transport.local import record_image
 
@@ -70,15 +69,10 @@ def _as_directory(store: Store, src: Path) -> Iterator[Path]:
         return
     if not src.exists():
         raise NotFound(f"import source {src} does not exist")
-    tmp_root = store.root / "tmp"
-    tmp_root.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="import-", dir=tmp_root))
-    try:
+    with scratch.make_dir(store.root / "tmp", "import-") as tmp:
         with open(src, "rb") as f:
-            apply_layer(f, tmp / "rootfs")
-        yield tmp / "rootfs"
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            apply_layer(f, tmp.path / "rootfs")
+        yield tmp.path / "rootfs"
 
 
 class _DiscardOnError(contextlib.AbstractContextManager["_DiscardOnError"]):

@@ -45,6 +45,15 @@ def _show(report: PruneReport) -> None:
     say(f"Total reclaimed space: {human_size(report.gc.bytes_freed)}")
 
 
+def _open_to_free() -> Store:
+    """The store as `lamina gc` opens it, so a prune works on a full file system too
+    (store.gc.open_to_collect)."""
+    from lamina.cli.main import store_root
+    from lamina.store.gc import open_to_collect
+
+    return open_to_collect(store_root())
+
+
 def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     @app.group(cls=Group, no_args_is_help=True)
     def image() -> None:
@@ -64,7 +73,7 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
                 if all_images else "This will remove all dangling images.")
         if not _confirm([what], force):
             return
-        with store_factory() as store:
+        with _open_to_free() as store:
             _show(prune_images(store, all_images=all_images))
 
     @app.group(cls=Group, no_args_is_help=True)
@@ -76,17 +85,16 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
                                             "only dangling images and cache.")
     @flag("-f", "--force", help=FORCE_HELP)
     def system_prune(all_images: bool, force: bool) -> None:
-        """Remove dangling images, what no image reaches (blobs, snapshots, debris of
-        killed runs), and build cache whose layer is gone; with -a every image and all
-        build cache."""
+        """Remove dangling images and what no image reaches (blobs, snapshots, debris of
+        killed runs); with -a every image and all build cache (as `gc --cache`)."""
         from lamina.inspect.remove import prune_images
         from lamina.run.rootfs import sweep_stale
 
         lines = ["all images" if all_images else "all dangling images",
                  "blobs and snapshots no image reaches, and what killed runs left",
-                 "all build cache" if all_images else "build cache whose layer is gone"]
+                 *(["all build cache"] if all_images else [])]
         if not _confirm(lines, force):
             return
-        with store_factory() as store:
+        with _open_to_free() as store:
             sweep_stale(store)  # as `lamina gc`: container dirs and mounts of killed runs
             _show(prune_images(store, all_images=all_images, cache=all_images))

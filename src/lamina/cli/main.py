@@ -56,6 +56,12 @@ def _store() -> Any:
     return Store(_state["root"])
 
 
+def store_root() -> Path | None:
+    """The store directory ``--root`` (or LAMINA_ROOT) named; None: the default."""
+    root: Path | None = _state["root"]
+    return root
+
+
 def _epoch() -> int | None:
     from lamina.build.importer import source_date_epoch
 
@@ -315,15 +321,16 @@ def rmi(refs: tuple[str, ...], force: bool, json_: bool) -> None:
 
 @app.command()
 @flag("--dry-run", help="Only report.")
-@flag("--cache", help="Also clear the build cache.")
+@flag("--cache", help="Also drop the build cache (kept otherwise).")
 @json_flag
 def gc(dry_run: bool, cache: bool, json_: bool) -> None:
-    """Remove blobs and snapshots no tag, image or live lease reaches."""
+    """Remove blobs and snapshots no tag, image, live lease or cached build step reaches,
+    and the temporary files of killed processes."""
     from lamina.cli.format import out
     from lamina.run.rootfs import sweep_stale
-    from lamina.store.gc import collect
+    from lamina.store.gc import collect, open_to_collect
 
-    with _store() as store:
+    with open_to_collect(store_root(), dry_run) as store:
         if not dry_run:
             sweep_stale(store)  # container dirs and mounts left by killed processes
         report = collect(store, dry_run=dry_run, cache=cache)
@@ -331,13 +338,15 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
         print_json({"blobs_removed": report.blobs_removed, "bytes_freed": report.bytes_freed,
                     "snapshots_removed": report.snapshots_removed,
                     "ingest_removed": report.ingest_removed,
+                    "temp_removed": report.temp_removed,
                     "cache_removed": report.cache_removed, "dry_run": dry_run})
         return
     verb = "Would remove" if dry_run else "Removed"
     for d in report.blobs_removed:
         out.print(f"{verb} blob {d}")
     out.print(f"{verb} {len(report.blobs_removed)} blobs, {len(report.snapshots_removed)} "
-              f"snapshots, {report.cache_removed} cache entries; "
+              f"snapshots, {report.cache_removed} cache entries, "
+              f"{report.ingest_removed + report.temp_removed} temporary files; "
               f"{'would free' if dry_run else 'freed'} "
               f"{human_size(report.bytes_freed)}")
 

@@ -20,6 +20,9 @@ Summary rows (TYPE, TOTAL, ACTIVE, SIZE, RECLAIMABLE):
     Snapshots    unpacked layer stacks; active = reachable; reclaimable = what gc removes
     Build cache  entries; active = whose layer an image uses; size = their distinct
                  layers; reclaimable = the layers no image uses (``gc --cache`` frees them)
+    Temporary files  entries of the store's tmp/ (work areas of builds, runs, snapshot
+                 extraction, imports); active = of a live process; reclaimable = those of
+                 killed processes (``lamina gc`` removes them)
 
 Reclaimable blobs and snapshots come from ``gc.collect(dry_run=True)``, so ``df`` and
 ``gc`` can never disagree.
@@ -34,6 +37,7 @@ from typing import Any
 from lamina.digest import Digest
 from lamina.errors import LaminaError
 from lamina.image.reference import Reference
+from lamina.store import scratch
 from lamina.store.gc import collect, reachable
 from lamina.store.store import Store
 from lamina.transport.local import StoreTransport
@@ -136,6 +140,7 @@ def disk_usage(store: Store) -> Usage:
             users[b] = users.get(b, 0) + 1
 
     report = collect(store, dry_run=True)
+    temp = scratch.usage(store.root / "tmp")
     gone_snapshots = set(report.snapshots_removed)
     snapshots = meta.snapshots()
 
@@ -156,7 +161,8 @@ def disk_usage(store: Store) -> Usage:
                  sum(_size(store, b, sizes) for b in in_images),
                  sum(_size(store, b, sizes) for b in dangling_only)),
         UsageRow("Blobs", len(all_blobs), len(all_blobs) - len(report.blobs_removed),
-                 sum(sizes[d] for d in all_blobs), report.bytes_freed),
+                 sum(sizes[d] for d in all_blobs),
+                 sum(sizes.get(d, 0) for d in report.blobs_removed)),
         UsageRow("Snapshots", len(snapshots),
                  sum(1 for s in snapshots if s[0] not in gone_snapshots),
                  sum(s[3] for s in snapshots),
@@ -165,6 +171,8 @@ def disk_usage(store: Store) -> Usage:
                  sum(_size(store, layer, sizes) for layer in cache_layers),
                  sum(_size(store, layer, sizes) for layer, used in cache_layers.items()
                      if not used)),
+        UsageRow("Temporary files", temp.count, temp.count - temp.reclaimable_count,
+                 temp.size, temp.reclaimable_size),
     ]
 
     source = StoreTransport(store)

@@ -41,8 +41,10 @@ from typing import Literal, Protocol, Self
 from lamina.errors import LaminaError, StoreError
 from lamina.layer import ApplyOptions, Changeset, apply_layer, diff_trees
 from lamina.layer.overlay import changes_from_upper
-from lamina.run.snapshots import Snapshotter, remove_tree
-from lamina.store.store import Store
+from lamina.run.snapshots import Snapshotter
+from lamina.store import scratch
+from lamina.store.scratch import remove_tree
+from lamina.store.store import Lease, Store
 from lamina.transport.base import ImageSource
 from lamina.transport.resolve import ResolvedImage
 
@@ -51,7 +53,6 @@ SNAPSHOTTER_MODES: tuple[str, ...] = ("auto", "overlay", "walk")
 
 _PREFIX = "rootfs-"
 _LOCK = ".lock"
-_LEASE_TTL = 30 * 24 * 3600.0   # a container may run for weeks; close() ends it anyway
 _STALE_AGE = 60.0               # a rootfs dir younger than this may not be locked yet
 _MNT_DETACH = 2
 # The page the kernel copies mount options into (mount(2)); longer option strings
@@ -214,7 +215,8 @@ def overlay_problem(store: Store) -> str | None:
     if dev in _probed:
         return _probed[dev]
     problem: str | None = None
-    probe = Path(tempfile.mkdtemp(prefix="probe-", dir=tmp_root))
+    owned = scratch.make_dir(tmp_root, "probe-")   # a killed probe is gc's to remove
+    probe = owned.path
     merged = probe / "merged"
     try:
         for d in ("lower", "upper", "work", "merged"):
@@ -235,7 +237,7 @@ def overlay_problem(store: Store) -> str | None:
     except (OSError, LaminaError) as e:
         problem = f"overlayfs does not work on {tmp_root}: {getattr(e, 'strerror', None) or e}"
     finally:
-        remove_tree(probe)
+        owned.remove()
     _probed[dev] = problem
     return problem
 
@@ -258,12 +260,18 @@ class _Base:
         except OSError as e:
             raise StoreError(f"cannot make a root filesystem in {tmp_root}: "
                              f"{e.strerror or e}") from None
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Blocking: ``lamina df`` or a sweeper may be testing this fresh lock just now
+        # (store/scratch.py usage, sweep_stale); they let go at once.
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self.lease_id: str | None = None
+        self._lease: Lease | None = None
         self._closed = False
 
     def _new_lease(self) -> str:
-        self.lease_id = self.store.meta.create_lease(_LEASE_TTL)
+        # Owned by this process (store/locks.py): however long a container runs, its
+        # snapshots stay; once it is killed, gc (dry run alike) sees the lease ended.
+        self._lease = self.store.open_lease()
+        self.lease_id = self._lease.id
         # The sweeper of a crashed run finds the lease by this file.
         (self.dir / "lease").write_text(self.lease_id)
         return self.lease_id
@@ -275,8 +283,9 @@ class _Base:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-        if self.lease_id is not None:
-            self.store.meta.delete_lease(self.lease_id)
+        if self._lease is not None:
+            self._lease.close()
+            self._lease = None
             self.lease_id = None
 
     def close(self) -> None:
@@ -400,6 +409,7 @@ def sweep_stale(store: Store) -> int:
                 lease = Path(entry.path, "lease").read_text().strip()
                 if lease:
                     store.meta.delete_lease(lease)
+                    store.lease_lock(lease).unlink(missing_ok=True)
             remove_tree(entry.path)
             removed += 1
         except OSError:

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +38,7 @@ from lamina.image.config import chain_ids
 from lamina.image.manifest import Descriptor
 from lamina.layer import apply_layer
 from lamina.layer.options import ApplyOptions
+from lamina.store import scratch
 from lamina.store.gc import SNAPSHOT_PREFIX
 from lamina.store.store import Store
 from lamina.transport.base import ImageSource
@@ -50,29 +49,6 @@ _OVERLAY_APPLY = ApplyOptions(same_owner=True, devices=True, whiteout_format="ov
 def snapshot_key(chain_id: Digest | str) -> str:
     """The node that names a snapshot in the store's content graph (gc, leases)."""
     return f"{SNAPSHOT_PREFIX}{chain_id}"
-
-
-def remove_tree(path: Path | str) -> None:
-    """``rm -rf`` that also gets through directories made read-only inside the tree
-    (a non-root caller cannot otherwise delete the children of a 0555 directory)."""
-
-    def retry(func: object, failed: str, info: object) -> None:
-        exc = info[1] if isinstance(info, tuple) else None
-        if isinstance(exc, FileNotFoundError):
-            return
-        parent = os.path.dirname(failed)
-        try:
-            os.chmod(parent, 0o700)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, 0o700)
-                shutil.rmtree(failed, onerror=retry)
-            else:
-                os.unlink(failed)
-        except FileNotFoundError:
-            pass
-
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=retry)
 
 
 class Snapshotter:
@@ -131,10 +107,12 @@ class Snapshotter:
         try:
             self.tmp_root.mkdir(exist_ok=True)
             final.parent.mkdir(exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix="snap-", dir=self.tmp_root))
         except OSError as e:
             raise StoreError(f"cannot make a snapshot in {self.tmp_root}: "
                              f"{e.strerror or e}") from None
+        # Owned by this process (store/scratch.py): a killed extraction is gc's to remove.
+        work = scratch.make_dir(self.tmp_root, "snap-")
+        tmp = work.path
         try:
             # The layer root is the merged root's directory when nothing above it has
             # one: make it what an unpacked root is, not mkdtemp's 0700.
@@ -155,6 +133,6 @@ class Snapshotter:
         except LaminaError as e:
             raise e.context(f"snapshot of layer {layer.digest.short}") from None
         finally:
-            remove_tree(tmp)
+            work.remove()
         self.store.meta.add_snapshot(str(chain), None if parent is None else str(parent),
                                      str(diff_id), applied.uncompressed_size)

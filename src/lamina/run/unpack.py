@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from lamina.errors import InvalidInput, LaminaError, StoreError
 from lamina.image.manifest import Descriptor, Platform
 from lamina.layer import LayerOptions, apply_layer, write_tree
+from lamina.store import scratch
 from lamina.transport.base import ImageSource
 from lamina.transport.resolve import ResolvedImage, resolve_image
 
@@ -76,8 +76,8 @@ def unpack_image(source: ImageSource, desc: Descriptor, target: Path,
 def export_image(source: ImageSource, desc: Descriptor, output: Path, tmp_root: Path,
                  platform: Platform | None = None) -> ResolvedImage:
     """The flattened root filesystem as one plain tar (``docker export`` of an image)."""
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="export-", dir=tmp_root))
+    owned = scratch.make_dir(tmp_root, "export-")
+    tmp = owned.path
     part = output.with_name(f".{output.name}.part{os.getpid()}")
     try:
         image = unpack_image(source, desc, tmp / "rootfs", platform)
@@ -91,5 +91,5 @@ def export_image(source: ImageSource, desc: Descriptor, output: Path, tmp_root: 
             raise StoreError(f"cannot write {output}: {e.strerror or e}") from None
     finally:
         part.unlink(missing_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        owned.remove()
     return image

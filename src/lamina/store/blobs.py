@@ -20,13 +20,13 @@ import mmap
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from lamina.digest import CHUNK, Digest, HashingWriter, VerifyingReader
-from lamina.errors import IntegrityError, NotFound, StoreError
+from lamina.errors import IntegrityError, NoSpace, NotFound, StoreError
+from lamina.store import locks
 
 
 class BlobProvider(Protocol):
@@ -43,7 +43,8 @@ class BlobIngester(Protocol):
 
 def _disk_error(e: OSError, what: str) -> StoreError:
     if e.errno == errno.ENOSPC:
-        return StoreError(f"no space left on device while writing {what}")
+        return NoSpace(f"no space left on device while writing {what}; "
+                       "free space or run `lamina gc`")
     if e.errno == errno.EDQUOT:
         return StoreError(f"disk quota exceeded while writing {what}")
     return StoreError(f"cannot write {what}: {e.strerror or e}")
@@ -403,29 +404,27 @@ class BlobStore:
             return False
         return True
 
-    def sweep_ingest(self, min_age: float = 60.0) -> int:
-        """Remove ingest files no live writer holds (their lock is free). Returns count."""
-        removed = 0
-        now = time.time()
+    def sweep_ingest(self, min_age: float = 60.0, dry_run: bool = False) -> tuple[int, int]:
+        """Remove ingest files no live writer holds (their lock is free).  Returns how
+        many, and their bytes; ``dry_run`` only counts."""
+        removed = freed = 0
         for entry in os.scandir(self.ingest_dir):
+            # A writer creates its file, then locks it: leave very young files alone
+            # so that the gap between the two is never mistaken for abandonment.
             try:
-                # A writer creates its file, then locks it: leave very young files alone
-                # so that the gap between the two is never mistaken for abandonment.
-                if now - entry.stat().st_mtime < min_age:
-                    continue
-                fd = os.open(entry.path, os.O_RDONLY)
-            except FileNotFoundError:
+                fd = locks.take_if_abandoned(entry.path, min_age=min_age)
+            except OSError:
+                continue
+            if fd is None:
                 continue
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            try:
-                os.unlink(entry.path)
+                size = os.fstat(fd).st_size
+                if not dry_run:
+                    os.unlink(entry.path)
                 removed += 1
+                freed += size
             except FileNotFoundError:
                 pass
             finally:
                 os.close(fd)
-        return removed
+        return removed, freed

@@ -1,20 +1,28 @@
 """Garbage collection: a pure mark over roots and edges, then a sweep of the rest.
 
-Roots are tags, image records and the resources of live leases (containerd ``gc`` and
-``leases``).  Mark and sweep run inside one IMMEDIATE SQLite transaction, so no writer can
+Roots are tags, image records, the resources of live leases (containerd ``gc`` and
+``leases``) and the layers of build-cache entries: as BuildKit's cache records keep their
+layers until ``builder prune``, a cached layer stays until ``gc --cache`` drops the
+cache.  Mark and sweep run inside one IMMEDIATE SQLite transaction, so no writer can
 add a root or lease resource between them; a writer that registers a blob in its lease
 *before* checking whether the blob exists can therefore never have it swept from under it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lamina.digest import Digest
+from lamina.errors import NoSpace
+from lamina.store import locks, scratch
 
 if TYPE_CHECKING:
     from lamina.store.store import Store
@@ -39,6 +47,7 @@ class GcReport:
     bytes_freed: int = 0
     snapshots_removed: list[str] = field(default_factory=list)
     ingest_removed: int = 0
+    temp_removed: int = 0     # tmp/ entries of dead processes (store/scratch.py)
     leases_expired: int = 0
     cache_removed: int = 0
 
@@ -46,71 +55,142 @@ class GcReport:
 SNAPSHOT_PREFIX = "snapshot:"
 
 
+def _roots(db: sqlite3.Connection, dead_leases: Iterable[str], cache: bool) -> set[str]:
+    """Every root: tags, image records, resources of leases not in ``dead_leases``, and
+    (unless the cache is being dropped) the layers of build-cache entries."""
+    dead = set(dead_leases)
+    roots: set[str] = set()
+    roots.update(str(r[0]) for r in db.execute("SELECT digest FROM tags"))
+    roots.update(str(r[0]) for r in db.execute("SELECT digest FROM images"))
+    roots.update(str(key) for lease, key in db.execute("SELECT lease, key FROM lease_resources")
+                 if str(lease) not in dead)
+    if not cache:
+        roots.update(str(r[0]) for r in db.execute("SELECT layer FROM build_cache"))
+    return roots
+
+
+def _edges(db: sqlite3.Connection) -> dict[str, list[str]]:
+    edges: dict[str, list[str]] = {}
+    for parent, child in db.execute("SELECT parent, child FROM refs"):
+        edges.setdefault(str(parent), []).append(str(child))
+    return edges
+
+
 def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcReport:
-    """Remove every blob and snapshot no root reaches.  Build-cache entries are weak:
-    an entry whose layer goes goes with it; ``cache=True`` drops every entry first."""
+    """Remove every blob and snapshot no root reaches, and what dead processes left
+    in ingest/ and tmp/ (``bytes_freed`` counts all of it).  Build-cache entries are roots
+    (their layers stay); ``cache=True`` drops every entry, and then their layers go
+    like any other unreachable blob.  A dry run reports exactly what a real run with
+    the same arguments would remove."""
     report = GcReport()
     meta = store.meta
-    with meta.transaction() as db:
-        now = time.time()
-        expired = [str(r[0]) for r in db.execute("SELECT id FROM leases WHERE expires < ?",
-                                                 (now,))]
-        if not dry_run:
-            for lease_id in expired:
-                db.execute("DELETE FROM lease_resources WHERE lease=?", (lease_id,))
-                db.execute("DELETE FROM leases WHERE id=?", (lease_id,))
-        report.leases_expired = len(expired)
-        roots: set[str] = set()
-        roots.update(str(r[0]) for r in db.execute("SELECT digest FROM tags"))
-        roots.update(str(r[0]) for r in db.execute("SELECT digest FROM images"))
-        roots.update(str(r[0]) for r in db.execute(
-            "SELECT key FROM lease_resources WHERE lease NOT IN "
-            "(SELECT id FROM leases WHERE expires < ?)", (now,)))
-        edges: dict[str, list[str]] = {}
-        for parent, child in db.execute("SELECT parent, child FROM refs"):
-            edges.setdefault(str(parent), []).append(str(child))
-        live = reachable(roots, edges)
+    ended: dict[str, int | None] = {}   # with the abandoned locks gc now holds
+    done = False
+    try:
+        with meta.transaction() as db:
+            ended.update(_ended_leases(store, db))
+            expired = list(ended)
+            if not dry_run:
+                for lease_id in expired:
+                    db.execute("DELETE FROM lease_resources WHERE lease=?", (lease_id,))
+                    db.execute("DELETE FROM leases WHERE id=?", (lease_id,))
+            report.leases_expired = len(expired)
+            edges = _edges(db)
+            live = reachable(_roots(db, expired, cache), edges)
 
-        for digest in list(store.blobs.list()):
-            key = str(digest)
-            if key in live:
-                continue
-            try:
-                size = store.blobs.size(digest)
-            except Exception:  # noqa: BLE001 - raced with another delete
-                size = 0
+            for digest in list(store.blobs.list()):
+                key = str(digest)
+                if key in live:
+                    continue
+                try:
+                    size = store.blobs.size(digest)
+                except Exception:  # noqa: BLE001 - raced with another delete
+                    size = 0
+                if not dry_run:
+                    store.blobs.delete(digest)
+                report.blobs_removed.append(key)
+                report.bytes_freed += size
+            for (chain_id,) in db.execute("SELECT chain_id FROM snapshots").fetchall():
+                key = SNAPSHOT_PREFIX + str(chain_id)
+                if key in live:
+                    continue
+                report.snapshots_removed.append(str(chain_id))
+                if not dry_run:
+                    path = store.snapshot_path(Digest.parse(str(chain_id)))
+                    # rmtree never follows symlinks inside the tree it removes.
+                    shutil.rmtree(path, ignore_errors=True)
+                    db.execute("DELETE FROM snapshots WHERE chain_id=?", (chain_id,))
+            if cache:
+                report.cache_removed = int(db.execute(
+                    "SELECT count(*) FROM build_cache").fetchone()[0])
+                if not dry_run:
+                    db.execute("DELETE FROM build_cache")
             if not dry_run:
-                store.blobs.delete(digest)
-            report.blobs_removed.append(key)
-            report.bytes_freed += size
-        for (chain_id,) in db.execute("SELECT chain_id FROM snapshots").fetchall():
-            key = SNAPSHOT_PREFIX + str(chain_id)
-            if key in live:
+                # Records and edges of what is gone (or of parents no longer reachable).
+                for (d,) in db.execute("SELECT digest FROM layers").fetchall():
+                    if str(d) not in live:
+                        db.execute("DELETE FROM layers WHERE digest=?", (d,))
+                for parent in list(edges):
+                    if parent not in live:
+                        db.execute("DELETE FROM refs WHERE parent=?", (parent,))
+        done = True
+    finally:
+        for lease_id, fd in ended.items():
+            if fd is None:
                 continue
-            report.snapshots_removed.append(str(chain_id))
-            if not dry_run:
-                path = store.snapshot_path(Digest.parse(str(chain_id)))
-                # rmtree never follows symlinks inside the tree it removes.
-                shutil.rmtree(path, ignore_errors=True)
-                db.execute("DELETE FROM snapshots WHERE chain_id=?", (chain_id,))
-        if cache and not dry_run:
-            report.cache_removed = db.execute("DELETE FROM build_cache").rowcount
-        if not dry_run:
-            for (key, layer) in db.execute("SELECT key, layer FROM build_cache").fetchall():
-                if str(layer) not in live:
-                    db.execute("DELETE FROM build_cache WHERE key=?", (key,))
-                    report.cache_removed += 1
-            # Records and edges of what is gone (or of parents no longer reachable).
-            for (d,) in db.execute("SELECT digest FROM layers").fetchall():
-                if str(d) not in live:
-                    db.execute("DELETE FROM layers WHERE digest=?", (d,))
-            for parent in list(edges):
-                if parent not in live:
-                    db.execute("DELETE FROM refs WHERE parent=?", (parent,))
+            if done and not dry_run:
+                locks.release(store.lease_lock(lease_id), fd)
+            else:
+                os.close(fd)
     if not dry_run:
-        report.ingest_removed = store.blobs.sweep_ingest()
+        _sweep_lease_locks(store)
+    report.ingest_removed, ingest_bytes = store.blobs.sweep_ingest(dry_run=dry_run)
+    report.temp_removed, temp_bytes = scratch.sweep(store.root / "tmp", dry_run=dry_run)
+    report.bytes_freed += ingest_bytes + temp_bytes
     return report
 
+
+def _ended_leases(store: Store, db: sqlite3.Connection) -> dict[str, int | None]:
+    """Leases that protect nothing any more, each with the descriptor holding its
+    abandoned lock (None for a lease without one).  A lease whose lock file exists
+    lives exactly as long as the process holding it (store.open_lease); one without
+    (the server's rolling leases, a lease of an older lamina) ends at its expiry time."""
+    now = time.time()
+    ended: dict[str, int | None] = {}
+    try:
+        for lease_id, expires in db.execute("SELECT id, expires FROM leases").fetchall():
+            key = str(lease_id)
+            try:
+                fd = locks.take_if_abandoned(store.lease_lock(key))
+            except FileNotFoundError:
+                if float(expires) < now:
+                    ended[key] = None
+                continue
+            except OSError:
+                continue   # cannot tell: keep it
+            if fd is not None:
+                ended[key] = fd
+    except BaseException:
+        for fd in ended.values():
+            if fd is not None:
+                os.close(fd)
+        raise
+    return ended
+
+
+def _sweep_lease_locks(store: Store) -> None:
+    """Remove lock files no lease row names whose process is gone (it died between
+    deleting its row and unlinking its lock)."""
+    rows = {lease_id for lease_id, _ in store.meta.leases()}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(store.lease_dir):
+            name = entry.name.removesuffix(".lock")
+            if name == entry.name or name in rows:
+                continue
+            with contextlib.suppress(OSError):
+                fd = locks.take_if_abandoned(entry.path, min_age=locks.STALE_AGE)
+                if fd is not None:
+                    locks.release(Path(entry.path), fd)
 
 
 def discard(store: Store, candidates: Iterable[str], lease_id: str | None = None) -> list[str]:
@@ -124,18 +204,31 @@ def discard(store: Store, candidates: Iterable[str], lease_id: str | None = None
     if not wanted:
         return removed
     with store.meta.transaction() as db:
-        roots: set[str] = set()
-        roots.update(str(r[0]) for r in db.execute("SELECT digest FROM tags"))
-        roots.update(str(r[0]) for r in db.execute("SELECT digest FROM images"))
-        roots.update(str(r[0]) for r in db.execute(
-            "SELECT key FROM lease_resources WHERE lease != ?", (lease_id or "",)))
-        edges: dict[str, list[str]] = {}
-        for parent, child in db.execute("SELECT parent, child FROM refs"):
-            edges.setdefault(str(parent), []).append(str(child))
-        live = reachable(roots, edges)
+        dead = [] if lease_id is None else [lease_id]
+        live = reachable(_roots(db, dead, cache=False), _edges(db))
         for key in sorted(wanted - live):
             if store.blobs.delete(Digest.parse(key)):
                 removed.append(key)
             db.execute("DELETE FROM layers WHERE digest=?", (key,))
             db.execute("DELETE FROM refs WHERE parent=?", (key,))
     return removed
+
+
+def open_to_collect(root: Path | None = None, dry_run: bool = False) -> Store:
+    """The store at ``root`` for gc, on a full file system too.  Should its metadata not
+    open even with the reserve given up (Store._open_meta), what needs no metadata to
+    judge goes first — ingest files and tmp entries of dead processes — and the open is
+    tried again (not in a dry run, which removes nothing): gc is the command that must
+    work when nothing else does."""
+    from lamina.store.blobs import BlobStore
+    from lamina.store.store import Store, default_root
+
+    try:
+        return Store(root)
+    except NoSpace:
+        if dry_run:
+            raise
+        where = Path(root) if root is not None else default_root()
+        BlobStore(where).sweep_ingest()
+        scratch.sweep(where / "tmp")
+        return Store(root)

@@ -11,8 +11,8 @@ What lives here, and why it is not in files:
   leases           protect what an import, pull or build is still writing from gc
   blob_sources     which registry repositories a blob is known to be in (for
                    cross-repository mounts on push)
-  build_cache      step cache key → the layer that step made (weak: gc drops entries
-                   whose layer it removes; ``gc --cache`` drops them all)
+  build_cache      step cache key → the layer that step made (a root for gc, as
+                   BuildKit's cache records; ``gc --cache`` drops them all)
 
 Node keys in ``refs`` and leases are strings: a blob is its digest (``sha256:…``), a
 snapshot is ``snapshot:<chain id>``.  The store knows nothing of manifest formats: the
@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lamina.errors import StoreBusy, StoreError
+from lamina.errors import NoSpace, StoreBusy, StoreError
 
 SCHEMA_VERSION = 1
 
@@ -67,12 +67,27 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+NO_SPACE_HINT = "free space or run `lamina gc`"
+_TIGHT = 1 << 20   # less free than this, and an I/O error of SQLite is a full disk
+
+
+def no_space_left(path: Path, needed: int = 0) -> bool:
+    """Whether the file system holding ``path`` is all but full (with ``needed`` bytes
+    more taken)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _TIGHT + needed
+
+
 def _store_error(e: sqlite3.DatabaseError) -> StoreError:
     text = str(e)
     if "locked" in text or "busy" in text:
         return StoreBusy(f"store metadata is locked by another process: {text}")
     if "disk is full" in text or "disk I/O" in text:
-        return StoreError(f"no space left on device while writing store metadata ({text})")
+        return NoSpace(f"no space left on device: cannot write store metadata ({text}); "
+                       f"{NO_SPACE_HINT}")
     return StoreError(f"store metadata: {text}")
 
 
@@ -129,6 +144,13 @@ class Metadata:
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)",
                                  (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as e:
+            with contextlib.suppress(Exception):
+                self._db.close()
+            # In WAL mode even a reader must create meta.db-wal and -shm: on a full file
+            # system that fails as "disk I/O error" (SQLITE_IOERR), not "disk is full".
+            if "full" in str(e) or no_space_left(path.parent):
+                raise NoSpace(f"no space left on device: cannot open store metadata {path} "
+                              f"({e}); {NO_SPACE_HINT}") from None
             raise StoreError(f"store metadata {path} is unusable: {e}") from None
 
     def close(self) -> None:
@@ -300,8 +322,10 @@ class Metadata:
         return bool(self._query("SELECT 1 FROM snapshots WHERE chain_id=?", (chain_id,)))
 
     # -- leases -------------------------------------------------------------------------
-    def create_lease(self, ttl: float = 3600.0) -> str:
-        lease_id = os.urandom(8).hex()
+    def create_lease(self, ttl: float = 3600.0, lease_id: str | None = None) -> str:
+        """A lease that lives until ``delete_lease`` or ``ttl`` seconds, whichever
+        comes first, unless its owner holds a lock file (Store.open_lease)."""
+        lease_id = lease_id or os.urandom(8).hex()
         now = time.time()
         with self.transaction() as db:
             db.execute("INSERT INTO leases VALUES(?,?,?)", (lease_id, now, now + ttl))

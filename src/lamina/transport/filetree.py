@@ -19,6 +19,7 @@ from typing import BinaryIO, Protocol
 
 from lamina.digest import CHUNK, read_full
 from lamina.errors import InvalidInput, NotFound, StoreError, UnsafeArchive
+from lamina.store import scratch
 
 
 def clean_name(name: str) -> str:
@@ -88,6 +89,7 @@ class TarTree:
     def __init__(self, path: Path, tmpdir: Path | None = None) -> None:
         self.where = str(path)
         self._tmp: Path | None = None
+        self._owned: scratch.Scratch | None = None
         try:
             magic = _magic(path)
         except FileNotFoundError:
@@ -132,9 +134,13 @@ class TarTree:
 
     def _decompress(self, path: Path, magic: bytes, tmpdir: Path | None) -> Path:
         if tmpdir is not None:
-            tmpdir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="lamina-archive-", dir=tmpdir)
-        self._tmp = Path(name)
+            # The store's tmp: owned by this process, so a killed load's copy is gc's.
+            self._owned = scratch.make_file(tmpdir, "lamina-archive-")
+            self._tmp = self._owned.path
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CLOEXEC)
+        else:
+            fd, name = tempfile.mkstemp(prefix="lamina-archive-")
+            self._tmp = Path(name)
         try:
             with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
                 if magic[:2] == b"\x1f\x8b":
@@ -147,7 +153,7 @@ class TarTree:
 
                     zstandard.ZstdDecompressor().copy_stream(src, dst)
         except (OSError, EOFError, ValueError) as e:
-            self._tmp.unlink(missing_ok=True)
+            self._drop_tmp()
             raise InvalidInput(f"{path}: cannot decompress archive: {e}") from None
         return self._tmp
 
@@ -176,7 +182,12 @@ class TarTree:
             self._tar.close()
         with contextlib.suppress(Exception):
             self._file.close()
-        if self._tmp is not None:
+        self._drop_tmp()
+
+    def _drop_tmp(self) -> None:
+        if self._owned is not None:
+            self._owned.remove()
+        elif self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
 
 

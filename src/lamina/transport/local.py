@@ -34,7 +34,7 @@ class StoreTransport:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._lease_id: str | None = None
+        self._lease_obj: Lease | None = None   # owned by this process (store/locks.py)
         self._lease_lock = threading.Lock()   # copy may put blobs from several threads
         self._written: list[str] = []   # blobs this sink added (for abort)
         self._publishing: list[Future[Digest]] = []
@@ -98,9 +98,9 @@ class StoreTransport:
     # -- sink ------------------------------------------------------------------------
     def _lease(self) -> str:
         with self._lease_lock:
-            if self._lease_id is None:
-                self._lease_id = self.store.meta.create_lease()
-            return self._lease_id
+            if self._lease_obj is None:
+                self._lease_obj = self.store.open_lease()
+            return self._lease_obj.id
 
     def has_blob(self, desc: Descriptor) -> bool:
         # Register first, then look: a blob that exists now cannot be collected before
@@ -204,9 +204,9 @@ class StoreTransport:
             if self._publisher is not None:
                 self._publisher.shutdown()
                 self._publisher = None
-            if self._lease_id is not None:
-                self.store.meta.delete_lease(self._lease_id)
-                self._lease_id = None
+            if self._lease_obj is not None:
+                self._lease_obj.close()
+                self._lease_obj = None
 
     def abort(self) -> None:
         """Undo: remove the blobs this sink wrote that nothing else reaches (a manifest
@@ -219,8 +219,8 @@ class StoreTransport:
             self._publisher.shutdown(wait=True)
         with contextlib.suppress(Exception):
             self._settle()
-        if self._written and self._lease_id is not None:
-            discard(self.store, self._written, self._lease_id)
+        if self._written and self._lease_obj is not None:
+            discard(self.store, self._written, self._lease_obj.id)
         self._written = []
         self.close()
 
