@@ -150,3 +150,18 @@ def test_build_pulls_a_missing_base(seeded: Lamina, registry: DockerRegistry,
     other.run("unpack", "child", tmp_path / "r")
     assert (tmp_path / "r/built").read_text() == "built\n"
     assert (tmp_path / "r/var/www/html/index.html").exists()
+
+
+def test_insecure_push_to_plain_http_with_parallel_blobs(seeded: Lamina,
+                                                          registry: DockerRegistry) -> None:
+    """#10.10: ``--insecure`` tries TLS first and falls back to http when the registry does
+    not speak it.  With ``-j 4`` the first requests (a HEAD per blob) go at once; every one
+    of them must end up on http, not only the first to learn it.  Five fresh repositories,
+    so each push starts cold with five blobs in flight."""
+    ns = _repo("insecure")
+    for n in range(5):
+        ref = f"{registry.host}/{ns}/img{n}"
+        res = seeded.run("push", "--insecure", "-j", "4", "demo/a", ref, check=False)
+        assert res.code == 0, (n, res.err)
+        assert res.out.splitlines()[-1].startswith("latest: digest: sha256:")
+    assert len(registry.requests(f"{ns}/img4")) > 0
