@@ -238,10 +238,21 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
               password_stdin: bool, insecure: bool, ca_bundle: Path | None) -> None:
         """Log in to a registry; credentials are stored (0600) for pull and push."""
         from lamina.cli.format import say
+        from lamina.errors import InvalidInput
         from lamina.transport.registry import login as do_login
 
         if password_stdin:
+            if username is None:
+                # stdin holds the password: nothing is left to ask the name from (as docker)
+                raise InvalidInput("--password-stdin needs --username")
             password = sys.stdin.read().rstrip("\n")
+        if (username is None or password is None) and not (
+                sys.stdin is not None and sys.stdin.isatty()):
+            # click's prompt would read a pipe (getpass warns, then EOF says "Aborted!");
+            # docker: "Cannot perform an interactive login from a non TTY device".
+            raise InvalidInput("no terminal to ask for a password: use --password-stdin"
+                               if username is not None else "no terminal to ask for a "
+                               "username: use --username and --password-stdin")
         if username is None:
             username = click.prompt("Username")
         if password is None:
