@@ -131,6 +131,7 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
         from lamina.cli.format import print_json, say
         from lamina.image.manifest import Platform
         from lamina.image.reference import Reference
+        from lamina.transport.copy import Interrupted
         from lamina.transport.transfer import TransferOptions, pull_place, transfer
 
         src, dst = pull_place(ref)
@@ -138,13 +139,19 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
         printer = Printer("pull", quiet or json_)
         if not (quiet or json_):
             say(f"{r.tag or r.digest}: Pulling from {r.repository}")
-        with store_factory() as store:
-            before = store.meta.get_tag(str(r)) if r.tag else None
-            with printer.running():
-                result = transfer(store, src, dst, TransferOptions(
-                    registry=_registry_opts(insecure, ca_bundle, jobs),
-                    platform=Platform.parse(platform) if platform else None,
-                    on_event=printer.on_event))
+        try:
+            with store_factory() as store:
+                before = store.meta.get_tag(str(r)) if r.tag else None
+                with printer.running():
+                    result = transfer(store, src, dst, TransferOptions(
+                        registry=_registry_opts(insecure, ca_bundle, jobs),
+                        platform=Platform.parse(platform) if platform else None,
+                        on_event=printer.on_event))
+        except Interrupted as e:
+            # Ctrl-C: the layers that arrived stay in the store (exit 130 follows)
+            say(f"interrupted: {e.done} of {e.total} blobs pulled; run the same pull "
+                "again to resume", sys.stderr)
+            raise
         if json_:
             print_json({"reference": str(r), "digest": str(result.descriptor.digest),
                         "downloaded": result.moved, "already_present": result.present})

@@ -208,6 +208,20 @@ class StoreTransport:
                 self.store.meta.delete_lease(self._lease_id)
                 self._lease_id = None
 
+    def suspend(self) -> None:
+        """Stop after Ctrl-C, keeping the blobs that fully arrived (verified and
+        published): the same pull run again finds them (``has_blob``) and moves only
+        the rest, as ``docker pull`` keeps finished layers.  Nothing is named; until
+        then they are unreferenced, gc's to take like any blob no image holds.  A blob
+        cut off midway is gone with its ingest file (its bytes cannot be resumed by
+        another process: the ingest file is private to its writer)."""
+        if self._publisher is not None:
+            self._publisher.shutdown(wait=True)
+        with contextlib.suppress(Exception):
+            self._settle()   # a publish that failed has removed its own file
+        self._written = []
+        self.close()
+
     def abort(self) -> None:
         """Undo: remove the blobs this sink wrote that nothing else reaches (a manifest
         put before the failure stays only if named).  Failing input leaves no trace."""

@@ -34,6 +34,7 @@ from lamina.transport.registry.errors import error_from_response
 from lamina.transport.registry.options import RegistryOptions
 from lamina.transport.registry.wire import (
     Body,
+    Cancelled,
     ConnectError,
     FileBody,
     HttpClient,
@@ -158,10 +159,11 @@ class RegistryClient:
             registry)
         self.auth = Authenticator(registry, creds, self.http)
         self._lock = threading.Lock()
+        self._cancel = threading.Event()
         # --insecure over https: whether the registry speaks TLS at all is decided once,
         # before the first request goes (see _settle_scheme).
         self._scheme_known = not (opts.insecure and self.base.startswith("https://"))
-        self._sleep: Callable[[float], None] = time.sleep
+        self._sleep: Callable[[float], None] = self._wait
 
     # -- URLs --------------------------------------------------------------------------
     def url(self, path_or_url: str) -> str:
@@ -177,6 +179,17 @@ class RegistryClient:
 
     def pause(self, attempt: int, resp: Response | None = None) -> None:
         self._sleep(self._backoff(attempt, resp))
+
+    def _wait(self, seconds: float) -> None:
+        """A backoff that ``cancel`` cuts short."""
+        if self._cancel.wait(seconds):
+            raise Cancelled("cancelled")
+
+    def cancel(self) -> None:
+        """Stop, from another thread (Ctrl-C while blobs move): requests in flight and
+        retries waiting end with ``Cancelled`` at once, and so does every later one."""
+        self._cancel.set()
+        self.http.cancel()
 
     # -- the one way requests go out ---------------------------------------------------
     def send(self, method: str, target: str, *, what: str,

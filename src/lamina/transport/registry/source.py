@@ -214,6 +214,10 @@ class RegistrySource:
     def images(self) -> list[NamedImage]:
         return [NamedImage(str(self.ref.with_tag(t)), self.resolve(t)) for t in self.tags()]
 
+    def cancel(self) -> None:
+        """Ctrl-C: blob reads on copy's workers end now (``Cancelled``)."""
+        self.client.cancel()
+
     def close(self) -> None:
         self.client.close()
 
