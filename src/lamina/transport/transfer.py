@@ -12,7 +12,7 @@ from typing import Any
 from lamina.image.manifest import Descriptor, Platform
 from lamina.image.reference import Reference
 from lamina.store.store import Store
-from lamina.transport.copy import CopyEvent, CopyOptions, Interrupted, copy_image
+from lamina.transport.copy import CopyEvent, CopyOptions, copy_image
 from lamina.transport.places import Place, open_sink, open_source, parse_place
 from lamina.transport.registry import BlobPush, RegistryOptions, RegistrySink
 
@@ -70,9 +70,10 @@ def transfer(store: Store, src: str | Place, dst: str | Place,
                 platform=opts.platform, all_platforms=opts.all_platforms, on_event=on_event,
                 jobs=max(1, opts.registry.jobs)))
             sink.close()
-        except Interrupted:
-            # Ctrl-C: a sink that can keep what fully arrived (the store) keeps it for
-            # the same command run again; any other undoes its work as on a failure.
+        except KeyboardInterrupt:
+            # Ctrl-C (copy's Interrupted, or one in the main thread's own reads): a sink
+            # that can keep what fully arrived (the store) keeps it for the same command
+            # run again; any other undoes its work as on a failure.
             suspend = getattr(sink, "suspend", None)
             (suspend or sink.abort)()
             raise
