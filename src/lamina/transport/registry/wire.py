@@ -52,7 +52,7 @@ class WireError(Exception):
     """The request did not get an answer (or the answer's body broke off)."""
 
 
-class Cancelled(Exception):  # noqa: N818 - what happened, as KeyboardInterrupt names it
+class Cancelled(Exception):
     """The client was cancelled: the request stopped and is not to be retried."""
 
 
