@@ -117,13 +117,20 @@ class StoreTransport:
 
         verified = stream if isinstance(stream, VerifyingReader) and \
             stream.expected == desc.digest else None
-        w = self.store.blobs.writer(desc.digest.algorithm, verified_by=verified)
+        # A stream that can start midway (a registry's, by Range) is worth resuming if
+        # this pull is cut off: the writer's ingest file is then named for the blob.
+        resumable = verified is not None and hasattr(verified.raw, "start_at")
+        w = self.store.blobs.writer(desc.digest.algorithm, verified_by=verified,
+                                    resume=desc.digest if resumable else None)
         try:
             w.fill_from(stream, None if progress is None
                         else (lambda done: progress(done, desc.size)))
             w.finish(desc.digest, desc.size)
+        except KeyboardInterrupt:
+            w.keep()    # Ctrl-C (or a worker's wire.Cancelled): the next pull goes on here
+            raise
         except BaseException:
-            w.abort()
+            w.abort()   # a failure leaves nothing behind, as ever
             raise
         with self._lease_lock:
             if self._publisher is None:
@@ -213,8 +220,8 @@ class StoreTransport:
         published): the same pull run again finds them (``has_blob``) and moves only
         the rest, as ``docker pull`` keeps finished layers.  Nothing is named; until
         then they are unreferenced, gc's to take like any blob no image holds.  A blob
-        cut off midway is gone with its ingest file (its bytes cannot be resumed by
-        another process: the ingest file is private to its writer)."""
+        cut off midway left its ingest file, named for it (``put_blob``), for the next
+        pull to go on from; gc removes it too."""
         if self._publisher is not None:
             self._publisher.shutdown(wait=True)
         with contextlib.suppress(Exception):

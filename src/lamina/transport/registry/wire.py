@@ -52,8 +52,10 @@ class WireError(Exception):
     """The request did not get an answer (or the answer's body broke off)."""
 
 
-class Cancelled(Exception):
-    """The client was cancelled: the request stopped and is not to be retried."""
+class Cancelled(KeyboardInterrupt):
+    """The client was cancelled (Ctrl-C, as a worker thread sees it): the request
+    stopped and is not to be retried.  A KeyboardInterrupt, so that no handler of
+    errors takes it for one."""
 
 
 class ConnectError(WireError):
