@@ -9,11 +9,41 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 from registry_servers import FakeRegistry, sha256
 
 from lamina_testing import LAMINA, Lamina, tar_bytes
+
+
+def pull_and_interrupt(lamina: Lamina, args: list[str], ready: Callable[[], bool]
+                       ) -> tuple[int, str]:
+    """Run ``lamina pull ARGS``, send it SIGINT once ``ready()``, return its exit code and
+    stderr.  It must end within 10 s of the signal (a generous bound: the slow layers
+    would take far longer)."""
+    # SIGINT as a terminal sends it, whatever the test runner's own disposition (a
+    # background job starts with SIGINT ignored, which Python would keep)
+    start = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+             "os.execv(sys.argv[1], sys.argv[1:])")
+    proc = subprocess.Popen([sys.executable, "-c", start, LAMINA, "pull", *args],
+                            env=lamina.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("pull went on after Ctrl-C") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, err
 
 
 @pytest.mark.parametrize("jobs", [3, 1])
@@ -35,30 +65,10 @@ def test_ctrl_c_stops_a_pull_at_once_and_the_next_pull_resumes(fake: FakeRegistr
     def stored(digest: str) -> bool:
         return (blobs / digest.removeprefix("sha256:")).exists()
 
-    # SIGINT as a terminal sends it, whatever the test runner's own disposition (a
-    # background job starts with SIGINT ignored, which Python would keep)
-    start = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-             "os.execv(sys.argv[1], sys.argv[1:])")
-    proc = subprocess.Popen([sys.executable, "-c", start, LAMINA, "pull", "-j", str(jobs),
-                             ref],
-                            env=lamina.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not (stored(config) and stored(sha256(small))
-                   and len(fake.requests("GET", r"/blobs/sha256:")) >= 2 + min(jobs, 2)):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("pull went on after Ctrl-C") from None
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, err
+    code, err = pull_and_interrupt(lamina, ["-j", str(jobs), ref], lambda: (
+        stored(config) and stored(sha256(small))
+        and len(fake.requests("GET", r"/blobs/sha256:")) >= 2 + min(jobs, 2)))
+    assert code == 130, err
     assert err == "interrupted: 2 of 4 blobs pulled; run the same pull again to resume\n"
     assert lamina.run("images", "--json").json() == []
     assert stored(config) and stored(sha256(small))
@@ -89,26 +99,9 @@ def test_a_pull_interrupted_midway_through_a_layer_goes_on_from_there(
     fake.slow[digest] = (4096, 0.1, 2 << 20)    # 2 MiB at once, then a trickle
     ref = f"{fake.host}/demo/half:v1"
     partial = lamina.root / "ingest" / f"partial-sha256-{digest[7:]}"
-    start = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-             "os.execv(sys.argv[1], sys.argv[1:])")
-    proc = subprocess.Popen([sys.executable, "-c", start, LAMINA, "pull", ref],
-                            env=lamina.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not (partial.exists() and partial.stat().st_size >= 2 << 20):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        try:
-            _out, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("pull went on after Ctrl-C") from None
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, err
+    code, err = pull_and_interrupt(lamina, [ref], lambda: (
+        partial.exists() and partial.stat().st_size >= 2 << 20))
+    assert code == 130, err
     assert err == "interrupted: 2 of 3 blobs pulled; run the same pull again to resume\n"
     assert partial.stat().st_size == 2 << 20
     fake.slow.clear()
