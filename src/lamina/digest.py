@@ -168,6 +168,18 @@ class VerifyingReader:
                 f"{self.expected.algorithm}:{got} (corrupt or wrong blob)"
             )
 
+    def start_at(self, offset: int, hashed: hashlib._Hash) -> bool:
+        """Go on from byte ``offset`` of the blob, the bytes before it being already
+        hashed into ``hashed`` (a download an earlier run left behind): only before the
+        first read, and only if the stream underneath can start there (its own
+        ``start_at``).  Returns whether it did; if not, nothing changed."""
+        start = getattr(self._raw, "start_at", None)
+        if self.count or self._done or start is None or not start(offset):
+            return False
+        self._hasher = hashed
+        self.count = offset
+        return True
+
     def verify(self) -> None:
         """Drain whatever is left and check; call after a consumer that may stop early."""
         while self.read(CHUNK):

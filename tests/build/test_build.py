@@ -251,6 +251,18 @@ def test_bad_containerfiles(base: Lamina, tmp_path: Path, text: str, message: st
     assert len(res.err.strip().splitlines()) == 1
 
 
+def test_a_failed_base_pull_keeps_its_exit_code(base: Lamina, tmp_path: Path) -> None:
+    """#10.18: a ``FROM`` whose pull fails is a transport failure (exit 6), not a bad
+    Containerfile (3); the message still names the step."""
+    ctx = tmp_path / "bad"
+    _write(ctx, "FROM 127.0.0.1:9/nosuchbase\n", {})
+    res = base.fail("build", ctx)
+    assert res.code == 6, res.err
+    assert res.err.strip() == (
+        "lamina: Containerfile:1: FROM: image 127.0.0.1:9/nosuchbase is not in the local "
+        "store and pulling it failed: cannot connect to 127.0.0.1:9: connection refused")
+
+
 def test_reproducible_across_stores(make_lamina, seed: Path, tmp_path: Path) -> None:
     ctx = examples(tmp_path)
     digests = []

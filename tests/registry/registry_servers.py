@@ -148,8 +148,10 @@ class Fault:
 class FakeRegistry:
     """A distribution-spec registry in memory, enough for pull and push, that can:
     cut a blob's body after N bytes (``cuts``), ignore Range (``ranges=False``), serve
-    wrong bytes (``corrupt``), answer planned errors (``faults``), and demand basic or
-    bearer auth (``auth``: None, "basic", "bearer"; token service at /token)."""
+    wrong bytes (``corrupt``), answer planned errors (``faults``), dribble a blob's body
+    (``slow``: digest -> (piece, seconds, head): ``head`` bytes at once, then ``piece``
+    bytes at a time with a pause between), and demand
+    basic or bearer auth (``auth``: None, "basic", "bearer"; token service at /token)."""
 
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
@@ -158,6 +160,7 @@ class FakeRegistry:
         self.uploads: dict[str, bytearray] = {}
         self.log: list[tuple[str, str, dict[str, str]]] = []
         self.cuts: dict[str, tuple[int, int | None]] = {}   # digest -> (offset, times)
+        self.slow: dict[str, tuple[int, float, int]] = {}   # digest -> (piece, pause, head)
         self.ranges = True
         self.corrupt: set[str] = set()
         self.faults: list[Fault] = []
@@ -394,7 +397,29 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
+        slow = reg.slow.get(digest)
+        if slow is not None:
+            self._dribble(status, body, headers, *slow)
+            return
         self._send(status, body, headers)
+
+    def _dribble(self, status: int, body: bytes, headers: dict[str, str], piece: int,
+                 pause: float, head: int) -> None:
+        """The whole body announced, ``head`` bytes sent, then ``piece`` bytes at a time;
+        stops when the client hangs up."""
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body[:head])
+            for at in range(head, len(body), piece):
+                self.wfile.write(body[at:at + piece])
+                self.wfile.flush()
+                time.sleep(pause)
+        except OSError:
+            self.close_connection = True
 
     def _upload(self, repo: str, rest: str) -> None:
         reg = self.registry

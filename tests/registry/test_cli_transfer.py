@@ -150,3 +150,47 @@ def test_build_pulls_a_missing_base(seeded: Lamina, registry: DockerRegistry,
     other.run("unpack", "child", tmp_path / "r")
     assert (tmp_path / "r/built").read_text() == "built\n"
     assert (tmp_path / "r/var/www/html/index.html").exists()
+
+
+def test_insecure_push_to_plain_http_with_parallel_blobs(seeded: Lamina,
+                                                          registry: DockerRegistry) -> None:
+    """#10.10: ``--insecure`` tries TLS first and falls back to http when the registry does
+    not speak it.  With ``-j 4`` the first requests (a HEAD per blob) go at once; every one
+    of them must end up on http, not only the first to learn it.  Five fresh repositories,
+    so each push starts cold with five blobs in flight."""
+    ns = _repo("insecure")
+    for n in range(5):
+        ref = f"{registry.host}/{ns}/img{n}"
+        res = seeded.run("push", "--insecure", "-j", "4", "demo/a", ref, check=False)
+        assert res.code == 0, (n, res.err)
+        assert res.out.splitlines()[-1].startswith("latest: digest: sha256:")
+    assert len(registry.requests(f"{ns}/img4")) > 0
+
+
+def test_login_without_a_terminal_and_with_a_wrong_password(
+        seeded: Lamina, tls_registry: DockerRegistry) -> None:
+    """#10.18: no tty and no --password-stdin is one line (no GetPassWarning, no
+    "Aborted!"); a wrong password says so, not "check lamina login"."""
+    import sys
+
+    host = tls_registry.host
+    cert = tls_registry.tls[0] if tls_registry.tls else None
+    assert cert is not None
+    lamina = str(Path(sys.executable).parent / "lamina")
+    for args, message in (
+            (["-u", USER], "no terminal to ask for a password: use --password-stdin"),
+            ([], "no terminal to ask for a username: use --username and --password-stdin"),
+            (["--password-stdin"], "--password-stdin needs --username")):
+        proc = subprocess.run([lamina, "login", "--ca-bundle", str(cert), *args, host],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              env=seeded.env, timeout=60)
+        assert (proc.returncode, proc.stderr) == (3, f"lamina: {message}\n"), args
+    bad = seeded.fail("login", "--ca-bundle", cert, "-u", USER, "-p", "wrong", host)
+    assert (bad.code, bad.err) == (6, f"lamina: login to {host} failed: unauthorized: "
+                                      "incorrect username or password\n")
+    assert not (Path(seeded.env["LAMINA_AUTH"]).exists()
+                and host in Path(seeded.env["LAMINA_AUTH"]).read_text())
+    proc = subprocess.run([lamina, "login", "--ca-bundle", str(cert), "-u", USER,
+                           "--password-stdin", host], input=PASSWORD + "\n",
+                          capture_output=True, text=True, env=seeded.env, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "Login Succeeded\n"), proc.stderr

@@ -344,8 +344,11 @@ class _Builder:
         try:
             result = transfer(self.store, src, dst, TransferOptions(platform=self.opts.platform))
         except LaminaError as e:
-            raise self.fail(ins, f"image {name} is not in the local store and pulling it "
-                            f"failed: {e.message}") from None
+            # The pull's own kind (a registry that cannot be reached exits 6, one that
+            # has no such image 2), with the step as context: the Containerfile is not
+            # at fault, so this is no BuildError (InvalidInput, 3).
+            raise e.context(f"{ins.path}:{ins.line}: {ins.cmd}: image {name} is not in the "
+                            "local store and pulling it failed") from None
         return result.descriptor
 
     def _base_image(self, ins: Instruction, name: str, platform: str | None) -> ResolvedImage:

@@ -131,6 +131,7 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
         from lamina.cli.format import print_json, say
         from lamina.image.manifest import Platform
         from lamina.image.reference import Reference
+        from lamina.transport.copy import Interrupted
         from lamina.transport.transfer import TransferOptions, pull_place, transfer
 
         src, dst = pull_place(ref)
@@ -138,13 +139,19 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
         printer = Printer("pull", quiet or json_)
         if not (quiet or json_):
             say(f"{r.tag or r.digest}: Pulling from {r.repository}")
-        with store_factory() as store:
-            before = store.meta.get_tag(str(r)) if r.tag else None
-            with printer.running():
-                result = transfer(store, src, dst, TransferOptions(
-                    registry=_registry_opts(insecure, ca_bundle, jobs),
-                    platform=Platform.parse(platform) if platform else None,
-                    on_event=printer.on_event))
+        try:
+            with store_factory() as store:
+                before = store.meta.get_tag(str(r)) if r.tag else None
+                with printer.running():
+                    result = transfer(store, src, dst, TransferOptions(
+                        registry=_registry_opts(insecure, ca_bundle, jobs),
+                        platform=Platform.parse(platform) if platform else None,
+                        on_event=printer.on_event))
+        except Interrupted as e:
+            # Ctrl-C: the layers that arrived stay in the store (exit 130 follows)
+            say(f"interrupted: {e.done} of {e.total} blobs pulled; run the same pull "
+                "again to resume", sys.stderr)
+            raise
         if json_:
             print_json({"reference": str(r), "digest": str(result.descriptor.digest),
                         "downloaded": result.moved, "already_present": result.present})
@@ -238,10 +245,21 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
               password_stdin: bool, insecure: bool, ca_bundle: Path | None) -> None:
         """Log in to a registry; credentials are stored (0600) for pull and push."""
         from lamina.cli.format import say
+        from lamina.errors import InvalidInput
         from lamina.transport.registry import login as do_login
 
         if password_stdin:
+            if username is None:
+                # stdin holds the password: nothing is left to ask the name from (as docker)
+                raise InvalidInput("--password-stdin needs --username")
             password = sys.stdin.read().rstrip("\n")
+        if (username is None or password is None) and not (
+                sys.stdin is not None and sys.stdin.isatty()):
+            # click's prompt would read a pipe (getpass warns, then EOF says "Aborted!");
+            # docker: "Cannot perform an interactive login from a non TTY device".
+            raise InvalidInput("no terminal to ask for a password: use --password-stdin"
+                               if username is not None else "no terminal to ask for a "
+                               "username: use --username and --password-stdin")
         if username is None:
             username = click.prompt("Username")
         if password is None:

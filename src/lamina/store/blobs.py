@@ -173,23 +173,76 @@ class _BlockWriter:
 
 class BlobWriter:
     """One blob being written.  Use as a context manager: leaving without ``commit``
-    (or with an exception) removes the ingest file."""
+    (or with an exception) removes the ingest file.
+
+    ``resume`` (with ``verified_by``): the ingest file is named for that blob, so what an
+    interrupted download of it wrote is found by the next one (containerd resumes an
+    ingest by its ref the same way): those bytes are kept, hashed into the reader, and
+    the reader asked to go on after them (``VerifyingReader.start_at``).  ``keep``
+    leaves them for the next writer; ``resumed`` says how many were taken over."""
 
     def __init__(self, blobs: BlobStore, algorithm: str = "sha256",
-                 verified_by: VerifyingReader | None = None) -> None:
+                 verified_by: VerifyingReader | None = None,
+                 resume: Digest | None = None) -> None:
         self._blobs = blobs
         # A writer fed from a VerifyingReader need not hash the same bytes again: the
         # reader checks them, and commit() requires its verdict (CRAFT: no second pass).
         self._verified_by = verified_by
-        self.path = blobs.ingest_dir / f"{algorithm}-{os.urandom(8).hex()}"
-        try:
-            self._file: BinaryIO = open(self.path, "xb")
-        except OSError as e:
-            raise _disk_error(e, "an ingest file") from None
-        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.resumable = resume is not None and verified_by is not None and \
+            self._take_partial(blobs, resume)
+        if not self.resumable:
+            self.path = blobs.ingest_dir / f"{algorithm}-{os.urandom(8).hex()}"
+            try:
+                self._file: BinaryIO = open(self.path, "xb")
+            except OSError as e:
+                raise _disk_error(e, "an ingest file") from None
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._hash = HashingWriter(self._file, algorithm, hash=verified_by is None)
         self._closed = False
         self._digest: Digest | None = None   # set by finish()
+        self.resumed = self._take_over() if self.resumable else 0
+
+    def _take_partial(self, blobs: BlobStore, digest: Digest) -> bool:
+        """Open and lock ``partial-<algorithm>-<hex>``; False if a live writer holds it
+        (then this one writes a private file, as ever)."""
+        path = blobs.ingest_dir / f"partial-{digest.algorithm}-{digest.encoded}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise _disk_error(e, "an ingest file") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # gc may have taken the abandoned file between our open and our lock, and
+            # removed it: then the name is no longer this file's
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                raise BlockingIOError
+        except OSError:
+            os.close(fd)
+            return False
+        self.path = path
+        self._file = os.fdopen(fd, "r+b")
+        return True
+
+    def _take_over(self) -> int:
+        """Keep the whole buffers an earlier writer left (``fill_from`` writes only
+        those, at offsets O_DIRECT accepts) if the reader can start after them."""
+        reader = self._verified_by
+        assert reader is not None
+        size = os.fstat(self._file.fileno()).st_size
+        keep = size - size % DIRECT_CHUNK
+        if keep:
+            hashed = reader.expected.hasher()
+            self._file.seek(0)
+            left = keep
+            while left and (chunk := self._file.read(min(CHUNK, left))):
+                hashed.update(chunk)
+                left -= len(chunk)
+            if left or not reader.start_at(keep, hashed):
+                keep = 0
+        self._file.truncate(keep)
+        self._file.seek(keep)
+        self._hash.count = keep
+        return keep
 
     @property
     def count(self) -> int:
@@ -332,6 +385,16 @@ class BlobWriter:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
+    def keep(self) -> None:
+        """Stop, leaving a resumable ingest file's bytes for the next writer of the same
+        blob (Ctrl-C, a connection lost for good); any other writer aborts."""
+        if not self.resumable:
+            self.abort()
+            return
+        with contextlib.suppress(OSError):
+            self._file.flush()
+        self._close()
+
     def __enter__(self) -> BlobWriter:
         return self
 
@@ -376,9 +439,9 @@ class BlobStore:
             r.verify()
         return data
 
-    def writer(self, algorithm: str = "sha256",
-               verified_by: VerifyingReader | None = None) -> BlobWriter:
-        return BlobWriter(self, algorithm, verified_by)
+    def writer(self, algorithm: str = "sha256", verified_by: VerifyingReader | None = None,
+               resume: Digest | None = None) -> BlobWriter:
+        return BlobWriter(self, algorithm, verified_by, resume)
 
     def put_bytes(self, data: bytes, expected: Digest | None = None) -> Digest:
         if expected is None and self.has(d := Digest.from_bytes(data)):

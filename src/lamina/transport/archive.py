@@ -27,10 +27,10 @@ from lamina.transport.filetree import open_tree
 from lamina.transport.local import StoreTransport
 from lamina.transport.oci_layout import (
     CONTAINERD_NAME,
+    LAYOUT_FILE,
     REF_NAME,
     OciLayoutSink,
     OciLayoutSource,
-    is_oci_layout,
 )
 from lamina.transport.resolve import resolve_image
 
@@ -44,7 +44,8 @@ def open_archive(path: Path, tmpdir: Path | None = None) -> ImageSource:
     try:
         if is_docker_archive(tree):
             return DockerArchiveSource(tree)
-        if is_oci_layout(tree):
+        if tree.exists(LAYOUT_FILE):
+            # the marker file makes it a layout: a missing index.json is said as such
             return OciLayoutSource(tree)
     except BaseException:
         tree.close()

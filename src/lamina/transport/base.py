@@ -10,6 +10,11 @@ Lifecycle of a sink: ``put_blob`` for every blob (children before parents), then
 ``put_manifest`` for each manifest/index (children first), then ``close``.  A sink that
 writes an archive finishes it in ``close``; if an error escapes before ``close`` the sink's
 ``abort`` removes whatever it wrote.
+
+Ctrl-C (copy.py): a source or sink that moves blobs on several threads may offer
+``cancel()``, called from the interrupted thread to make its workers' blocked reads and
+writes end at once; a sink whose finished blobs are worth keeping for the next run (the
+store) offers ``suspend()``, called instead of ``abort``.
 """
 
 from __future__ import annotations

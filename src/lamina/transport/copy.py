@@ -11,6 +11,16 @@ from lamina.transport.base import ImageSink, ImageSource, read_blob
 from lamina.transport.resolve import fetch_manifest
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a copy, raised once every worker has stopped: ``done`` of the
+    ``total`` blobs of the manifest being copied had arrived (or were there already)."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"{done} of {total} blobs")
+        self.done = done
+        self.total = total
+
+
 @dataclass(frozen=True)
 class CopyEvent:
     """What happened to one blob: ``exists`` (skipped), ``start``, ``progress``, ``done``."""
@@ -54,13 +64,19 @@ def _copy_blob(source: ImageSource, sink: ImageSink, desc: Descriptor, opts: Cop
 def _copy_blobs(source: ImageSource, sink: ImageSink, blobs: list[Descriptor],
                 opts: CopyOptions) -> None:
     """Copy blobs, ``opts.jobs`` at a time.  On the first failure nothing new starts;
-    the ones running finish (or fail) and the first error is raised."""
+    the ones running finish (or fail) and the first error is raised.  On Ctrl-C the
+    ones running are stopped too (``cancel``), and ``Interrupted`` says how far it got."""
     unique = list({b.digest: b for b in blobs}.values())
     concurrent = getattr(source, "concurrent_blobs", False) and getattr(
         sink, "concurrent_blobs", False)
     if opts.jobs <= 1 or len(unique) <= 1 or not concurrent:
-        for blob in unique:
-            _copy_blob(source, sink, blob, opts)
+        done = 0
+        try:
+            for blob in unique:
+                _copy_blob(source, sink, blob, opts)
+                done += 1
+        except KeyboardInterrupt:
+            raise Interrupted(done, len(unique)) from None
         return
     # Largest first (the "longest processing time" rule): the last blob to start is a
     # small one, so the workers finish together instead of one big blob running alone
@@ -72,6 +88,19 @@ def _copy_blobs(source: ImageSource, sink: ImageSink, blobs: list[Descriptor],
         try:
             for future in as_completed(futures):
                 future.result()
+        except KeyboardInterrupt:
+            # The signal reaches only this thread: without a word to them the workers
+            # would each finish their blob (a big layer: minutes) before the pool's
+            # shutdown returned.  cancel() makes their blocked reads and writes end now.
+            for future in futures:
+                future.cancel()
+            for side in (source, sink):
+                cancel = getattr(side, "cancel", None)
+                if cancel is not None:
+                    cancel()
+            pool.shutdown(wait=True)
+            done = sum(1 for f in futures if not f.cancelled() and f.exception() is None)
+            raise Interrupted(done, len(unique)) from None
         except BaseException:
             for future in futures:
                 future.cancel()

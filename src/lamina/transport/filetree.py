@@ -44,12 +44,25 @@ class FileTree(Protocol):
 
 
 class DirTree:
+    """A directory.  Symlinks are followed while they stay inside it (a layout checked
+    out by git, or made by tools that link shared blobs, has them), as ``TarTree``
+    follows links between members; one leading out is refused by name, so a layout
+    cannot make lamina read any file of the machine."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.where = str(root)
+        self._real = os.path.realpath(root)
 
     def _path(self, name: str) -> Path:
-        return self.root / clean_name(name)
+        path = self.root / clean_name(name)
+        real = os.path.realpath(path)
+        if real != self._real and not real.startswith(self._real.rstrip("/") + "/"):
+            how = "is a symlink" if path.is_symlink() else "is under a symlinked directory"
+            raise UnsafeArchive(f"{self.where}: {name} {how} leading outside the directory")
+        if path.is_symlink() and not os.path.exists(real):
+            raise InvalidInput(f"{self.where}: {name} is a symlink to nothing")
+        return path
 
     def names(self) -> list[str]:
         out = []
@@ -104,6 +117,8 @@ class TarTree:
             self._tar = tarfile.open(fileobj=self._file, mode="r:")
             self._members: dict[str, tarfile.TarInfo] = {}
             links: dict[str, str] = {}
+            # links to nothing in the archive: named when asked for (not "no such file")
+            self._broken: dict[str, str] = {}
             for m in self._tar:
                 if m.isfile():
                     self._members[clean_name(m.name)] = m
@@ -118,6 +133,9 @@ class TarTree:
                     target = links[target]
                 if target in self._members:
                     self._members[name] = self._members[target]
+                elif name not in self._members:
+                    self._broken[name] = ("leading outside the archive" if not target
+                                          else "to nothing in the archive")
         except tarfile.TarError as e:
             self.close()
             raise InvalidInput(f"{path} is not a readable tar archive: {e}") from None
@@ -160,17 +178,24 @@ class TarTree:
     def names(self) -> list[str]:
         return sorted(self._members)
 
+    def _member(self, name: str) -> tarfile.TarInfo | None:
+        clean = clean_name(name)
+        m = self._members.get(clean)
+        if m is None and clean in self._broken:
+            raise UnsafeArchive(f"{self.where}: {name} is a symlink {self._broken[clean]}")
+        return m
+
     def exists(self, name: str) -> bool:
-        return clean_name(name) in self._members
+        return self._member(name) is not None
 
     def size(self, name: str) -> int:
-        m = self._members.get(clean_name(name))
+        m = self._member(name)
         if m is None:
             raise NotFound(f"{self.where}: no {name}")
         return m.size
 
     def open(self, name: str) -> BinaryIO:
-        m = self._members.get(clean_name(name))
+        m = self._member(name)
         if m is None:
             raise NotFound(f"{self.where}: no {name}")
         f = self._tar.extractfile(m)

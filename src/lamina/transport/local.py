@@ -117,13 +117,20 @@ class StoreTransport:
 
         verified = stream if isinstance(stream, VerifyingReader) and \
             stream.expected == desc.digest else None
-        w = self.store.blobs.writer(desc.digest.algorithm, verified_by=verified)
+        # A stream that can start midway (a registry's, by Range) is worth resuming if
+        # this pull is cut off: the writer's ingest file is then named for the blob.
+        resumable = verified is not None and hasattr(verified.raw, "start_at")
+        w = self.store.blobs.writer(desc.digest.algorithm, verified_by=verified,
+                                    resume=desc.digest if resumable else None)
         try:
             w.fill_from(stream, None if progress is None
                         else (lambda done: progress(done, desc.size)))
             w.finish(desc.digest, desc.size)
+        except KeyboardInterrupt:
+            w.keep()    # Ctrl-C (or a worker's wire.Cancelled): the next pull goes on here
+            raise
         except BaseException:
-            w.abort()
+            w.abort()   # a failure leaves nothing behind, as ever
             raise
         with self._lease_lock:
             if self._publisher is None:
@@ -207,6 +214,20 @@ class StoreTransport:
             if self._lease_obj is not None:
                 self._lease_obj.close()
                 self._lease_obj = None
+
+    def suspend(self) -> None:
+        """Stop after Ctrl-C, keeping the blobs that fully arrived (verified and
+        published): the same pull run again finds them (``has_blob``) and moves only
+        the rest, as ``docker pull`` keeps finished layers.  Nothing is named; until
+        then they are unreferenced, gc's to take like any blob no image holds.  A blob
+        cut off midway left its ingest file, named for it (``put_blob``), for the next
+        pull to go on from; gc removes it too."""
+        if self._publisher is not None:
+            self._publisher.shutdown(wait=True)
+        with contextlib.suppress(Exception):
+            self._settle()   # a publish that failed has removed its own file
+        self._written = []
+        self.close()
 
     def abort(self) -> None:
         """Undo: remove the blobs this sink wrote that nothing else reaches (a manifest

@@ -70,6 +70,13 @@ def transfer(store: Store, src: str | Place, dst: str | Place,
                 platform=opts.platform, all_platforms=opts.all_platforms, on_event=on_event,
                 jobs=max(1, opts.registry.jobs)))
             sink.close()
+        except KeyboardInterrupt:
+            # Ctrl-C (copy's Interrupted, or one in the main thread's own reads): a sink
+            # that can keep what fully arrived (the store) keeps it for the same command
+            # run again; any other undoes its work as on a failure.
+            suspend = getattr(sink, "suspend", None)
+            (suspend or sink.abort)()
+            raise
         except BaseException:
             sink.abort()
             raise

@@ -34,6 +34,7 @@ from lamina.transport.registry.errors import error_from_response
 from lamina.transport.registry.options import RegistryOptions
 from lamina.transport.registry.wire import (
     Body,
+    Cancelled,
     ConnectError,
     FileBody,
     HttpClient,
@@ -158,7 +159,11 @@ class RegistryClient:
             registry)
         self.auth = Authenticator(registry, creds, self.http)
         self._lock = threading.Lock()
-        self._sleep: Callable[[float], None] = time.sleep
+        self._cancel = threading.Event()
+        # --insecure over https: whether the registry speaks TLS at all is decided once,
+        # before the first request goes (see _settle_scheme).
+        self._scheme_known = not (opts.insecure and self.base.startswith("https://"))
+        self._sleep: Callable[[float], None] = self._wait
 
     # -- URLs --------------------------------------------------------------------------
     def url(self, path_or_url: str) -> str:
@@ -175,6 +180,17 @@ class RegistryClient:
     def pause(self, attempt: int, resp: Response | None = None) -> None:
         self._sleep(self._backoff(attempt, resp))
 
+    def _wait(self, seconds: float) -> None:
+        """A backoff that ``cancel`` cuts short."""
+        if self._cancel.wait(seconds):
+            raise Cancelled("cancelled")
+
+    def cancel(self) -> None:
+        """Stop, from another thread (Ctrl-C while blobs move): requests in flight and
+        retries waiting end with ``Cancelled`` at once, and so does every later one."""
+        self._cancel.set()
+        self.http.cancel()
+
     # -- the one way requests go out ---------------------------------------------------
     def send(self, method: str, target: str, *, what: str,
              scopes: tuple[str, ...] = (), headers: dict[str, str] | None = None,
@@ -183,6 +199,8 @@ class RegistryClient:
         """Send a request, return the streamed response whose status is in ``ok``
         (close it), or raise the lamina error for what came back."""
         replayable = content is None or isinstance(content, bytes | FileBody)
+        if not self._scheme_known:
+            self._settle_scheme()
         attempt = 0
         auth_tries = 0
         while True:
@@ -197,8 +215,6 @@ class RegistryClient:
             except LaminaError:
                 raise  # from a streamed body (IntegrityError) or the token service
             except WireError as e:
-                if self._tls_fallback(e, target):
-                    continue
                 if _is_refused(e):
                     raise TransportError(f"cannot connect to {self.registry}: connection "
                                          "refused") from None
@@ -238,15 +254,23 @@ class RegistryClient:
             finally:
                 resp.close()
 
-    def _tls_fallback(self, e: Exception, target: str) -> bool:
-        """--insecure: a registry that does not speak TLS is spoken to over http
-        (Docker's insecure-registry behaviour)."""
-        if not (self.opts.insecure and isinstance(target, str) and target.startswith("/")
-                and self.base.startswith("https://") and _is_tls(e)):
-            return False
+    def _settle_scheme(self) -> None:
+        """--insecure: a registry that does not speak TLS is spoken to over http (Docker
+        tries an insecure registry's https endpoint, then its http one; ggcr's
+        ``transport.ping`` pings both schemes).  Asked once with ``GET /v2/`` (the
+        spec's version check) under the lock, so that parallel blob requests all start
+        on the scheme it found: deciding it per request raced — the first request to
+        fail switched to http, and the others, already failed over TLS, reported it."""
         with self._lock:
-            self.base = "http://" + self.base.removeprefix("https://")
-        return True
+            if self._scheme_known:
+                return
+            try:
+                self.http.request("GET", self.base + "/v2/").close()
+            except WireError as e:
+                if _is_tls(e):
+                    self.base = "http://" + self.base.removeprefix("https://")
+                # anything else (refused, timed out): the request itself says so
+            self._scheme_known = True
 
     def close(self) -> None:
         if self._own:

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from lamina.transport.registry.auth import remove_credentials, store_credentials
 from lamina.transport.registry.client import RegistryClient
+from lamina.transport.registry.errors import RegistryError
 from lamina.transport.registry.options import Credentials, RegistryOptions
 from lamina.transport.registry.wire import HttpClient
 
@@ -18,6 +19,13 @@ def check_login(registry: str, creds: Credentials, opts: RegistryOptions = Regis
     try:
         resp = rc.send("GET", "/v2/", what="login")
         resp.close()
+    except RegistryError as e:
+        if e.status != 401:
+            raise
+        # The general 401 line says "check lamina login", which is what is running:
+        # name the cause as docker login does.
+        raise RegistryError(f"login to {registry} failed: unauthorized: incorrect username "
+                            "or password", registry=registry, status=401, code=e.code) from None
     finally:
         rc.close()
 

@@ -35,7 +35,13 @@ from lamina.transport.base import Progress
 from lamina.transport.registry.client import RegistryClient, header_digest, resolve_location
 from lamina.transport.registry.errors import RegistryError
 from lamina.transport.registry.options import RegistryOptions
-from lamina.transport.registry.wire import FileBody, HttpClient, Response, WireError
+from lamina.transport.registry.wire import (
+    Cancelled,
+    FileBody,
+    HttpClient,
+    Response,
+    WireError,
+)
 
 PushKind = Literal["exists", "mounted", "pushed"]
 
@@ -232,7 +238,8 @@ class RegistrySink:
         """Best effort: tell the registry to drop an upload session we abandon."""
         with self._lock:
             self._sessions.discard(location)
-        with contextlib.suppress(LaminaError, WireError):
+        # after cancel() nothing more is sent: the registry expires the session itself
+        with contextlib.suppress(LaminaError, WireError, Cancelled):
             self.client.http.request("DELETE", location,
                                      headers=_auth(self.client, self.scopes)).close()
 
@@ -261,6 +268,10 @@ class RegistrySink:
                 headers={"Content-Type": desc.media_type})
             resp.close()
             self._check_digest(resp, desc, what)
+
+    def cancel(self) -> None:
+        """Ctrl-C: uploads on copy's workers end now; ``abort`` then drops the sessions."""
+        self.client.cancel()
 
     def close(self) -> None:
         self.client.close()

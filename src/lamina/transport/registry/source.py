@@ -24,6 +24,7 @@ from lamina.errors import (
     InvalidInput,
     InvalidManifest,
     InvalidReference,
+    LaminaError,
     TransportError,
 )
 from lamina.image import mediatypes as mt
@@ -214,6 +215,10 @@ class RegistrySource:
     def images(self) -> list[NamedImage]:
         return [NamedImage(str(self.ref.with_tag(t)), self.resolve(t)) for t in self.tags()]
 
+    def cancel(self) -> None:
+        """Ctrl-C: blob reads on copy's workers end now (``Cancelled``)."""
+        self.client.cancel()
+
     def close(self) -> None:
         self.client.close()
 
@@ -259,6 +264,22 @@ class BlobStream:
         # is of the bytes as stored), piece by piece as they arrive, so a drop loses
         # nothing that was received.
         self._resp = resp
+
+    def start_at(self, offset: int) -> bool:
+        """Before the first read: ask for the blob from ``offset`` on instead (the store
+        kept the bytes before it from an interrupted pull).  The answer already asked
+        for is dropped with its connection."""
+        if self.offset or not 0 < offset < self.desc.size:
+            return False
+        self._close_resp()
+        self.offset = offset
+        try:
+            self._open()
+        except LaminaError:
+            self.offset = 0    # a registry refusing the range: the whole blob, as before
+            self._open()
+            return False
+        return True
 
     def _drop(self, reason: str) -> None:
         if self._resp is not None:

@@ -21,18 +21,22 @@ client needs and no more:
   such a variable is set (``urllib.request`` alone costs ~30 ms to import).
 
 Failures raise ``WireError`` subclasses chained ``from`` the ``OSError`` underneath, so
-callers can tell a refused connection or a TLS failure by the cause.  Nothing here knows
-about registries: status codes are the caller's business.
+callers can tell a refused connection or a TLS failure by the cause.  ``cancel`` (another
+thread's Ctrl-C) shuts down the sockets in use, so reads blocked in them return at once,
+and makes this and every later request raise ``Cancelled``, which no caller retries.
+Nothing here knows about registries: status codes are the caller's business.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import os
 import socket
 import ssl
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
@@ -46,6 +50,12 @@ USER_AGENT = "lamina/0.1"
 
 class WireError(Exception):
     """The request did not get an answer (or the answer's body broke off)."""
+
+
+class Cancelled(KeyboardInterrupt):
+    """The client was cancelled (Ctrl-C, as a worker thread sees it): the request
+    stopped and is not to be retried.  A KeyboardInterrupt, so that no handler of
+    errors takes it for one."""
 
 
 class ConnectError(WireError):
@@ -122,6 +132,7 @@ class Response:
         try:
             data = self._resp.read1(n)
         except (OSError, http.client.HTTPException) as e:
+            self._client.check_cancelled()
             raise self._read_error(e) from e
         if data:
             self.received += len(data)
@@ -147,6 +158,7 @@ class Response:
             try:
                 n = resp.fp.readinto1(buf[:want])
             except (OSError, http.client.HTTPException) as e:
+                self._client.check_cancelled()
                 raise self._read_error(e) from e
         if n:
             resp.length -= n
@@ -168,6 +180,7 @@ class Response:
         if self._resp.length:
             expected = self.received + self._resp.length
             self.close()
+            self._client.check_cancelled()   # the socket was shut down under the read
             raise ReadError("peer closed connection without sending complete message body "
                             f"(received {self.received} bytes, expected {expected})")
         self._finished()
@@ -232,6 +245,8 @@ class HttpClient:
         self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
         self.connections = 0   # opened so far (tests check reuse)
+        self.cancelled = False
+        self._opened: weakref.WeakSet[http.client.HTTPConnection] = weakref.WeakSet()
 
     # -- the pool ----------------------------------------------------------------------
     def _checkout(self, key: tuple[str, str, int]) -> http.client.HTTPConnection | None:
@@ -288,7 +303,30 @@ class HttpClient:
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             self.connections += 1
+            self._opened.add(conn)
+        if self.cancelled:   # cancelled while connecting: cancel() did not see this one
+            conn.close()
+            raise Cancelled("cancelled")
         return conn
+
+    def check_cancelled(self) -> None:
+        if self.cancelled:
+            raise Cancelled("cancelled")
+
+    def cancel(self) -> None:
+        """Stop every request, from another thread: reads and writes blocked in a socket
+        return at once (the socket is shut down under them) and raise ``Cancelled``, and
+        so does every request made from now on."""
+        self.cancelled = True
+        with self._lock:
+            conns = list(self._opened)
+        for conn in conns:
+            sock = conn.sock
+            if sock is not None:
+                # The plain socket's shutdown, also under TLS: SSLSocket.shutdown would
+                # unwrap the TLS object another thread is reading through.
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     # -- requests ----------------------------------------------------------------------
     def request(self, method: str, url: str, *, headers: dict[str, str] | None = None,
@@ -310,6 +348,7 @@ class HttpClient:
         raise ReadError(f"more than {MAX_REDIRECTS} redirects from {url}")
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: Body) -> Response:
+        self.check_cancelled()
         parts = urlsplit(url)
         scheme = parts.scheme
         if scheme not in ("http", "https") or not parts.hostname:
@@ -336,6 +375,7 @@ class HttpClient:
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
                     ConnectionAbortedError, ssl.SSLEOFError, ssl.SSLZeroReturnError) as e:
                 conn.close()
+                self.check_cancelled()
                 if reused and replayable:
                     continue   # a stale keep-alive connection: once more on a new one
                 raise ReadError(str(e) or type(e).__name__) from e
@@ -344,6 +384,7 @@ class HttpClient:
                 raise ReadError(str(e) or "timed out") from e
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
+                self.check_cancelled()
                 raise WriteError(str(e) or type(e).__name__) from e
             except BaseException:
                 conn.close()   # the body's own error (e.g. IntegrityError): pass it on
