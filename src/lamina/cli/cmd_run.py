@@ -34,15 +34,17 @@ def _interruptible() -> Iterator[None]:
 
 
 def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
-    # Everything after IMAGE belongs to the command (``sh -c "exit 3"``): no
-    # interspersed options, unknown options passed through.
-    @app.command(context_settings={"allow_interspersed_args": False,
-                                   "ignore_unknown_options": True})
+    # Everything after IMAGE belongs to the command (``sh -c "exit 3"``): no interspersed
+    # options.  Before IMAGE every option is lamina's: an unknown one is a usage error,
+    # never an image name (docker run's rule).
+    @app.command(context_settings={"allow_interspersed_args": False})
     @argument("image", help="Image in the store.")
     @argument("command", nargs=-1,
               help="Command and arguments (default: the image's ENTRYPOINT + CMD).")
     @flag("--rm", help="Remove the container when it exits (always done: lamina keeps no "
           "containers).")
+    @flag("-i", "--interactive", help="Keep stdin attached (always done).")
+    @flag("-t", "--tty", help="Allocate a pseudo-terminal (not supported yet).")
     @option("--stop-signal", metavar="SIGNAL",
             help="Signal a SIGTERM to lamina becomes (default: the image's STOPSIGNAL).")
     @option("--stop-timeout", kind=int, default=10,
@@ -55,7 +57,7 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     @option("--commit", metavar="REF",
             help="Save what the command changed as a new layer, tagged REF.")
     @option("--snapshotter", default="auto", help="auto, overlay (root) or walk (anyone).")
-    def run(image: str, command: tuple[str, ...], rm: bool,
+    def run(image: str, command: tuple[str, ...], rm: bool, interactive: bool, tty: bool,
             stop_signal: str | None, stop_timeout: int, env: tuple[str, ...],
             workdir: str | None, user: str | None, volume: tuple[str, ...], network: str,
             commit: str | None, snapshotter: str) -> None:
@@ -65,10 +67,13 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         SIGKILL after --stop-timeout), and lamina exits with the command's status."""
         from lamina.build.importer import source_date_epoch
         from lamina.cli.format import err
-        from lamina.errors import InvalidInput
+        from lamina.errors import InvalidInput, Unsupported
         from lamina.image.reference import Reference
         from lamina.run.container import RunOptions, run_container
 
+        if tty:
+            raise Unsupported("not supported yet: -t/--tty (a pseudo-terminal for the "
+                              "container, issue 12); -i alone keeps stdin attached")
         if stop_timeout < 0:
             raise InvalidInput(f"--stop-timeout must not be negative: {stop_timeout}")
         if network not in ("none", "host"):
