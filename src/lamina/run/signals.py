@@ -114,6 +114,9 @@ class _Forwarder:
         self.pending: list[int] = []   # signals that came before the sandbox started
         self.fd = -1
         self.timer: threading.Timer | None = None
+        # The stop timer's thread and the handlers (main thread, possibly nested) share
+        # the pidfd: one finds it, the others wait for it.
+        self.lock = threading.RLock()
 
     def attach(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
@@ -124,6 +127,8 @@ class _Forwarder:
     def _find(self, proc: subprocess.Popen[bytes]) -> bool:
         deadline = time.monotonic() + _FIND_FOR
         while proc.poll() is None:
+            if self.fd >= 0:
+                return True   # found meanwhile, by a handler that ran inside this one
             for init in _children(proc.pid):
                 for pid in _children(init):
                     if _status_field(pid, "NSpid")[-1:] != ["2"]:
@@ -145,12 +150,13 @@ class _Forwarder:
     def send(self, sig: int) -> None:
         proc = self.proc
         assert proc is not None
-        if self.fd < 0 and not self._find(proc):
-            if sig == signal.SIGKILL and proc.poll() is None:
-                proc.kill()   # bwrap/unshare take the namespace with them
-            return
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(self.fd, sig)
+        with self.lock:
+            if self.fd < 0 and not self._find(proc):
+                if sig == signal.SIGKILL and proc.poll() is None:
+                    proc.kill()   # bwrap/unshare take the namespace with them
+                return
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.fd, sig)
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         if self.proc is None:
@@ -168,9 +174,10 @@ class _Forwarder:
     def close(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self.lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
 
 
 @contextlib.contextmanager
