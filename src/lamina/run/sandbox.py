@@ -541,10 +541,16 @@ def run_process(spec: ProcessSpec, stdin: int | None = None, stdout: int | None 
 
 def _stdin_copy(stdin: int | None) -> tuple[int | None, int]:
     """(the stdin to give the sandbox, the descriptor to close once it started or -1).
-    A terminal is read by a thread and passed on through a pipe — what ``docker run -i``
-    without ``-t`` gives the process; anything else is passed as it is."""
+    A terminal lamina has in the foreground is read by a thread and passed on through a
+    pipe — what ``docker run -i`` without ``-t`` gives the process; anything else is
+    passed as it is (lamina in a background job must not read the terminal: it would
+    be stopped by SIGTTIN whether or not the process wants input)."""
     src = 0 if stdin is None else stdin
-    if src < 0 or not os.isatty(src):
+    try:
+        foreground = src >= 0 and os.isatty(src) and os.tcgetpgrp(src) == os.getpgrp()
+    except OSError:
+        foreground = False
+    if not foreground:
         return stdin, -1
     read_end, write_end = os.pipe()
 
