@@ -162,7 +162,12 @@ class _Builder:
         self.source = StoreTransport(store)
         self.platform = opts.platform or current_platform()
         self.epoch = opts.source_date_epoch
-        self.created = rfc3339(self.epoch if self.epoch is not None else int(time.time()))
+        # History times: SOURCE_DATE_EPOCH for everything when set; else a new layer is
+        # dated now, a cached one by when it was first made, and config-only steps take
+        # their neighbours' times (_date_history), so a fully cached rebuild gives the
+        # same config, hence the same image ID, as BuildKit's does.
+        self.now = int(time.time())
+        self.created = rfc3339(self.epoch) if self.epoch is not None else None
         self.stage_states: dict[int, _State] = {}
         self.stage_roots: dict[int, Path] = {}
         self.new_layers = 0
@@ -538,6 +543,7 @@ class _Builder:
         if rec is not None:
             desc = Descriptor(rec.media_type, Digest.parse(rec.layer), rec.size)
             diff_id = Digest.parse(rec.diff_id)
+            made = int(rec.created) if rec.created is not None else self.now
             self.cached_layers += 1
             self.emit("cache", "---> Using cache")
         else:
@@ -554,14 +560,16 @@ class _Builder:
             desc = Descriptor(media_type, stored.digest, stored.size)
             diff_id = stored.diff_id
             self.store.meta.cache_put(CacheRecord(key, str(desc.digest), str(diff_id),
-                                                  media_type, desc.size, created_by))
+                                                  media_type, desc.size, created_by,
+                                                  self.now))
+            made = self.now
             self.new_layers += 1
         state.key = key
         state.pending_workdir = None
         state.layers.append(desc)
         state.diff_ids.append(diff_id)
-        state.history.append(History(created=self.created, created_by=created_by,
-                                     comment="buildkit.dockerfile.v0"))
+        state.history.append(History(created=self.created or rfc3339(made),
+                                     created_by=created_by, comment="buildkit.dockerfile.v0"))
         self.emit("layer", f"---> {desc.digest.short} ({human_size(desc.size)})",
                   digest=str(desc.digest), size=desc.size)
 
@@ -705,8 +713,10 @@ class _Builder:
 
     # -- the image ------------------------------------------------------------------------
     def _commit_image(self, state: _State) -> BuildResult:
-        config = build_config(state.diff_ids, state.history, state.platform,
-                              created=self.created,
+        history = _date_history(state.history)
+        created = self.created or next((h.created for h in reversed(history) if h.created),
+                                       None)
+        config = build_config(state.diff_ids, history, state.platform, created=created,
                               container_config=_public_config(state.config))
         tags = tuple(str(Reference.parse(t)) for t in self.opts.tags)
         config_desc, manifest = record_image(self.store, self.lease, config.raw, mt.OCI_CONFIG,
@@ -749,6 +759,34 @@ class _Overlay:
 
     def close(self) -> None:
         pass
+
+
+def _date_history(history: Sequence[History]) -> list[History]:
+    """Undated entries (config-only steps) dated as BuildKit's exporter dates them
+    (exporter/containerimage/writer.go, normalizeLayersAndHistory): by the first dated
+    entry after the first undated one (the first new layer: not a base image's time),
+    else the last dated one; after that each dated entry dates the undated ones that
+    follow it.  All of these times come from the cache on a rebuild."""
+    created: str | None = None
+    gap = False
+    for h in history:
+        if h.created:
+            created = h.created
+            if gap:
+                break
+        else:
+            gap = True
+    out: list[History] = []
+    gap = False
+    for h in history:
+        if h.created:
+            if gap:
+                created = h.created
+        else:
+            gap = True
+            h = replace(h, created=created)
+        out.append(h)
+    return out
 
 
 def _json(value: Any) -> str:

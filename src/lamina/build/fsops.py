@@ -25,10 +25,11 @@ from lamina.run.sandbox import resolve_in_root as sandbox_resolve
 
 
 def resolve_in_root(root: Path, path: str, create_dirs: bool = False,
-                    follow_last: bool = True) -> Path:
+                    follow_last: bool = True, owner: Owner | None = None) -> Path:
     """The host path of container ``path`` under ``root``, symlinks followed inside the
     root only (run.sandbox.resolve_in_root: the process's view).  ``create_dirs`` makes
-    the missing parent directories (0755, root-owned, whatever the umask)."""
+    the missing parent directories (0755 whatever the umask, owned by ``owner``, else
+    root: see ``_made_dir``)."""
     real = sandbox_resolve(root, path, follow_last)
     host = Path(os.fspath(root) + real) if real != "/" else Path(root)
     if create_dirs:
@@ -38,7 +39,7 @@ def resolve_in_root(root: Path, path: str, create_dirs: bool = False,
             current = current / part
             try:
                 os.mkdir(current, 0o755)
-                os.chmod(current, 0o755)
+                _made_dir(current, owner)
             except FileExistsError:
                 if not current.is_dir():
                     raise InvalidInput(f"{path}: {current.relative_to(root)} is not a "
@@ -53,6 +54,29 @@ def resolve_in_root(root: Path, path: str, create_dirs: bool = False,
 class Owner:
     uid: int
     gid: int
+
+
+def _made_dir(path: Path, owner: Owner | None) -> None:
+    """A directory COPY/ADD had to create for its destination (missing parents, or the
+    destination itself): 0755, owned by the ``--chown`` user when there is one, as
+    BuildKit makes it (tonistiigi/fsutil copy/mkdir.go ``MkdirAll`` chowns each directory
+    it creates; copy.go ``Copy``/``prepareTargetDir`` call it for the destination's
+    parents and for a directory's destination)."""
+    os.chmod(path, 0o755)
+    if owner is not None and os.geteuid() == 0:
+        os.lchown(path, owner.uid, owner.gid)
+
+
+def _ensure_dir(path: Path, owner: Owner | None) -> None:
+    """``path`` (its parent exists) as a directory, made as ``_made_dir`` says if missing."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        if not path.is_dir():
+            raise InvalidInput(f"cannot copy into {path.name}: it is not a directory in the "
+                               "image") from None
+        return
+    _made_dir(path, owner)
 
 
 def _read_db(root: Path, name: str) -> list[list[str]]:
@@ -165,7 +189,7 @@ def copy_into(root: Path, sources: list[Path], dest: str, attrs: CopyAttrs,
     ending in ``/``, or an existing directory, files land inside ``dest``; otherwise a
     single file source becomes ``dest``."""
     dest_is_dir = dest.endswith("/") or len(sources) > 1
-    target = resolve_in_root(root, dest, create_dirs=True)
+    target = resolve_in_root(root, dest, create_dirs=True, owner=attrs.owner)
     if not dest_is_dir and target.is_dir() and not sources[0].is_dir():
         dest_is_dir = True
     if len(sources) > 1 and not dest.endswith("/"):
@@ -173,16 +197,15 @@ def copy_into(root: Path, sources: list[Path], dest: str, attrs: CopyAttrs,
                            f"must be a directory and end with a /: {dest}")
     for src in sources:
         if src.is_dir() and not src.is_symlink():
-            target.mkdir(parents=True, exist_ok=True)
+            _ensure_dir(target, attrs.owner)
             with os.scandir(src) as it:
                 for entry in sorted(it, key=lambda e: e.name):
                     _copy_entry(entry.path, str(target / entry.name), attrs, skip)
             continue
         if dest_is_dir:
-            target.mkdir(parents=True, exist_ok=True)
+            _ensure_dir(target, attrs.owner)
             _copy_entry(str(src), str(target / src.name), attrs, skip)
         else:
-            target.parent.mkdir(parents=True, exist_ok=True)
             _copy_entry(str(src), str(target), attrs, skip)
 
 
@@ -220,8 +243,8 @@ def add_into(root: Path, sources: list[Path], dest: str, attrs: CopyAttrs,
             continue
         with stream:
             target = resolve_in_root(root, dest if dest.endswith("/") else dest + "/",
-                                     create_dirs=True)
-            target.mkdir(parents=True, exist_ok=True)
+                                     create_dirs=True, owner=attrs.owner)
+            _ensure_dir(target, attrs.owner)
             # An archive's own owners are kept (as Docker does) unless --chown; its
             # ".wh." names are plain files here, not whiteouts.
             apply_layer(stream, target, options=ApplyOptions(whiteouts=False))

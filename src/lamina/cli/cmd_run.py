@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def _interruptible() -> Iterator[None]:
-    """SIGTERM and SIGHUP stop the container like Ctrl-C does (the sandbox is stopped,
-    the rootfs unmounted and removed) instead of killing lamina mid-way."""
+    """SIGTERM and SIGHUP while the rootfs is made or removed stop lamina like Ctrl-C
+    does (the rootfs unmounted and removed) instead of killing it mid-way.  While the
+    command runs, they are the command's (``lamina.run.signals``)."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -33,15 +34,21 @@ def _interruptible() -> Iterator[None]:
 
 
 def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
-    # Everything after IMAGE belongs to the command (``sh -c "exit 3"``): no
-    # interspersed options, unknown options passed through.
-    @app.command(context_settings={"allow_interspersed_args": False,
-                                   "ignore_unknown_options": True})
+    # Everything after IMAGE belongs to the command (``sh -c "exit 3"``): no interspersed
+    # options.  Before IMAGE every option is lamina's: an unknown one is a usage error,
+    # never an image name (docker run's rule).
+    @app.command(context_settings={"allow_interspersed_args": False})
     @argument("image", help="Image in the store.")
     @argument("command", nargs=-1,
               help="Command and arguments (default: the image's ENTRYPOINT + CMD).")
     @flag("--rm", help="Remove the container when it exits (always done: lamina keeps no "
           "containers).")
+    @flag("-i", "--interactive", help="Keep stdin attached (always done).")
+    @flag("-t", "--tty", help="Allocate a pseudo-terminal (not supported yet).")
+    @option("--stop-signal", metavar="SIGNAL",
+            help="Signal a SIGTERM to lamina becomes (default: the image's STOPSIGNAL).")
+    @option("--stop-timeout", kind=int, default=10,
+            help="Seconds between the stop signal and SIGKILL.")
     @option("-e", "--env", multiple=True, help="K=V, or K to pass lamina's own value.")
     @option("-w", "--workdir", help="Working directory.")
     @option("-u", "--user", help="USER: name, uid, uid:gid or name:group.")
@@ -50,16 +57,25 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     @option("--commit", metavar="REF",
             help="Save what the command changed as a new layer, tagged REF.")
     @option("--snapshotter", default="auto", help="auto, overlay (root) or walk (anyone).")
-    def run(image: str, command: tuple[str, ...], rm: bool, env: tuple[str, ...],
+    def run(image: str, command: tuple[str, ...], rm: bool, interactive: bool, tty: bool,
+            stop_signal: str | None, stop_timeout: int, env: tuple[str, ...],
             workdir: str | None, user: str | None, volume: tuple[str, ...], network: str,
             commit: str | None, snapshotter: str) -> None:
-        """Run a command in an image's root filesystem, sandboxed, in the foreground."""
+        """Run a command in an image's root filesystem, sandboxed, in the foreground.
+
+        lamina's signals go to the command (SIGTERM as the image's STOPSIGNAL, then
+        SIGKILL after --stop-timeout), and lamina exits with the command's status."""
         from lamina.build.importer import source_date_epoch
         from lamina.cli.format import err
-        from lamina.errors import InvalidInput
+        from lamina.errors import InvalidInput, Unsupported
         from lamina.image.reference import Reference
         from lamina.run.container import RunOptions, run_container
 
+        if tty:
+            raise Unsupported("not supported yet: -t/--tty (a pseudo-terminal for the "
+                              "container, issue 12); -i alone keeps stdin attached")
+        if stop_timeout < 0:
+            raise InvalidInput(f"--stop-timeout must not be negative: {stop_timeout}")
         if network not in ("none", "host"):
             raise InvalidInput(f"unknown network {network!r}: choose none or host")
         if snapshotter not in ("auto", "overlay", "walk"):
@@ -69,7 +85,8 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
             image=image, command=list(command or []), env=list(env or []), workdir=workdir,
             user=user, volumes=list(volume or []), network=network,  # type: ignore[arg-type]
             rm=True, commit=commit, snapshotter=snapshotter,  # type: ignore[arg-type]
-            source_date_epoch=source_date_epoch() if commit else None)
+            source_date_epoch=source_date_epoch() if commit else None,
+            stop_signal=stop_signal, stop_timeout=stop_timeout)
         with store_factory() as store, _interruptible():
             result = run_container(store, opts)
         if commit:

@@ -8,7 +8,9 @@ The container is the image's config made concrete, as Docker combines it:
   ``K`` if it is set); WORKDIR and USER from the config unless ``-w``/``-u`` say
   otherwise.
 
-It runs in the foreground with lamina's stdio; its exit status is the result.  There
+It runs in the foreground with lamina's stdio; lamina's signals are its signals
+(``lamina.run.signals``: SIGTERM as the image's STOPSIGNAL, as ``docker stop`` sends
+it); its exit status is the result.  There
 are no container records: the writable layer exists while the process runs and is
 removed after it (``--rm`` is what lamina always does).  ``--commit REF`` keeps it
 first, as one new layer on top of the image's: a new config (the layer's diff_id and a
@@ -22,6 +24,7 @@ from __future__ import annotations
 import copy
 import os
 import shlex
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +42,7 @@ from lamina.layer.commit import commit_changeset
 from lamina.layer.options import Compression
 from lamina.run.rootfs import SnapshotterMode, open_rootfs
 from lamina.run.sandbox import Network, ProcessSpec, SandboxKind, run_process
+from lamina.run.signals import SignalProxy, parse_signal
 from lamina.run.snapshots import Snapshotter
 from lamina.store.store import Store
 from lamina.transport.local import StoreTransport, record_image
@@ -50,7 +54,9 @@ class RunOptions:
     """What ``lamina run`` was asked.  ``env``: ``K=V``, or ``K`` for lamina's own
     value; ``volumes``: ``HOST:CTR[:ro|:rw]``; ``source_date_epoch`` clamps the times
     of a committed layer and dates its config (the caller reads SOURCE_DATE_EPOCH);
-    ``stdin``/``stdout``/``stderr``: descriptors for the process (None: lamina's)."""
+    ``stdin``/``stdout``/``stderr``: descriptors for the process (None: lamina's);
+    ``sig_proxy``: lamina's signals go to the process, SIGTERM as ``stop_signal`` then
+    SIGKILL after ``stop_timeout`` seconds (``lamina.run.signals``)."""
 
     image: str
     command: list[str] = field(default_factory=list)
@@ -66,6 +72,9 @@ class RunOptions:
     compression: Compression = "gzip"
     sandbox: SandboxKind = "auto"
     hostname: str = "lamina"
+    stop_signal: str | None = None   # default: the image's StopSignal, else SIGTERM
+    stop_timeout: float = 10.0
+    sig_proxy: bool = True
     stdin: int | None = None
     stdout: int | None = None
     stderr: int | None = None
@@ -148,10 +157,17 @@ def run_container(store: Store, opts: RunOptions) -> RunResult:
         workdir = "/" + str(workdir)   # a relative WorkingDir in a config: from /
     user = opts.user if opts.user is not None else str(config.get("User") or "")
     mounts = tuple(parse_volume(v) for v in opts.volumes)
+    proxy = None
+    if opts.sig_proxy:
+        stop = opts.stop_signal if opts.stop_signal is not None else config.get("StopSignal")
+        if stop is not None and not isinstance(stop, str | int):
+            raise InvalidInput("image config: StopSignal must be a string")
+        proxy = SignalProxy(parse_signal(stop) if stop else signal.SIGTERM, opts.stop_timeout)
     with open_rootfs(store, source, image, opts.snapshotter) as rootfs:
         spec = ProcessSpec(rootfs=rootfs.path, argv=argv, env=env, cwd=workdir, user=user,
                            mounts=mounts, network=opts.network, hostname=opts.hostname)
-        code = run_process(spec, opts.stdin, opts.stdout, opts.stderr, sandbox=opts.sandbox)
+        code = run_process(spec, opts.stdin, opts.stdout, opts.stderr, sandbox=opts.sandbox,
+                           proxy=proxy)
         if commit_ref is None or code != 0:
             return RunResult(code)
         changes = rootfs.changes(opts.source_date_epoch)

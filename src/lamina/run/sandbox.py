@@ -42,11 +42,13 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from lamina.errors import InvalidInput, LaminaError, NotFound, Unsupported
+from lamina.run.signals import SignalProxy, forwarding
 
 # Docker's PATH when the image sets none (moby oci/defaults.go; also BuildKit's).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -337,6 +339,7 @@ for cap in range(64):
         fail("drop capabilities")
 # Stay as PID 1 (as bwrap's init does): the command is PID 2, so signals reach it as
 # they would anywhere (PID 1 ignores those it has no handler for), and orphans are reaped.
+# lamina signals PID 2 itself (lamina.run.signals); what is sent to this init is passed on.
 FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
            signal.SIGUSR2, signal.SIGWINCH)
 for sig in FORWARD:
@@ -360,8 +363,14 @@ if child == 0:
         os.write(2, ("exec: %s: %s\n" % (json.dumps(argv[0]), e.strerror)).encode())
         os._exit(code)
 os.close(status)
+def forward(n, _f):
+    # The command may be gone already (reaped just before): nothing to pass on.
+    try:
+        os.kill(child, n)
+    except ProcessLookupError:
+        pass
 for sig in FORWARD:
-    signal.signal(sig, lambda n, _f: os.kill(child, n))
+    signal.signal(sig, forward)
 while True:
     pid, st = os.wait()
     if pid == child:
@@ -469,10 +478,13 @@ def _wait(proc: subprocess.Popen[bytes]) -> int:
 
 
 def run_process(spec: ProcessSpec, stdin: int | None = None, stdout: int | None = None,
-                stderr: int | None = None, sandbox: SandboxKind = "auto") -> int:
+                stderr: int | None = None, sandbox: SandboxKind = "auto",
+                proxy: SignalProxy | None = None) -> int:
     """Run ``spec`` in the foreground and return its exit status (see the module
     docstring).  ``stdin``/``stdout``/``stderr`` are file descriptors (or
-    ``subprocess.DEVNULL``/``PIPE``-style constants); None inherits lamina's."""
+    ``subprocess.DEVNULL``/``PIPE``-style constants); None inherits lamina's.  With
+    ``proxy``, lamina's signals go to the process as ``docker run`` passes them
+    (``lamina.run.signals``); without, the sandbox shares lamina's process group."""
     if not spec.argv:
         raise InvalidInput("no command to run")
     root = Path(spec.rootfs)
@@ -522,14 +534,49 @@ def run_process(spec: ProcessSpec, stdin: int | None = None, stdout: int | None 
                 if os.path.isfile(f"/{name.lstrip('/')}") and os.path.isdir(
                         os.path.dirname(inside)) and not os.path.isdir(inside):
                     mounts.append((name, stubs.ensure(name, False), True))
-        return _spawn(kind, spec, user, mounts, cwd, env, stdin, stdout, stderr)
+        return _spawn(kind, spec, user, mounts, cwd, env, (stdin, stdout, stderr), proxy)
     finally:
         stubs.remove()
 
 
+def _stdin_copy(stdin: int | None) -> tuple[int | None, int]:
+    """(the stdin to give the sandbox, the descriptor to close once it started or -1).
+    A terminal lamina has in the foreground is read by a thread and passed on through a
+    pipe — what ``docker run -i`` without ``-t`` gives the process; anything else is
+    passed as it is (lamina in a background job must not read the terminal: it would
+    be stopped by SIGTTIN whether or not the process wants input)."""
+    src = 0 if stdin is None else stdin
+    try:
+        foreground = src >= 0 and os.isatty(src) and os.tcgetpgrp(src) == os.getpgrp()
+    except OSError:
+        foreground = False
+    if not foreground:
+        return stdin, -1
+    read_end, write_end = os.pipe()
+
+    def copy() -> None:
+        try:
+            while data := os.read(src, 65536):
+                while data:
+                    data = data[os.write(write_end, data):]
+        except OSError:
+            pass   # the process is gone (EPIPE), or the terminal
+        finally:
+            os.close(write_end)
+
+    threading.Thread(target=copy, name="lamina-stdin", daemon=True).start()
+    return read_end, read_end
+
+
 def _spawn(kind: str, spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str, str, bool]],
-           cwd: str, env: dict[str, str], stdin: int | None, stdout: int | None,
-           stderr: int | None) -> int:
+           cwd: str, env: dict[str, str], stdio: tuple[int | None, int | None, int | None],
+           proxy: SignalProxy | None) -> int:
+    stdin, stdout, stderr = stdio
+    copy_r = -1
+    if proxy is not None:
+        # The sandbox gets a process group of its own (see lamina.run.signals); a
+        # terminal would stop it (SIGTTIN) for reading, so it reads a copy instead.
+        stdin, copy_r = _stdin_copy(stdin)
     status_r, status_w = os.pipe()
     try:
         if kind == "bwrap":
@@ -541,21 +588,31 @@ def _spawn(kind: str, spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[
             # bwrap keeps the groups it is started with (the user is root here): give it
             # the image user's, as the unshare init sets them.
             ids = {"group": user.gid, "extra_groups": list(user.groups)}
-        try:
-            proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
-                                    env=env, pass_fds=(status_w,), close_fds=True,
-                                    **ids)  # type: ignore[call-overload]
-        except OSError as e:
-            raise LaminaError(f"cannot start the sandbox ({argv[0]}): {e.strerror or e}") \
-                from None
-        os.close(status_w)
-        status_w = -1
-        code = _status(_wait(proc))
+        with contextlib.ExitStack() as stack:
+            attach = None if proxy is None else stack.enter_context(forwarding(proxy))
+            try:
+                proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
+                                        env=env, pass_fds=(status_w,), close_fds=True,
+                                        process_group=None if proxy is None else 0,
+                                        **ids)  # type: ignore[call-overload]
+            except OSError as e:
+                raise LaminaError(f"cannot start the sandbox ({argv[0]}): "
+                                  f"{e.strerror or e}") from None
+            os.close(status_w)
+            status_w = -1
+            if copy_r >= 0:
+                os.close(copy_r)
+                copy_r = -1
+            if attach is None:
+                code = _status(_wait(proc))
+            else:
+                attach(proc)
+                code = _status(proc.wait())
         with os.fdopen(status_r, "rb") as f:
             status_r = -1
             report = f.read().decode(errors="replace")
     finally:
-        for fd in (status_r, status_w):
+        for fd in (status_r, status_w, copy_r):
             if fd >= 0:
                 os.close(fd)
     if kind == "bwrap":

@@ -115,6 +115,9 @@ class CacheRecord:
     media_type: str
     size: int
     created_by: str
+    # When the layer was first made (a build reuses it as its history time, as BuildKit
+    # dates a cached layer by its ref's creation); None: now, on cache_put.
+    created: float | None = None
 
 
 @dataclass(frozen=True)
@@ -351,7 +354,7 @@ class Metadata:
 
     # -- build cache ------------------------------------------------------------------------
     def cache_get(self, key: str) -> CacheRecord | None:
-        rows = self._query("SELECT key, layer, diff_id, media_type, size, created_by "
+        rows = self._query("SELECT key, layer, diff_id, media_type, size, created_by, created "
                            "FROM build_cache WHERE key=?", (key,))
         if not rows:
             return None
@@ -364,10 +367,10 @@ class Metadata:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO build_cache VALUES(?,?,?,?,?,?,?,?)",
                        (rec.key, rec.layer, rec.diff_id, rec.media_type, rec.size,
-                        rec.created_by, now, now))
+                        rec.created_by, now if rec.created is None else rec.created, now))
 
     def cache_entries(self) -> list[CacheRecord]:
-        rows = self._query("SELECT key, layer, diff_id, media_type, size, created_by "
+        rows = self._query("SELECT key, layer, diff_id, media_type, size, created_by, created "
                            "FROM build_cache")
         return [CacheRecord(*r) for r in rows]  # type: ignore[arg-type]
 
