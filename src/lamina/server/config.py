@@ -179,16 +179,13 @@ def load_config(path: Path | None, base: ServerConfig = ServerConfig()) -> Serve
     tls_key = rel(_get(server, "tls_key", str, where, None)) or base.tls_key
     num = (int, float)
     conn = base.connections
+    header_timeout = float(_get(server, "header_timeout", num, where, conn.header_timeout))
+    body_timeout = float(_get(server, "body_timeout", num, where, conn.body_timeout))
+    idle_timeout = _get(server, "idle_timeout", int, where, conn.idle_timeout)
+    max_connections = _get(server, "max_connections", int, where, conn.max_connections)
     try:
-        connections = Connections(
-            header_timeout=float(_get(server, "header_timeout", num, where,
-                                      conn.header_timeout)),
-            body_timeout=float(_get(server, "body_timeout", num, where, conn.body_timeout)),
-            idle_timeout=_get(server, "idle_timeout", int, where, conn.idle_timeout),
-            max_connections=_get(server, "max_connections", int, where,
-                                 conn.max_connections),
-        )
-    except InvalidInput as e:
+        connections = Connections(header_timeout, body_timeout, idle_timeout, max_connections)
+    except InvalidInput as e:       # a value out of range: say which file
         raise InvalidInput(f"{where}: {e}") from None
 
     auth = doc.get("auth", {})
