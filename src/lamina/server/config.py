@@ -8,8 +8,9 @@ The file (``--config FILE``) is small; every key is optional::
     tls_key = "key.pem"
     header_timeout = 30               # seconds to send a request's line and headers
                                       #   (whole head, as nginx client_header_timeout)
-    body_timeout = 60                 # seconds a request body may send nothing
-                                      #   (between reads, as nginx client_body_timeout)
+    body_timeout = 60                 # seconds a request body (or a response being
+                                      #   read) may move nothing: between reads, as
+                                      #   nginx client_body_timeout and send_timeout
     idle_timeout = 75                 # keep-alive: whole seconds between requests
     max_connections = 1024            # open connections; beyond it idle ones are
                                       #   closed to make room, else the new one gets 503
