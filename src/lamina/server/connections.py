@@ -29,7 +29,8 @@ applies the four limits of ``config.Connections`` — nginx's, which has the sam
   response on its way), the new one gets 503 and is closed, as nginx's ``limit_conn``.
 
 A cut request is an ordinary disconnect to the app: an upload keeps what arrived and
-stays resumable.  One sweep every second (a quarter of the shortest timeout when that is
+stays resumable.  With TLS a connection reaches the protocol once its handshake is done:
+until then asyncio's handshake timeout (60 s) bounds it, and it is not counted.  One sweep every second (a quarter of the shortest timeout when that is
 shorter) checks every connection, so the hot path (a manifest HEAD) pays a few attribute
 stores and no timer of its own.
 """
