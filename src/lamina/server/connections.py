@@ -30,9 +30,11 @@ applies the four limits of ``config.Connections`` — nginx's, which has the sam
 
 A cut request is an ordinary disconnect to the app: an upload keeps what arrived and
 stays resumable.  With TLS a connection reaches the protocol once its handshake is done:
-until then asyncio's handshake timeout (60 s) bounds it, and it is not counted.  One sweep every second (a quarter of the shortest timeout when that is
-shorter) checks every connection, so the hot path (a manifest HEAD) pays a few attribute
-stores and no timer of its own.
+until then asyncio's handshake timeout (60 s) bounds it, and it is not counted.
+
+One sweep every second (a quarter of the shortest timeout when that is shorter) checks
+every connection, so the hot path (a manifest HEAD) pays a few attribute stores and no
+timer of its own; a limit is enforced up to two sweeps late, never early.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ NOTE_EVERY = 10.0       # seconds between two log lines about the same limit
 class GuardedHttp(HttpToolsProtocol):
     """One connection: what it is waiting for, since when.  Subclassed per server with
     its ``guard`` (``protocol_class``).  The parser callbacks run for every request, so
-    they call the base class by name (``super()`` made a manifest GET cost ~10 % more CPU)
+    they call the base class by name (a ``super()`` call costs ~0.3 µs, five a request)
     and take the time from the guard's clock, not the loop's."""
 
     guard: ClassVar[Guard]
