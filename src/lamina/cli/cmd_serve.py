@@ -16,18 +16,22 @@ from lamina.store.store import Store
 _HELP = {
     "root": "Store to serve (default: lamina's store).",
     "addr": "HOST:PORT to listen on (default 127.0.0.1:5000).",
-    "config": "TOML file: auth, access rules, limits.",
+    "config": "TOML file: auth, access rules, limits, timeouts.",
     "tls_cert": "PEM certificate: serve https.",
     "tls_key": "PEM private key for --tls-cert.",
     "log_level": "debug, info, warning or error.",
     "no_access_log": "Do not log each request.",
+    "header_timeout": "Seconds a client has to send a request's headers (default 30).",
+    "body_timeout": "Seconds a request or response body may stall (default 60).",
+    "idle_timeout": "Seconds a kept-alive connection may wait between requests (default 75).",
+    "max_connections": "Open connections at most (default 1024).",
 }
 _DOC = "Serve the store as an OCI registry (distribution-spec 1.1)."
 
 
 def _serve(store_factory: Callable[[], Store], root: Path | None, addr: str | None,
            config: Path | None, tls_cert: Path | None, tls_key: Path | None,
-           log_level: str, no_access_log: bool) -> None:
+           log_level: str, no_access_log: bool, **connections: Any) -> None:
     from lamina.errors import InvalidInput
     from lamina.server.config import load_config, parse_addr
     from lamina.server.run import ServeOptions, serve
@@ -40,6 +44,9 @@ def _serve(store_factory: Callable[[], Store], root: Path | None, addr: str | No
         cfg = replace(cfg, host=host, port=port)
     if tls_cert is not None or tls_key is not None:
         cfg = replace(cfg, tls_cert=tls_cert, tls_key=tls_key)
+    given = {k: v for k, v in connections.items() if v is not None}
+    if given:
+        cfg = replace(cfg, connections=replace(cfg.connections, **given))
     store = Store(root) if root is not None else store_factory()
     serve(store, cfg, ServeOptions(log_level=log_level, access_log=not no_access_log))
 
@@ -60,10 +67,16 @@ def _register_click(app: click.Group, store_factory: Callable[[], Store]) -> Non
     @click.option("--log-level", default="info", show_default=True, help=_HELP["log_level"])
     @click.option("--no-access-log", is_flag=True, default=False,
                   help=_HELP["no_access_log"])
+    @click.option("--header-timeout", type=click.FloatRange(0, min_open=True),
+                  help=_HELP["header_timeout"])
+    @click.option("--body-timeout", type=click.FloatRange(0, min_open=True),
+                  help=_HELP["body_timeout"])
+    @click.option("--idle-timeout", type=click.IntRange(1), help=_HELP["idle_timeout"])
+    @click.option("--max-connections", type=click.IntRange(1), help=_HELP["max_connections"])
     def serve(root: Path | None, addr: str | None, config: Path | None,
               tls_cert: Path | None, tls_key: Path | None, log_level: str,
-              no_access_log: bool) -> None:
+              no_access_log: bool, **connections: Any) -> None:
         _serve(store_factory, root, addr, config, tls_cert, tls_key, log_level,
-               no_access_log)
+               no_access_log, **connections)
 
 

@@ -6,6 +6,14 @@ The file (``--config FILE``) is small; every key is optional::
     addr = "127.0.0.1:5000"
     tls_cert = "cert.pem"             # with tls_key: serve https
     tls_key = "key.pem"
+    header_timeout = 30               # seconds to send a request's line and headers
+                                      #   (whole head, as nginx client_header_timeout)
+    body_timeout = 60                 # seconds a request body (or a response being
+                                      #   read) may move nothing: between reads, as
+                                      #   nginx client_body_timeout and send_timeout
+    idle_timeout = 75                 # keep-alive: whole seconds between requests
+    max_connections = 1024            # open connections; beyond it idle ones are
+                                      #   closed to make room, else the new one gets 503
 
     [auth]
     htpasswd = "htpasswd"             # bcrypt entries (htpasswd -B); turns auth on
@@ -41,6 +49,7 @@ everything; anonymous clients may pull only if ``anonymous_pull``.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +95,22 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Connections:
+    """How long a client may take, and how many may be connected (server/connections.py).
+    Every limit is finite: a connection that sends nothing is closed in the end."""
+
+    header_timeout: float = 30.0
+    body_timeout: float = 60.0
+    idle_timeout: int = 75            # whole seconds: uvicorn's timeout_keep_alive
+    max_connections: int = 1024
+
+    def __post_init__(self) -> None:
+        for key in ("header_timeout", "body_timeout", "idle_timeout", "max_connections"):
+            if not 0 < getattr(self, key) < math.inf:      # TOML has inf and nan
+                raise InvalidInput(f"{key} must be a number greater than 0")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 5000
@@ -93,6 +118,7 @@ class ServerConfig:
     tls_key: Path | None = None
     auth: AuthConfig = AuthConfig()
     limits: Limits = Limits()
+    connections: Connections = Connections()
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -152,6 +178,16 @@ def load_config(path: Path | None, base: ServerConfig = ServerConfig()) -> Serve
         host, port = parse_addr(_get(server, "addr", str, where, None))
     tls_cert = rel(_get(server, "tls_cert", str, where, None)) or base.tls_cert
     tls_key = rel(_get(server, "tls_key", str, where, None)) or base.tls_key
+    num = (int, float)
+    conn = base.connections
+    header_timeout = float(_get(server, "header_timeout", num, where, conn.header_timeout))
+    body_timeout = float(_get(server, "body_timeout", num, where, conn.body_timeout))
+    idle_timeout = _get(server, "idle_timeout", int, where, conn.idle_timeout)
+    max_connections = _get(server, "max_connections", int, where, conn.max_connections)
+    try:
+        connections = Connections(header_timeout, body_timeout, idle_timeout, max_connections)
+    except InvalidInput as e:       # a value out of range: say which file
+        raise InvalidInput(f"{where}: {e}") from None
 
     auth = doc.get("auth", {})
     groups = {str(k): _strings(v, f"{where}: group {k}") for k, v in
@@ -183,7 +219,6 @@ def load_config(path: Path | None, base: ServerConfig = ServerConfig()) -> Serve
         rules=tuple(rules) or base.auth.rules,
     )
     lim = doc.get("limits", {})
-    num = (int, float)
     limits = Limits(
         max_manifest_bytes=_get(lim, "max_manifest_bytes", int, where,
                                 base.limits.max_manifest_bytes),
@@ -194,4 +229,4 @@ def load_config(path: Path | None, base: ServerConfig = ServerConfig()) -> Serve
         chunk_min_length=_get(lim, "chunk_min_length", int, where,
                               base.limits.chunk_min_length),
     )
-    return ServerConfig(host, port, tls_cert, tls_key, auth_cfg, limits)
+    return ServerConfig(host, port, tls_cert, tls_key, auth_cfg, limits, connections)
