@@ -112,7 +112,11 @@ class StoreTransport:
         return self.store.blobs.has(desc.digest)
 
     def put_blob(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None,
+                 spans: Sequence[tuple[int, int]] | None = None) -> None:
+        """``spans``: the blob's byte ranges at its frame boundaries (a zstd:chunked
+        layer's, from ``layer/``): then it is kept as chunks, each stored once however
+        many blobs hold it (store/chunks.py)."""
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
 
         verified = stream if isinstance(stream, VerifyingReader) and \
@@ -139,7 +143,7 @@ class StoreTransport:
             # fails (the directory fsync) must still be undone by abort.
             self._written.append(str(desc.digest))
             self._pending.add(str(desc.digest))
-            self._publishing.append(self._publisher.submit(w.publish))
+            self._publishing.append(self._publisher.submit(w.publish, spans))
 
     def _settle(self) -> None:
         """Wait for every pending publish; raise the first failure (after all ended)."""
