@@ -284,13 +284,17 @@ from pathlib import Path
 from lamina.digest import Digest
 from lamina.store import Store, chunks
 stop_in = sys.argv[4]
+write_recipe = chunks.ChunkStore._write_recipe
 def stop(*args, **kw):
     print("stopped", flush=True)
-    time.sleep(120)
-if stop_in == "recipe":
-    chunks.ChunkStore._write_recipe = stop
-else:
+    if stop_in != "pause":
+        time.sleep(120)
+    sys.stdin.readline()         # "pause": go on when told
+    write_recipe(*args, **kw)
+if stop_in == "commit":
     chunks.ChunkStore._commit = stop
+else:
+    chunks.ChunkStore._write_recipe = stop
 spans = [(o, min(4000, 20000 - o)) for o in range(0, 20000, 4000)]
 Store(Path(sys.argv[1])).blobs.put_chunked(Digest.parse(sys.argv[2]), Path(sys.argv[3]), spans)
 """
@@ -363,3 +367,32 @@ def test_save_and_df_of_a_chunked_image(tmp_path: Path) -> None:
     assert "Blob bytes:" in text and "logical" in text and "physical" in text
     assert f"ratio {storage['ratio']:.2f}" in text and "2 kept as" in text
     lam.assert_consistent()
+
+
+def test_gc_waits_for_a_writer_between_its_chunks_and_its_recipe(store: Store,
+                                                                 tmp_path: Path) -> None:
+    """A gc that runs while a writer has named its chunks but not yet its recipe must not
+    take them (the writer holds chunks/lock shared, gc's sweep takes it exclusive)."""
+    import threading
+
+    data = data_of(20_000, 15)
+    src = tmp_path / "blob"
+    src.write_bytes(data)
+    d = Digest.from_bytes(data)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(store.root), str(d),
+                             str(src), "pause"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout.readline() == b"stopped\n"
+    assert len(chunk_files(store)) == 5
+    reports: list[object] = []
+    with Store(store.root) as other:
+        gc = threading.Thread(target=lambda: reports.append(collect(other)))
+        gc.start()
+        time.sleep(0.5)              # let gc reach the chunk lock (not an assertion)
+        proc.stdin.write(b"go\n")
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+        gc.join(30)
+    proc.stdout.close()
+    assert reports and not gc.is_alive()
+    assert store.blobs.read_bytes(d) == data      # its chunks all survived that gc
