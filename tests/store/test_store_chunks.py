@@ -327,11 +327,11 @@ def test_killed_writer_leaves_a_consistent_store(store: Store, tmp_path: Path,
     lam = Lamina(store.root, tmp_path)
     fsck = lam.run("fsck", "--json").json()
     assert fsck["clean"] and fsck["chunks_checked"] == len(chunk_files(store))
-    report = collect(store)
+    report = lam.run("gc", "--json").json()
     if stop_in == "recipe":
-        assert (report.chunks_removed, report.chunk_bytes_freed) == (5, 20_000)
+        assert (report["chunks_removed"], report["chunk_bytes_freed"]) == (5, 20_000)
     else:
-        assert report.ingest_removed == 5 and report.bytes_freed == 20_000
+        assert report["ingest_removed"] == 5 and report["bytes_freed"] == 20_000
     assert not chunk_files(store) and not ingest_names(store)
     # and a retry completes
     store.blobs.put_chunked(d, src, cut(20_000, 4_000))
@@ -396,3 +396,21 @@ def test_gc_waits_for_a_writer_between_its_chunks_and_its_recipe(store: Store,
     proc.stdout.close()
     assert reports and not gc.is_alive()
     assert store.blobs.read_bytes(d) == data      # its chunks all survived that gc
+
+
+def test_a_damaged_recipe_stops_the_chunk_sweep(store: Store, tmp_path: Path) -> None:
+    """What a damaged recipe needs is unknown: gc removes no chunk and says which recipe;
+    fsck calls the blob corrupt; after ``fsck --repair`` gc sweeps again."""
+    d = chunked_blob(store, data_of(8_000, 16), cut(8_000, 2_000))
+    store.meta.add_image(str(d), mt.OCI_LAYER, 8_000, [])
+    orphan = chunked_blob(store, data_of(3_000, 17), cut(3_000, 1_000))
+    store.blobs.chunks.recipe_path(d).write_bytes(b"{not json")
+    with pytest.raises(IntegrityError, match="recipe is damaged"):
+        store.blobs.read_bytes(d)
+    lam = Lamina(store.root, tmp_path)
+    out = lam.run("gc").out
+    assert f"blob {d}: its recipe is damaged; no chunk removed" in out
+    assert str(orphan) in out and len(chunk_files(store)) == 7
+    assert str(d) in check(store).corrupt
+    check(store, repair=True)
+    assert collect(store).chunks_removed == 7 and not chunk_files(store)

@@ -164,6 +164,10 @@ def _sweep_chunks(store: Store, db: sqlite3.Connection, live: set[str], gone: se
     """Remove the chunks no remaining recipe (and no live lease) names; finish
     conversions a crash cut short (a blob with its recipe and its whole file too)."""
     chunks = store.blobs.chunks
+    if not chunks.chunk_dir.is_dir():
+        # Never a chunk written here (a writer makes the directory, under the lock,
+        # before its first chunk): nothing to sweep, and nothing to create on a full disk.
+        return
     with chunks.locked(exclusive=True):
         kept = [d for d in chunks.recipes() if str(d) not in gone]
         used, damaged = chunks.users(kept)
