@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from lamina.digest import CHUNK, Digest, HashingWriter, VerifyingReader
-from lamina.errors import IntegrityError, NoSpace, NotFound, StoreError
+from lamina.errors import IntegrityError, NotFound
 from lamina.store import locks
 from lamina.store.chunks import ChunkedFile, ChunkStore, Recipe
+from lamina.store.files import disk_error, fsync_dir
 
 
 @dataclass(frozen=True)
@@ -68,24 +69,6 @@ class BlobProvider(Protocol):
 class BlobIngester(Protocol):
     def writer(self) -> BlobWriter: ...
     def put_bytes(self, data: bytes, expected: Digest | None = None) -> Digest: ...
-
-
-def _disk_error(e: OSError, what: str) -> StoreError:
-    if e.errno == errno.ENOSPC:
-        return NoSpace(f"no space left on device while writing {what}; "
-                       "free space or run `lamina gc`")
-    if e.errno == errno.EDQUOT:
-        return StoreError(f"disk quota exceeded while writing {what}")
-    return StoreError(f"cannot write {what}: {e.strerror or e}")
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable: the directory entry, not just the file, must reach disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 DIRECT_CHUNK = 1 << 20   # O_DIRECT writes: a multiple of any block size in use
@@ -182,7 +165,7 @@ class _BlockWriter:
     def _raise(self) -> None:
         assert self.error is not None
         if isinstance(self.error, OSError):
-            raise _disk_error(self.error, "a blob") from None
+            raise disk_error(self.error, "a blob") from None
         raise self.error
 
     def close(self, raise_error: bool = True) -> None:
@@ -225,7 +208,7 @@ class BlobWriter:
                 # Read-write: a blob published as chunks is read back from this file.
                 self._file: BinaryIO = open(self.path, "x+b")
             except OSError as e:
-                raise _disk_error(e, "an ingest file") from None
+                raise disk_error(e, "an ingest file") from None
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._hash = HashingWriter(self._file, algorithm, hash=verified_by is None)
         self._closed = False
@@ -239,7 +222,7 @@ class BlobWriter:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            raise _disk_error(e, "an ingest file") from None
+            raise disk_error(e, "an ingest file") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # gc may have taken the abandoned file between our open and our lock, and
@@ -287,7 +270,7 @@ class BlobWriter:
         try:
             return self._hash.write(data)
         except OSError as e:
-            raise _disk_error(e, "a blob") from None
+            raise disk_error(e, "a blob") from None
 
     def flush(self) -> None:
         self._file.flush()
@@ -401,7 +384,7 @@ class BlobWriter:
             final.parent.mkdir(parents=True, exist_ok=True)
             # rename over an existing blob is harmless: same name, same bytes.
             os.replace(self.path, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         self._close()
         return digest
 
@@ -412,7 +395,7 @@ class BlobWriter:
             yield
         except OSError as e:
             self.abort()
-            raise _disk_error(e, f"blob {digest}") from None
+            raise disk_error(e, f"blob {digest}") from None
         except BaseException:
             self.abort()
             raise

@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lamina.digest import CHUNK, Digest, VerifyingReader
-from lamina.errors import IntegrityError, InvalidInput, NotFound, StoreError
+from lamina.errors import IntegrityError, InvalidInput, NotFound
+from lamina.store.files import disk_error, fsync_dir
 
 RECIPE_FORMAT = "lamina-recipe-v1"
 MAX_RECIPE_BYTES = 64 << 20   # a recipe is ~80 bytes a chunk: a million chunks fit
@@ -98,14 +99,6 @@ def check_spans(spans: Sequence[tuple[int, int]], size: int) -> list[tuple[int, 
     if at != size:
         raise InvalidInput(f"chunk spans cover {at} bytes of a {size}-byte blob")
     return out
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pread_full(fd: int, n: int, offset: int) -> bytes:
@@ -301,9 +294,9 @@ class ChunkStore:
                 self._commit(batch)
                 batch, wrote = [], True
             if wrote:
-                _fsync_dir(self.chunk_dir / "sha256")
+                fsync_dir(self.chunk_dir / "sha256")
         except OSError as e:
-            raise StoreError(f"cannot write the chunks of a blob: {e.strerror or e}") from None
+            raise disk_error(e, "the chunks of a blob") from None
         finally:
             for temp in batch:
                 temp.drop()
@@ -353,16 +346,18 @@ class ChunkStore:
 
     def _write_recipe(self, recipe: Recipe) -> None:
         final = self.recipe_path(recipe.blob)
-        tmp = _Temp(self.ingest_dir, recipe.blob)
+        try:
+            tmp = _Temp(self.ingest_dir, recipe.blob)
+        except OSError as e:
+            raise disk_error(e, f"the recipe of blob {recipe.blob}") from None
         try:
             tmp.write(recipe.encode())
             os.fsync(tmp.fd)
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp.rename(final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except OSError as e:
-            raise StoreError(f"cannot write the recipe of blob {recipe.blob}: "
-                             f"{e.strerror or e}") from None
+            raise disk_error(e, f"the recipe of blob {recipe.blob}") from None
         finally:
             tmp.drop()
 
