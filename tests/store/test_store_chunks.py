@@ -338,9 +338,9 @@ def test_killed_writer_leaves_a_consistent_store(store: Store, tmp_path: Path,
     assert store.blobs.read_bytes(d) == data
 
 
-def test_save_and_df_of_a_chunked_image(tmp_path: Path) -> None:
-    """``lamina save`` writes the layer's exact bytes; ``df`` shows logical, physical and
-    the ratio (text and --json)."""
+def test_save_unpack_and_df_of_a_chunked_image(tmp_path: Path) -> None:
+    """``lamina save`` writes the layer's exact bytes, ``unpack`` applies it; ``df`` shows
+    logical, physical and the ratio (text and --json)."""
     files = [(f"f{i}.bin", data_of(4_000, 100 + i)) for i in range(10)]
     first = store_chunked_image(tmp_path / "store", "docker.io/demo/one:latest", files,
                                 span=1_024)
@@ -352,6 +352,8 @@ def test_save_and_df_of_a_chunked_image(tmp_path: Path) -> None:
         hexes = {hashlib.sha256(tar.extractfile(m).read()).hexdigest()  # type: ignore[union-attr]
                  for m in tar.getmembers() if m.isfile()}
     assert first.layer.split(":")[1] in hexes
+    lam.run("unpack", "demo/one", tmp_path / "unpacked")      # read through the recipe
+    assert {p.name: p.read_bytes() for p in (tmp_path / "unpacked").iterdir()} == dict(files)
     usage = lam.run("df", "--json").json()
     storage = usage["storage"]
     # the two layers share all but their tails: the chunks of their common prefix once
