@@ -19,6 +19,7 @@ from lamina.store.store import Store
 from lamina.transport.base import ImageSink, ImageSource, NamedImage
 from lamina.transport.copy import CopyEvent, CopyOptions, copy_image
 from lamina.transport.docker_archive import (
+    MANIFEST_FILE,
     DockerArchiveSink,
     DockerArchiveSource,
     is_docker_archive,
@@ -46,6 +47,8 @@ def open_archive(path: Path, tmpdir: Path | None = None) -> ImageSource:
             return DockerArchiveSource(tree)
         if is_oci_layout(tree):
             return OciLayoutSource(tree)
+        if tree.exists(MANIFEST_FILE):
+            return DockerArchiveSource(tree)    # says what is wrong with its manifest.json
     except BaseException:
         tree.close()
         raise
