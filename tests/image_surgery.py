@@ -101,3 +101,44 @@ def docker_archive_dir(lamina: Lamina, ref: str, where: Path) -> Path:
     with tarfile.open(archive) as tf:
         tf.extractall(where, filter="data")
     return where
+
+
+def bomb_layer(kind: str, zeros: int) -> tuple[bytes, str]:
+    """A layer holding one file of ``zeros`` zero bytes, compressed with ``kind`` (gzip
+    or zstd): a few kB that expand ~1000×.  Returns the blob and its diff_id."""
+    import io
+
+    import zstandard
+
+    head = tarfile.TarInfo("zeros")
+    head.size = zeros
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(head, io.BytesIO(bytes(zeros)))
+    tar = raw.getvalue()
+    if kind == "gzip":
+        return gzip.compress(tar, mtime=0), sha256(tar)
+    return zstandard.ZstdCompressor(level=3).compress(tar), sha256(tar)
+
+
+def record_unchecked(store_root: Path, img: Layout, config_raw: bytes, ref: str) -> str:
+    """Put the layout's layers and ``config_raw`` in a store and record the image under
+    ``ref`` through the library, without any load or pull check — as a registry push to
+    ``lamina serve`` (a registry keeps what it is given) or an older lamina recorded
+    images.  Returns the manifest digest."""
+    from lamina.digest import Digest
+    from lamina.image import mediatypes as mt
+    from lamina.image.manifest import Descriptor
+    from lamina.store.store import Store
+    from lamina.transport.local import record_image
+
+    with Store(store_root) as store, store.lease() as lease:
+        layers = []
+        for d in img.manifest["layers"]:
+            data = img.blob(d["digest"]).read_bytes()
+            digest = Digest.parse(d["digest"])
+            lease.add(digest)
+            store.blobs.put_bytes(data, digest)
+            layers.append(Descriptor(d["mediaType"], digest, len(data)))
+        _, manifest = record_image(store, lease, config_raw, mt.OCI_CONFIG, layers, [ref])
+    return str(manifest.digest)

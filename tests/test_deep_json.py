@@ -15,6 +15,7 @@ from image_surgery import (
     deep,
     docker_archive_dir,
     edit_layout,
+    record_unchecked,
     small_layout,
     with_deep_value,
 )
@@ -70,25 +71,9 @@ def test_deep_docker_archive_config_and_manifest_json(lamina: Lamina, tmp_path: 
 
 def test_unpack_of_a_stored_image_with_a_deep_config(lamina: Lamina, layout: Path,
                                                      tmp_path: Path) -> None:
-    """A registry keeps what it is given: an image pushed to ``lamina serve`` may carry
-    any config.  Recorded here through the library, as the server records it."""
-    from lamina.digest import Digest
-    from lamina.image import mediatypes as mt
-    from lamina.image.manifest import Descriptor
-    from lamina.store.store import Store
-    from lamina.transport.local import record_image
-
-    img = Layout(layout)
-    with Store(lamina.root) as store, store.lease() as lease:
-        layers = []
-        for d in img.manifest["layers"]:
-            data = img.blob(d["digest"]).read_bytes()
-            digest = Digest.parse(d["digest"])
-            lease.add(digest)
-            store.blobs.put_bytes(data, digest)
-            layers.append(Descriptor(d["mediaType"], digest, len(data)))
-        record_image(store, lease, with_deep_value(img.config), mt.OCI_CONFIG, layers,
-                     ["docker.io/demo/deep:latest"])
+    """An image any config can reach the store through ``lamina serve``."""
+    record_unchecked(lamina.root, Layout(layout), with_deep_value(Layout(layout).config),
+                     "docker.io/demo/deep:latest")
     target = tmp_path / "rootfs"
     _refused(lamina, "unpack", "demo/deep", target)
     assert not target.exists()

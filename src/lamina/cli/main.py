@@ -281,27 +281,33 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
 @flag("--repair", help="Remove what is corrupt or dangling.")
 @json_flag
 def fsck(repair: bool, json_: bool) -> None:
-    """Re-hash every blob; report corrupt blobs and references to missing content."""
+    """Re-hash every blob; report corrupt blobs, references to missing content and
+    images whose layers cannot be unpacked."""
     from lamina.cli.format import out
     from lamina.store.fsck import check
+    from lamina.transport.verify import unpackable_images
 
     with _store() as store:
         report = check(store, repair=repair)
+        # Not repaired: the image is what its publisher made; rmi removes it.
+        unpackable = [u.problem for u in unpackable_images(store)]
+    clean = report.clean and not unpackable
     if json_:
         print_json({"blobs_checked": report.blobs_checked, "corrupt": report.corrupt,
-                    "dangling": report.dangling, "repaired": report.repaired,
-                    "clean": report.clean})
+                    "dangling": report.dangling, "unpackable": unpackable,
+                    "repaired": report.repaired, "clean": clean})
     else:
         for d in report.corrupt:
             out.print(f"corrupt blob {d}")
-        for p in report.dangling:
+        for p in report.dangling + unpackable:
             out.print(p)
         for r in report.repaired:
             out.print(f"repaired: {r}")
-        state = "clean" if report.clean else (
-            "repaired" if repair else f"{len(report.corrupt) + len(report.dangling)} problems")
+        problems = len(report.corrupt) + len(report.dangling) + len(unpackable)
+        state = "clean" if clean else ("repaired" if repair and not unpackable
+                                        else f"{problems} problems")
         out.print(f"checked {report.blobs_checked} blobs: {state}")
-    if not report.clean and not repair:
+    if not clean and not (repair and not unpackable):
         raise click.exceptions.Exit(1)
 
 

@@ -127,7 +127,7 @@ def load_archive(store: Store, path: Path, name: str | None = None,
     if name is not None:
         Reference.parse(name)  # fail before reading anything
     source = open_archive(path, store.root / "tmp")
-    sink = StoreTransport(store)
+    sink = StoreTransport(store, verify_layers=True)
     loaded: list[Loaded] = []
     opts = CopyOptions(all_platforms=True, on_event=on_event)
     try:

@@ -12,11 +12,12 @@ from typing import BinaryIO
 from lamina.digest import Digest, VerifyingReader
 from lamina.errors import InvalidReference, NotFound
 from lamina.image import mediatypes as mt
-from lamina.image.config import parse_config
+from lamina.image.config import ImageConfig
 from lamina.image.manifest import Descriptor, Index, Manifest, build_manifest, parse
 from lamina.image.reference import Reference
 from lamina.store.store import Lease, Store
 from lamina.transport.base import NamedImage, Progress
+from lamina.transport.verify import image_config, verify_layers
 
 
 class StoreTransport:
@@ -32,8 +33,12 @@ class StoreTransport:
     accepts_index = True
     concurrent_blobs = True   # copy may call it from several threads (CopyOptions.jobs)
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, verify_layers: bool = False) -> None:
+        """``verify_layers``: decompress every layer of an image (once: remembered) and
+        check its diff_id before recording the image, as ``load`` does.  Without it only
+        the cheap checks run (one diff_id per layer, known layer media types)."""
         self.store = store
+        self.verify_layers = verify_layers
         self._lease_id: str | None = None
         self._lease_lock = threading.Lock()   # copy may put blobs from several threads
         self._written: list[str] = []   # blobs this sink added (for abort)
@@ -152,14 +157,21 @@ class StoreTransport:
     def put_manifest(self, desc: Descriptor, raw: bytes, names: list[str] | None) -> None:
         self._settle()
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
+        what = f"manifest {desc.digest}"
+        doc = parse(raw, desc.media_type, what=what)
+        # An image that can never be unpacked is refused before anything names it.
+        config = image_config(self.store, doc, what) if isinstance(doc, Manifest) else None
+        if config is not None and self.verify_layers:
+            assert isinstance(doc, Manifest)
+            verify_layers(self.store, doc, config, what)
         if not self.store.blobs.has(desc.digest):
             self.store.blobs.put_bytes(raw, desc.digest)
             self._written.append(str(desc.digest))
-        doc = parse(raw, desc.media_type, what=f"manifest {desc.digest}")
         children: list[str]
         if isinstance(doc, Manifest):
             children = [str(d.digest) for d in doc.blobs()]
-            self._record_layers(doc)
+            if config is not None:
+                self._record_layers(doc, config)
         else:
             assert isinstance(doc, Index)
             children = [str(d.digest) for d in doc.manifests]
@@ -185,14 +197,8 @@ class StoreTransport:
         if str(new.config.digest) in self.store.meta.children(old):
             self.store.meta.delete_image(old)
 
-    def _record_layers(self, manifest: Manifest) -> None:
+    def _record_layers(self, manifest: Manifest, config: ImageConfig) -> None:
         """Remember each layer's diff_id (from the config) for dedup and unpacking."""
-        if manifest.config.media_type not in mt.CONFIGS or not self.store.blobs.has(
-            manifest.config.digest
-        ):
-            return
-        config = parse_config(self.store.blobs.read_bytes(manifest.config.digest,
-                                                          manifest.config.size))
         for layer, diff_id in zip(manifest.layers, config.diff_ids, strict=False):
             self.store.meta.add_layer(str(layer.digest), str(diff_id), layer.media_type,
                                       layer.size)
