@@ -31,6 +31,7 @@ from lamina.cli.format import (
     say,
     table,
 )
+from lamina.cli.limits import expansion_option
 from lamina.errors import LaminaError
 
 _state: dict[str, Any] = {"root": None}
@@ -98,6 +99,7 @@ def import_(ref: str, sources: tuple[Path, ...], compression: str, json_: bool) 
 @app.command()
 @argument("path", kind=Path, help="docker save archive or OCI layout (dir or tar).")
 @option("--name", help="Name for images the archive does not name.")
+@expansion_option
 @json_flag
 def load(path: Path, name: str | None, json_: bool) -> None:
     """Load images from a docker archive or an OCI layout into the store."""
@@ -146,6 +148,7 @@ def save(refs: tuple[str, ...], output: Path, format_: str, platform: str | None
 @argument("ref", help="Image in the store.")
 @argument("target", kind=Path, help="Empty or new directory.")
 @option("--platform", help="OS/ARCH to pick from an index.")
+@expansion_option
 def unpack(ref: str, target: Path, platform: str | None) -> None:
     """Apply an image's layers, in order, onto a directory (its root filesystem)."""
     from lamina.cli.format import out
