@@ -16,7 +16,6 @@ from lamina.errors import IntegrityError, InvalidManifest, LaminaError, Unsuppor
 from lamina.image import mediatypes as mt
 from lamina.image.config import ImageConfig, parse_config
 from lamina.image.manifest import Index, Manifest, parse
-from lamina.layer.verify import check_layer
 from lamina.store.store import Store
 
 
@@ -43,6 +42,9 @@ def image_config(store: Store, manifest: Manifest, what: str) -> ImageConfig | N
 def verify_layers(store: Store, manifest: Manifest, config: ImageConfig, what: str) -> None:
     """Decompress every layer not verified before and compare it with its diff_id;
     raise the first problem, naming the layer."""
+    # Imported here: pull runs only image_config, and its import cost is watched.
+    from lamina.layer.verify import check_layer
+
     for i, (layer, diff_id) in enumerate(zip(manifest.layers, config.diff_ids, strict=True), 1):
         known = store.meta.verified_diff_id(str(layer.digest))
         if known == str(diff_id):
