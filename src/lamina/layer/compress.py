@@ -67,6 +67,10 @@ class BlockCompressor(Protocol):
 
     def finish(self) -> None: ...
 
+    def close(self) -> None:
+        """Stop without finishing (after an error): no thread is left running."""
+        ...
+
 
 class _Plain:
     def __init__(self, out: Writable) -> None:
@@ -76,6 +80,9 @@ class _Plain:
         self._out.write(block)
 
     def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 

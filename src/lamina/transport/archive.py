@@ -127,7 +127,7 @@ def load_archive(store: Store, path: Path, name: str | None = None,
     if name is not None:
         Reference.parse(name)  # fail before reading anything
     source = open_archive(path, store.root / "tmp")
-    sink = StoreTransport(store, verify_layers=True)
+    sink = StoreTransport(store, verify_layers=True, compress_layers=True)
     loaded: list[Loaded] = []
     opts = CopyOptions(all_platforms=True, on_event=on_event)
     try:
@@ -151,7 +151,8 @@ def load_archive(store: Store, path: Path, name: str | None = None,
                 raise InvalidInput(f"{path}: two images would both be named {familiar}"
                                    + (" (give --name without a tag)" if name else ""))
         for named, ref in plan:
-            top = copy_image(source, named.descriptor, sink, [ref] if ref else [], opts)
+            top = sink.stored(copy_image(source, named.descriptor, sink, [ref] if ref else [],
+                                         opts))
             loaded.append(Loaded(ref, top, _image_id(sink, top)))
         sink.close()
     except BaseException:

@@ -7,17 +7,28 @@ import contextlib
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from lamina.digest import Digest, VerifyingReader
-from lamina.errors import InvalidReference, NotFound
+from lamina.errors import InvalidReference, LaminaError, NotFound
 from lamina.image import mediatypes as mt
 from lamina.image.config import ImageConfig
-from lamina.image.manifest import Descriptor, Index, Manifest, build_manifest, parse
+from lamina.image.jsondoc import load_object
+from lamina.image.manifest import Descriptor, Index, Manifest, build_manifest, dumps, parse
 from lamina.image.reference import Reference
 from lamina.store.store import Lease, Store
 from lamina.transport.base import NamedImage, Progress
 from lamina.transport.verify import image_config, verify_layers
+
+if TYPE_CHECKING:
+    from lamina.store.blobs import BlobWriter
+
+# Uncompressed layer types, and the gzip type each is stored as with compress_layers.
+_PLAIN_LAYERS = {mt.OCI_LAYER: mt.OCI_LAYER_GZIP, mt.DOCKER_LAYER: mt.DOCKER_LAYER_GZIP}
+
+
+def _gzip_type(desc: Descriptor) -> str:
+    return _PLAIN_LAYERS[desc.media_type]
 
 
 class StoreTransport:
@@ -33,12 +44,23 @@ class StoreTransport:
     accepts_index = True
     concurrent_blobs = True   # copy may call it from several threads (CopyOptions.jobs)
 
-    def __init__(self, store: Store, verify_layers: bool = False) -> None:
+    def __init__(self, store: Store, verify_layers: bool = False,
+                 compress_layers: bool = False) -> None:
         """``verify_layers``: decompress every layer of an image (once: remembered) and
         check its diff_id before recording the image, as ``load`` does.  Without it only
-        the cheap checks run (one diff_id per layer, known layer media types)."""
+        the cheap checks run (one diff_id per layer, known layer media types).
+
+        ``compress_layers``: store uncompressed layers as gzip (``load``: a ``docker
+        save`` archive's layers are plain tars; kept so they took 2-3× the disk of the
+        same image pulled, and were pushed uncompressed).  The manifests naming them are
+        rewritten to name the gzip blobs (the config, hence the image id, is unchanged;
+        the manifest digest of a classic archive is lamina's own anyway).  A layer whose
+        diff_id the store already holds as a checked gzip blob is not compressed again.
+        ``stored(desc)`` tells what a descriptor given to the sink became."""
         self.store = store
         self.verify_layers = verify_layers
+        self.compress_layers = compress_layers
+        self._replaced: dict[Digest, Descriptor] = {}   # given digest -> what was stored
         self._lease_id: str | None = None
         self._lease_lock = threading.Lock()   # copy may put blobs from several threads
         self._written: list[str] = []   # blobs this sink added (for abort)
@@ -107,18 +129,43 @@ class StoreTransport:
                 self._lease_id = self.store.meta.create_lease()
             return self._lease_id
 
+    def stored(self, desc: Descriptor) -> Descriptor:
+        """What the sink stored for ``desc``: itself, or its rewritten/compressed form."""
+        with self._lease_lock:
+            return self._replaced.get(desc.digest, desc)
+
+    def _compresses(self, desc: Descriptor) -> bool:
+        return self.compress_layers and desc.media_type in _PLAIN_LAYERS \
+            and desc.digest.algorithm == "sha256"
+
     def has_blob(self, desc: Descriptor) -> bool:
         # Register first, then look: a blob that exists now cannot be collected before
         # the manifest naming it is recorded (see store/gc.py).
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
         with self._lease_lock:
-            if str(desc.digest) in self._pending:
+            if str(desc.digest) in self._pending or desc.digest in self._replaced:
                 return True   # written and checked; its publish is settled before any manifest
+        if self._compresses(desc):
+            # A plain layer's digest is its diff_id: a gzip blob checked to hold that
+            # tar is the same layer, already here.
+            for rec in self.store.meta.layers_by_diff_id(str(desc.digest)):
+                gz = Descriptor(rec.media_type, Digest.parse(rec.digest), rec.size,
+                                desc.annotations)
+                self.store.meta.add_lease_resource(self._lease(), rec.digest)
+                if rec.media_type == _gzip_type(desc) and \
+                        self.store.meta.verified_diff_id(rec.digest) == str(desc.digest) \
+                        and self.store.blobs.has(gz.digest):
+                    with self._lease_lock:
+                        self._replaced[desc.digest] = gz
+                    return True
         return self.store.blobs.has(desc.digest)
 
     def put_blob(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
                  progress: Progress | None = None) -> None:
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
+        if self._compresses(desc):
+            self._put_compressed(desc, stream, progress)
+            return
 
         verified = stream if isinstance(stream, VerifyingReader) and \
             stream.expected == desc.digest else None
@@ -130,14 +177,71 @@ class StoreTransport:
         except BaseException:
             w.abort()
             raise
+        self._publish(w, desc.digest)
+
+    def _publish(self, w: BlobWriter, digest: Digest) -> None:
         with self._lease_lock:
             if self._publisher is None:
                 self._publisher = ThreadPoolExecutor(2, thread_name_prefix="lamina-publish")
             # Counted as written from now on: a publish that renames the blob and then
             # fails (the directory fsync) must still be undone by abort.
-            self._written.append(str(desc.digest))
-            self._pending.add(str(desc.digest))
+            self._written.append(str(digest))
+            self._pending.add(str(digest))
             self._publishing.append(self._publisher.submit(w.publish))
+
+    def _put_compressed(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
+                        progress: Progress | None) -> None:
+        """Store a plain layer as gzip (deterministic: the level and blocks ``lamina
+        import`` uses), checking its tar headers and its digest — its diff_id — on the
+        way; remember the gzip blob as a checked form of that diff_id."""
+        # Imported here: a pull never needs the layer room (its import cost is watched).
+        from lamina.layer.options import LayerOptions
+        from lamina.layer.verify import compress_checked
+
+        reader = stream if isinstance(stream, VerifyingReader) and \
+            stream.expected == desc.digest else VerifyingReader(
+                stream, desc.digest, desc.size, what=f"layer {desc.digest}")
+        w = self.store.blobs.writer()
+        try:
+            try:
+                compress_checked(reader, w, LayerOptions(compression="gzip"), None
+                                 if progress is None else (lambda n: progress(n, desc.size)))
+                reader.verify()
+            except LaminaError as e:
+                raise e.context(f"layer {desc.digest}") from None
+            gz = Descriptor(_gzip_type(desc), w.digest, w.count, desc.annotations)
+            self.store.meta.add_lease_resource(self._lease(), str(gz.digest))
+            w.finish(gz.digest, gz.size)
+        except BaseException:
+            w.abort()
+            raise
+        self._publish(w, gz.digest)
+        with self._lease_lock:
+            self._replaced[desc.digest] = gz
+        self.store.meta.add_verified_layer(str(gz.digest), str(desc.digest))
+        self.store.meta.add_layer(str(gz.digest), str(desc.digest), gz.media_type, gz.size)
+
+    def _rewrite(self, desc: Descriptor, raw: bytes, doc: Manifest | Index
+                 ) -> tuple[Descriptor, bytes]:
+        """The manifest or index with every descriptor this sink replaced swapped for
+        what it stored (other fields kept as they are)."""
+        key = "layers" if isinstance(doc, Manifest) else "manifests"
+        with self._lease_lock:
+            replaced = dict(self._replaced)
+        children = doc.layers if isinstance(doc, Manifest) else doc.manifests
+        if not any(d.digest in replaced for d in children):
+            return desc, raw
+        obj = load_object(raw, f"manifest {desc.digest}")
+        for entry, d in zip(obj[key], children, strict=True):
+            new = replaced.get(d.digest)
+            if new is not None:
+                entry.update(mediaType=new.media_type, digest=str(new.digest), size=new.size)
+        raw = dumps(obj)
+        new_desc = Descriptor(desc.media_type, Digest.from_bytes(raw), len(raw),
+                              desc.annotations, desc.platform, desc.urls, desc.artifact_type)
+        with self._lease_lock:
+            self._replaced[desc.digest] = new_desc
+        return new_desc, raw
 
     def _settle(self) -> None:
         """Wait for every pending publish; raise the first failure (after all ended)."""
@@ -156,9 +260,13 @@ class StoreTransport:
 
     def put_manifest(self, desc: Descriptor, raw: bytes, names: list[str] | None) -> None:
         self._settle()
+        doc = parse(raw, desc.media_type, what=f"manifest {desc.digest}")
+        given = desc
+        desc, raw = self._rewrite(desc, raw, doc)
+        if desc is not given:
+            doc = parse(raw, desc.media_type, what=f"manifest {desc.digest}")
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
         what = f"manifest {desc.digest}"
-        doc = parse(raw, desc.media_type, what=what)
         # An image that can never be unpacked is refused before anything names it.
         config = image_config(self.store, doc, what) if isinstance(doc, Manifest) else None
         if config is not None and self.verify_layers:
