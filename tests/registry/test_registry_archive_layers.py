@@ -59,3 +59,31 @@ def test_loaded_archive_is_stored_and_pushed_as_gzip(lamina: Lamina, make_lamina
         assert sum(line.endswith(": Already exists") for line in lines) == 2, lines
         assert not any(line.endswith(": Pull complete") for line in lines), lines
         store.assert_consistent()
+
+
+def test_copy_from_an_archive_to_a_registry_sends_gzip(lamina: Lamina, registry: DockerRegistry,
+                                                       tmp_path: Path) -> None:
+    """Straight from the archive, not through a store: the plain layers leave gzip'd, as
+    Docker pushes them — the same bytes ``load`` stores, so a store that loaded the
+    archive already has every layer of what was pushed."""
+    origin = Lamina(tmp_path / "scratch-store", tmp_path)
+    small_layout(tmp_path)
+    archive = tmp_path / "x.tar"
+    origin.run("save", "demo/x", "-o", archive)
+    ref = f"{registry.host}/copied-{uuid.uuid4().hex[:8]}/x:v1"
+    out = lamina.run("copy", "--json", f"docker-archive:{archive}", f"docker://{ref}").json()
+    repo = ref.split("/", 1)[1].rsplit(":", 1)[0]
+    base = f"http://{registry.host}/v2/{repo}"
+    raw = httpx.get(f"{base}/manifests/v1", headers={
+        "Accept": "application/vnd.oci.image.manifest.v1+json"})
+    assert raw.headers["docker-content-digest"] == out["digest"]
+    manifest = raw.json()
+    for layer in manifest["layers"]:
+        assert layer["mediaType"] == GZIP
+        blob = httpx.get(f"{base}/blobs/{layer['digest']}", follow_redirects=True)
+        assert blob.content[:2] == b"\x1f\x8b" and len(blob.content) == layer["size"]
+    lamina.run("load", archive)
+    assert lamina.run("inspect", "demo/x").json()[0]["Digest"] == out["digest"]
+    lines = lamina.run("pull", "--jobs", "1", ref).out.splitlines()
+    assert sum(line.endswith(": Already exists") for line in lines) == 2, lines
+    lamina.assert_consistent()

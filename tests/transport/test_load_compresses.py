@@ -57,3 +57,28 @@ def test_index_of_plain_layers_is_loaded_as_gzip(tmp_path: Path) -> None:
         layers = {d.digest for img in (a, b) for d in img.manifest.layers}
         assert {e.descriptor.digest for e in events if e.kind == "exists"} >= layers
         assert not [e for e in events if e.kind == "start" and e.descriptor.digest in layers]
+
+
+def test_a_store_with_plain_layers_is_converted_by_loading_again(tmp_path: Path) -> None:
+    """A store that loaded an archive before #10.14 holds plain layers; loading the
+    archive again stores the gzip forms, and the plain blobs go with the next gc."""
+    from lamina.store.gc import collect
+    from lamina.transport.local import StoreTransport
+
+    a = image_a()
+    sink = OciLayoutSink.to_dir(tmp_path / "layout")
+    put_image(sink, a, ["docker.io/demo/a:v1"])
+    sink.close()
+    with Store(tmp_path / "store") as store:
+        old = StoreTransport(store)          # as load stored layers before
+        put_image(old, a, ["docker.io/demo/a:v1"])
+        old.close()
+        plain = {str(d.digest) for d in a.manifest.layers}
+        assert plain <= {str(d) for d in store.blobs.list()}
+        [loaded] = load_archive(store, tmp_path / "layout")
+        manifest = parse(store.blobs.read_bytes(loaded.descriptor.digest))
+        assert [d.media_type for d in manifest.layers] == [mt.OCI_LAYER_GZIP] * 3
+        assert [img.name for img in StoreTransport(store).images()] == ["docker.io/demo/a:v1"]
+        collect(store)
+        assert not plain & {str(d) for d in store.blobs.list()}
+        assert check(store).clean and unpackable_images(store) == []

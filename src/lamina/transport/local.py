@@ -13,22 +13,15 @@ from lamina.digest import Digest, VerifyingReader
 from lamina.errors import InvalidReference, LaminaError, NotFound
 from lamina.image import mediatypes as mt
 from lamina.image.config import ImageConfig
-from lamina.image.jsondoc import load_object
-from lamina.image.manifest import Descriptor, Index, Manifest, build_manifest, dumps, parse
+from lamina.image.manifest import Descriptor, Index, Manifest, build_manifest, parse
 from lamina.image.reference import Reference
 from lamina.store.store import Lease, Store
 from lamina.transport.base import NamedImage, Progress
+from lamina.transport.rewrite import PLAIN_LAYERS, gzip_descriptor, is_plain_layer, swap_children
 from lamina.transport.verify import image_config, verify_layers
 
 if TYPE_CHECKING:
     from lamina.store.blobs import BlobWriter
-
-# Uncompressed layer types, and the gzip type each is stored as with compress_layers.
-_PLAIN_LAYERS = {mt.OCI_LAYER: mt.OCI_LAYER_GZIP, mt.DOCKER_LAYER: mt.DOCKER_LAYER_GZIP}
-
-
-def _gzip_type(desc: Descriptor) -> str:
-    return _PLAIN_LAYERS[desc.media_type]
 
 
 class StoreTransport:
@@ -135,8 +128,7 @@ class StoreTransport:
             return self._replaced.get(desc.digest, desc)
 
     def _compresses(self, desc: Descriptor) -> bool:
-        return self.compress_layers and desc.media_type in _PLAIN_LAYERS \
-            and desc.digest.algorithm == "sha256"
+        return self.compress_layers and is_plain_layer(desc)
 
     def has_blob(self, desc: Descriptor) -> bool:
         # Register first, then look: a blob that exists now cannot be collected before
@@ -152,12 +144,13 @@ class StoreTransport:
                 gz = Descriptor(rec.media_type, Digest.parse(rec.digest), rec.size,
                                 desc.annotations)
                 self.store.meta.add_lease_resource(self._lease(), rec.digest)
-                if rec.media_type == _gzip_type(desc) and \
+                if rec.media_type == PLAIN_LAYERS[desc.media_type] and \
                         self.store.meta.verified_diff_id(rec.digest) == str(desc.digest) \
                         and self.store.blobs.has(gz.digest):
                     with self._lease_lock:
                         self._replaced[desc.digest] = gz
                     return True
+            return False    # a plain copy already here (an older load) is not the form kept
         return self.store.blobs.has(desc.digest)
 
     def put_blob(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
@@ -209,7 +202,7 @@ class StoreTransport:
                 reader.verify()
             except LaminaError as e:
                 raise e.context(f"layer {desc.digest}") from None
-            gz = Descriptor(_gzip_type(desc), w.digest, w.count, desc.annotations)
+            gz = gzip_descriptor(desc, w.digest, w.count)
             self.store.meta.add_lease_resource(self._lease(), str(gz.digest))
             w.finish(gz.digest, gz.size)
         except BaseException:
@@ -220,28 +213,6 @@ class StoreTransport:
             self._replaced[desc.digest] = gz
         self.store.meta.add_verified_layer(str(gz.digest), str(desc.digest))
         self.store.meta.add_layer(str(gz.digest), str(desc.digest), gz.media_type, gz.size)
-
-    def _rewrite(self, desc: Descriptor, raw: bytes, doc: Manifest | Index
-                 ) -> tuple[Descriptor, bytes]:
-        """The manifest or index with every descriptor this sink replaced swapped for
-        what it stored (other fields kept as they are)."""
-        key = "layers" if isinstance(doc, Manifest) else "manifests"
-        with self._lease_lock:
-            replaced = dict(self._replaced)
-        children = doc.layers if isinstance(doc, Manifest) else doc.manifests
-        if not any(d.digest in replaced for d in children):
-            return desc, raw
-        obj = load_object(raw, f"manifest {desc.digest}")
-        for entry, d in zip(obj[key], children, strict=True):
-            new = replaced.get(d.digest)
-            if new is not None:
-                entry.update(mediaType=new.media_type, digest=str(new.digest), size=new.size)
-        raw = dumps(obj)
-        new_desc = Descriptor(desc.media_type, Digest.from_bytes(raw), len(raw),
-                              desc.annotations, desc.platform, desc.urls, desc.artifact_type)
-        with self._lease_lock:
-            self._replaced[desc.digest] = new_desc
-        return new_desc, raw
 
     def _settle(self) -> None:
         """Wait for every pending publish; raise the first failure (after all ended)."""
@@ -261,10 +232,13 @@ class StoreTransport:
     def put_manifest(self, desc: Descriptor, raw: bytes, names: list[str] | None) -> None:
         self._settle()
         doc = parse(raw, desc.media_type, what=f"manifest {desc.digest}")
+        with self._lease_lock:
+            replaced = dict(self._replaced)
         given = desc
-        desc, raw = self._rewrite(desc, raw, doc)
+        desc, raw, doc = swap_children(desc, raw, doc, replaced)
         if desc is not given:
-            doc = parse(raw, desc.media_type, what=f"manifest {desc.digest}")
+            with self._lease_lock:
+                self._replaced[given.digest] = desc
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
         what = f"manifest {desc.digest}"
         # An image that can never be unpacked is refused before anything names it.
