@@ -406,17 +406,13 @@ def _parse_score(text: str) -> float:
     return value
 
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
-          "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
-
-
 def _parse_bytes(text: str) -> int:
     """Bytes, in Docker's decimal units (kB, MB, GB) or binary ones (KiB, MiB, GiB)."""
-    import re
-
     from lamina.errors import InvalidInput
+    from lamina.units import parse_size
 
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
-    if m is None or m.group(2).lower() not in _UNITS:
-        raise InvalidInput(f"--max-wasted {text!r}: give bytes like 1000, 512kB or 20MB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise InvalidInput(f"--max-wasted {text!r}: give bytes like 1000, 512kB or 20MB") \
+            from None

@@ -40,7 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.digest import Digest, Readable
-from lamina.errors import IntegrityError, InvalidInput, LaminaError, UnsafeArchive, Unsupported
+from lamina.errors import (
+    ExpansionExceeded,
+    IntegrityError,
+    InvalidInput,
+    LaminaError,
+    UnsafeArchive,
+    Unsupported,
+)
 from lamina.layer import tarformat as tf
 from lamina.layer.compress import DecompressedStream, open_decompressed
 from lamina.layer.options import ApplyOptions
@@ -498,7 +505,7 @@ def apply_layer(
                     ) from exc
             reader.drain()
         except InvalidInput as exc:
-            if isinstance(exc, UnsafeArchive):
+            if isinstance(exc, UnsafeArchive | ExpansionExceeded):
                 raise
             # A tar that makes no sense is usually damaged compressed data whose
             # checksum comes only at its end: report the damage, not its symptom.
