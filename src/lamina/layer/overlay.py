@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lamina.errors import InvalidInput
-from lamina.layer.changes import ChangeKind, ChangeRecorder, Changeset, entry_differs
+from lamina.layer.changes import ChangeKind, ChangeRecorder, Changeset, DiffRule, entry_differs
 
 # overlayfs' private xattrs: on upper entries (origin, impure, opaque, redirect) and on
 # lower layer dirs (opaque).  They describe the mount, never the file.
@@ -138,7 +138,7 @@ class _UpperWalker(ChangeRecorder):
                 continue
             if lower is None:
                 self._record(child, ChangeKind.ADDED, us)
-            elif entry_differs(lower.path, ue.path, lower.st, us, self.epoch, _IGNORE):
+            elif entry_differs(lower.path, ue.path, lower.st, us, self.rule):
                 self._record(child, ChangeKind.MODIFIED, us)
             if not stat.S_ISDIR(us.st_mode):
                 continue
@@ -175,6 +175,6 @@ def changes_from_upper(upper: Path, lowers: Sequence[Path],
     for d in lower_dirs:
         if not os.path.isdir(d):
             raise InvalidInput(f"{d}: not a directory")
-    walker = _UpperWalker(upper_s, source_date_epoch)
+    walker = _UpperWalker(upper_s, DiffRule(source_date_epoch, ignore_xattrs=_IGNORE))
     walker.walk("", lower_dirs)
     return Changeset(merged if merged is not None else Path(upper_s), walker.result())
