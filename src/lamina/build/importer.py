@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +25,7 @@ from lamina.image.reference import Reference
 from lamina.layer import Changeset, LayerOptions, apply_layer, diff_trees
 from lamina.layer.commit import commit_changeset
 from lamina.layer.options import Compression
+from lamina.store.rmtree import remove_tree
 from lamina.store.store import Store
 from lamina.transport.local import record_image
 
@@ -81,7 +81,8 @@ def _as_directory(store: Store, src: Path) -> Iterator[Path]:
             apply_layer(f, tmp / "rootfs")
         yield tmp / "rootfs"
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_tree(tmp)
 
 
 class _DiscardOnError(contextlib.AbstractContextManager["_DiscardOnError"]):

@@ -42,7 +42,8 @@ from typing import Literal, Protocol, Self
 from lamina.errors import LaminaError, StoreError
 from lamina.layer import ApplyOptions, Changeset, apply_layer, diff_trees
 from lamina.layer.overlay import changes_from_upper
-from lamina.run.snapshots import Snapshotter, remove_tree
+from lamina.run.snapshots import Snapshotter
+from lamina.store.rmtree import remove_tree
 from lamina.store.store import Store
 from lamina.transport.base import ImageSource
 from lamina.transport.resolve import ResolvedImage

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +40,7 @@ from lamina.image.manifest import Descriptor
 from lamina.layer import apply_layer
 from lamina.layer.options import ApplyOptions
 from lamina.store.gc import SNAPSHOT_PREFIX
+from lamina.store.rmtree import remove_tree
 from lamina.store.store import Store
 from lamina.transport.base import ImageSource
 
@@ -50,29 +50,6 @@ _OVERLAY_APPLY = ApplyOptions(same_owner=True, devices=True, whiteout_format="ov
 def snapshot_key(chain_id: Digest | str) -> str:
     """The node that names a snapshot in the store's content graph (gc, leases)."""
     return f"{SNAPSHOT_PREFIX}{chain_id}"
-
-
-def remove_tree(path: Path | str) -> None:
-    """``rm -rf`` that also gets through directories made read-only inside the tree
-    (a non-root caller cannot otherwise delete the children of a 0555 directory)."""
-
-    def retry(func: object, failed: str, info: object) -> None:
-        exc = info[1] if isinstance(info, tuple) else None
-        if isinstance(exc, FileNotFoundError):
-            return
-        parent = os.path.dirname(failed)
-        try:
-            os.chmod(parent, 0o700)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, 0o700)
-                shutil.rmtree(failed, onerror=retry)
-            else:
-                os.unlink(failed)
-        except FileNotFoundError:
-            pass
-
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=retry)
 
 
 class Snapshotter:

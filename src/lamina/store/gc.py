@@ -8,13 +8,14 @@ add a root or lease resource between them; a writer that registers a blob in its
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from lamina.digest import Digest
+from lamina.store.rmtree import remove_tree
 
 if TYPE_CHECKING:
     from lamina.store.store import Store
@@ -90,8 +91,9 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
             report.snapshots_removed.append(str(chain_id))
             if not dry_run:
                 path = store.snapshot_path(Digest.parse(str(chain_id)))
-                # rmtree never follows symlinks inside the tree it removes.
-                shutil.rmtree(path, ignore_errors=True)
+                # remove_tree never follows symlinks, nor recurses on depth.
+                with contextlib.suppress(OSError):
+                    remove_tree(path)
                 db.execute("DELETE FROM snapshots WHERE chain_id=?", (chain_id,))
         if cache and not dry_run:
             report.cache_removed = db.execute("DELETE FROM build_cache").rowcount
