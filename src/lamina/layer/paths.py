@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from lamina.errors import InvalidInput, UnsafeArchive
 
@@ -63,6 +64,41 @@ def clean_name(name: str) -> list[str]:
         else:
             parts.append(part)
     return parts
+
+
+MAX_SYMLINKS = 40  # links one lookup follows before ELOOP (path_resolution(7))
+
+
+def resolve_links(path: str, readlink: Callable[[list[str]], str | None],
+                  follow_last: bool = True, what: str = "") -> list[str]:
+    """The components of ``path`` with its symlinks followed as a lookup in a chroot
+    follows them: relative targets from the link's directory, absolute ones from the
+    root, '..' never above the root, at most MAX_SYMLINKS links (else ``InvalidInput``).
+    ``readlink(components)`` is the target of the symlink there, None if there is no
+    symlink.  The last component is followed only with ``follow_last`` (or a trailing
+    '/'); missing components are kept as written."""
+    todo = list(reversed(path.split("/")))
+    real: list[str] = []
+    hops = 0
+    while todo:
+        comp = todo.pop()
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if real:
+                real.pop()
+            continue
+        target = readlink([*real, comp])
+        if target is None or not (follow_last or any(t not in ("", ".") for t in todo)):
+            real.append(comp)
+            continue
+        hops += 1
+        if hops > MAX_SYMLINKS:
+            raise InvalidInput(f"{path}: too many levels of symbolic links{what}")
+        if target.startswith("/"):
+            real = []
+        todo.extend(reversed(target.split("/")))
+    return real
 
 
 def sort_key(path: str) -> tuple[bytes, ...]:
