@@ -263,6 +263,12 @@ class _Walker(ChangeRecorder):
         self.lower = lower
 
     def walk(self, rel: str, has_lower: bool) -> None:
+        # A stack, not recursion: a RUN can make trees deeper than Python's stack.
+        todo = [(rel, has_lower)]
+        while todo:
+            self._visit(*todo.pop(), todo)
+
+    def _visit(self, rel: str, has_lower: bool, todo: list[tuple[str, bool]]) -> None:
         upper_dir = os.path.join(self.upper, rel) if rel else self.upper
         upper_entries = _scan(upper_dir)
         lower_entries: dict[str, os.DirEntry[str]] = {}
@@ -278,19 +284,19 @@ class _Walker(ChangeRecorder):
             if le is None:
                 self._record(child, ChangeKind.ADDED, us)
                 if stat.S_ISDIR(us.st_mode):
-                    self.walk(child, False)
+                    todo.append((child, False))
                 continue
             ls = le.stat(follow_symlinks=False)
             if stat.S_ISSOCK(ls.st_mode):
                 self._record(child, ChangeKind.ADDED, us)
                 if stat.S_ISDIR(us.st_mode):
-                    self.walk(child, False)
+                    todo.append((child, False))
                 continue
             if entry_differs(le.path, ue.path, ls, us, self.rule):
                 self._record(child, ChangeKind.MODIFIED, us)
             if stat.S_ISDIR(us.st_mode):
                 # A directory that replaced a non-directory has no lower contents.
-                self.walk(child, stat.S_ISDIR(ls.st_mode))
+                todo.append((child, stat.S_ISDIR(ls.st_mode)))
         for name, le in lower_entries.items():
             if name not in upper_entries:
                 if stat.S_ISSOCK(le.stat(follow_symlinks=False).st_mode):

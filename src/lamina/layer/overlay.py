@@ -120,6 +120,13 @@ def _listing(dirs: Sequence[str]) -> dict[str, _LowerEntry]:
 class _UpperWalker(ChangeRecorder):
 
     def walk(self, rel: str, lower_dirs: list[str]) -> None:
+        # A stack, not recursion: a RUN can make trees deeper than Python's stack.
+        todo = [(rel, lower_dirs)]
+        while todo:
+            self._visit(*todo.pop(), todo)
+
+    def _visit(self, rel: str, lower_dirs: list[str],
+               todo: list[tuple[str, list[str]]]) -> None:
         upper_dir = self.upper + "/" + rel if rel else self.upper
         with os.scandir(upper_dir) as it:
             entries = list(it)
@@ -151,7 +158,7 @@ class _UpperWalker(ChangeRecorder):
                 for gone, entry in _listing(below).items():
                     if gone not in present and not stat.S_ISSOCK(entry.st.st_mode):
                         self._record(f"{child}/{gone}", ChangeKind.DELETED, None)
-            self.walk(child, below)
+            todo.append((child, below))
 
 def changes_from_upper(upper: Path, lowers: Sequence[Path],
                        source_date_epoch: int | None = None,
