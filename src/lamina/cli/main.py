@@ -75,8 +75,11 @@ def _epoch() -> int | None:
 @argument("sources", kind=Path, nargs=-1, required=True,
           help="Directories or tars: successive full snapshots of one root.")
 @option("--compression", default="gzip", help="gzip, zstd or none.")
+@flag("--checksum", help="Compare the content of every file, not only where times may be "
+      "truncated (slower).")
 @json_flag
-def import_(ref: str, sources: tuple[Path, ...], compression: str, json_: bool) -> None:
+def import_(ref: str, sources: tuple[Path, ...], compression: str, checksum: bool,
+            json_: bool) -> None:
     """Make an image from snapshots of a root: layer i holds what changed from SRC i-1."""
     from lamina.build.importer import ImportOptions, import_snapshots
     from lamina.cli.format import out
@@ -93,7 +96,7 @@ def import_(ref: str, sources: tuple[Path, ...], compression: str, json_: bool) 
     with _store() as store:
         result = import_snapshots(store, ref, list(sources), ImportOptions(
             compression=compression, source_date_epoch=_epoch(),  # type: ignore[arg-type]
-            on_layer=on_layer))
+            on_layer=on_layer, checksum=checksum))
     if json_:
         print_json({"reference": str(result.reference), "digest": str(result.manifest.digest),
                     "id": str(result.config.digest),
