@@ -195,23 +195,28 @@ class ChunkedImage:
 
 def store_chunked_image(root: Path, tag: str, files: Iterable[tuple[str, bytes | None]],
                         span: int = 3000) -> ChunkedImage:
-    """Record a one-layer image (an uncompressed tar of ``files``) under ``tag`` in the
-    store at ``root``, its layer kept as chunks cut every ``span`` bytes."""
+    """Record a one-layer image (a gzip'd tar of ``files``: pushed as it is) under ``tag``
+    in the store at ``root``, its layer kept as chunks cut every ``span`` bytes."""
+    import gzip
+
+    from lamina.digest import Digest
     from lamina.image import mediatypes as mt
     from lamina.image.config import History, build_config
     from lamina.image.manifest import Descriptor, Platform, build_manifest
     from lamina.store import Store
 
-    layer = tar_bytes(files)
+    tar = tar_bytes(files)
+    layer = gzip.compress(tar, mtime=0)
+    diff_id = Digest.from_bytes(tar)
     spans = [(o, min(span, len(layer) - o)) for o in range(0, len(layer), span)]
     with Store(root) as store:
         d = store.blobs.put_bytes(layer)
-        store.meta.add_layer(str(d), str(d), mt.OCI_LAYER, len(layer))
-        config = build_config([d], [History(created_by="chunked")], Platform("amd64", "linux"),
-                              created="2023-11-14T22:13:20Z")
+        store.meta.add_layer(str(d), str(diff_id), mt.OCI_LAYER_GZIP, len(layer))
+        config = build_config([diff_id], [History(created_by="chunked")],
+                              Platform("amd64", "linux"), created="2023-11-14T22:13:20Z")
         store.blobs.put_bytes(config.raw)
         manifest = build_manifest(Descriptor(mt.OCI_CONFIG, config.digest, len(config.raw)),
-                                  [Descriptor(mt.OCI_LAYER, d, len(layer))])
+                                  [Descriptor(mt.OCI_LAYER_GZIP, d, len(layer))])
         store.blobs.put_bytes(manifest.raw)
         store.meta.add_image(str(manifest.digest), manifest.media_type, len(manifest.raw),
                              [str(x.digest) for x in manifest.blobs()], tag=tag)

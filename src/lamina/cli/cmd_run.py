@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from lamina.cli.format import argument, flag, option
+from lamina.cli.limits import expansion_option
 
 if TYPE_CHECKING:
     from lamina.store.store import Store
@@ -57,6 +58,7 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     @option("--commit", metavar="REF",
             help="Save what the command changed as a new layer, tagged REF.")
     @option("--snapshotter", default="auto", help="auto, overlay (root) or walk (anyone).")
+    @expansion_option
     def run(image: str, command: tuple[str, ...], rm: bool, interactive: bool, tty: bool,
             stop_signal: str | None, stop_timeout: int, env: tuple[str, ...],
             workdir: str | None, user: str | None, volume: tuple[str, ...], network: str,

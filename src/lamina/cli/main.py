@@ -31,6 +31,7 @@ from lamina.cli.format import (
     say,
     table,
 )
+from lamina.cli.limits import expansion_option
 from lamina.errors import LaminaError
 
 _state: dict[str, Any] = {"root": None}
@@ -74,8 +75,11 @@ def _epoch() -> int | None:
 @argument("sources", kind=Path, nargs=-1, required=True,
           help="Directories or tars: successive full snapshots of one root.")
 @option("--compression", default="gzip", help="gzip, zstd or none.")
+@flag("--checksum", help="Compare the content of every file, not only where times may be "
+      "truncated (slower).")
 @json_flag
-def import_(ref: str, sources: tuple[Path, ...], compression: str, json_: bool) -> None:
+def import_(ref: str, sources: tuple[Path, ...], compression: str, checksum: bool,
+            json_: bool) -> None:
     """Make an image from snapshots of a root: layer i holds what changed from SRC i-1."""
     from lamina.build.importer import ImportOptions, import_snapshots
     from lamina.cli.format import out
@@ -92,7 +96,7 @@ def import_(ref: str, sources: tuple[Path, ...], compression: str, json_: bool) 
     with _store() as store:
         result = import_snapshots(store, ref, list(sources), ImportOptions(
             compression=compression, source_date_epoch=_epoch(),  # type: ignore[arg-type]
-            on_layer=on_layer))
+            on_layer=on_layer, checksum=checksum))
     if json_:
         print_json({"reference": str(result.reference), "digest": str(result.manifest.digest),
                     "id": str(result.config.digest),
@@ -107,6 +111,7 @@ def import_(ref: str, sources: tuple[Path, ...], compression: str, json_: bool) 
 @app.command()
 @argument("path", kind=Path, help="docker save archive or OCI layout (dir or tar).")
 @option("--name", help="Name for images the archive does not name.")
+@expansion_option
 @json_flag
 def load(path: Path, name: str | None, json_: bool) -> None:
     """Load images from a docker archive or an OCI layout into the store."""
@@ -155,6 +160,7 @@ def save(refs: tuple[str, ...], output: Path, format_: str, platform: str | None
 @argument("ref", help="Image in the store.")
 @argument("target", kind=Path, help="Empty or new directory.")
 @option("--platform", help="OS/ARCH to pick from an index.")
+@expansion_option
 def unpack(ref: str, target: Path, platform: str | None) -> None:
     """Apply an image's layers, in order, onto a directory (its root filesystem)."""
     from lamina.cli.format import out
@@ -360,33 +366,40 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
 @flag("--repair", help="Remove what is corrupt or dangling.")
 @json_flag
 def fsck(repair: bool, json_: bool) -> None:
-    """Re-hash every blob; report corrupt blobs and references to missing content."""
+    """Re-hash every blob; report corrupt blobs, references to missing content and
+    images whose layers cannot be unpacked."""
     from lamina.cli.format import out
     from lamina.store.fsck import check
+    from lamina.transport.verify import unpackable_images
 
     with _store() as store:
         report = check(store, repair=repair)
+        # Not repaired: the image is what its publisher made; rmi removes it.
+        unpackable = [u.problem for u in unpackable_images(store)]
+    clean = report.clean and not unpackable
     if json_:
         print_json({"blobs_checked": report.blobs_checked,
                     "chunks_checked": report.chunks_checked, "corrupt": report.corrupt,
                     "corrupt_chunks": report.corrupt_chunks,
-                    "dangling": report.dangling, "repaired": report.repaired,
-                    "clean": report.clean})
+                    "dangling": report.dangling, "unpackable": unpackable,
+                    "repaired": report.repaired, "clean": clean})
     else:
         for d in report.corrupt:
             out.print(f"corrupt blob {d}")
         for chunk, users in report.corrupt_chunks.items():
             out.print(f"corrupt chunk {chunk}, used by "
                       f"{', '.join(f'blob {b}' for b in users) or 'no blob'}")
-        for p in report.dangling:
+        for p in report.dangling + unpackable:
             out.print(p)
         for r in report.repaired:
             out.print(f"repaired: {r}")
-        problems = len(report.corrupt) + len(report.dangling) + len(report.corrupt_chunks)
-        state = "clean" if report.clean else ("repaired" if repair else f"{problems} problems")
+        problems = len(report.corrupt) + len(report.dangling) + len(report.corrupt_chunks) \
+            + len(unpackable)
+        state = "clean" if clean else ("repaired" if repair and not unpackable
+                                        else f"{problems} problems")
         chunks = f" and {report.chunks_checked} chunks" if report.chunks_checked else ""
         out.print(f"checked {report.blobs_checked} blobs{chunks}: {state}")
-    if not report.clean and not repair:
+    if not clean and not (repair and not unpackable):
         raise click.exceptions.Exit(1)
 
 

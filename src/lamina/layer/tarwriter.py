@@ -285,9 +285,7 @@ def _write(upper: Path, changes: Iterable[Change], out: Writable, options: Layer
         diff_id = blocks.finish()
         sink.finish()
     except BaseException:
-        close = getattr(sink, "close", None)
-        if close is not None:
-            close()
+        sink.close()
         raise
     return TarInfo(diff_id, blocks.size, options.compression, writer.entries)
 

@@ -139,6 +139,9 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
                 for (d,) in db.execute("SELECT digest FROM layers").fetchall():
                     if str(d) not in live:
                         db.execute("DELETE FROM layers WHERE digest=?", (d,))
+                for (d,) in db.execute("SELECT digest FROM verified_layers").fetchall():
+                    if str(d) not in live:
+                        db.execute("DELETE FROM verified_layers WHERE digest=?", (d,))
                 for parent in list(edges):
                     if parent not in live:
                         db.execute("DELETE FROM refs WHERE parent=?", (parent,))
@@ -259,6 +262,7 @@ def discard(store: Store, candidates: Iterable[str], lease_id: str | None = None
             if store.blobs.delete(Digest.parse(key)):
                 removed.append(key)
             db.execute("DELETE FROM layers WHERE digest=?", (key,))
+            db.execute("DELETE FROM verified_layers WHERE digest=?", (key,))
             db.execute("DELETE FROM refs WHERE parent=?", (key,))
     return removed
 

@@ -5,8 +5,12 @@ What lives here, and why it is not in files:
   images           image records (manifest or index digests), tagged or not
   refs             content graph edges parent → child (manifest → config/layers,
                    index → manifests, image → snapshot): gc walks them without re-parsing
-  layers           layer blob digest ↔ diff_id (compressed vs uncompressed names)
+  layers           layer blob digest ↔ diff_id (compressed vs uncompressed names), as
+                   the image configs claim them
   layer_sizes      diff_id → bytes of the uncompressed tar (``images``' SIZE, as Docker's)
+  verified_layers  layer blob digest → diff_id found by decompressing and hashing it:
+                   a fact about content, so true for as long as the blob exists (a load
+                   or fsck that finds a layer here does not decompress it again)
   snapshots        unpacked layer stacks keyed by chain id
   leases           protect what an import, pull or build is still writing from gc
   blob_sources     which registry repositories a blob is known to be in (for
@@ -52,6 +56,8 @@ CREATE TABLE IF NOT EXISTS layers(
     size INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS layers_diff_id ON layers(diff_id);
 CREATE TABLE IF NOT EXISTS layer_sizes(diff_id TEXT PRIMARY KEY, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS verified_layers(
+    digest TEXT PRIMARY KEY, diff_id TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshots(
     chain_id TEXT PRIMARY KEY, parent TEXT, diff_id TEXT NOT NULL, size INTEGER NOT NULL,
     created REAL NOT NULL);
@@ -297,6 +303,15 @@ class Metadata:
     def layers(self) -> list[LayerRecord]:
         rows = self._query("SELECT digest, diff_id, media_type, size FROM layers")
         return [LayerRecord(*r) for r in rows]  # type: ignore[arg-type]
+
+    def add_verified_layer(self, digest: str, diff_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO verified_layers VALUES(?,?)", (digest, diff_id))
+
+    def verified_diff_id(self, digest: str) -> str | None:
+        """The diff_id a layer blob was found to have, if it was ever checked."""
+        rows = self._query("SELECT diff_id FROM verified_layers WHERE digest=?", (digest,))
+        return str(rows[0][0]) if rows else None
 
     # -- snapshots ----------------------------------------------------------------------
     def set_unpacked_size(self, diff_id: str, size: int) -> None:
