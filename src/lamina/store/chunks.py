@@ -114,11 +114,12 @@ def _pread_full(fd: int, n: int, offset: int) -> bytes:
 
 
 class _Temp:
-    """One chunk being written: ``ingest/chunk-<random>``, locked like any ingest file."""
+    """A chunk (or recipe) being written: ``ingest/chunk-<random>``, locked like any
+    ingest file (gc removes it once its writer is gone)."""
 
-    def __init__(self, ingest: Path, digest: Digest) -> None:
+    def __init__(self, ingest: Path, digest: Digest, kind: str = "chunk") -> None:
         self.digest = digest
-        self.path = ingest / f"chunk-{os.urandom(8).hex()}"
+        self.path = ingest / f"{kind}-{os.urandom(8).hex()}"
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self.open = True
         self.named = False
@@ -347,7 +348,7 @@ class ChunkStore:
     def _write_recipe(self, recipe: Recipe) -> None:
         final = self.recipe_path(recipe.blob)
         try:
-            tmp = _Temp(self.ingest_dir, recipe.blob)
+            tmp = _Temp(self.ingest_dir, recipe.blob, "recipe")
         except OSError as e:
             raise disk_error(e, f"the recipe of blob {recipe.blob}") from None
         try:
