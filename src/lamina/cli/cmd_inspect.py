@@ -242,6 +242,10 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
               [[r.type, str(r.total), str(r.active), human_size(r.size),
                 pct(r.reclaimable, r.size)] for r in usage.summary])
+        space = usage.storage
+        chunked = f"; {space.chunked} kept as {space.chunks} chunks" if space.chunked else ""
+        out.print(f"\nBlob bytes: {human_size(space.logical)} logical, "
+                  f"{human_size(space.physical)} physical, ratio {space.ratio:.2f}{chunked}")
         if not verbose:
             return
         out.print("\nImages space usage:\n")

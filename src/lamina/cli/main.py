@@ -345,13 +345,18 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
                     "snapshots_removed": report.snapshots_removed,
                     "ingest_removed": report.ingest_removed,
                     "temp_removed": report.temp_removed,
-                    "cache_removed": report.cache_removed, "dry_run": dry_run})
+                    "cache_removed": report.cache_removed,
+                    "chunks_removed": report.chunks_removed,
+                    "chunk_bytes_freed": report.chunk_bytes_freed, "dry_run": dry_run})
         return
     verb = "Would remove" if dry_run else "Removed"
     for d in report.blobs_removed:
         out.print(f"{verb} blob {d}")
-    out.print(f"{verb} {len(report.blobs_removed)} blobs, {len(report.snapshots_removed)} "
-              f"snapshots, {report.cache_removed} cache entries, "
+    for d in report.damaged_recipes:
+        out.print(f"blob {d}: its recipe is damaged; no chunk removed (run `lamina fsck`)")
+    chunks = f"{report.chunks_removed} chunks, " if report.chunks_removed else ""
+    out.print(f"{verb} {len(report.blobs_removed)} blobs, {chunks}"
+              f"{len(report.snapshots_removed)} snapshots, {report.cache_removed} cache entries, "
               f"{report.ingest_removed + report.temp_removed} temporary files; "
               f"{'would free' if dry_run else 'freed'} "
               f"{human_size(report.bytes_freed)}")
@@ -373,20 +378,27 @@ def fsck(repair: bool, json_: bool) -> None:
         unpackable = [u.problem for u in unpackable_images(store)]
     clean = report.clean and not unpackable
     if json_:
-        print_json({"blobs_checked": report.blobs_checked, "corrupt": report.corrupt,
+        print_json({"blobs_checked": report.blobs_checked,
+                    "chunks_checked": report.chunks_checked, "corrupt": report.corrupt,
+                    "corrupt_chunks": report.corrupt_chunks,
                     "dangling": report.dangling, "unpackable": unpackable,
                     "repaired": report.repaired, "clean": clean})
     else:
         for d in report.corrupt:
             out.print(f"corrupt blob {d}")
+        for chunk, users in report.corrupt_chunks.items():
+            out.print(f"corrupt chunk {chunk}, used by "
+                      f"{', '.join(f'blob {b}' for b in users) or 'no blob'}")
         for p in report.dangling + unpackable:
             out.print(p)
         for r in report.repaired:
             out.print(f"repaired: {r}")
-        problems = len(report.corrupt) + len(report.dangling) + len(unpackable)
+        problems = len(report.corrupt) + len(report.dangling) + len(report.corrupt_chunks) \
+            + len(unpackable)
         state = "clean" if clean else ("repaired" if repair and not unpackable
                                         else f"{problems} problems")
-        out.print(f"checked {report.blobs_checked} blobs: {state}")
+        chunks = f" and {report.chunks_checked} chunks" if report.chunks_checked else ""
+        out.print(f"checked {report.blobs_checked} blobs{chunks}: {state}")
     if not clean and not (repair and not unpackable):
         raise click.exceptions.Exit(1)
 

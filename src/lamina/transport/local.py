@@ -154,7 +154,11 @@ class StoreTransport:
         return self.store.blobs.has(desc.digest)
 
     def put_blob(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None,
+                 spans: Sequence[tuple[int, int]] | None = None) -> None:
+        """``spans``: the blob's byte ranges at its frame boundaries (a zstd:chunked
+        layer's, from ``layer/``): then it is kept as chunks, each stored once however
+        many blobs hold it (store/chunks.py)."""
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
         if self._compresses(desc):
             self._put_compressed(desc, stream, progress)
@@ -177,9 +181,10 @@ class StoreTransport:
         except BaseException:
             w.abort()   # a failure leaves nothing behind, as ever
             raise
-        self._publish(w, desc.digest)
+        self._publish(w, desc.digest, spans)
 
-    def _publish(self, w: BlobWriter, digest: Digest) -> None:
+    def _publish(self, w: BlobWriter, digest: Digest,
+                 spans: Sequence[tuple[int, int]] | None = None) -> None:
         with self._lease_lock:
             if self._publisher is None:
                 self._publisher = ThreadPoolExecutor(2, thread_name_prefix="lamina-publish")
@@ -187,7 +192,7 @@ class StoreTransport:
             # fails (the directory fsync) must still be undone by abort.
             self._written.append(str(digest))
             self._pending.add(str(digest))
-            self._publishing.append(self._publisher.submit(w.publish))
+            self._publishing.append(self._publisher.submit(w.publish, spans))
 
     def _put_compressed(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
                         progress: Progress | None) -> None:
