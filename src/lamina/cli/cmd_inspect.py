@@ -242,6 +242,11 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
               [[r.type, str(r.total), str(r.active), human_size(r.size),
                 pct(r.reclaimable, r.size)] for r in usage.summary])
+        space = usage.snapshot_space
+        if space.saved:
+            out.print(f"\nSnapshots: {human_size(space.logical)} logical, "
+                      f"{human_size(space.physical)} physical (the file pool saves "
+                      f"{human_size(space.saved)})", markup=False)
         if not verbose:
             return
         out.print("\nImages space usage:\n")

@@ -345,6 +345,7 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
                     "snapshots_removed": report.snapshots_removed,
                     "ingest_removed": report.ingest_removed,
                     "temp_removed": report.temp_removed,
+                    "pool_removed": report.pool_removed,
                     "cache_removed": report.cache_removed, "dry_run": dry_run})
         return
     verb = "Would remove" if dry_run else "Removed"

@@ -6,6 +6,10 @@ layers until ``builder prune``, a cached layer stays until ``gc --cache`` drops 
 cache.  Mark and sweep run inside one IMMEDIATE SQLite transaction, so no writer can
 add a root or lease resource between them; a writer that registers a blob in its lease
 *before* checking whether the blob exists can therefore never have it swept from under it.
+
+The snapshots' file pool (store/pool.py) needs no mark: an entry is live exactly while
+a snapshot links it, which the file system counts; the sweep runs after the snapshots
+are removed, so one ``collect`` frees both.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from lamina.digest import Digest
 from lamina.errors import NoSpace
-from lamina.store import locks, scratch
+from lamina.store import locks, pool, scratch
 
 if TYPE_CHECKING:
     from lamina.store.store import Store
@@ -50,6 +54,8 @@ class GcReport:
     temp_removed: int = 0     # tmp/ entries of dead processes (store/scratch.py)
     leases_expired: int = 0
     cache_removed: int = 0
+    pool_removed: int = 0     # pool entries no snapshot links any more (store/pool.py)
+    pool_bytes_freed: int = 0
 
 
 SNAPSHOT_PREFIX = "snapshot:"
@@ -84,6 +90,8 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
     the same arguments would remove."""
     report = GcReport()
     meta = store.meta
+    # A dry run removes no snapshot, so it counts the links their removal would drop.
+    released: dict[tuple[int, int], int] = {}
     ended: dict[str, int | None] = {}   # with the abandoned locks gc now holds
     done = False
     try:
@@ -115,8 +123,11 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
                 if key in live:
                     continue
                 report.snapshots_removed.append(str(chain_id))
-                if not dry_run:
-                    path = store.snapshot_path(Digest.parse(str(chain_id)))
+                path = store.snapshot_path(Digest.parse(str(chain_id)))
+                if dry_run:
+                    for inode, n in pool.links_in(path).items():
+                        released[inode] = released.get(inode, 0) + n
+                else:
                     # rmtree never follows symlinks inside the tree it removes.
                     shutil.rmtree(path, ignore_errors=True)
                     db.execute("DELETE FROM snapshots WHERE chain_id=?", (chain_id,))
@@ -149,7 +160,8 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
         _sweep_lease_locks(store)
     report.ingest_removed, ingest_bytes = store.blobs.sweep_ingest(dry_run=dry_run)
     report.temp_removed, temp_bytes = scratch.sweep(store.root / "tmp", dry_run=dry_run)
-    report.bytes_freed += ingest_bytes + temp_bytes
+    report.pool_removed, report.pool_bytes_freed = pool.sweep(store.root, dry_run, released)
+    report.bytes_freed += ingest_bytes + temp_bytes + report.pool_bytes_freed
     return report
 
 
