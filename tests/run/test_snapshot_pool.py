@@ -311,3 +311,31 @@ def test_overlay_mounts_without_the_inodes_index() -> None:
 
     options = _overlay_options(["/l2", "/l1"], "/u", "/w", [])
     assert "index=off" in options.split(",")
+
+
+def test_an_entry_gc_takes_meanwhile_is_made_again(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """gc may remove an entry (one link: garbage) between an apply finding it and
+    linking to it: the apply's own file then becomes the entry; nothing is lost."""
+    root = tmp_path / "store"
+    k = pool.key(hashlib.sha256(b"data").hexdigest(), 0o644, 0, 0, 0, ())
+    entry_file = Path(pool.entry_path(root, k))
+    entry_file.parent.mkdir(parents=True)
+    entry_file.write_bytes(b"data")
+    mine = tmp_path / "snapshot-file"
+    mine.write_bytes(b"data")
+    real_link = os.link
+    calls: list[str] = []
+
+    def racing(src: Any, dst: Any, *args: Any, **kw: Any) -> None:
+        calls.append(str(dst))
+        if len(calls) == 1:
+            os.unlink(entry_file)              # gc, right after the apply saw it exist
+            raise FileExistsError(errno.EEXIST, "File exists", str(dst))
+        real_link(src, dst, *args, **kw)
+
+    monkeypatch.setattr(os, "link", racing)
+    assert pool.adopt(root, k, str(mine))
+    assert _inode(mine) == _inode(entry_file) and mine.read_bytes() == b"data"
+    assert os.lstat(mine).st_nlink == 2 and sorted(os.listdir(tmp_path)) == [
+        "snapshot-file", "store"]

@@ -94,7 +94,7 @@ class SnapshotPool:
         try:
             entry = os.lstat(pool.entry_path(self.root, self.key(_facts_of(path, st))))
         except OSError:
-            return st.st_nlink
+            return st.st_nlink   # not the pool's (or unreadable): the count is the layer's
         return 1 if (entry.st_dev, entry.st_ino) == (st.st_dev, st.st_ino) else st.st_nlink
 
 
@@ -105,8 +105,13 @@ def _facts_of(path: str, st: os.stat_result) -> FileFacts:
     with open(path, "rb", buffering=0) as f:
         while block := f.read(1 << 20):
             h.update(block)
-    names = [n for n in os.listxattr(path, follow_symlinks=False)
-             if not n.startswith(_OVERLAY_XATTRS)]
+    try:
+        names = [n for n in os.listxattr(path, follow_symlinks=False)
+                 if not n.startswith(_OVERLAY_XATTRS)]
+    except OSError as e:
+        if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        names = []
     xattrs = tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names))
     return FileFacts(h.hexdigest(), st.st_size, stat.S_IMODE(st.st_mode), st.st_uid,
                      st.st_gid, st.st_mtime_ns, xattrs)

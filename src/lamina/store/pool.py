@@ -40,8 +40,9 @@ from pathlib import Path
 
 POOL_DIR = "pool"
 # Cannot link here, for good: the pool entry has the file system's maximum of links
-# (ext4: 65000), or the pool is on another file system than the snapshot.
-_CANNOT_LINK = (errno.EMLINK, errno.EXDEV, errno.EPERM)
+# (ext4: 65000), the pool is on another file system than the snapshot, or the file
+# system has no hard links.
+_CANNOT_LINK = (errno.EMLINK, errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP)
 _ATTEMPTS = 4
 
 
