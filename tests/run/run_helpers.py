@@ -9,6 +9,8 @@ import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import zstandard
+
 from lamina.digest import Digest
 from lamina.image import mediatypes as mt
 from lamina.image.config import History, build_config
@@ -41,15 +43,18 @@ def make_tar(entries: Iterable[tuple[tarfile.TarInfo, bytes]]) -> bytes:
 
 
 def store_image(store: Store, tag: str, tars: list[bytes], container_config: dict[str, object]
-                | None = None) -> Descriptor:
-    """Record an image made of the given uncompressed layer tars (gzipped here)."""
+                | None = None, zstd: bool = False) -> Descriptor:
+    """Record an image made of the given uncompressed layer tars (gzipped here, or
+    zstd-compressed)."""
     layers, diff_ids = [], []
+    media_type = mt.OCI_LAYER_ZSTD if zstd else mt.OCI_LAYER_GZIP
     for raw in tars:
-        blob = gzip.compress(raw, mtime=0)
+        blob = (zstandard.ZstdCompressor().compress(raw) if zstd
+                else gzip.compress(raw, mtime=0))
         digest = store.blobs.put_bytes(blob)
         diff_id = Digest.from_bytes(raw)
-        store.meta.add_layer(str(digest), str(diff_id), mt.OCI_LAYER_GZIP, len(blob))
-        layers.append(Descriptor(mt.OCI_LAYER_GZIP, digest, len(blob)))
+        store.meta.add_layer(str(digest), str(diff_id), media_type, len(blob))
+        layers.append(Descriptor(media_type, digest, len(blob)))
         diff_ids.append(diff_id)
     config = build_config(diff_ids, [History(created_by=f"layer {i}") for i in range(len(tars))],
                           current_platform(), created="2024-01-01T00:00:00Z",

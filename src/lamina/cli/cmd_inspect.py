@@ -246,6 +246,11 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         chunked = f"; {space.chunked} kept as {space.chunks} chunks" if space.chunked else ""
         out.print(f"\nBlob bytes: {human_size(space.logical)} logical, "
                   f"{human_size(space.physical)} physical, ratio {space.ratio:.2f}{chunked}")
+        snaps = usage.snapshot_space
+        if snaps.saved:
+            out.print(f"\nSnapshots: {human_size(snaps.logical)} logical, "
+                      f"{human_size(snaps.physical)} physical (the file pool saves "
+                      f"{human_size(snaps.saved)})", markup=False)
         if not verbose:
             return
         out.print("\nImages space usage:\n")

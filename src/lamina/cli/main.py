@@ -347,7 +347,8 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
                     "temp_removed": report.temp_removed,
                     "cache_removed": report.cache_removed,
                     "chunks_removed": report.chunks_removed,
-                    "chunk_bytes_freed": report.chunk_bytes_freed, "dry_run": dry_run})
+                    "chunk_bytes_freed": report.chunk_bytes_freed,
+                    "pool_removed": report.pool_removed, "dry_run": dry_run})
         return
     verb = "Would remove" if dry_run else "Removed"
     for d in report.blobs_removed:

@@ -21,7 +21,10 @@ Summary rows (TYPE, TOTAL, ACTIVE, SIZE, RECLAIMABLE):
     Blobs        every blob; active = reachable from a root (tag, image, lease); size =
                  physical (whole files, recipes, chunks); reclaimable = what ``lamina gc``
                  frees of them
-    Snapshots    unpacked layer stacks; active = reachable; reclaimable = what gc removes
+    Snapshots    unpacked layer stacks; active = reachable; reclaimable = what gc removes;
+                 size = their unpacked (tar) size, as if no file were shared
+    Snapshot pool  files kept once for all snapshots (store/pool.py); active = linked
+                 by a snapshot; size = each file once; reclaimable = what gc removes
     Build cache  entries; active = whose layer an image uses; size = their distinct
                  layers; reclaimable = the layers no image uses (``gc --cache`` frees them)
     Temporary files  entries of the store's tmp/ (work areas of builds, runs, snapshot
@@ -30,6 +33,10 @@ Summary rows (TYPE, TOTAL, ACTIVE, SIZE, RECLAIMABLE):
 
 Reclaimable blobs and snapshots come from ``gc.collect(dry_run=True)``, so ``df`` and
 ``gc`` can never disagree.
+
+Snapshot space (``SnapshotSpace``): logical = the Snapshots row's size; saved = the
+bytes the pool keeps once instead of once per snapshot (an entry linked by n snapshot
+files saves n - 1 copies); physical = logical - saved.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from typing import Any
 from lamina.digest import Digest
 from lamina.errors import LaminaError
 from lamina.image.reference import Reference
-from lamina.store import scratch
+from lamina.store import pool, scratch
 from lamina.store.blobs import BlobSpace
 from lamina.store.gc import collect, reachable
 from lamina.store.store import Store
@@ -94,18 +101,30 @@ class CacheUsage:
                 "created_by": self.created_by, "in_use": self.in_use}
 
 
+@dataclass(frozen=True)
+class SnapshotSpace:
+    logical: int     # unpacked size of every snapshot, nothing shared
+    physical: int    # less what the file pool keeps once
+    saved: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"logical": self.logical, "physical": self.physical, "saved": self.saved}
+
+
 @dataclass
 class Usage:
     summary: list[UsageRow]
     images: list[ImageUsage] = field(default_factory=list)
     cache: list[CacheUsage] = field(default_factory=list)
     storage: BlobSpace = field(default_factory=lambda: BlobSpace(0, 0, 0, 0, 0))
+    snapshot_space: SnapshotSpace = SnapshotSpace(0, 0, 0)
 
     def to_json(self) -> dict[str, Any]:
         return {"summary": [r.to_json() for r in self.summary],
                 "storage": self.storage.to_json(),
                 "images": [r.to_json() for r in self.images],
-                "build_cache": [r.to_json() for r in self.cache]}
+                "build_cache": [r.to_json() for r in self.cache],
+                "snapshot_space": self.snapshot_space.to_json()}
 
 
 def _size(store: Store, digest: str, sizes: dict[str, int]) -> int:
@@ -159,6 +178,9 @@ def disk_usage(store: Store) -> Usage:
     temp = scratch.usage(store.root / "tmp")
     gone_snapshots = set(report.snapshots_removed)
     snapshots = meta.snapshots()
+    pooled = pool.usage(store.root)
+    logical = sum(s[3] for s in snapshots)
+    snap_space = SnapshotSpace(logical, max(0, logical - pooled.saved), pooled.saved)
 
     in_images: set[str] = set().union(*reach.values()) if reach else set()
     in_tagged: set[str] = set().union(*(reach[d] for d in reach if d in tagged)) \
@@ -184,6 +206,8 @@ def disk_usage(store: Store) -> Usage:
                  sum(1 for s in snapshots if s[0] not in gone_snapshots),
                  sum(s[3] for s in snapshots),
                  sum(s[3] for s in snapshots if s[0] in gone_snapshots)),
+        UsageRow("Snapshot pool", pooled.entries, pooled.entries - report.pool_removed,
+                 pooled.size, report.pool_bytes_freed),
         UsageRow("Build cache", len(cache_rows), sum(1 for c in cache_rows if c.in_use),
                  sum(_size(store, layer, sizes) for layer in cache_layers),
                  sum(_size(store, layer, sizes) for layer, used in cache_layers.items()
@@ -223,4 +247,4 @@ def disk_usage(store: Store) -> Usage:
                                      size - shared, layers))
     images.sort(key=lambda r: (r.repository, r.tag, r.digest))
     cache_rows.sort(key=lambda c: (c.created_by, c.key))
-    return Usage(summary, images, cache_rows, space)
+    return Usage(summary, images, cache_rows, storage=space, snapshot_space=snap_space)

@@ -27,14 +27,20 @@ Contract:
   callers should apply into a fresh directory and drop it on any error).
 * Directory modes and mtimes are set last, so that writing their contents neither
   fails on read-only directories nor bumps their mtimes.
+* With ``ApplyOptions(pool=...)`` regular files are shared through a pool of identical
+  files by hard link (layer/filepool.py): each file's content is hashed while it is
+  written (or, when small, before, so that a file the pool has is never written), and
+  at the end every file still private is offered to the pool.  Hard links of the layer
+  itself keep their meaning; empty files are always written.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +56,7 @@ from lamina.errors import (
 )
 from lamina.layer import tarformat as tf
 from lamina.layer.compress import DecompressedStream, open_decompressed
+from lamina.layer.filepool import FileFacts, FilePool
 from lamina.layer.options import ApplyOptions
 from lamina.layer.paths import clean_name, shown
 from lamina.layer.tarreader import TarEntry, TarReader
@@ -99,6 +106,12 @@ class _Applier:
         self._dir_meta: dict[str, tuple[int, int]] = {}
         # Whiteout devices written in the "overlay" format (ApplyOptions).
         self._whiteouts: set[str] = set()
+        # With a pool (ApplyOptions.pool): files written here, with their inode, to offer
+        # it at the end; and files linked from it, with their entry, should a hard link
+        # of the layer name one (it is made private again first).
+        self._private: dict[str, tuple[int, FileFacts]] = {}
+        self._pooled: dict[str, TarEntry] = {}
+        self._euid, self._egid = os.geteuid(), os.getegid()
 
     # -- resolving paths inside the target ----------------------------------------
 
@@ -179,6 +192,8 @@ class _Applier:
 
     def _remove(self, path: str, st: os.stat_result) -> None:
         self._whiteouts.discard(path)
+        if self._private or self._pooled:
+            self._forget_files(path, stat.S_ISDIR(st.st_mode))
         if stat.S_ISDIR(st.st_mode):
             if self._whiteouts:
                 self._whiteouts = {w for w in self._whiteouts if not _under(w, path)}
@@ -193,6 +208,15 @@ class _Applier:
             os.unlink(path)
             if stat.S_ISLNK(st.st_mode):
                 self._forget()
+
+    def _forget_files(self, path: str, tree: bool) -> None:
+        # A removed file must never be offered to the pool under its old facts: an inode
+        # number can come back for another file at the same path.
+        self._private.pop(path, None)
+        self._pooled.pop(path, None)
+        if tree:
+            self._private = {p: v for p, v in self._private.items() if not _under(p, path)}
+            self._pooled = {p: e for p, e in self._pooled.items() if not _under(p, path)}
 
     def remove_lower(self, path: str) -> None:
         """Delete what lower layers have at ``path``, sparing what this layer added.
@@ -353,13 +377,15 @@ class _Applier:
         ns = entry.mtime * 1_000_000_000
         os.utime(path, ns=(ns, ns), follow_symlinks=False)
 
+    def _xattrs(self, entry: TarEntry) -> dict[str, bytes]:
+        if self.opts.whiteout_format != "overlay" or not entry.xattrs:
+            return entry.xattrs
+        # In a lowerdir these would be overlayfs' own instructions (opaque, redirect,
+        # metacopy): a layer may only say that with whiteouts.
+        return {k: v for k, v in entry.xattrs.items() if not k.startswith(_OVERLAY_XATTRS)}
+
     def _set_xattrs(self, target: str | int, entry: TarEntry) -> None:
-        overlay = self.opts.whiteout_format == "overlay"
-        for key, value in entry.xattrs.items():
-            if overlay and key.startswith(_OVERLAY_XATTRS):
-                # In a lowerdir these would be overlayfs' own instructions (opaque,
-                # redirect, metacopy): a layer may only say that with whiteouts.
-                continue
+        for key, value in self._xattrs(entry).items():
             try:
                 if isinstance(target, int):
                     os.setxattr(target, key, value)
@@ -376,8 +402,43 @@ class _Applier:
                 raise
 
     def _file(self, path: str, entry: TarEntry, reader: TarReader) -> None:
-        mode = entry.mode
-        open_mode = mode & 0o777
+        pool = self.opts.pool
+        if pool is None or entry.size == 0:
+            # Empty files have no data to share, and linking them would only pile links
+            # on one inode up to the file system's limit (ostree copies them too).
+            self._write(path, entry, reader.data(), None)
+            return
+        if entry.size <= pool.inline_limit:
+            data = bytearray()
+            for view in reader.data():
+                data += view
+            facts = self._facts(entry, hashlib.sha256(data).hexdigest())
+            try:
+                linked = pool.link(facts, path)
+            except FileExistsError:
+                self._make_room(path, False)
+                linked = pool.link(facts, path)
+            if linked:
+                self._note_added(path)
+                self._pooled[path] = entry
+                return
+            ino = self._write(path, entry, (memoryview(data),), None)
+        else:
+            hasher = hashlib.sha256()
+            ino = self._write(path, entry, reader.data(), hasher)
+            facts = self._facts(entry, hasher.hexdigest())
+        self._private[path] = (ino, facts)
+
+    def _facts(self, entry: TarEntry, digest: str) -> FileFacts:
+        owner = (entry.uid, entry.gid) if self.opts.same_owner else (self._euid, self._egid)
+        return FileFacts(digest, entry.size, entry.mode, owner[0], owner[1],
+                         entry.mtime * 1_000_000_000, tuple(sorted(self._xattrs(entry).items())))
+
+    def _write(self, path: str, entry: TarEntry, data: Iterable[memoryview],
+               hasher: hashlib._Hash | None) -> int:
+        """Create ``path`` with ``data`` and the entry's metadata; its inode number
+        (0 without a pool)."""
+        open_mode = entry.mode & 0o777
         try:
             fd = os.open(path, _O_CREATE, open_mode)
         except FileExistsError:
@@ -385,20 +446,57 @@ class _Applier:
             fd = os.open(path, _O_CREATE, open_mode)
         try:
             self._note_added(path)
-            for view in reader.data():
+            for view in data:
+                if hasher is not None:
+                    hasher.update(view)
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
-            if self.opts.same_owner:
-                os.fchown(fd, entry.uid, entry.gid)  # clears setuid: chmod comes after
-            if mode != open_mode & ~self.umask:
-                os.fchmod(fd, mode)
-            if entry.xattrs:
-                self._set_xattrs(fd, entry)  # after chown, which drops security.capability
-            ns = entry.mtime * 1_000_000_000
-            os.utime(fd, ns=(ns, ns))
+            self._file_meta(fd, entry, open_mode & ~self.umask)
+            return 0 if self.opts.pool is None else os.fstat(fd).st_ino
         finally:
             os.close(fd)
+
+    def _file_meta(self, fd: int, entry: TarEntry, created_mode: int) -> None:
+        if self.opts.same_owner:
+            os.fchown(fd, entry.uid, entry.gid)  # clears setuid: chmod comes after
+        if entry.mode != created_mode:
+            os.fchmod(fd, entry.mode)
+        if entry.xattrs:
+            self._set_xattrs(fd, entry)  # after chown, which drops security.capability
+        ns = entry.mtime * 1_000_000_000
+        os.utime(fd, ns=(ns, ns))
+
+    def _make_private(self, path: str) -> None:
+        """Give ``path``, linked from the pool, an inode of its own again (a hard link
+        of this layer is about to name it: the layer's link must not reach the pool)."""
+        entry = self._pooled.pop(path)
+        parent, _, name = path.rpartition("/")
+        while True:
+            tmp = f"{parent}/.{name}.lamina-{os.urandom(4).hex()}"
+            try:
+                out = os.open(tmp, _O_CREATE, 0o600)
+                break
+            except FileExistsError:
+                continue
+        try:
+            src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                done = 0
+                while done < entry.size:
+                    n = os.sendfile(out, src, done, entry.size - done)
+                    if n == 0:
+                        break
+                    done += n
+            finally:
+                os.close(src)
+            self._file_meta(out, entry, 0o600)
+        except BaseException:
+            os.close(out)
+            os.unlink(tmp)
+            raise
+        os.close(out)
+        os.rename(tmp, path)
 
     def _dir_entry(self, path: str, entry: TarEntry, existing_ok: bool) -> None:
         if not existing_ok:
@@ -433,6 +531,8 @@ class _Applier:
                                 f"{shown(entry.linkname)}")
         if source == path:
             return
+        if source in self._pooled:
+            self._make_private(source)
         try:
             os.link(source, path, follow_symlinks=False)
         except FileExistsError:
@@ -440,7 +540,22 @@ class _Applier:
             os.link(source, path, follow_symlinks=False)
         self._note_added(path)
 
+    def share_files(self, pool: FilePool) -> None:
+        """Offer the pool every file written here that is still private: the same
+        inode (not replaced) with one link (not hard-linked inside the layer).  Before
+        ``finish``: sharing changes the directories, whose mtimes come last."""
+        for path, (ino, facts) in self._private.items():
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if st.st_ino == ino and st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
+                pool.share(facts, path)
+        self._private.clear()
+
     def finish(self) -> None:
+        if self.opts.pool is not None:
+            self.share_files(self.opts.pool)
         # Children before parents (reverse of creation), so a read-only parent does
         # not stop us; chmod and utime on a directory do not touch its parent's mtime.
         for path, (mode, mtime) in reversed(self._dir_meta.items()):
@@ -525,7 +640,11 @@ def apply_layer(
             # checksum comes only at its end: report the damage, not its symptom.
             _explain_malformed(source, expected_diff_id, exc)
             raise
-        applier.finish()
+        try:
+            applier.finish()
+        except OSError as exc:
+            raise LaminaError(f"cannot finish extracting into {target}: "
+                              f"{exc.strerror or exc}") from exc
         diff_id = source.digest()
         size = source.count
     finally:

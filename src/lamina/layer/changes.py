@@ -42,7 +42,7 @@ from __future__ import annotations
 import enum
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,10 +186,13 @@ class DiffRule:
 
 
 def entry_differs(lower_path: str, upper_path: str, ls: os.stat_result, us: os.stat_result,
-                  rule: DiffRule = DiffRule()) -> bool:
+                  rule: DiffRule = DiffRule(),
+                  lower_nlink: Callable[[], int] | None = None) -> bool:
     """The rule "modified" of this module's docstring, for one path in both trees.
 
     ``ls``/``us`` are the ``lstat`` of ``lower_path``/``upper_path``.
+    ``lower_nlink()`` replaces ``ls.st_nlink`` when the lower file's inode is shared
+    beyond its layer (layer/overlay.py); it is asked only if the metadata match.
     """
     epoch = rule.source_date_epoch
     if (
@@ -214,13 +217,15 @@ def entry_differs(lower_path: str, upper_path: str, ls: os.stat_result, us: os.s
             # continuity fs/path.go sameFile: equal seconds with zero nanoseconds on both
             # sides may both be truncated, so only the content can tell.
             compare_content = rule.checksum or us.st_mtime_ns % 1_000_000_000 == 0
-        if stat.S_ISREG(us.st_mode) and ls.st_nlink != us.st_nlink:
+        if stat.S_ISREG(us.st_mode) and lower_nlink is None and ls.st_nlink != us.st_nlink:
             return True
         if stat.S_ISLNK(us.st_mode) and os.readlink(lower_path) != os.readlink(upper_path):
             return True
         if (stat.S_ISCHR(us.st_mode) or stat.S_ISBLK(us.st_mode)) and ls.st_rdev != us.st_rdev:
             return True
     if _xattrs(lower_path, rule.ignore_xattrs) != _xattrs(upper_path, rule.ignore_xattrs):
+        return True
+    if lower_nlink is not None and stat.S_ISREG(us.st_mode) and lower_nlink() != us.st_nlink:
         return True
     if not compare_content or not stat.S_ISREG(us.st_mode) or us.st_size == 0:
         return False

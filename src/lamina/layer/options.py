@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from lamina.errors import InvalidInput
+from lamina.layer.filepool import FilePool
 
 Compression = Literal["gzip", "zstd", "none"]
 COMPRESSIONS: tuple[str, ...] = get_args(Compression)
@@ -78,12 +79,16 @@ class ApplyOptions:
     device 0/0 named NAME and ``.wh..wh..opq`` the xattr ``trusted.overlay.opaque=y``
     on its directory (overlayfs.rst "whiteouts and opaque directories").  Needs root:
     device nodes and ``trusted.*`` xattrs are privileged.
+    ``pool``: where regular files may be shared by hard link instead of written as
+    copies (layer/filepool.py); None writes every file.  Only for targets nobody writes
+    into (snapshots under an overlay): a write through one link changes them all.
     """
 
     same_owner: bool = os.geteuid() == 0
     devices: bool = os.geteuid() == 0
     whiteouts: bool = True
     whiteout_format: WhiteoutFormat = "delete"
+    pool: FilePool | None = None
 
     def __post_init__(self) -> None:
         if self.whiteout_format not in WHITEOUT_FORMATS:

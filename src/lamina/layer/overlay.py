@@ -23,6 +23,10 @@ The lower view is read straight from the layer directories (top first, as in
 "overlay")``): a lookup walks down the stack, stops at a whiteout, at a non-directory,
 and below an opaque directory, as overlayfs' own lookup does.
 
+Lower files may share inodes with files of other layers (a pool of identical files,
+run/snapshots.py): their link count is then not the layer's.  ``lower_links`` gives the
+count the layer made, so "hard-linked in the container" is judged as the walk does.
+
 Limits, the same as overlayfs' own: the mount must be made with ``redirect_dir=off``
 and ``metacopy=off`` (run/rootfs.py does), so that a renamed directory is a full copy
 and a ``chmod`` copies the data up; the upper dir then holds whole entries.
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lamina.errors import InvalidInput
@@ -43,6 +47,9 @@ from lamina.layer.changes import ChangeKind, ChangeRecorder, Changeset, DiffRule
 OVERLAY_XATTR_PREFIX = "trusted.overlay."
 OPAQUE_XATTR = "trusted.overlay.opaque"
 _IGNORE = (OVERLAY_XATTR_PREFIX,)
+
+# The link count a lower regular file has in its own layer, given its path and lstat.
+LowerLinks = Callable[[str, os.stat_result], int]
 
 
 def is_whiteout(st: os.stat_result) -> bool:
@@ -119,6 +126,18 @@ def _listing(dirs: Sequence[str]) -> dict[str, _LowerEntry]:
 
 class _UpperWalker(ChangeRecorder):
 
+    def __init__(self, upper: str, rule: DiffRule, lower_links: LowerLinks | None) -> None:
+        super().__init__(upper, rule)
+        self.lower_links = lower_links
+
+    def _differs(self, lower: _LowerEntry, upper_path: str, us: os.stat_result) -> bool:
+        ls = lower.st
+        links: Callable[[], int] | None = None
+        if self.lower_links is not None and ls.st_nlink > 1 and stat.S_ISREG(ls.st_mode):
+            ask = self.lower_links
+            links = lambda: ask(lower.path, ls)  # noqa: E731 - asked last, if at all
+        return entry_differs(lower.path, upper_path, ls, us, self.rule, lower_nlink=links)
+
     def walk(self, rel: str, lower_dirs: list[str]) -> None:
         # A stack, not recursion: a RUN can make trees deeper than Python's stack.
         todo = [(rel, lower_dirs)]
@@ -145,7 +164,7 @@ class _UpperWalker(ChangeRecorder):
                 continue
             if lower is None:
                 self._record(child, ChangeKind.ADDED, us)
-            elif entry_differs(lower.path, ue.path, lower.st, us, self.rule):
+            elif self._differs(lower, ue.path, us):
                 self._record(child, ChangeKind.MODIFIED, us)
             if not stat.S_ISDIR(us.st_mode):
                 continue
@@ -162,7 +181,8 @@ class _UpperWalker(ChangeRecorder):
 
 def changes_from_upper(upper: Path, lowers: Sequence[Path],
                        source_date_epoch: int | None = None,
-                       merged: Path | None = None) -> Changeset:
+                       merged: Path | None = None,
+                       lower_links: LowerLinks | None = None) -> Changeset:
     """What a process changed, read from the overlay ``upper`` dir over ``lowers``.
 
     ``lowers`` are the lower directories **top first** (the order of ``lowerdir=``),
@@ -174,6 +194,10 @@ def changes_from_upper(upper: Path, lowers: Sequence[Path],
     its ``trusted.overlay.*`` bookkeeping; without it they are read from ``upper``
     and a layer written from the changeset carries those xattrs.  Either way the
     changeset is valid only as long as the directory it reads from.
+
+    ``lower_links(path, lstat)``: the link count a lower regular file has in its layer,
+    when the lowers share inodes across layers (asked only for a lower file with more
+    than one link whose other metadata match).
     """
     upper_s = os.fspath(upper)
     if not os.path.isdir(upper_s):
@@ -182,6 +206,7 @@ def changes_from_upper(upper: Path, lowers: Sequence[Path],
     for d in lower_dirs:
         if not os.path.isdir(d):
             raise InvalidInput(f"{d}: not a directory")
-    walker = _UpperWalker(upper_s, DiffRule(source_date_epoch, ignore_xattrs=_IGNORE))
+    walker = _UpperWalker(upper_s, DiffRule(source_date_epoch, ignore_xattrs=_IGNORE),
+                          lower_links)
     walker.walk("", lower_dirs)
     return Changeset(merged if merged is not None else Path(upper_s), walker.result())

@@ -42,7 +42,7 @@ from typing import Literal, Protocol, Self
 from lamina.errors import LaminaError, StoreError
 from lamina.layer import ApplyOptions, Changeset, apply_layer, diff_trees
 from lamina.layer.overlay import changes_from_upper
-from lamina.run.snapshots import Snapshotter
+from lamina.run.snapshots import SnapshotPool, Snapshotter
 from lamina.store import scratch
 from lamina.store.rmtree import remove_tree
 from lamina.store.store import Lease, Store
@@ -153,7 +153,11 @@ def _overlay_options(lowers: Sequence[str], upper: str, work: str,
     ``/proc/self/fd/N`` of an O_PATH descriptor instead (closed by the caller)."""
     # redirect_dir/metacopy off: a renamed directory is copied whole and a chmod copies
     # data up, so the upper dir holds complete entries (layer/overlay.py relies on it).
-    extra = "redirect_dir=off,metacopy=off"
+    # index off: with the inodes index, a copy-up of one name of a lower inode shows in
+    # every other name of it (overlayfs.rst "Hardlinks"), and snapshots share inodes
+    # across layers through the file pool (run/snapshots.py): a write to one image's
+    # file would appear in an identical file of another layer.
+    extra = "redirect_dir=off,metacopy=off,index=off"
     paths = [*lowers, upper, work]
     plain = (f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},{extra}")
     if len(plain) <= _MAX_OPTIONS and not any("," in p or ":" in p for p in paths):
@@ -332,8 +336,11 @@ class OverlayRootfs(_Base):
             raise
 
     def changes(self, source_date_epoch: int | None) -> Changeset:
+        # Snapshot files shared through the pool have more links than their layer gave
+        # them; the layer's own count decides "hard-linked in the container".
         return changes_from_upper(self.upper, list(reversed(self.lowers)),
-                                  source_date_epoch, merged=self.path)
+                                  source_date_epoch, merged=self.path,
+                                  lower_links=SnapshotPool(self.store.root).layer_links)
 
 
 class WalkRootfs(_Base):

@@ -22,13 +22,24 @@ Lifecycle of one snapshot::
 Extraction checks each layer twice, as unpack does: its compressed digest, and the
 uncompressed stream against the config's diff_id.
 
+Identical files are kept once across all snapshots: extraction shares each regular file
+through the store's file pool (store/pool.py: one inode per content + metadata, hard
+links from the snapshots), whatever the layer format.  Sharing is safe because nothing
+writes into a snapshot: an overlay copies a file up before the first write, and is
+mounted with ``index=off`` (run/rootfs.py), so a copy-up never reaches another name of
+the inode; ``lamina unpack`` and the walk snapshotter apply layers without the pool.
+What the pool shows: a file's link count in a mount counts every snapshot that shares
+it, and two identical files show the same inode number (as in an ostree checkout).
+
 Needs root: whiteouts are device nodes and opaque markers ``trusted.*`` xattrs.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,13 +48,17 @@ from lamina.errors import LaminaError, StoreError
 from lamina.image.config import chain_ids
 from lamina.image.manifest import Descriptor
 from lamina.layer import apply_layer
+from lamina.layer.filepool import FileFacts
 from lamina.layer.options import ApplyOptions
-from lamina.store import scratch
+from lamina.store import pool, scratch
 from lamina.store.gc import SNAPSHOT_PREFIX
 from lamina.store.store import Store
 from lamina.transport.base import ImageSource
 
-_OVERLAY_APPLY = ApplyOptions(same_owner=True, devices=True, whiteout_format="overlay")
+_OVERLAY_XATTRS = "trusted.overlay."
+# Files up to this size are hashed in memory before they are written, so one the pool
+# has costs a link and no write; bigger ones are hashed while written and replaced.
+_INLINE_LIMIT = 256 * 1024
 
 
 def snapshot_key(chain_id: Digest | str) -> str:
@@ -51,12 +66,70 @@ def snapshot_key(chain_id: Digest | str) -> str:
     return f"{SNAPSHOT_PREFIX}{chain_id}"
 
 
-class Snapshotter:
-    """Makes and finds the per-layer snapshot directories of a store."""
+class SnapshotPool:
+    """The store's file pool (store/pool.py) as layer/filepool.py's ``FilePool``."""
 
-    def __init__(self, store: Store) -> None:
+    inline_limit = _INLINE_LIMIT
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @staticmethod
+    def key(facts: FileFacts) -> str:
+        return pool.key(facts.digest, facts.mode, facts.uid, facts.gid, facts.mtime_ns,
+                        facts.xattrs)
+
+    def link(self, facts: FileFacts, path: str) -> bool:
+        return pool.link(self.root, self.key(facts), path)
+
+    def share(self, facts: FileFacts, path: str) -> None:
+        pool.adopt(self.root, self.key(facts), path)
+
+    def layer_links(self, path: str, st: os.stat_result) -> int:
+        """The link count of a snapshot's regular file in its own layer: 1 if the
+        inode is the pool's (only files with no other name in their layer are
+        pooled), else what the file system says (layer/overlay.py's ``lower_links``)."""
+        if st.st_nlink < 2 or not stat.S_ISREG(st.st_mode):
+            return st.st_nlink
+        try:
+            entry = os.lstat(pool.entry_path(self.root, self.key(_facts_of(path, st))))
+        except OSError:
+            return st.st_nlink   # not the pool's (or unreadable): the count is the layer's
+        return 1 if (entry.st_dev, entry.st_ino) == (st.st_dev, st.st_ino) else st.st_nlink
+
+
+def _facts_of(path: str, st: os.stat_result) -> FileFacts:
+    """What the pool keys a file on disk by (its content read once more: asked only
+    for a file a container copied up, layer/overlay.py)."""
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    try:
+        names = [n for n in os.listxattr(path, follow_symlinks=False)
+                 if not n.startswith(_OVERLAY_XATTRS)]
+    except OSError as e:
+        if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        names = []
+    xattrs = tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names))
+    return FileFacts(h.hexdigest(), st.st_size, stat.S_IMODE(st.st_mode), st.st_uid,
+                     st.st_gid, st.st_mtime_ns, xattrs)
+
+
+class Snapshotter:
+    """Makes and finds the per-layer snapshot directories of a store.
+
+    ``share_files``: share identical files through the store's pool (the default; off
+    only to measure what it saves, bench/bench_pool.py).
+    """
+
+    def __init__(self, store: Store, share_files: bool = True) -> None:
         self.store = store
         self.tmp_root = store.root / "tmp"
+        self.apply_options = ApplyOptions(
+            same_owner=True, devices=True, whiteout_format="overlay",
+            pool=SnapshotPool(store.root) if share_files else None)
 
     def path(self, chain_id: Digest) -> Path:
         return self.store.snapshot_path(chain_id)
@@ -119,7 +192,7 @@ class Snapshotter:
             os.chmod(tmp, 0o755)
             with source.open_blob(layer) as reader:
                 applied = apply_layer(reader, tmp, expected_diff_id=diff_id,
-                                      options=_OVERLAY_APPLY)
+                                      options=self.apply_options)
                 reader.verify()
             try:
                 os.rename(tmp, final)

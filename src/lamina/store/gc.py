@@ -11,6 +11,10 @@ Chunks (chunks.py) are reached through the recipes of the blobs that stay, or na
 live lease (a delta pull that is about to reuse them): the rest go, with their rows in
 ``chunk_contents``.  The chunk sweep holds the chunk lock exclusively, so no writer is
 between writing a chunk and writing the recipe that names it.
+
+The snapshots' file pool (store/pool.py) needs no mark: an entry is live exactly while
+a snapshot links it, which the file system counts; the sweep runs after the snapshots
+are removed, so one ``collect`` frees both.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from lamina.digest import Digest
 from lamina.errors import NoSpace
-from lamina.store import locks, scratch
+from lamina.store import locks, pool, scratch
 
 if TYPE_CHECKING:
     from lamina.store.store import Store
@@ -58,6 +62,8 @@ class GcReport:
     chunks_removed: int = 0   # their bytes are in chunk_bytes_freed and in bytes_freed
     chunk_bytes_freed: int = 0
     damaged_recipes: list[str] = field(default_factory=list)   # no chunk swept then
+    pool_removed: int = 0     # pool entries no snapshot links any more (store/pool.py)
+    pool_bytes_freed: int = 0
 
 
 SNAPSHOT_PREFIX = "snapshot:"
@@ -92,6 +98,8 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
     the same arguments would remove."""
     report = GcReport()
     meta = store.meta
+    # A dry run removes no snapshot, so it counts the links their removal would drop.
+    released: dict[tuple[int, int], int] = {}
     ended: dict[str, int | None] = {}   # with the abandoned locks gc now holds
     done = False
     try:
@@ -124,8 +132,11 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
                 if key in live:
                     continue
                 report.snapshots_removed.append(str(chain_id))
-                if not dry_run:
-                    path = store.snapshot_path(Digest.parse(str(chain_id)))
+                path = store.snapshot_path(Digest.parse(str(chain_id)))
+                if dry_run:
+                    for inode, n in pool.links_in(path).items():
+                        released[inode] = released.get(inode, 0) + n
+                else:
                     # rmtree never follows symlinks inside the tree it removes.
                     shutil.rmtree(path, ignore_errors=True)
                     db.execute("DELETE FROM snapshots WHERE chain_id=?", (chain_id,))
@@ -158,7 +169,8 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
         _sweep_lease_locks(store)
     report.ingest_removed, ingest_bytes = store.blobs.sweep_ingest(dry_run=dry_run)
     report.temp_removed, temp_bytes = scratch.sweep(store.root / "tmp", dry_run=dry_run)
-    report.bytes_freed += ingest_bytes + temp_bytes
+    report.pool_removed, report.pool_bytes_freed = pool.sweep(store.root, dry_run, released)
+    report.bytes_freed += ingest_bytes + temp_bytes + report.pool_bytes_freed
     return report
 
 

@@ -8,6 +8,7 @@ Layout of ``$LAMINA_ROOT`` (default ``$XDG_DATA_HOME/lamina``)::
     ingest/                blobs and chunks being written (locked while alive)
     leases/<id>.lock       held (flock) by the process whose lease it is (locks.py)
     snapshots/<hex>/       unpacked layer stacks, by chain id
+    pool/<2 hex>/<hex>     one inode per identical snapshot file (pool.py)
     meta.db                SQLite metadata (see meta.py)
     reserve                space held back for a full disk (Store._open_meta)
 """
