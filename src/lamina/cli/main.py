@@ -73,16 +73,19 @@ def _epoch() -> int | None:
 @argument("ref", help="Name for the image: NAME[:TAG].")
 @argument("sources", kind=Path, nargs=-1, required=True,
           help="Directories or tars: successive full snapshots of one root.")
-@option("--compression", default="gzip", help="gzip, zstd or none.")
+@option("--compression", default="gzip",
+        help="gzip, zstd, zstd:chunked (a zstd layer with a file index, for delta pulls) or none.")
 @json_flag
 def import_(ref: str, sources: tuple[Path, ...], compression: str, json_: bool) -> None:
     """Make an image from snapshots of a root: layer i holds what changed from SRC i-1."""
     from lamina.build.importer import ImportOptions, import_snapshots
     from lamina.cli.format import out
     from lamina.errors import InvalidInput
+    from lamina.layer.options import COMPRESSIONS
 
-    if compression not in ("gzip", "zstd", "none"):
-        raise InvalidInput(f"unknown compression {compression!r}: choose gzip, zstd or none")
+    if compression not in COMPRESSIONS:
+        raise InvalidInput(f"unknown compression {compression!r}: "
+                           f"choose {', '.join(COMPRESSIONS)}")
 
     def on_layer(i: int, n: int, desc: Any, created_by: str) -> None:
         if not json_:

@@ -7,8 +7,8 @@ written once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lamina.digest import Digest
@@ -25,6 +25,7 @@ class StoredLayer:
     size: int               # compressed bytes
     diff_id: Digest         # of the uncompressed tar
     compression: Compression
+    annotations: Mapping[str, str] = field(default_factory=dict)  # for its descriptor
 
 
 def commit_changeset(store: Store, lease: Lease, changes: Changeset | Path,
@@ -45,4 +46,4 @@ def commit_changeset(store: Store, lease: Lease, changes: Changeset | Path,
         digest = w.commit()
     store.meta.add_layer(str(digest), str(info.diff_id), media_type, size)
     store.meta.set_unpacked_size(str(info.diff_id), info.uncompressed_size)  # known here
-    return StoredLayer(digest, size, info.diff_id, options.compression)
+    return StoredLayer(digest, size, info.diff_id, options.compression, info.annotations)
