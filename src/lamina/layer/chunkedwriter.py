@@ -63,8 +63,8 @@ _SEED = hashlib.sha256(b"lamina zstd:chunked chunk boundaries").digest()
 _CLASSES = bytes((_SEED[i >> 3] >> (i & 7)) & 1 for i in range(256))
 # "0" then nineteen "1"s: no proper suffix is a prefix, so matches never overlap.
 _ANCHOR = b"\x00" + b"\x01" * (_ANCHOR_BITS - 1)
-# Frames smaller than this are compressed on the calling thread (a pool hop costs more).
-_INLINE = 64 << 10
+# Frames go to the compressing threads in batches of at least this many bytes.
+_BATCH = 1 << 20
 
 _TYPES = {b"0": "reg", b"1": "hardlink", b"2": "symlink", b"3": "char", b"4": "block",
           b"5": "dir", b"6": "fifo"}
@@ -111,9 +111,14 @@ def _rfc3339(seconds: int) -> str | None:
             f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}Z")
 
 
+_Result = tuple[bytes, str | None]  # a compressed frame, and its input's digest if asked
+
+
 class _Frames:
     """Compresses frames on a pool and writes them to ``out`` in order, recording each
-    frame's (start, end) in the output."""
+    frame's (start, end) in the output.  Small frames (most files are small) travel to
+    the pool in batches of ~1 MiB: one task per frame would cost more than it compresses.
+    """
 
     def __init__(self, out: Writable, level: int, threads: int) -> None:
         self._out = out
@@ -121,38 +126,47 @@ class _Frames:
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lamina-zstd")
         self._ahead = threads * 2 + 2
-        self._pending: deque[Future[tuple[bytes, str | None]] | tuple[bytes, str | None]] = (
-            deque())
+        self._pending: deque[Future[list[_Result]]] = deque()
+        self._batch: list[tuple[bytes | bytearray | memoryview, bool]] = []
+        self._batch_bytes = 0
+        self._queued = 0
         self.bounds: list[tuple[int, int]] = []
         self.digests: list[str | None] = []
         self.count = 0
 
-    def _work(self, data: bytes | bytearray | memoryview, digest: bool) -> tuple[bytes, str | None]:
+    def _work(self, batch: list[tuple[bytes | bytearray | memoryview, bool]]) -> list[_Result]:
         cctx = getattr(self._local, "cctx", None)
         if cctx is None:
             cctx = self._local.cctx = zstandard.ZstdCompressor(level=self._level)
-        frame: bytes = cctx.compress(data)
-        return frame, ("sha256:" + hashlib.sha256(data).hexdigest()) if digest else None
+        return [(cctx.compress(data),
+                 ("sha256:" + hashlib.sha256(data).hexdigest()) if digest else None)
+                for data, digest in batch]
 
     def add(self, data: bytes | bytearray | memoryview, digest: bool = False) -> int:
         """Queue one frame; returns its index.  ``data`` must not change afterwards."""
-        if len(data) < _INLINE:
-            self._pending.append(self._work(data, digest))
-        else:
-            self._pending.append(self._pool.submit(self._work, data, digest))
+        self._batch.append((data, digest))
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= _BATCH:
+            self._submit()
+        self._queued += 1
+        return self._queued - 1
+
+    def _submit(self) -> None:
+        if self._batch:
+            self._pending.append(self._pool.submit(self._work, self._batch))
+            self._batch, self._batch_bytes = [], 0
         while len(self._pending) > self._ahead:
             self._drain_one()
-        return len(self.bounds) + len(self._pending) - 1
 
     def _drain_one(self) -> None:
-        item = self._pending.popleft()
-        frame, digest = item.result() if isinstance(item, Future) else item
-        self._out.write(frame)
-        self.bounds.append((self.count, self.count + len(frame)))
-        self.digests.append(digest)
-        self.count += len(frame)
+        for frame, digest in self._pending.popleft().result():
+            self._out.write(frame)
+            self.bounds.append((self.count, self.count + len(frame)))
+            self.digests.append(digest)
+            self.count += len(frame)
 
     def drain(self) -> None:
+        self._submit()
         while self._pending:
             self._drain_one()
 
@@ -163,8 +177,7 @@ class _Frames:
 
     def close(self) -> None:
         for item in self._pending:
-            if isinstance(item, Future):
-                item.cancel()
+            item.cancel()
         self._pending.clear()
         self._pool.shutdown(wait=True)
 
