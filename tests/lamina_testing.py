@@ -180,3 +180,46 @@ def tar_bytes(members: Iterable[tuple[str, bytes | None]],
             info.type, info.linkname, info.mtime = tarfile.SYMTYPE, target, mtime
             tar.addfile(info)
     return raw.getvalue()
+
+
+@dataclass(frozen=True)
+class ChunkedImage:
+    """An image in a store whose one layer is kept as chunks (store/chunks.py)."""
+
+    tag: str
+    manifest: str
+    layer: str
+    layer_bytes: bytes
+    spans: list[tuple[int, int]]
+
+
+def store_chunked_image(root: Path, tag: str, files: Iterable[tuple[str, bytes | None]],
+                        span: int = 3000) -> ChunkedImage:
+    """Record a one-layer image (a gzip'd tar of ``files``: pushed as it is) under ``tag``
+    in the store at ``root``, its layer kept as chunks cut every ``span`` bytes."""
+    import gzip
+
+    from lamina.digest import Digest
+    from lamina.image import mediatypes as mt
+    from lamina.image.config import History, build_config
+    from lamina.image.manifest import Descriptor, Platform, build_manifest
+    from lamina.store import Store
+
+    tar = tar_bytes(files)
+    layer = gzip.compress(tar, mtime=0)
+    diff_id = Digest.from_bytes(tar)
+    spans = [(o, min(span, len(layer) - o)) for o in range(0, len(layer), span)]
+    with Store(root) as store:
+        d = store.blobs.put_bytes(layer)
+        store.meta.add_layer(str(d), str(diff_id), mt.OCI_LAYER_GZIP, len(layer))
+        config = build_config([diff_id], [History(created_by="chunked")],
+                              Platform("amd64", "linux"), created="2023-11-14T22:13:20Z")
+        store.blobs.put_bytes(config.raw)
+        manifest = build_manifest(Descriptor(mt.OCI_CONFIG, config.digest, len(config.raw)),
+                                  [Descriptor(mt.OCI_LAYER_GZIP, d, len(layer))])
+        store.blobs.put_bytes(manifest.raw)
+        store.meta.add_image(str(manifest.digest), manifest.media_type, len(manifest.raw),
+                             [str(x.digest) for x in manifest.blobs()], tag=tag)
+        store.blobs.put_chunked(d, store.blobs.path(d), spans)
+        assert not store.blobs.path(d).exists()
+    return ChunkedImage(tag, str(manifest.digest), str(d), layer, spans)

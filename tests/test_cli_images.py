@@ -300,7 +300,7 @@ def test_sizes_uncompressed_and_compressed(lamina: Lamina, seed: Path, tmp_path:
         (_gunzipped(lamina, x["digest"]), x["size"]) for x in reversed(layers)]
     assert lamina.run("history", "demo/a").out.split("\n")[0].split() == [
         "LAYER", "CREATED", "CREATED", "BY", "SIZE", "COMPRESSED", "COMMENT"]
-    # A store that got the image by load has no recorded sizes: counted once, kept.
+    # load counts each layer's size while it checks the diff_id, and records it.
     lamina.run("save", "demo/a", "-o", tmp_path / "layout", "--format", "oci")
     other = Lamina(tmp_path / "other", tmp_path)
     other.run("load", tmp_path / "layout")
@@ -310,6 +310,11 @@ def test_sizes_uncompressed_and_compressed(lamina: Lamina, seed: Path, tmp_path:
         with sqlite3.connect(db) as conn:
             return int(conn.execute("SELECT count(*) FROM layer_sizes").fetchone()[0])
 
+    assert recorded() == len(layers)
+    assert other.run("images", "--json").json()[0]["unpacked_size"] == unpacked
+    # A store without recorded sizes (a pull, or a store from before) counts them once.
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM layer_sizes")
     assert recorded() == 0
     row2 = other.run("images", "--json").json()[0]
     assert row2["unpacked_size"] == unpacked
@@ -354,6 +359,8 @@ def test_sizes_from_snapshots_need_no_count(lamina: Lamina, seed: Path, tmp_path
     lamina.run("save", "base", "-o", tmp_path / "layout", "--format", "oci")
     other = Lamina(tmp_path / "other", tmp_path)
     other.run("load", tmp_path / "layout")
+    with sqlite3.connect(other.root / "meta.db") as conn:
+        conn.execute("DELETE FROM layer_sizes")   # as after a pull: nothing counted yet
     other.run("run", "--snapshotter", "overlay", "base", "/bin/busybox", "true")
     assert other.run("images", "--json").json()[0]["unpacked_size"] == want
     with sqlite3.connect(other.root / "meta.db") as conn:

@@ -131,3 +131,14 @@ def test_full_disk_without_reserve_says_how_to_free_space(
     res = lamina.run("gc", "--json").json()
     assert res["blobs_removed"] == [] and not abandoned.exists()
     assert lamina.run("rmi", "demo/a").code == 0
+
+
+def test_unpack_onto_a_full_disk(small_fs: Path, seed: Path, tmp_path: Path) -> None:
+    # The store has room; the target (a 1 MiB tmpfs) cannot hold busybox (~1-2 MB).
+    lamina = Lamina(tmp_path / "store", tmp_path)
+    lamina.run("import", "demo/a", *seed_sources(seed, "a"))
+    res = lamina.fail("unpack", "demo/a", small_fs / "root")
+    assert res.code == 5, res.err                  # StoreError's, not 1
+    assert res.err.startswith("lamina: no space left on device: cannot extract "), res.err
+    assert len(res.err.strip().splitlines()) == 1
+    assert list(small_fs.iterdir()) == []          # what it made is gone again

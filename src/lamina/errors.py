@@ -8,7 +8,8 @@ Every error a user can cause or meet carries a message they can act on; the CLI 
     ├── InvalidInput                 exit 3   the user's input cannot be used
     │   ├── InvalidReference                  a malformed image reference or digest
     │   ├── InvalidManifest                   JSON that is not a valid manifest/index/config
-    │   └── UnsafeArchive                     a tar that would write outside its target
+    │   ├── UnsafeArchive                     a tar that would write outside its target
+    │   └── ExpansionExceeded                 a layer that decompresses past the limit
     ├── IntegrityError               exit 4   bytes that do not match their digest or size
     ├── StoreError                   exit 5   the local store cannot do what was asked
     │   ├── StoreBusy                          a lock or lease is held by someone else
@@ -56,6 +57,10 @@ class InvalidManifest(InvalidInput):
 
 
 class UnsafeArchive(InvalidInput):
+    pass
+
+
+class ExpansionExceeded(InvalidInput):
     pass
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 from inspect_helpers import KnownImages
+
+from lamina_testing import Lamina
 
 # (path, kind, size) of each layer's changes; sizes of deletions are the bytes removed.
 A_CHANGES = [
@@ -139,3 +144,56 @@ def test_bad_sources(known: KnownImages, tmp_path) -> None:  # type: ignore[no-u
     res = lam.fail("history", "docker://127.0.0.1:9/x:1")
     assert res.code == 6 and "cannot connect to 127.0.0.1:9" in res.err
     assert len(res.err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def merged_usr(tmp_path_factory: pytest.TempPathFactory) -> Lamina:
+    """A two-layer merged-/usr image, as Debian's: layer 1 has ``bin -> usr/bin``,
+    ``sbin -> /usr/bin`` (absolute), ``usr/bin/sh``, ``usr/lib/os-release``, a link
+    loop; layer 2 rewrites ``usr/bin/sh``."""
+    work = tmp_path_factory.mktemp("merged-usr")
+    one, two = work / "one", work / "two"
+    (one / "usr/bin").mkdir(parents=True)
+    (one / "usr/lib").mkdir()
+    (one / "usr/bin/sh").write_bytes(b"#!sh v1")
+    (one / "usr/lib/os-release").write_bytes(b"ID=debian")
+    os.symlink("usr/bin", one / "bin")
+    os.symlink("/usr/bin", one / "sbin")
+    os.symlink("../../usr/lib/os-release", one / "usr/bin/rel")   # a symlink as last part
+    os.symlink("loop", one / "loop")
+    shutil.copytree(one, two, symlinks=True)
+    (two / "usr/bin/sh").write_bytes(b"#!sh version 2")
+    lamina = Lamina(work / "store", work)
+    lamina.run("import", "deb", one, two)
+    return lamina
+
+
+def test_which_follows_symlinked_directories_in_the_root(merged_usr: Lamina) -> None:
+    res = merged_usr.run("which", "--json", "deb", "/bin/sh").json()
+    assert (res["path"], res["resolved"], res["layer"]) == ("/bin/sh", "/usr/bin/sh", 2)
+    assert res["provider"]["size"] == len(b"#!sh version 2")
+    assert [(v["layer"], v["fate"]) for v in res["lower"]] == [(1, "overwritten")]
+    text = merged_usr.run("which", "deb", "/bin/sh").out
+    assert text.splitlines()[0] == "/bin/sh \u2192 /usr/bin/sh"
+    # An absolute target stays inside the image's root, as a chroot's lookup does,
+    # and ".." never climbs above it.
+    for path in ("/sbin/sh", "sbin/../bin/sh", "/../../bin/./sh"):
+        got = merged_usr.run("which", "--json", "deb", path).json()
+        assert (got["resolved"], got["layer"]) == ("/usr/bin/sh", 2), path
+    # The last component is the symlink itself unless asked to follow it.
+    link = merged_usr.run("which", "--json", "deb", "/bin/rel").json()
+    assert (link["resolved"], link["provider"]["type"]) == ("/usr/bin/rel", "symlink")
+    target = merged_usr.run("which", "--json", "-L", "deb", "/bin/rel").json()
+    assert (target["resolved"], target["layer"]) == ("/usr/lib/os-release", 1)
+    # A path the layers name literally is still reported as itself.
+    assert merged_usr.run("which", "--json", "deb", "/usr/bin/sh").json()["resolved"] \
+        == "/usr/bin/sh"
+
+
+def test_which_reports_missing_and_looping_paths_in_one_line(merged_usr: Lamina) -> None:
+    res = merged_usr.fail("which", "deb", "/bin/bash")
+    assert (res.code, res.err) == (
+        2, "lamina: /bin/bash (\u2192 /usr/bin/bash) is in no layer of the image\n")
+    res = merged_usr.fail("which", "deb", "/loop/x")
+    assert (res.code, res.err) == (
+        3, "lamina: /loop/x: too many levels of symbolic links\n")

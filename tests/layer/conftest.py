@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from lamina.store.rmtree import remove_tree
+
 
 @pytest.fixture
-def arena(tmp_path: Path) -> tuple[Path, Path]:
-    """A target dir and a sentinel dir beside it that no layer may touch."""
+def arena(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A target dir and a sentinel dir beside it that no layer may touch.  The target
+    is removed afterwards without recursion: pytest's own cleanup (shutil.rmtree)
+    fails on the trees ~2000 levels deep that some tests make."""
     target = tmp_path / "target"
     sentinel = tmp_path / "sentinel"
     target.mkdir()
     sentinel.mkdir()
     (sentinel / "secret").write_text("keep me")
-    return target, sentinel
+    yield target, sentinel
+    remove_tree(target)
 
 
 @pytest.fixture

@@ -247,3 +247,60 @@ def test_nothing_is_written_after_the_refused_entry(arena: tuple[Path, Path]) ->
         apply_bytes(data, target)
     assert tree_listing(target) == ["first"]
     untouched(sentinel)
+
+
+# -- names no file system takes (#10.4): refused whole, before any directory is made ----
+DEEP = "/".join(["a"] * 100_000) + "/f"
+
+
+def _pax(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", linkname: str = "",
+         pax: dict[str, str] | None = None) -> tuple[tarfile.TarInfo, bytes]:
+    """An entry whose real name (and link) are given only in its PAX header."""
+    info, body = member("placeholder", kind, data=data, linkname="placeholder-link"
+                        if linkname else "")
+    info.pax_headers = {"path": name, **({"linkpath": linkname} if linkname else {}),
+                        **(pax or {})}
+    return info, body
+
+
+@pytest.mark.parametrize(("entry", "match"), [
+    (_pax(DEEP, data=b"x"), r"is 200001 bytes long; file names are at most 4095 bytes"),
+    (_pax("a/b\0c", data=b"x"), r"tar entry name 'a/b\\x00c' contains a NUL byte"),
+    (_pax("l", SYM, linkname="x\0y"), r"link target 'x\\x00y' contains a NUL byte"),
+    (_pax("h", LNK, linkname="a\0"), r"link target 'a\\x00' contains a NUL byte"),
+    (_pax("l", SYM, linkname="x" * 5000), r"link target 'xxx.*is 5000 bytes long"),
+    (_pax("d/" + "n" * 256, data=b"x"), "component of 256 bytes; at most 255"),
+    (_pax("f", data=b"x", pax={"SCHILY.xattr.user.a\0b": "v"}), "name holds a NUL byte"),
+], ids=["deep", "nul", "symlink-nul", "hardlink-nul", "long-symlink", "long-component",
+        "xattr-nul"])
+def test_names_no_file_system_takes_are_refused_before_anything_is_made(
+        arena: tuple[Path, Path], entry: tuple[tarfile.TarInfo, bytes], match: str) -> None:
+    target, sentinel = arena
+    with pytest.raises(InvalidInput, match=match) as err:
+        apply_bytes(make_tar([entry]), target)
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 300
+    assert tree_listing(target) == []
+    untouched(sentinel)
+
+
+def test_a_whiteout_of_the_longest_name_is_accepted(arena: tuple[Path, Path]) -> None:
+    target, _ = arena
+    longest = "n" * 255
+    apply_bytes(make_tar([member(longest, data=b"x")]), target)
+    apply_bytes(make_tar([member(".wh." + longest)]), target)
+    assert tree_listing(target) == []
+
+
+def test_a_tree_as_deep_as_names_allow_is_replaced_without_recursion(
+        arena: tuple[Path, Path]) -> None:
+    # 2000 levels (a 4001-byte name): more than Python's recursion limit.  A later
+    # layer replaces the top directory with a file, and whites it out.
+    target, _ = arena
+    deep = "/".join(["d"] * 2000)
+    apply_bytes(make_tar([member(deep + "/f", data=b"x")]), target)
+    apply_bytes(make_tar([member("d", data=b"now a file")]), target)
+    assert (target / "d").read_bytes() == b"now a file"
+    apply_bytes(make_tar([member(deep[:-2] + "/f", data=b"x")]), target / "again")
+    apply_bytes(make_tar([member(".wh.d")]), target / "again")
+    assert tree_listing(target / "again") == []

@@ -18,6 +18,7 @@ from lamina.layer import (
     iter_tar_entries,
     open_tar_stream,
 )
+from lamina.store.rmtree import remove_tree
 
 
 def sample(tmp_path: Path, compression: str = "gzip") -> tuple[bytes, Digest]:
@@ -131,10 +132,21 @@ def test_unreadable_or_vanishing_files_name_the_path(tmp_path: Path) -> None:
 def test_filesystem_errors_while_applying_name_the_entry(tmp_path: Path) -> None:
     target = tmp_path / "t"
     target.mkdir()
-    # A component longer than NAME_MAX (255) is a real OSError from the kernel.
-    data = make_tar([member("x" * 300, data=b"1")])
-    with pytest.raises(LaminaError, match="cannot extract 'xxx.*File name too long"):
-        apply_bytes(data, target)
+    # A name within PATH_MAX that the target's own path pushes past it: a real OSError
+    # from the kernel, named by its entry (cut short in the message).
+    name = "a/" * 2040 + "f"
+    data = make_tar([member(name, data=b"1")])
+    try:
+        with pytest.raises(LaminaError, match=r"cannot extract 'a/a/.*\.\.\. \(4081 bytes\) "
+                                              r"into .*File name too long") as err:
+            apply_bytes(data, target)
+    finally:
+        remove_tree(target / "a")  # ~2000 levels: pytest's cleanup would recurse
+    assert len(str(err.value)) < 300
+    # A component longer than NAME_MAX (255) is refused before anything is made.
+    with pytest.raises(InvalidInput, match="component of 300 bytes; at most 255"):
+        apply_bytes(make_tar([member("d/" + "x" * 300, data=b"1")]), target)
+    assert not (target / "d").exists()
 
 
 def test_gnu_sparse_files_are_unsupported(tmp_path: Path) -> None:

@@ -59,9 +59,10 @@ def test_a_good_toc_parses() -> None:
             for c in toc.entries[2].chunks] == [(200, 300, 0, 10, "data"),
                                                 (300, 400, 10, 20, "zeros")]
     toc_end = TOC_AT + toc.location.length
-    assert zc.frame_spans(toc, BLOB) == [(0, 100), (100, 200), (200, 300), (300, 400),
-                                         (400, TOC_AT - 8), (TOC_AT - 8, toc_end),
-                                         (toc_end, BLOB)]
+    assert zc.frame_spans(toc, BLOB) == [(0, 100), (100, 100), (200, 100), (300, 100),
+                                         (400, TOC_AT - 8 - 400),
+                                         (TOC_AT - 8, toc_end - TOC_AT + 8),
+                                         (toc_end, BLOB - toc_end)]
 
 
 def test_garbage_footer() -> None:

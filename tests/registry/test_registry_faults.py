@@ -26,11 +26,12 @@ from lamina.image.reference import Reference
 from lamina.store.store import Store
 from lamina.transport.copy import CopyOptions
 from lamina.transport.registry import RegistryError, RegistryOptions, RegistrySource
-from lamina_testing import Lamina, small_tmpfs
+from lamina_testing import Lamina, small_tmpfs, tar_bytes
 
 FAST = RegistryOptions(backoff=0.01, max_backoff=0.05, retries=3)
-BIG = os.urandom(3 * 1024 * 1024 + 17)
-SMALL = b"a small layer"
+# Real (plain) tars: fsck checks that every image layer can be unpacked (#10.5).
+BIG = tar_bytes([("big", os.urandom(3 * 1024 * 1024 + 17))])
+SMALL = tar_bytes([("small", b"a small layer")])
 
 
 @pytest.fixture

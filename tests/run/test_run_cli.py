@@ -102,6 +102,19 @@ def test_volumes_read_write_and_read_only(seeded: Lamina, tmp_path: Path) -> Non
     assert_no_leftovers(seeded.root)
 
 
+def test_walk_commit_keeps_a_same_size_same_second_rewrite(seeded: Lamina) -> None:
+    # The walk snapshotter diffs a tree unpacked from layers (whole-second mtimes): a
+    # rewrite that keeps size and mtime is found by content (#10.1).
+    script = ("/bin/busybox cp -p /etc/hostname /tmp/ref; echo LAMINA-SEED > /etc/hostname; "
+              "/bin/busybox touch -r /tmp/ref /etc/hostname; rm /tmp/ref")
+    seeded.run("run", "--snapshotter", "walk", "--commit", "cli/same-size:1", "demo/a",
+               "sh", "-c", script)
+    members = {m[0]: m for m in layer_members(_last_layer(seeded, "cli/same-size:1"))}
+    assert sorted(members) == ["etc", "etc/hostname"]
+    assert members["etc/hostname"][5] == b"LAMINA-SEED\n"
+    assert_no_leftovers(seeded.root)
+
+
 def test_commit_adds_exactly_one_layer_with_the_change(seeded: Lamina, tmp_path: Path) -> None:
     script = ("echo B > /var/www/html/index.html; rm /etc/hostname; mkdir -p /srv/new; "
               "echo n > /srv/new/file")

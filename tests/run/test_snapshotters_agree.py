@@ -37,6 +37,14 @@ SCENARIOS: dict[str, tuple[str, str, list[str] | None]] = {
     "touch-unchanged": (f"{BB} touch /etc/passwd /var/www/html/index.html; "
                         "cat /etc/group > /tmp/g; cat /tmp/g > /etc/group; rm /tmp/g; "
                         f"{BB} chmod 644 /etc/httpd.conf", "0", []),
+    # Same size, mtime put back to the same whole second: only the bytes tell (#10.1).
+    "rewrite-same-size-and-time": (f"{BB} cp -p /etc/hostname /tmp/ref; "
+                                   "echo LAMINA-SEED > /etc/hostname; "
+                                   f"{BB} touch -r /tmp/ref /etc/hostname; rm /tmp/ref", "0",
+                                   ["etc/", "etc/hostname"]),
+    # Deeper than Python's recursion limit: both walks use a stack (#10.4).
+    "deep": ("d=/deep; i=0; while [ $i -lt 1200 ]; do d=$d/d; i=$((i+1)); done; "
+             "mkdir -p $d; echo x > $d/f", "0", None),
     "opaque": ("rm -rf /var/www; mkdir -p /var/www/html; echo n > /var/www/html/index.html",
                "0", ["var/", "var/www/", "var/www/html/", "var/www/html/index.html"]),
     "recreated-same": ("rm -rf /var/www/html; mkdir /var/www/html", "0", None),

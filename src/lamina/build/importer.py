@@ -48,6 +48,9 @@ class ImportOptions:
     compression: Compression = "gzip"
     source_date_epoch: int | None = None
     platform: Platform = field(default_factory=current_platform)
+    # Compare the content of every file whose metadata is equal (rsync's --checksum),
+    # not only of those whose whole-second mtimes may be truncated (layer/changes.py).
+    checksum: bool = False
     # Called after each layer is stored: (index, total, layer descriptor, created_by).
     on_layer: Callable[[int, int, Descriptor, str], None] | None = None
 
@@ -113,7 +116,7 @@ def import_snapshots(store: Store, name: str, sources: Sequence[Path],
             stack.callback(current.close)
             root = current.enter_context(_as_directory(store, src))
             changes: Changeset | Path = root if previous is None else diff_trees(
-                previous, root, opts.source_date_epoch)
+                previous, root, opts.source_date_epoch, checksum=opts.checksum)
             stored = commit_changeset(store, lease, changes, layer_opts, media_type)
             written.append(str(stored.digest))
             desc = Descriptor(media_type, stored.digest, stored.size, stored.annotations)

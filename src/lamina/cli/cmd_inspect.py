@@ -175,9 +175,11 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     @app.command()
     @argument("image", help=IMAGE_HELP)
     @argument("path", help="Path in the image's root filesystem.")
+    @flag("-L", "--follow", help="If PATH itself is a symlink, report its target.")
     @platform_option
     @json_flag
-    def which(image: str, path: str, platform: str | None, json_: bool) -> None:
+    def which(image: str, path: str, follow: bool, platform: str | None,
+              json_: bool) -> None:
         """The layer that provides PATH in the final root, and the lower versions it
         hides (or the layer that deleted it)."""
         from lamina.cli.format import out, print_json, table
@@ -187,10 +189,12 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
 
         with image_of(image, platform) as img:
             result = analyze(img.source, img.image)
-        report = which_path(result, path)
+        report = which_path(result, path, follow)
         if json_:
             print_json(report.to_json())
         else:
+            if report.resolved:  # symlinked directories on the way (merged /usr)
+                out.print(f"{report.path} \u2192 {report.resolved}", markup=False)
             rows = []
             for pv in reversed(report.versions):
                 v = pv.version
@@ -213,7 +217,8 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
             how = f" by layer {d.by_layer + 1}" if d is not None else ""
             if not json_:
                 out.print()
-            raise NotFound(f"{report.path} is not in the final root of {image}: deleted{how}")
+            where = report.resolved or report.path
+            raise NotFound(f"{where} is not in the final root of {image}: deleted{how}")
 
     # -- df ---------------------------------------------------------------------------
     @app.command()
@@ -237,6 +242,10 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
               [[r.type, str(r.total), str(r.active), human_size(r.size),
                 pct(r.reclaimable, r.size)] for r in usage.summary])
+        space = usage.storage
+        chunked = f"; {space.chunked} kept as {space.chunks} chunks" if space.chunked else ""
+        out.print(f"\nBlob bytes: {human_size(space.logical)} logical, "
+                  f"{human_size(space.physical)} physical, ratio {space.ratio:.2f}{chunked}")
         if not verbose:
             return
         out.print("\nImages space usage:\n")
@@ -406,17 +415,13 @@ def _parse_score(text: str) -> float:
     return value
 
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
-          "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
-
-
 def _parse_bytes(text: str) -> int:
     """Bytes, in Docker's decimal units (kB, MB, GB) or binary ones (KiB, MiB, GiB)."""
-    import re
-
     from lamina.errors import InvalidInput
+    from lamina.units import parse_size
 
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
-    if m is None or m.group(2).lower() not in _UNITS:
-        raise InvalidInput(f"--max-wasted {text!r}: give bytes like 1000, 512kB or 20MB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise InvalidInput(f"--max-wasted {text!r}: give bytes like 1000, 512kB or 20MB") \
+            from None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from lamina.cli.format import argument, flag, option
+from lamina.cli.limits import expansion_option
 
 if TYPE_CHECKING:
     from lamina.store.store import Store
@@ -59,6 +60,7 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     @option("--compression", default="gzip",
             help="Layer compression for --commit: gzip, zstd, zstd:chunked or none.")
     @option("--snapshotter", default="auto", help="auto, overlay (root) or walk (anyone).")
+    @expansion_option
     def run(image: str, command: tuple[str, ...], rm: bool, interactive: bool, tty: bool,
             stop_signal: str | None, stop_timeout: int, env: tuple[str, ...],
             workdir: str | None, user: str | None, volume: tuple[str, ...], network: str,

@@ -31,6 +31,7 @@ from lamina.cli.format import (
     say,
     table,
 )
+from lamina.cli.limits import expansion_option
 from lamina.errors import LaminaError
 
 _state: dict[str, Any] = {"root": None}
@@ -75,8 +76,11 @@ def _epoch() -> int | None:
           help="Directories or tars: successive full snapshots of one root.")
 @option("--compression", default="gzip",
         help="gzip, zstd, zstd:chunked (a zstd layer with a file index, for delta pulls) or none.")
+@flag("--checksum", help="Compare the content of every file, not only where times may be "
+      "truncated (slower).")
 @json_flag
-def import_(ref: str, sources: tuple[Path, ...], compression: str, json_: bool) -> None:
+def import_(ref: str, sources: tuple[Path, ...], compression: str, checksum: bool,
+            json_: bool) -> None:
     """Make an image from snapshots of a root: layer i holds what changed from SRC i-1."""
     from lamina.build.importer import ImportOptions, import_snapshots
     from lamina.cli.format import out
@@ -95,7 +99,7 @@ def import_(ref: str, sources: tuple[Path, ...], compression: str, json_: bool) 
     with _store() as store:
         result = import_snapshots(store, ref, list(sources), ImportOptions(
             compression=compression, source_date_epoch=_epoch(),  # type: ignore[arg-type]
-            on_layer=on_layer))
+            on_layer=on_layer, checksum=checksum))
     if json_:
         print_json({"reference": str(result.reference), "digest": str(result.manifest.digest),
                     "id": str(result.config.digest),
@@ -110,6 +114,7 @@ def import_(ref: str, sources: tuple[Path, ...], compression: str, json_: bool) 
 @app.command()
 @argument("path", kind=Path, help="docker save archive or OCI layout (dir or tar).")
 @option("--name", help="Name for images the archive does not name.")
+@expansion_option
 @json_flag
 def load(path: Path, name: str | None, json_: bool) -> None:
     """Load images from a docker archive or an OCI layout into the store."""
@@ -158,6 +163,7 @@ def save(refs: tuple[str, ...], output: Path, format_: str, platform: str | None
 @argument("ref", help="Image in the store.")
 @argument("target", kind=Path, help="Empty or new directory.")
 @option("--platform", help="OS/ARCH to pick from an index.")
+@expansion_option
 def unpack(ref: str, target: Path, platform: str | None) -> None:
     """Apply an image's layers, in order, onto a directory (its root filesystem)."""
     from lamina.cli.format import out
@@ -342,13 +348,18 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
                     "snapshots_removed": report.snapshots_removed,
                     "ingest_removed": report.ingest_removed,
                     "temp_removed": report.temp_removed,
-                    "cache_removed": report.cache_removed, "dry_run": dry_run})
+                    "cache_removed": report.cache_removed,
+                    "chunks_removed": report.chunks_removed,
+                    "chunk_bytes_freed": report.chunk_bytes_freed, "dry_run": dry_run})
         return
     verb = "Would remove" if dry_run else "Removed"
     for d in report.blobs_removed:
         out.print(f"{verb} blob {d}")
-    out.print(f"{verb} {len(report.blobs_removed)} blobs, {len(report.snapshots_removed)} "
-              f"snapshots, {report.cache_removed} cache entries, "
+    for d in report.damaged_recipes:
+        out.print(f"blob {d}: its recipe is damaged; no chunk removed (run `lamina fsck`)")
+    chunks = f"{report.chunks_removed} chunks, " if report.chunks_removed else ""
+    out.print(f"{verb} {len(report.blobs_removed)} blobs, {chunks}"
+              f"{len(report.snapshots_removed)} snapshots, {report.cache_removed} cache entries, "
               f"{report.ingest_removed + report.temp_removed} temporary files; "
               f"{'would free' if dry_run else 'freed'} "
               f"{human_size(report.bytes_freed)}")
@@ -358,27 +369,40 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
 @flag("--repair", help="Remove what is corrupt or dangling.")
 @json_flag
 def fsck(repair: bool, json_: bool) -> None:
-    """Re-hash every blob; report corrupt blobs and references to missing content."""
+    """Re-hash every blob; report corrupt blobs, references to missing content and
+    images whose layers cannot be unpacked."""
     from lamina.cli.format import out
     from lamina.store.fsck import check
+    from lamina.transport.verify import unpackable_images
 
     with _store() as store:
         report = check(store, repair=repair)
+        # Not repaired: the image is what its publisher made; rmi removes it.
+        unpackable = [u.problem for u in unpackable_images(store)]
+    clean = report.clean and not unpackable
     if json_:
-        print_json({"blobs_checked": report.blobs_checked, "corrupt": report.corrupt,
-                    "dangling": report.dangling, "repaired": report.repaired,
-                    "clean": report.clean})
+        print_json({"blobs_checked": report.blobs_checked,
+                    "chunks_checked": report.chunks_checked, "corrupt": report.corrupt,
+                    "corrupt_chunks": report.corrupt_chunks,
+                    "dangling": report.dangling, "unpackable": unpackable,
+                    "repaired": report.repaired, "clean": clean})
     else:
         for d in report.corrupt:
             out.print(f"corrupt blob {d}")
-        for p in report.dangling:
+        for chunk, users in report.corrupt_chunks.items():
+            out.print(f"corrupt chunk {chunk}, used by "
+                      f"{', '.join(f'blob {b}' for b in users) or 'no blob'}")
+        for p in report.dangling + unpackable:
             out.print(p)
         for r in report.repaired:
             out.print(f"repaired: {r}")
-        state = "clean" if report.clean else (
-            "repaired" if repair else f"{len(report.corrupt) + len(report.dangling)} problems")
-        out.print(f"checked {report.blobs_checked} blobs: {state}")
-    if not report.clean and not repair:
+        problems = len(report.corrupt) + len(report.dangling) + len(report.corrupt_chunks) \
+            + len(unpackable)
+        state = "clean" if clean else ("repaired" if repair and not unpackable
+                                        else f"{problems} problems")
+        chunks = f" and {report.chunks_checked} chunks" if report.chunks_checked else ""
+        out.print(f"checked {report.blobs_checked} blobs{chunks}: {state}")
+    if not clean and not (repair and not unpackable):
         raise click.exceptions.Exit(1)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from lamina.digest import Digest
 from lamina.errors import InvalidManifest, InvalidReference, Unsupported
 from lamina.image import mediatypes as mt
+from lamina.image.jsondoc import load_object
 
 # distribution-spec "Pulling manifests": registries SHOULD accept manifests up to 4 MiB,
 # and clients should refuse larger ones; lamina holds itself to the same bound.
@@ -28,13 +29,7 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     if len(raw) > MAX_MANIFEST_BYTES:
         raise InvalidManifest(f"{what} is {len(raw)} bytes, over the 4 MiB limit")
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidManifest(f"{what} is not valid JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise InvalidManifest(f"{what} is not a JSON object")
-    return obj
+    return load_object(raw, what)
 
 
 def _str_map(value: Any, what: str) -> Mapping[str, str]:

@@ -37,7 +37,7 @@ from lamina.errors import LaminaError
 from lamina.image.manifest import Descriptor
 from lamina.layer import tarformat as tf
 from lamina.layer.compress import open_decompressed
-from lamina.layer.paths import clean_name
+from lamina.layer.paths import clean_name, resolve_links
 from lamina.layer.tarreader import TarEntry, TarReader
 from lamina.layer.whiteout import META_PREFIX, OPAQUE, PREFIX, whiteout_target
 from lamina.transport.base import ImageSource
@@ -221,6 +221,16 @@ class RootView:
 
     def exists(self, path: str | list[str]) -> bool:
         return self._node(split(path) if isinstance(path, str) else path) is not None
+
+    def resolve(self, path: str, follow_last: bool = False) -> list[str]:
+        """The components of ``path`` with its symlinks followed as a lookup inside this
+        root would (``paths.resolve_links``); the last one only if ``follow_last``."""
+        def readlink(parts: list[str]) -> str | None:
+            node = self._node(parts)
+            v = node.version if node is not None else None
+            return v.link if v is not None and v.type == "symlink" else None
+
+        return resolve_links(path, readlink, follow_last)
 
     def files(self) -> Iterator[Version]:
         """Every version in the root (implied directories have none)."""

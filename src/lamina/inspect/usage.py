@@ -1,7 +1,10 @@
 """``lamina df``: where the store's space goes, as ``docker system df [-v]`` reports it.
 
-Sizes are of what is on disk: blobs as stored (compressed layers), snapshots by the
-unpacked size recorded when they were made.  Per image (one row per tag, untagged
+Sizes are of what is on disk: blobs as stored (compressed layers; a blob kept as
+chunks by its recipe, each chunk counted once in the Blobs row), snapshots by the
+unpacked size recorded when they were made.  ``storage`` sets the blobs' logical bytes
+(each at its size, as readers see it) against their physical bytes and gives the ratio:
+what keeping each chunk once saves.  Per image (one row per tag, untagged
 images once, as ``docker system df -v``):
 
     size         the image's config + layer blobs (as ``lamina images`` shows it)
@@ -15,8 +18,9 @@ Summary rows (TYPE, TOTAL, ACTIVE, SIZE, RECLAIMABLE):
 
     Images       image records; active = tagged; size = distinct blobs they reach;
                  reclaimable = the blobs only untagged images reach (``rmi`` frees them)
-    Blobs        every blob file; active = reachable from a root (tag, image, lease);
-                 reclaimable = what ``lamina gc`` frees
+    Blobs        every blob; active = reachable from a root (tag, image, lease); size =
+                 physical (whole files, recipes, chunks); reclaimable = what ``lamina gc``
+                 frees of them
     Snapshots    unpacked layer stacks; active = reachable; reclaimable = what gc removes
     Build cache  entries; active = whose layer an image uses; size = their distinct
                  layers; reclaimable = the layers no image uses (``gc --cache`` frees them)
@@ -38,6 +42,7 @@ from lamina.digest import Digest
 from lamina.errors import LaminaError
 from lamina.image.reference import Reference
 from lamina.store import scratch
+from lamina.store.blobs import BlobSpace
 from lamina.store.gc import collect, reachable
 from lamina.store.store import Store
 from lamina.transport.local import StoreTransport
@@ -94,9 +99,11 @@ class Usage:
     summary: list[UsageRow]
     images: list[ImageUsage] = field(default_factory=list)
     cache: list[CacheUsage] = field(default_factory=list)
+    storage: BlobSpace = field(default_factory=lambda: BlobSpace(0, 0, 0, 0, 0))
 
     def to_json(self) -> dict[str, Any]:
         return {"summary": [r.to_json() for r in self.summary],
+                "storage": self.storage.to_json(),
                 "images": [r.to_json() for r in self.images],
                 "build_cache": [r.to_json() for r in self.cache]}
 
@@ -112,6 +119,14 @@ def _size(store: Store, digest: str, sizes: dict[str, int]) -> int:
             got = 0
         sizes[digest] = got
     return got
+
+
+def _stored(store: Store, digest: str) -> int:
+    """The bytes gc frees with the blob itself (a recipe's chunks are counted apart)."""
+    try:
+        return store.blobs.stored_size(Digest.parse(digest))
+    except LaminaError:
+        return 0
 
 
 def _blobs(nodes: Iterable[str]) -> set[str]:
@@ -140,6 +155,7 @@ def disk_usage(store: Store) -> Usage:
             users[b] = users.get(b, 0) + 1
 
     report = collect(store, dry_run=True)
+    space = store.blobs.space()
     temp = scratch.usage(store.root / "tmp")
     gone_snapshots = set(report.snapshots_removed)
     snapshots = meta.snapshots()
@@ -161,8 +177,9 @@ def disk_usage(store: Store) -> Usage:
                  sum(_size(store, b, sizes) for b in in_images),
                  sum(_size(store, b, sizes) for b in dangling_only)),
         UsageRow("Blobs", len(all_blobs), len(all_blobs) - len(report.blobs_removed),
-                 sum(sizes[d] for d in all_blobs),
-                 sum(sizes.get(d, 0) for d in report.blobs_removed)),
+                 space.physical,
+                 sum(_stored(store, d) for d in report.blobs_removed)
+                 + report.chunk_bytes_freed),
         UsageRow("Snapshots", len(snapshots),
                  sum(1 for s in snapshots if s[0] not in gone_snapshots),
                  sum(s[3] for s in snapshots),
@@ -206,4 +223,4 @@ def disk_usage(store: Store) -> Usage:
                                      size - shared, layers))
     images.sort(key=lambda r: (r.repository, r.tag, r.digest))
     cache_rows.sort(key=lambda c: (c.created_by, c.key))
-    return Usage(summary, images, cache_rows)
+    return Usage(summary, images, cache_rows, space)

@@ -33,20 +33,28 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.digest import Digest, Readable
-from lamina.errors import IntegrityError, InvalidInput, LaminaError, UnsafeArchive, Unsupported
+from lamina.errors import (
+    ExpansionExceeded,
+    IntegrityError,
+    InvalidInput,
+    LaminaError,
+    StoreError,
+    UnsafeArchive,
+    Unsupported,
+)
 from lamina.layer import tarformat as tf
 from lamina.layer.compress import DecompressedStream, open_decompressed
 from lamina.layer.options import ApplyOptions
-from lamina.layer.paths import clean_name
+from lamina.layer.paths import clean_name, shown
 from lamina.layer.tarreader import TarEntry, TarReader
 from lamina.layer.whiteout import OPAQUE, PREFIX, whiteout_target
+from lamina.store.rmtree import remove_tree
 
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -122,7 +130,7 @@ class _Applier:
             if comp == "..":
                 if not real:
                     raise UnsafeArchive(
-                        f"archive entry {name!r} goes through a symlink that points "
+                        f"archive entry {shown(name)} goes through a symlink that points "
                         "outside the target"
                     )
                 real.pop()
@@ -144,7 +152,7 @@ class _Applier:
             if stat.S_ISLNK(st.st_mode):
                 hops += 1
                 if hops > _MAX_SYMLINKS:
-                    raise UnsafeArchive(f"archive entry {name!r}: too many levels of symlinks")
+                    raise UnsafeArchive(f"archive entry {shown(name)}: too many levels of symlinks")
                 real.pop()
                 target = os.readlink(path)
                 if target.startswith("/"):
@@ -154,7 +162,7 @@ class _Applier:
             if not create:
                 return None
             raise InvalidInput(
-                f"archive entry {name!r}: parent {'/'.join(real)!r} is not a directory"
+                f"archive entry {shown(name)}: parent {'/'.join(real)!r} is not a directory"
             )
         result = self.root + "/" + "/".join(real) if real else self.root
         self._dirs[key] = result
@@ -174,9 +182,9 @@ class _Applier:
         if stat.S_ISDIR(st.st_mode):
             if self._whiteouts:
                 self._whiteouts = {w for w in self._whiteouts if not _under(w, path)}
-            # shutil.rmtree uses the fd-based walk on Linux and never follows
-            # symlinks inside the tree (it unlinks them).
-            shutil.rmtree(path)
+            # Never follows symlinks inside the tree (it unlinks them), and does not
+            # recurse: a layer can make directories ~2000 levels deep.
+            remove_tree(path)
             if path in self._added or path in self._ancestors:
                 # Only this layer's directories have pending metadata.
                 self._dir_meta = {p: m for p, m in self._dir_meta.items() if not _under(p, path)}
@@ -187,19 +195,21 @@ class _Applier:
                 self._forget()
 
     def remove_lower(self, path: str) -> None:
-        """Delete what lower layers have at ``path``, sparing what this layer added."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if path in self._added or path in self._ancestors:
-            if stat.S_ISDIR(st.st_mode):
-                with os.scandir(path) as it:
-                    children = [e.path for e in it]
-                for child in children:
-                    self.remove_lower(child)
-            return
-        self._remove(path, st)
+        """Delete what lower layers have at ``path``, sparing what this layer added.
+        A stack, not recursion: this layer's directories may be ~2000 levels deep."""
+        todo = [path]
+        while todo:
+            here = todo.pop()
+            try:
+                st = os.lstat(here)
+            except FileNotFoundError:
+                continue
+            if here in self._added or here in self._ancestors:
+                if stat.S_ISDIR(st.st_mode):
+                    with os.scandir(here) as it:
+                        todo.extend(e.path for e in it)
+                continue
+            self._remove(here, st)
 
     def _make_room(self, path: str, for_dir: bool) -> bool:
         """Clear ``path`` for a new entry; True if an existing directory is kept."""
@@ -293,7 +303,7 @@ class _Applier:
         if not parts:
             if entry.type != tf.DIR:
                 raise UnsafeArchive(
-                    f"archive entry {entry.name!r} would replace the target root "
+                    f"archive entry {shown(entry.name)} would replace the target root "
                     "with a non-directory"
                 )
             self._dir_entry(self.root, entry, existing_ok=True)
@@ -324,7 +334,7 @@ class _Applier:
             self._create(path, lambda: os.mknod(path, kind | 0o600, dev))
             self._owner_time_xattrs(path, entry, chmod=True)
         else:
-            raise Unsupported(f"archive entry {entry.name!r} has unsupported tar type {t!r}")
+            raise Unsupported(f"archive entry {shown(entry.name)} has unsupported tar type {t!r}")
 
     def _create(self, path: str, make: Callable[[], None]) -> None:
         try:
@@ -406,7 +416,7 @@ class _Applier:
     def _hardlink(self, path: str, entry: TarEntry) -> None:
         tparts = clean_name(entry.linkname)
         if not tparts:
-            raise UnsafeArchive(f"hard link {entry.name!r} points at the target root")
+            raise UnsafeArchive(f"hard link {shown(entry.name)} points at the target root")
         tparent = self.resolve_dir(tparts[:-1], False, entry.linkname)
         source = None if tparent is None else tparent + "/" + tparts[-1]
         try:
@@ -415,10 +425,12 @@ class _Applier:
             st = None
         if source is None or st is None:
             raise InvalidInput(
-                f"hard link {entry.name!r} points at {entry.linkname!r}, which is not in the target"
+                f"hard link {shown(entry.name)} points at {shown(entry.linkname)}, "
+                "which is not in the target"
             )
         if stat.S_ISDIR(st.st_mode):
-            raise UnsafeArchive(f"hard link {entry.name!r} points at directory {entry.linkname!r}")
+            raise UnsafeArchive(f"hard link {shown(entry.name)} points at directory "
+                                f"{shown(entry.linkname)}")
         if source == path:
             return
         try:
@@ -442,6 +454,17 @@ class _Applier:
                 os.utime(fd, ns=(ns, ns))
             finally:
                 os.close(fd)
+
+
+def _extract_error(name: str, target: Path, exc: OSError) -> LaminaError:
+    what = f"cannot extract {shown(name)} into {target}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        # The disk, not the layer: the store's kind of error (exit 5), worded as the
+        # store words it (store/blobs.py).
+        full = "no space left on device" if exc.errno == errno.ENOSPC else \
+            "disk quota exceeded"
+        return StoreError(f"{full}: {what}")
+    return LaminaError(f"{what}: {exc.strerror or exc}")
 
 
 def _under(path: str, top: str) -> bool:
@@ -493,12 +516,10 @@ def apply_layer(
                 try:
                     applier.apply(entry, reader)
                 except OSError as exc:
-                    raise LaminaError(
-                        f"cannot extract {entry.name!r} into {target}: {exc.strerror or exc}"
-                    ) from exc
+                    raise _extract_error(entry.name, target, exc) from exc
             reader.drain()
         except InvalidInput as exc:
-            if isinstance(exc, UnsafeArchive):
+            if isinstance(exc, UnsafeArchive | ExpansionExceeded):
                 raise
             # A tar that makes no sense is usually damaged compressed data whose
             # checksum comes only at its end: report the damage, not its symptom.

@@ -53,6 +53,7 @@ from lamina.layer.zstdchunked import (
     SKIPPABLE_MAGIC,
     TocLocation,
     annotations_for,
+    spans_at,
 )
 
 CHUNK_MIN = 1 << 20
@@ -295,6 +296,7 @@ class ChunkedBlocks:
         self._entries: list[_Entry] = []
         self._open: _Entry | None = None  # its tar-split file entry is not out yet
         self.annotations: Mapping[str, str] = {}
+        self.spans: list[tuple[int, int]] = []
 
     def write(self, data: bytes | bytearray) -> None:
         self._meta += data
@@ -387,7 +389,12 @@ class ChunkedBlocks:
                              MANIFEST_TYPE_CRFS, loc.tar_split_offset, loc.tar_split_length,
                              loc.tar_split_uncompressed_length) + FOOTER_MAGIC
         assert len(footer) == FOOTER_DATA_SIZE
-        frames.write_raw(_skippable(toc) + _skippable(tar_split) + _skippable(footer))
+        tail = _skippable(toc) + _skippable(tar_split) + _skippable(footer)
+        end = frames.count + len(tail)
+        self.spans = spans_at([start for start, _ in frames.bounds] + [
+            toc_at - SKIPPABLE_HEADER, split_at - SKIPPABLE_HEADER,
+            end - SKIPPABLE_HEADER - FOOTER_DATA_SIZE], end)
+        frames.write_raw(tail)
         frames.close()
         self.annotations = annotations_for(loc, toc)
         return Digest.from_hasher(self._hasher)

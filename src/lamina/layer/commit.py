@@ -46,4 +46,6 @@ def commit_changeset(store: Store, lease: Lease, changes: Changeset | Path,
         digest = w.commit()
     store.meta.add_layer(str(digest), str(info.diff_id), media_type, size)
     store.meta.set_unpacked_size(str(info.diff_id), info.uncompressed_size)  # known here
+    # Made here from this very tar: checked by construction (load and fsck skip it).
+    store.meta.add_verified_layer(str(digest), str(info.diff_id))
     return StoredLayer(digest, size, info.diff_id, options.compression, info.annotations)

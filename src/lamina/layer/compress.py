@@ -14,13 +14,19 @@ on the number of threads, so a layer's digest is the same on every run:
 
 Reading: ``open_tar_stream`` sniffs the magic bytes and decompresses on a background
 thread (the consumer creates files while the next block is inflated).  Damaged input
-becomes an ``IntegrityError`` naming the problem instead of a zlib/EOF traceback.
+becomes an ``IntegrityError`` naming the problem instead of a zlib/EOF traceback.  Every
+decompression is bounded by an ``ExpansionLimit`` (options.py; ``LAMINA_MAX_EXPANSION``):
+a layer that inflates past it stops with ``ExpansionExceeded`` while streaming, before
+the bytes reach a disk.  The compressed size is the blob's declared size when the
+stream is a ``VerifyingReader`` (or a regular file's size), else the bytes read so far.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import queue
+import stat
 import struct
 import threading
 import zlib
@@ -32,9 +38,10 @@ from typing import BinaryIO, Protocol, cast
 import zstandard
 from isal import igzip, isal_zlib
 
-from lamina.digest import Digest, Readable, read_full
-from lamina.errors import IntegrityError, LaminaError
-from lamina.layer.options import LayerOptions
+from lamina.digest import Digest, Readable, VerifyingReader, read_full
+from lamina.errors import ExpansionExceeded, IntegrityError, LaminaError
+from lamina.layer.options import EXPANSION_ENV, ExpansionLimit, LayerOptions
+from lamina.units import human_size
 
 BLOCK_SIZE = 1 << 20
 _WINDOW = 1 << 15
@@ -60,6 +67,10 @@ class BlockCompressor(Protocol):
 
     def finish(self) -> None: ...
 
+    def close(self) -> None:
+        """Stop without finishing (after an error): no thread is left running."""
+        ...
+
 
 class _Plain:
     def __init__(self, out: Writable) -> None:
@@ -69,6 +80,9 @@ class _Plain:
         self._out.write(block)
 
     def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -155,22 +169,28 @@ def compressor(out: Writable, options: LayerOptions) -> BlockCompressor:
 
 
 class _Prefixed:
-    """A stream that first returns bytes already read from it (the sniffed magic)."""
+    """A stream that first returns bytes already read from it (the sniffed magic);
+    counts what it hands out (the compressed bytes consumed)."""
 
     def __init__(self, head: bytes, raw: Readable) -> None:
         self._head = head
         self._raw = raw
+        self.consumed = len(head)
 
     def read(self, n: int = -1, /) -> bytes:
         if self._head:
             if n < 0 or n >= len(self._head):
                 head, self._head = self._head, b""
                 if n < 0:
-                    return head + self._raw.read()
+                    rest = self._raw.read()
+                    self.consumed += len(rest)
+                    return head + rest
                 return head
             head, self._head = self._head[:n], self._head[n:]
             return head
-        return self._raw.read(n)
+        data = self._raw.read(n)
+        self.consumed += len(data)
+        return data
 
     def readinto(self, buf: bytearray | memoryview) -> int:
         data = self.read(len(buf))
@@ -208,6 +228,13 @@ def _open_gzip(raw: Readable) -> Readable:
     return cast(Readable, gz)
 
 
+# Compressed bytes handed to zstd per call.  Its densest block (RFC 8878 §3.1.1.2: an
+# RLE block, 4 bytes) makes 128 KiB, so one call yields at most ~32 MiB however hostile
+# the input: a bomb is stopped by the expansion limit, not by running out of memory.
+# (zstandard's decompressobj has no cap on its output; gzip's reader takes one.)
+_ZSTD_FEED = 1024
+
+
 class _ZstdFrames:
     """Decompresses consecutive zstd frames; a stream that stops inside a frame is
     an ``EOFError`` (zstandard's stream_reader just reports end of data)."""
@@ -217,26 +244,37 @@ class _ZstdFrames:
         self._dctx = zstandard.ZstdDecompressor()
         self._obj = self._dctx.decompressobj()
         self._in_frame = False
+        self._pending = memoryview(b"")
+        self._carry = b""       # bytes after a frame's end, fed before the rest
 
-    def read(self, n: int = -1, /) -> bytes:
-        while True:
+    def _piece(self) -> bytes | memoryview | None:
+        if self._carry:
+            carry, self._carry = self._carry, b""
+            return carry
+        if not self._pending:
             chunk = self._raw.read(BLOCK_SIZE)
             if not chunk:
+                return None
+            self._pending = memoryview(chunk)
+        piece, self._pending = self._pending[:_ZSTD_FEED], self._pending[_ZSTD_FEED:]
+        return piece
+
+    def read(self, n: int = -1, /) -> bytes:
+        out = bytearray()
+        while n < 0 or len(out) < n:
+            piece = self._piece()
+            if piece is None:
                 if self._in_frame:
                     raise EOFError("zstd stream ends inside a frame")
-                return b""
-            out = bytearray()
-            while chunk:
-                self._in_frame = True
-                out += self._obj.decompress(chunk)
-                if not self._obj.eof:
-                    break
+                break
+            self._in_frame = True
+            out += self._obj.decompress(piece)
+            if self._obj.eof:
                 # RFC 8878 §3.1: a zstd stream is any number of frames back to back.
-                chunk = self._obj.unused_data
+                self._carry = self._obj.unused_data
                 self._obj = self._dctx.decompressobj()
                 self._in_frame = False
-            if out:
-                return bytes(out)
+        return bytes(out)
 
 
 def _open_zstd(raw: Readable) -> Readable:
@@ -251,9 +289,12 @@ class DecompressedStream(io.RawIOBase):
     ``read_block`` hands out whole blocks without copying.
     """
 
-    def __init__(self, raw: Readable, kind: str, hash_algorithm: str | None) -> None:
+    def __init__(self, raw: _Prefixed, kind: str, hash_algorithm: str | None,
+                 limit: _Budget | None = None) -> None:
         super().__init__()
         self.compression = kind
+        self._limit = limit
+        self._raw = raw
         self._queue: queue.Queue[object] = queue.Queue(maxsize=4)
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -294,6 +335,8 @@ class DecompressedStream(io.RawIOBase):
                 if hasher is not None:
                     hasher.update(data)
                 self.count += len(data)
+                if self._limit is not None:
+                    self._limit.check(self.count, self._raw.consumed, self.compression)
                 if not self._put(data):
                     return
         except BaseException as exc:  # handed to the consumer, which raises it
@@ -348,17 +391,63 @@ class DecompressedStream(io.RawIOBase):
         super().close()
 
 
+class _Budget:
+    """An ExpansionLimit applied to one stream: its compressed size (if known) and a
+    name for the message."""
+
+    def __init__(self, limit: ExpansionLimit, size: int | None, name: str) -> None:
+        self.limit = limit
+        self.size = size
+        self.name = name
+
+    def check(self, produced: int, consumed: int, kind: str) -> None:
+        compressed = self.size if self.size is not None else consumed
+        budget = self.limit.budget(compressed)
+        if budget is not None and produced > budget:
+            raise ExpansionExceeded(
+                f"{self.name}: {human_size(compressed)} of {kind} expands past "
+                f"{human_size(budget)}, the limit of {self.limit.ratio}× its compressed "
+                f"size (at least {human_size(self.limit.floor)}); refusing a possible "
+                f"decompression bomb. Raise the limit with --max-expansion or "
+                f"{EXPANSION_ENV} (RATIO, RATIO:FLOOR like 1000:8GiB, or off)")
+
+
+def _compressed_size(stream: Readable) -> int | None:
+    if isinstance(stream, VerifyingReader):
+        return stream.size
+    fileno = getattr(stream, "fileno", None)
+    if fileno is not None:
+        try:
+            st = os.fstat(fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            return None
+        if stat.S_ISREG(st.st_mode):
+            return st.st_size
+    return None
+
+
 def open_decompressed(
-    stream: Readable, hash_algorithm: str | None = "sha256"
+    stream: Readable, hash_algorithm: str | None = "sha256",
+    limit: ExpansionLimit | None = None,
 ) -> DecompressedStream:
+    """The decompressed bytes of ``stream`` (gzip, zstd or plain, by magic bytes),
+    bounded by ``limit`` (default: ``ExpansionLimit.current()``) unless plain."""
     head = read_full(stream, 4)
-    return DecompressedStream(_Prefixed(head, stream), detect(head), hash_algorithm)
+    kind = detect(head)
+    budget = None
+    if kind != "none":
+        limit = limit if limit is not None else ExpansionLimit.current()
+        name = (f"layer {stream.expected}" if isinstance(stream, VerifyingReader)
+                else "layer")
+        budget = _Budget(limit, _compressed_size(stream), name)
+    return DecompressedStream(_Prefixed(head, stream), kind, hash_algorithm, budget)
 
 
-def open_tar_stream(stream: Readable) -> BinaryIO:
+def open_tar_stream(stream: Readable, limit: ExpansionLimit | None = None) -> BinaryIO:
     """The tar inside ``stream``, whether it is gzip, zstd or plain (by magic bytes).
 
     The result is a readable binary stream; decompression runs on a background thread,
     and damaged input raises ``IntegrityError`` from ``read``.  Close it when done.
     """
-    return cast(BinaryIO, io.BufferedReader(open_decompressed(stream, None), BLOCK_SIZE))
+    return cast(BinaryIO, io.BufferedReader(open_decompressed(stream, None, limit),
+                                            BLOCK_SIZE))

@@ -94,3 +94,58 @@ class ApplyOptions:
                 f"unknown whiteout format {self.whiteout_format!r}: "
                 f"expected one of {', '.join(WHITEOUT_FORMATS)}"
             )
+
+
+# The environment variable that sets how far a compressed layer may expand (the CLI's
+# --max-expansion sets it for its own process).  Like LAMINA_ROOT, it configures the
+# whole process: every decompression reads it, wherever in the rooms above it happens.
+EXPANSION_ENV = "LAMINA_MAX_EXPANSION"
+
+
+@dataclass(frozen=True)
+class ExpansionLimit:
+    """How far a compressed layer may expand: at most ``max(ratio × compressed size,
+    floor)`` bytes of tar.  ``ratio == 0`` means no limit.
+
+    Why these defaults: tars of programs and libraries compress 2-5×, text-heavy ones
+    ~10×; only long runs of one byte (zero-filled or sparse files) go past 100×, and
+    those are what a decompression bomb is made of (deflate tops out at ~1032×, zstd far
+    higher).  The floor lets any small layer expand to 1 GiB, so the bound bites only
+    when a layer claims both a huge ratio and a huge output: 2 MB of gzip that would
+    become 2 GiB is refused; a 1 GB layer may still become 100 GB.
+    Docker and containerd have no such limit; the knob exists for images that really
+    hold gigabytes of zeros (``--max-expansion 2000`` or ``off``).
+    """
+
+    ratio: int = 100
+    floor: int = 1 << 30
+
+    def budget(self, compressed: int) -> int | None:
+        """The most bytes ``compressed`` bytes may expand to (None: unlimited)."""
+        return None if self.ratio == 0 else max(self.ratio * compressed, self.floor)
+
+    @classmethod
+    def parse(cls, text: str, where: str = EXPANSION_ENV) -> ExpansionLimit:
+        """``RATIO``, ``RATIO:FLOOR`` (``100:4GiB``) or ``off``."""
+        from lamina.units import parse_size
+
+        value = text.strip().lower()
+        if value in ("off", "0", "none"):
+            return cls(0)
+        ratio_text, _, floor_text = value.partition(":")
+        try:
+            ratio = int(ratio_text)
+            floor = parse_size(floor_text) if floor_text else cls.floor
+        except ValueError:
+            ratio = -1
+            floor = 0
+        if ratio < 1:
+            raise InvalidInput(f"{where} {text!r}: give a ratio like 100, a ratio and a "
+                               "floor like 100:4GiB, or off")
+        return cls(ratio, floor)
+
+    @classmethod
+    def current(cls) -> ExpansionLimit:
+        """The limit in force: ``LAMINA_MAX_EXPANSION`` if set, else the default."""
+        text = os.environ.get(EXPANSION_ENV)
+        return cls.parse(text) if text else cls()

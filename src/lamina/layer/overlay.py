@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lamina.errors import InvalidInput
-from lamina.layer.changes import ChangeKind, ChangeRecorder, Changeset, entry_differs
+from lamina.layer.changes import ChangeKind, ChangeRecorder, Changeset, DiffRule, entry_differs
 
 # overlayfs' private xattrs: on upper entries (origin, impure, opaque, redirect) and on
 # lower layer dirs (opaque).  They describe the mount, never the file.
@@ -120,6 +120,13 @@ def _listing(dirs: Sequence[str]) -> dict[str, _LowerEntry]:
 class _UpperWalker(ChangeRecorder):
 
     def walk(self, rel: str, lower_dirs: list[str]) -> None:
+        # A stack, not recursion: a RUN can make trees deeper than Python's stack.
+        todo = [(rel, lower_dirs)]
+        while todo:
+            self._visit(*todo.pop(), todo)
+
+    def _visit(self, rel: str, lower_dirs: list[str],
+               todo: list[tuple[str, list[str]]]) -> None:
         upper_dir = self.upper + "/" + rel if rel else self.upper
         with os.scandir(upper_dir) as it:
             entries = list(it)
@@ -138,7 +145,7 @@ class _UpperWalker(ChangeRecorder):
                 continue
             if lower is None:
                 self._record(child, ChangeKind.ADDED, us)
-            elif entry_differs(lower.path, ue.path, lower.st, us, self.epoch, _IGNORE):
+            elif entry_differs(lower.path, ue.path, lower.st, us, self.rule):
                 self._record(child, ChangeKind.MODIFIED, us)
             if not stat.S_ISDIR(us.st_mode):
                 continue
@@ -151,7 +158,7 @@ class _UpperWalker(ChangeRecorder):
                 for gone, entry in _listing(below).items():
                     if gone not in present and not stat.S_ISSOCK(entry.st.st_mode):
                         self._record(f"{child}/{gone}", ChangeKind.DELETED, None)
-            self.walk(child, below)
+            todo.append((child, below))
 
 def changes_from_upper(upper: Path, lowers: Sequence[Path],
                        source_date_epoch: int | None = None,
@@ -175,6 +182,6 @@ def changes_from_upper(upper: Path, lowers: Sequence[Path],
     for d in lower_dirs:
         if not os.path.isdir(d):
             raise InvalidInput(f"{d}: not a directory")
-    walker = _UpperWalker(upper_s, source_date_epoch)
+    walker = _UpperWalker(upper_s, DiffRule(source_date_epoch, ignore_xattrs=_IGNORE))
     walker.walk("", lower_dirs)
     return Changeset(merged if merged is not None else Path(upper_s), walker.result())

@@ -20,6 +20,7 @@ from lamina.digest import Readable
 from lamina.errors import InvalidInput, Unsupported
 from lamina.layer import tarformat as tf
 from lamina.layer.compress import open_decompressed
+from lamina.layer.paths import check_name, shown
 
 
 class BlockSource(Protocol):
@@ -266,6 +267,9 @@ class TarReader:
                     raise Unsupported(
                         f"tar entry {_decode(name)!r} is a GNU sparse file, which layers do not use"
                     )
+            if any("\0" in x for x in xattrs):
+                raise InvalidInput(f"tar entry {shown(_decode(name))} has an extended "
+                                   "attribute whose name holds a NUL byte")
         if typeflag in (tf.AREG, tf.CONT):
             typeflag = tf.REG
         if typeflag == tf.REG and name.endswith(b"/"):
@@ -275,7 +279,13 @@ class TarReader:
                 f"tar entry {_decode(name)!r} is a GNU sparse file, which layers do not use"
             )
         if size < 0:
-            raise InvalidInput(f"tar entry {_decode(name)!r} has a negative size")
+            raise InvalidInput(f"tar entry {shown(_decode(name))} has a negative size")
+        text, link = _decode(name), _decode(linkname)
+        check_name(text)
+        if link:
+            # A symlink's target is text the kernel stores (only its length is
+            # limited); a hard link's is a path in the archive.
+            check_name(link, "link target", components=typeflag == tf.LNK)
         if typeflag in tf.NO_DATA_TYPES:
             self._remaining = self._padding = 0
             size = 0
@@ -283,14 +293,14 @@ class TarReader:
             self._remaining = size
             self._padding = tf.pad_len(size)
         return TarEntry(
-            _decode(name),
+            text,
             typeflag,
             size,
             mode & 0o7777,
             uid,
             gid,
             mtime,
-            _decode(linkname),
+            link,
             devmajor,
             devminor,
             xattrs,

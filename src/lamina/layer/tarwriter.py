@@ -45,6 +45,9 @@ class TarInfo:
     entries: int
     # The layer descriptor's annotations (zstd:chunked: where its TOC is).
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # zstd:chunked: the blob's (offset, length) frame spans, for a chunk store
+    # (``BlobWriter.publish(spans)``); empty for a single-stream layer.
+    spans: tuple[tuple[int, int], ...] = ()
 
 
 class _Sink(Protocol):
@@ -53,6 +56,7 @@ class _Sink(Protocol):
 
     size: int
     annotations: Mapping[str, str]
+    spans: list[tuple[int, int]]
 
     def write(self, data: bytes) -> None: ...
     def skip(self, n: int) -> None: ...
@@ -78,6 +82,7 @@ class _Blocks:
         self._pos = 0
         self.size = 0
         self.annotations: Mapping[str, str] = {}
+        self.spans: list[tuple[int, int]] = []
 
     def _emit(self) -> None:
         block = self._buf if self._pos == BLOCK_SIZE else self._buf[: self._pos]
@@ -139,9 +144,7 @@ class _Blocks:
         return Digest.from_hasher(self._hasher)
 
     def abort(self) -> None:
-        close = getattr(self._sink, "close", None)
-        if close is not None:
-            close()
+        self._sink.close()
 
 
 def _xattr_records(path: str) -> list[tuple[str, bytes]]:
@@ -322,7 +325,7 @@ def _write(upper: Path, changes: Iterable[Change], out: Writable, options: Layer
         blocks.abort()
         raise
     return TarInfo(diff_id, blocks.size, options.compression, writer.entries,
-                   blocks.annotations)
+                   blocks.annotations, tuple(blocks.spans))
 
 
 def write_tree(root: Path, out: Writable, options: LayerOptions) -> TarInfo:

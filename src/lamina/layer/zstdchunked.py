@@ -455,30 +455,38 @@ def parse_tar_split(compressed: bytes, toc: Toc) -> bytes:
 
 
 def frame_spans(toc: Toc, blob_size: int) -> list[tuple[int, int]]:
-    """The blob cut at every frame boundary the TOC names, as ``(start, end)`` byte
-    ranges covering ``0..blob_size`` once, in order: each payload frame on its own, the
-    header frames between them, then the rest of the tar, the TOC, the tar-split and
-    the footer frames."""
-    cuts: list[tuple[int, int]] = []
+    """The blob cut at every frame boundary the TOC names, as ``(offset, length)`` byte
+    ranges (the store's ``spans``, store/chunks.py) covering ``0..blob_size`` once, in
+    order: each payload frame on its own, the header frames between them, then the rest
+    of the tar, the TOC, the tar-split and the footer frames."""
+    cuts: list[int] = []
     pos = 0
     for entry in toc.entries:
         for c in entry.chunks:
-            if pos < c.offset:
-                cuts.append((pos, c.offset))
-            cuts.append((c.offset, c.end_offset))
+            cuts += [c.offset, c.end_offset]
             pos = c.end_offset
     loc = toc.location
     tail = [loc.offset - SKIPPABLE_HEADER, loc.offset + loc.length]
     if loc.tar_split_offset:
         tail += [loc.tar_split_offset - SKIPPABLE_HEADER,
                  loc.tar_split_offset + loc.tar_split_length]
-    for cut in [*tail, blob_size]:
+    for cut in tail:
         if cut > blob_size or cut < pos:
             raise _bad(f"TOC frames end at {pos}, past {cut} (blob of {blob_size} bytes)")
-        if cut > pos:
-            cuts.append((pos, cut))
-            pos = cut
-    return cuts
+        pos = cut
+    return spans_at([*cuts, *tail], blob_size)
+
+
+def spans_at(cuts: Sequence[int], blob_size: int) -> list[tuple[int, int]]:
+    """``(offset, length)`` spans of ``0..blob_size`` cut at ``cuts`` (ascending; repeats
+    and the two ends are dropped)."""
+    spans = []
+    start = 0
+    for cut in [*cuts, blob_size]:
+        if cut > start:
+            spans.append((start, cut - start))
+            start = cut
+    return spans
 
 
 def annotations_for(location: TocLocation, compressed_toc: bytes) -> dict[str, str]:

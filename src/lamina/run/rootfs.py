@@ -10,7 +10,8 @@ Two ways to make one, with one contract (``Rootfs``) and identical changesets:
 ``walk`` (anyone)
     The layers are applied into ``base``, ``base`` is copied (``cp -a``: owners, modes,
     times, xattrs, hard links, devices as root) to ``work``, and ``changes()`` is
-    ``diff_trees(base, work)``: O(tree) for both, but needs no privilege.
+    ``diff_trees(base, work)``: O(tree) for both, but needs no privilege (contents are
+    compared only for files written since the copy: their ctime tells).
 
 ``auto`` takes overlay when running as root and the store's filesystem can hold an
 overlay upper dir (probed once per filesystem), else walk.
@@ -43,7 +44,7 @@ from lamina.layer import ApplyOptions, Changeset, apply_layer, diff_trees
 from lamina.layer.overlay import changes_from_upper
 from lamina.run.snapshots import Snapshotter
 from lamina.store import scratch
-from lamina.store.scratch import remove_tree
+from lamina.store.rmtree import remove_tree
 from lamina.store.store import Lease, Store
 from lamina.transport.base import ImageSource
 from lamina.transport.resolve import ResolvedImage
@@ -353,12 +354,32 @@ class WalkRootfs(_Base):
                                     options=ApplyOptions())
                         reader.verify()
             _copy_tree(self.base, self.path)
+            # Every file of the copy has a ctime before this one, and every file written
+            # after it one at or after it: diff_trees need not read the content of the
+            # rest (the base, unpacked from tar headers, has whole-second mtimes, which
+            # would otherwise make it compare every file; layer/changes.py).
+            self._copied = _fresh_ctime(self.dir / "copied")
         except BaseException:
             self._teardown()
             raise
 
     def changes(self, source_date_epoch: int | None) -> Changeset:
-        return diff_trees(self.base, self.path, source_date_epoch)
+        # A clock stepped back since the copy would make new writes look older: then
+        # compare contents as for any tree.
+        fence: int | None = self._copied
+        if _fresh_ctime(self.dir / "now") < self._copied:
+            fence = None
+        return diff_trees(self.base, self.path, source_date_epoch, copied_before_ns=fence)
+
+
+def _fresh_ctime(path: Path) -> int:
+    """The ctime (ns) of a file made now: the file system's clock, as it stamps files."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an existing file gets a new ctime too
+        return os.fstat(fd).st_ctime_ns
+    finally:
+        os.close(fd)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Literal
 
 from lamina.errors import InvalidInput, LaminaError, NotFound, Unsupported
+from lamina.layer.paths import resolve_links
 from lamina.run.signals import SignalProxy, forwarding
 
 # Docker's PATH when the image sets none (moby oci/defaults.go; also BuildKit's).
@@ -64,7 +65,6 @@ DEFAULT_CAPS: dict[str, int] = {
 
 SandboxKind = Literal["auto", "bwrap", "unshare"]
 Network = Literal["none", "host"]
-_MAX_SYMLINKS = 40
 
 
 @dataclass(frozen=True)
@@ -100,34 +100,15 @@ def resolve_in_root(root: Path | str, path: str, follow_last: bool = True) -> st
     link targets start at ``root`` and '..' stops there.  Missing components are kept
     as they are.  Returns the resolved absolute container path."""
     root_s = os.fspath(root)
-    todo = list(reversed(path.split("/")))
-    real: list[str] = []
-    hops = 0
-    while todo:
-        comp = todo.pop()
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if real:
-                real.pop()
-            continue
-        host = root_s + "/" + "/".join([*real, comp])
+
+    def readlink(parts: list[str]) -> str | None:
+        host = root_s + "/" + "/".join(parts)
         try:
-            st = os.lstat(host)
+            return os.readlink(host) if stat.S_ISLNK(os.lstat(host).st_mode) else None
         except (FileNotFoundError, NotADirectoryError):
-            real.append(comp)
-            continue
-        if stat.S_ISLNK(st.st_mode) and (follow_last or any(t not in ("", ".") for t in todo)):
-            hops += 1
-            if hops > _MAX_SYMLINKS:
-                raise InvalidInput(f"{path}: too many levels of symbolic links in the image")
-            target = os.readlink(host)
-            if target.startswith("/"):
-                real = []
-            todo.extend(reversed(target.split("/")))
-            continue
-        real.append(comp)
-    return "/" + "/".join(real)
+            return None
+
+    return "/" + "/".join(resolve_links(path, readlink, follow_last, " in the image"))
 
 
 def _host(root: Path | str, ctr_path: str) -> str:

@@ -7,8 +7,8 @@ the unpack and removes what it wrote.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from lamina.errors import InvalidInput, LaminaError, StoreError
 from lamina.image.manifest import Descriptor, Platform
 from lamina.layer import LayerOptions, apply_layer, write_tree
 from lamina.store import scratch
+from lamina.store.rmtree import remove_tree
 from lamina.transport.base import ImageSource
 from lamina.transport.resolve import ResolvedImage, resolve_image
 
@@ -44,14 +45,15 @@ def _prepare_target(target: Path) -> Path | None:
 
 
 def _clear(target: Path, created: Path | None) -> None:
-    if created is not None:
-        shutil.rmtree(created, ignore_errors=True)
-        return
-    for entry in os.scandir(target):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-        else:
-            os.unlink(entry.path)
+    """Leave the target as it was: remove what the unpack made (best effort: the
+    error that stopped the unpack is what the caller reports)."""
+    with contextlib.suppress(OSError):
+        if created is not None:
+            remove_tree(created)
+            return
+        for entry in os.scandir(target):
+            with contextlib.suppress(OSError):
+                remove_tree(entry.path)
 
 
 def unpack_image(source: ImageSource, desc: Descriptor, target: Path,

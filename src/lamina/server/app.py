@@ -139,7 +139,7 @@ class Registry:
         if raw is not None:
             return raw
         try:
-            with open(self.store.blobs.path(Digest.parse(digest)), "rb") as f:
+            with self.store.blobs.open_file(Digest.parse(digest)) as f:
                 raw = f.read(self.cfg.limits.max_manifest_bytes + 1)
         except (OSError, LaminaError):
             return None

@@ -17,7 +17,7 @@ import anyio.to_thread
 
 from lamina.digest import Digest
 from lamina.server.errors import RegistryHTTPError, blob_unknown, digest_invalid
-from lamina.server.http import Reply, Rq, byte_range
+from lamina.server.http import RangeFile, Reply, Rq, byte_range
 from lamina.server.names import check_name, parse_digest
 from lamina.server.uploads import Upload
 
@@ -28,14 +28,15 @@ _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
 
 
 async def visible_path(reg: Registry, repo: str, digest: Digest) -> str | None:
-    """The store path of ``digest`` if ``repo`` may see it, else None."""
+    """The store path of ``digest`` if ``repo`` may see it, else None.  A blob kept as
+    chunks has no file there (``get_blob`` reads it through its recipe)."""
     key = str(digest)
     # Images that `lamina build`/`load`/`pull` tagged under this repository have no
     # links yet: adopt them, then look again.
     if not _sees(reg, repo, key) and not (await reg.adopt_repo(repo) and _sees(reg, repo, key)):
         return None
     path = str(reg.store.blobs.path(digest))
-    return path if os.path.isfile(path) else None
+    return path if os.path.isfile(path) or reg.store.blobs.chunks.has_recipe(digest) else None
 
 
 def _sees(reg: Registry, repo: str, key: str) -> bool:
@@ -47,10 +48,16 @@ async def get_blob(reg: Registry, rq: Rq) -> Reply:
     path = await visible_path(reg, rq.repo, digest)
     if path is None:
         raise blob_unknown(str(digest))
+    source: str | RangeFile = path
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:
-        raise blob_unknown(str(digest)) from None
+        # Kept as chunks: served through its recipe, Range reads included (the file
+        # opens no chunk before the body is sent).
+        chunked = await anyio.to_thread.run_sync(reg.store.blobs.chunked, digest)
+        if chunked is None:
+            raise blob_unknown(str(digest)) from None
+        source, size = chunked, chunked.size
     headers = {"docker-content-digest": str(digest), "accept-ranges": "bytes",
                "content-type": "application/octet-stream",
                "etag": f'"{digest}"', "cache-control": "max-age=31536000"}
@@ -64,10 +71,10 @@ async def get_blob(reg: Registry, rq: Rq) -> Reply:
     if rng is False:
         return Reply(416, {"content-range": f"bytes */{size}"})
     if rng is None or rng is True:
-        return Reply(200, headers, file=(path, 0, size))
+        return Reply(200, headers, file=(source, 0, size))
     start, length = rng
     headers["content-range"] = f"bytes {start}-{start + length - 1}/{size}"
-    return Reply(206, headers, file=(path, start, length))
+    return Reply(206, headers, file=(source, start, length))
 
 
 async def delete_blob(reg: Registry, rq: Rq) -> Reply:

@@ -2,7 +2,8 @@
 (``Reply``) and sending it — plain ASGI, so the hot paths (manifest HEAD/GET, blob
 GET) pay for nothing they do not use.
 
-A blob body is sent from the store's file in 1 MiB reads done in a worker thread, with
+A blob body is sent from the store's file (or, for a blob kept as chunks, from its
+``ChunkedFile``) in 1 MiB reads done in a worker thread, with
 a single ``Range`` honoured (RFC 9110 §14: 206 with ``Content-Range``; 416 with
 ``Content-Range: bytes */SIZE`` when it starts past the end).  Several ranges, or a
 malformed header, get the whole blob (a server MAY ignore Range).
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import anyio.to_thread
@@ -25,12 +27,20 @@ API_VERSION = (b"docker-distribution-api-version", b"registry/2.0")
 JSON = "application/json"
 
 
+class RangeFile(Protocol):
+    """Bytes at any offset without a file descriptor of their own (store/chunks.py)."""
+
+    def pread(self, n: int, offset: int, /) -> bytes: ...
+    def close(self) -> None: ...
+
+
 @dataclass
 class Reply:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
-    file: tuple[str, int, int] | None = None    # (path, start, length) to send as body
+    # (path or RangeFile, start, length) to send as body; the file is closed when sent
+    file: tuple[str | RangeFile, int, int] | None = None
 
 
 @dataclass
@@ -141,14 +151,21 @@ async def send_reply(reply: Reply, send: Any, head: bool) -> None:
         return
     path, start, length = reply.file
     if length == 0:
+        if not isinstance(path, str):
+            path.close()
         await send({"type": "http.response.body", "body": b""})
         return
-    fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDONLY)
+    if isinstance(path, str):
+        fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDONLY)
+        pread: Callable[[int, int], bytes] = partial(os.pread, fd)
+        close: Callable[[], None] = partial(os.close, fd)
+    else:
+        pread, close = path.pread, path.close
     try:
         left = length
         pos = start
         while left > 0:
-            data = await anyio.to_thread.run_sync(os.pread, fd, min(CHUNK, left), pos)
+            data = await anyio.to_thread.run_sync(pread, min(CHUNK, left), pos)
             if not data:     # the file shrank under us (cannot happen to a blob): stop
                 break
             left -= len(data)
@@ -157,4 +174,4 @@ async def send_reply(reply: Reply, send: Any, head: bool) -> None:
         if left > 0:
             await send({"type": "http.response.body", "body": b""})
     finally:
-        os.close(fd)
+        close()

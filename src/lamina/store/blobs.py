@@ -9,6 +9,10 @@ take, i.e. those abandoned by a dead writer.
 
 Roles (containerd ``content``): ``BlobProvider`` reads, ``BlobIngester`` writes, and
 ``BlobStore`` adds management (list, delete).  Functions ask for the narrowest role.
+
+A blob is kept either whole (``blobs/``) or as chunks plus a recipe (chunks.py, when its
+writer is given the spans to cut it at): every method here answers for both alike, with
+the blob's logical size and its original bytes.
 """
 
 from __future__ import annotations
@@ -16,17 +20,43 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import mmap
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from lamina.digest import CHUNK, Digest, HashingWriter, VerifyingReader
-from lamina.errors import IntegrityError, NoSpace, NotFound, StoreError
+from lamina.errors import IntegrityError, NotFound
 from lamina.store import locks
+from lamina.store.chunks import ChunkedFile, ChunkStore, Recipe
+from lamina.store.files import disk_error, fsync_dir
+
+
+@dataclass(frozen=True)
+class BlobSpace:
+    """What the blobs take: ``logical`` bytes (every blob at its size, as its readers see
+    it) against ``physical`` bytes (the files: whole blobs, recipes, each chunk once)."""
+
+    blobs: int
+    chunked: int      # of them kept as chunks
+    chunks: int
+    logical: int
+    physical: int
+
+    @property
+    def ratio(self) -> float:
+        """logical / physical: 1.0 without sharing below the blob, more with it."""
+        return self.logical / self.physical if self.physical else 1.0
+
+    def to_json(self) -> dict[str, int | float]:
+        return {"blobs": self.blobs, "chunked_blobs": self.chunked, "chunks": self.chunks,
+                "logical": self.logical, "physical": self.physical,
+                "ratio": round(self.ratio, 3)}
 
 
 class BlobProvider(Protocol):
@@ -39,24 +69,6 @@ class BlobProvider(Protocol):
 class BlobIngester(Protocol):
     def writer(self) -> BlobWriter: ...
     def put_bytes(self, data: bytes, expected: Digest | None = None) -> Digest: ...
-
-
-def _disk_error(e: OSError, what: str) -> StoreError:
-    if e.errno == errno.ENOSPC:
-        return NoSpace(f"no space left on device while writing {what}; "
-                       "free space or run `lamina gc`")
-    if e.errno == errno.EDQUOT:
-        return StoreError(f"disk quota exceeded while writing {what}")
-    return StoreError(f"cannot write {what}: {e.strerror or e}")
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable: the directory entry, not just the file, must reach disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 DIRECT_CHUNK = 1 << 20   # O_DIRECT writes: a multiple of any block size in use
@@ -153,7 +165,7 @@ class _BlockWriter:
     def _raise(self) -> None:
         assert self.error is not None
         if isinstance(self.error, OSError):
-            raise _disk_error(self.error, "a blob") from None
+            raise disk_error(self.error, "a blob") from None
         raise self.error
 
     def close(self, raise_error: bool = True) -> None:
@@ -193,9 +205,10 @@ class BlobWriter:
         if not self.resumable:
             self.path = blobs.ingest_dir / f"{algorithm}-{os.urandom(8).hex()}"
             try:
-                self._file: BinaryIO = open(self.path, "xb")
+                # Read-write: a blob published as chunks is read back from this file.
+                self._file: BinaryIO = open(self.path, "x+b")
             except OSError as e:
-                raise _disk_error(e, "an ingest file") from None
+                raise disk_error(e, "an ingest file") from None
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._hash = HashingWriter(self._file, algorithm, hash=verified_by is None)
         self._closed = False
@@ -209,7 +222,7 @@ class BlobWriter:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            raise _disk_error(e, "an ingest file") from None
+            raise disk_error(e, "an ingest file") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # gc may have taken the abandoned file between our open and our lock, and
@@ -257,7 +270,7 @@ class BlobWriter:
         try:
             return self._hash.write(data)
         except OSError as e:
-            raise _disk_error(e, "a blob") from None
+            raise disk_error(e, "a blob") from None
 
     def flush(self) -> None:
         self._file.flush()
@@ -347,19 +360,31 @@ class BlobWriter:
         self._digest = digest
         return digest
 
-    def publish(self) -> Digest:
+    def publish(self, spans: Sequence[tuple[int, int]] | None = None) -> Digest:
         """The durable half of ``commit`` (after ``finish``): fsync the bytes, rename
-        them to their name, fsync the directory.  On failure the ingest file is gone."""
+        them to their name, fsync the directory.  On failure the ingest file is gone.
+
+        With ``spans`` (the blob's byte ranges at frame boundaries, covering it once, in
+        order) the blob is kept as chunks plus a recipe instead (chunks.py), and the
+        whole file is not kept: its digest was checked by ``finish``."""
         digest = self._digest
         if digest is None:
             raise IntegrityError("publish before finish")
+        if spans is not None:
+            try:
+                self._file.flush()
+                self._blobs.chunks.publish(digest, self._file, spans, verified=True)
+            finally:
+                self.abort()
+            self._blobs.drop_whole(digest)
+            return digest
         with self._or_abort(digest):
             os.fsync(self._file.fileno())
             final = self._blobs.path(digest)
             final.parent.mkdir(parents=True, exist_ok=True)
             # rename over an existing blob is harmless: same name, same bytes.
             os.replace(self.path, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         self._close()
         return digest
 
@@ -370,7 +395,7 @@ class BlobWriter:
             yield
         except OSError as e:
             self.abort()
-            raise _disk_error(e, f"blob {digest}") from None
+            raise disk_error(e, f"blob {digest}") from None
         except BaseException:
             self.abort()
             raise
@@ -412,26 +437,80 @@ class BlobStore:
         self.ingest_dir = root / "ingest"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        self.chunks = ChunkStore(root, self.ingest_dir)
 
     def path(self, digest: Digest) -> Path:
+        """Where the blob's whole file is, if it is kept whole (see ``chunked``)."""
         return self.blob_dir / digest.algorithm / digest.encoded
 
     def has(self, digest: Digest) -> bool:
-        return self.path(digest).is_file()
+        return self.path(digest).is_file() or self.chunks.has_recipe(digest)
 
     def size(self, digest: Digest) -> int:
+        """The blob's size (logical: as its readers see it, however it is kept)."""
         try:
             return self.path(digest).stat().st_size
         except FileNotFoundError:
-            raise NotFound(f"blob {digest} not in the store") from None
+            return self.chunks.read_recipe(digest).size
+
+    def stored_size(self, digest: Digest) -> int:
+        """The bytes of its own file: the whole blob, or its recipe (chunks not counted:
+        they may be shared)."""
+        for path in (self.path(digest), self.chunks.recipe_path(digest)):
+            with contextlib.suppress(FileNotFoundError):
+                return path.stat().st_size
+        raise NotFound(f"blob {digest} not in the store")
+
+    def chunked(self, digest: Digest) -> ChunkedFile | None:
+        """The blob as one seekable file over its chunks; None if it is kept whole (or
+        not at all).  The whole file is looked for first: a blob converted to chunks
+        gets its recipe before its whole file goes, so one of them is always found."""
+        if self.path(digest).is_file():
+            return None
+        try:
+            return ChunkedFile(self.chunks, self.chunks.read_recipe(digest))
+        except NotFound:
+            return None
+
+    def open_file(self, digest: Digest) -> io.BufferedReader | ChunkedFile:
+        """The blob's bytes with ``seek``/``read`` at any offset, not checked (for Range
+        reads; ``open`` checks the whole)."""
+        try:
+            return open(self.path(digest), "rb")
+        except FileNotFoundError:
+            pass
+        return ChunkedFile(self.chunks, self.chunks.read_recipe(digest))
 
     def open(self, digest: Digest, size: int | None = None) -> VerifyingReader:
-        """A reader that raises IntegrityError at end of stream if the bytes are wrong."""
-        try:
-            f = open(self.path(digest), "rb")
-        except FileNotFoundError:
-            raise NotFound(f"blob {digest} not in the store") from None
-        return VerifyingReader(f, digest, size, what="stored blob", at_rest=True)
+        """A reader that raises IntegrityError at end of stream if the bytes are wrong.
+        For a blob kept as chunks the reader is not a real file (no sendfile): the bytes
+        stream from its chunks."""
+        return VerifyingReader(self.open_file(digest), digest, size, what="stored blob",
+                               at_rest=True)
+
+    def put_chunked(self, digest: Digest, source: Path | BinaryIO,
+                    spans: Sequence[tuple[int, int]], verified: bool = False) -> Recipe:
+        """Keep the blob ``digest`` as chunks cut at ``spans`` (see chunks.py), from the
+        regular file ``source``, hashed on the way unless ``verified``; a whole copy of
+        it in the store then goes.  Idempotent."""
+        if isinstance(source, Path):
+            try:
+                f = open(source, "rb")
+            except FileNotFoundError:
+                raise NotFound(f"blob {digest}: no file {source}") from None
+            with f:
+                recipe = self.chunks.publish(digest, f, spans, verified)
+        else:
+            recipe = self.chunks.publish(digest, source, spans, verified)
+        self.drop_whole(digest)
+        return recipe
+
+    def drop_whole(self, digest: Digest) -> None:
+        """Remove the whole file of a blob that has its recipe (its conversion's last
+        step; gc finishes one a crash cut short)."""
+        if self.chunks.has_recipe(digest):
+            with contextlib.suppress(FileNotFoundError):
+                self.path(digest).unlink()
 
     def read_bytes(self, digest: Digest, size: int | None = None) -> bytes:
         with self.open(digest, size) as r:
@@ -451,20 +530,41 @@ class BlobStore:
             return w.commit(expected, len(data))
 
     def list(self) -> Iterator[Digest]:
-        for alg_dir in sorted(self.blob_dir.iterdir()):
-            if not alg_dir.is_dir():
-                continue
-            for entry in sorted(os.scandir(alg_dir), key=lambda e: e.name):
+        """Every blob, whole or chunked, once, in order."""
+        yield from sorted(set(self.chunks.names(self.blob_dir)) | set(self.chunks.recipes()),
+                          key=str)
+
+    def space(self) -> BlobSpace:
+        """Logical and physical bytes of every blob and chunk (``lamina df``)."""
+        blobs = chunked = logical = physical = 0
+        for digest in self.list():
+            try:
+                whole = self.path(digest).stat().st_size
+                logical += whole
+                physical += whole
+            except FileNotFoundError:
                 try:
-                    yield Digest.parse(f"{alg_dir.name}:{entry.name}")
-                except Exception:  # noqa: BLE001 - stray files are not blobs; fsck reports them
-                    continue
+                    logical += self.chunks.read_recipe(digest).size
+                    physical += self.chunks.recipe_path(digest).stat().st_size
+                except (NotFound, IntegrityError, FileNotFoundError):
+                    continue   # deleted meanwhile, or damaged (fsck says which)
+                chunked += 1
+            blobs += 1
+        chunks = 0
+        for digest in self.chunks.chunks():
+            with contextlib.suppress(FileNotFoundError):
+                physical += self.chunks.chunk_path(digest).stat().st_size
+                chunks += 1
+        return BlobSpace(blobs, chunked, chunks, logical, physical)
 
     def delete(self, digest: Digest) -> bool:
+        """Remove a blob, whole file and recipe; its chunks go when gc finds no recipe
+        naming them."""
+        gone = self.chunks.delete_recipe(digest)
         try:
             self.path(digest).unlink()
         except FileNotFoundError:
-            return False
+            return gone
         return True
 
     def sweep_ingest(self, min_age: float = 60.0, dry_run: bool = False) -> tuple[int, int]:

@@ -6,6 +6,11 @@ layers until ``builder prune``, a cached layer stays until ``gc --cache`` drops 
 cache.  Mark and sweep run inside one IMMEDIATE SQLite transaction, so no writer can
 add a root or lease resource between them; a writer that registers a blob in its lease
 *before* checking whether the blob exists can therefore never have it swept from under it.
+
+Chunks (chunks.py) are reached through the recipes of the blobs that stay, or named in a
+live lease (a delta pull that is about to reuse them): the rest go, with their rows in
+``chunk_contents``.  The chunk sweep holds the chunk lock exclusively, so no writer is
+between writing a chunk and writing the recipe that names it.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ class GcReport:
     temp_removed: int = 0     # tmp/ entries of dead processes (store/scratch.py)
     leases_expired: int = 0
     cache_removed: int = 0
+    chunks_removed: int = 0   # their bytes are in chunk_bytes_freed and in bytes_freed
+    chunk_bytes_freed: int = 0
+    damaged_recipes: list[str] = field(default_factory=list)   # no chunk swept then
 
 
 SNAPSHOT_PREFIX = "snapshot:"
@@ -103,13 +111,14 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
                 if key in live:
                     continue
                 try:
-                    size = store.blobs.size(digest)
+                    size = store.blobs.stored_size(digest)   # a recipe: its chunks below
                 except Exception:  # noqa: BLE001 - raced with another delete
                     size = 0
                 if not dry_run:
                     store.blobs.delete(digest)
                 report.blobs_removed.append(key)
                 report.bytes_freed += size
+            _sweep_chunks(store, db, live, set(report.blobs_removed), report, dry_run)
             for (chain_id,) in db.execute("SELECT chain_id FROM snapshots").fetchall():
                 key = SNAPSHOT_PREFIX + str(chain_id)
                 if key in live:
@@ -130,6 +139,9 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
                 for (d,) in db.execute("SELECT digest FROM layers").fetchall():
                     if str(d) not in live:
                         db.execute("DELETE FROM layers WHERE digest=?", (d,))
+                for (d,) in db.execute("SELECT digest FROM verified_layers").fetchall():
+                    if str(d) not in live:
+                        db.execute("DELETE FROM verified_layers WHERE digest=?", (d,))
                 for parent in list(edges):
                     if parent not in live:
                         db.execute("DELETE FROM refs WHERE parent=?", (parent,))
@@ -148,6 +160,46 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
     report.temp_removed, temp_bytes = scratch.sweep(store.root / "tmp", dry_run=dry_run)
     report.bytes_freed += ingest_bytes + temp_bytes
     return report
+
+
+def _sweep_chunks(store: Store, db: sqlite3.Connection, live: set[str], gone: set[str],
+                  report: GcReport, dry_run: bool) -> None:
+    """Remove the chunks no remaining recipe (and no live lease) names; finish
+    conversions a crash cut short (a blob with its recipe and its whole file too)."""
+    chunks = store.blobs.chunks
+    if not chunks.chunk_dir.is_dir():
+        # Never a chunk written here (a writer makes the directory, under the lock,
+        # before its first chunk): nothing to sweep, and nothing to create on a full disk.
+        return
+    with chunks.locked(exclusive=True):
+        kept = [d for d in chunks.recipes() if str(d) not in gone]
+        used, damaged = chunks.users(kept)
+        report.damaged_recipes = damaged
+        for blob in kept:
+            path = store.blobs.path(blob)
+            with contextlib.suppress(OSError):
+                size = path.stat().st_size
+                if not dry_run:
+                    path.unlink()
+                report.bytes_freed += size
+        # A damaged recipe hides which chunks its blob needs: sweep none (fsck names it).
+        for digest in [] if damaged else list(chunks.chunks()):
+            key = str(digest)
+            if key in used or key in live:
+                continue
+            try:
+                size = chunks.chunk_path(digest).stat().st_size
+            except FileNotFoundError:
+                continue
+            if not dry_run:
+                chunks.delete_chunk(digest)
+            report.chunks_removed += 1
+            report.chunk_bytes_freed += size
+            report.bytes_freed += size
+    if not dry_run:
+        for (chunk,) in db.execute("SELECT DISTINCT chunk FROM chunk_contents").fetchall():
+            if not chunks.has_chunk(Digest.parse(str(chunk))):
+                db.execute("DELETE FROM chunk_contents WHERE chunk=?", (chunk,))
 
 
 def _ended_leases(store: Store, db: sqlite3.Connection) -> dict[str, int | None]:
@@ -210,6 +262,7 @@ def discard(store: Store, candidates: Iterable[str], lease_id: str | None = None
             if store.blobs.delete(Digest.parse(key)):
                 removed.append(key)
             db.execute("DELETE FROM layers WHERE digest=?", (key,))
+            db.execute("DELETE FROM verified_layers WHERE digest=?", (key,))
             db.execute("DELETE FROM refs WHERE parent=?", (key,))
     return removed
 

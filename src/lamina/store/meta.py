@@ -5,14 +5,21 @@ What lives here, and why it is not in files:
   images           image records (manifest or index digests), tagged or not
   refs             content graph edges parent → child (manifest → config/layers,
                    index → manifests, image → snapshot): gc walks them without re-parsing
-  layers           layer blob digest ↔ diff_id (compressed vs uncompressed names)
+  layers           layer blob digest ↔ diff_id (compressed vs uncompressed names), as
+                   the image configs claim them
   layer_sizes      diff_id → bytes of the uncompressed tar (``images``' SIZE, as Docker's)
+  verified_layers  layer blob digest → diff_id found by decompressing and hashing it:
+                   a fact about content, so true for as long as the blob exists (a load
+                   or fsck that finds a layer here does not decompress it again)
   snapshots        unpacked layer stacks keyed by chain id
   leases           protect what an import, pull or build is still writing from gc
   blob_sources     which registry repositories a blob is known to be in (for
                    cross-repository mounts on push)
   build_cache      step cache key → the layer that step made (a root for gc, as
                    BuildKit's cache records; ``gc --cache`` drops them all)
+  chunk_contents   uncompressed content digest → stored chunks (compressed frames) that
+                   hold it: how a delta pull finds a frame it has from a TOC's
+                   uncompressed chunk digests (gc drops rows of chunks it removes)
 
 Node keys in ``refs`` and leases are strings: a blob is its digest (``sha256:…``), a
 snapshot is ``snapshot:<chain id>``.  The store knows nothing of manifest formats: the
@@ -49,6 +56,8 @@ CREATE TABLE IF NOT EXISTS layers(
     size INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS layers_diff_id ON layers(diff_id);
 CREATE TABLE IF NOT EXISTS layer_sizes(diff_id TEXT PRIMARY KEY, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS verified_layers(
+    digest TEXT PRIMARY KEY, diff_id TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshots(
     chain_id TEXT PRIMARY KEY, parent TEXT, diff_id TEXT NOT NULL, size INTEGER NOT NULL,
     created REAL NOT NULL);
@@ -63,6 +72,10 @@ CREATE INDEX IF NOT EXISTS build_cache_layer ON build_cache(layer);
 CREATE TABLE IF NOT EXISTS blob_sources(
     digest TEXT NOT NULL, registry TEXT NOT NULL, repository TEXT NOT NULL,
     PRIMARY KEY(digest, registry, repository)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunk_contents(
+    content TEXT NOT NULL, chunk TEXT NOT NULL, length INTEGER NOT NULL,
+    PRIMARY KEY(content, chunk)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunk_contents_chunk ON chunk_contents(chunk);
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -291,6 +304,15 @@ class Metadata:
         rows = self._query("SELECT digest, diff_id, media_type, size FROM layers")
         return [LayerRecord(*r) for r in rows]  # type: ignore[arg-type]
 
+    def add_verified_layer(self, digest: str, diff_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO verified_layers VALUES(?,?)", (digest, diff_id))
+
+    def verified_diff_id(self, digest: str) -> str | None:
+        """The diff_id a layer blob was found to have, if it was ever checked."""
+        rows = self._query("SELECT diff_id FROM verified_layers WHERE digest=?", (digest,))
+        return str(rows[0][0]) if rows else None
+
     # -- snapshots ----------------------------------------------------------------------
     def set_unpacked_size(self, diff_id: str, size: int) -> None:
         """Record a layer's uncompressed size (a fact of its diff_id: never changes)."""
@@ -384,3 +406,24 @@ class Metadata:
         rows = self._query("SELECT repository FROM blob_sources WHERE digest=? AND registry=? "
                            "ORDER BY repository", (digest, registry))
         return [str(r[0]) for r in rows]
+
+    # -- chunks by their uncompressed content ---------------------------------------------
+    def record_chunk_content(self, content: str, chunk: str, length: int) -> None:
+        """The stored chunk ``chunk`` (``length`` bytes) decompresses to content whose
+        digest is ``content``.  Record it after the chunk is published (never while
+        holding the chunk lock: gc holds this database while it waits for that lock)."""
+        self.record_chunk_contents([(content, chunk, length)])
+
+    def record_chunk_contents(self, rows: Iterable[tuple[str, str, int]]) -> None:
+        """Many ``(content, chunk, length)`` rows in one transaction."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO chunk_contents VALUES(?,?,?)",
+                           [(c, k, int(n)) for c, k, n in rows])
+
+    def find_chunk_for_content(self, content: str) -> list[tuple[str, int]]:
+        """Stored chunks whose bytes hold the content ``content``: ``(chunk digest,
+        length)``, shortest first.  A caller still asks ``has_chunk`` (and leases what it
+        will use): a row may outlive its chunk until the next gc."""
+        rows = self._query("SELECT chunk, length FROM chunk_contents WHERE content=? "
+                           "ORDER BY length, chunk", (content,))
+        return [(str(c), int(n)) for c, n in rows]  # type: ignore[call-overload]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,35 +27,10 @@ from typing import Self
 
 from lamina.errors import StoreError
 from lamina.store import locks
+from lamina.store.rmtree import remove_tree
 
 _LOCK = ".lock"
 ROOTFS_PREFIX = "rootfs-"   # run/rootfs.py: a lock inside, swept there
-
-
-def remove_tree(path: Path | str) -> None:
-    """``rm -rf`` that also gets through directories made read-only inside the tree
-    (a non-root caller cannot otherwise delete the children of a 0555 directory)."""
-
-    def retry(func: object, failed: str, info: object) -> None:
-        exc = info[1] if isinstance(info, tuple) else None
-        if isinstance(exc, FileNotFoundError):
-            return
-        parent = os.path.dirname(failed)
-        try:
-            os.chmod(parent, 0o700)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, 0o700)
-                shutil.rmtree(failed, onerror=retry)
-            else:
-                os.unlink(failed)
-        except FileNotFoundError:
-            pass
-
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, onerror=retry)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
 
 
 class Scratch:

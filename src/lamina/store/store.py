@@ -3,7 +3,9 @@
 Layout of ``$LAMINA_ROOT`` (default ``$XDG_DATA_HOME/lamina``)::
 
     blobs/sha256/<hex>     content, named by digest
-    ingest/                blobs being written (locked while alive)
+    chunks/sha256/<hex>    chunks of blobs kept as chunks, each once (chunks.py)
+    recipes/sha256/<hex>   such a blob: its chunks in order
+    ingest/                blobs and chunks being written (locked while alive)
     leases/<id>.lock       held (flock) by the process whose lease it is (locks.py)
     snapshots/<hex>/       unpacked layer stacks, by chain id
     meta.db                SQLite metadata (see meta.py)

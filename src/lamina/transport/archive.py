@@ -19,6 +19,7 @@ from lamina.store.store import Store
 from lamina.transport.base import ImageSink, ImageSource, NamedImage
 from lamina.transport.copy import CopyEvent, CopyOptions, copy_image
 from lamina.transport.docker_archive import (
+    MANIFEST_FILE,
     DockerArchiveSink,
     DockerArchiveSource,
     is_docker_archive,
@@ -47,6 +48,8 @@ def open_archive(path: Path, tmpdir: Path | None = None) -> ImageSource:
         if tree.exists(LAYOUT_FILE):
             # the marker file makes it a layout: a missing index.json is said as such
             return OciLayoutSource(tree)
+        if tree.exists(MANIFEST_FILE):
+            return DockerArchiveSource(tree)    # says what is wrong with its manifest.json
     except BaseException:
         tree.close()
         raise
@@ -125,7 +128,7 @@ def load_archive(store: Store, path: Path, name: str | None = None,
     if name is not None:
         Reference.parse(name)  # fail before reading anything
     source = open_archive(path, store.root / "tmp")
-    sink = StoreTransport(store)
+    sink = StoreTransport(store, verify_layers=True, compress_layers=True)
     loaded: list[Loaded] = []
     opts = CopyOptions(all_platforms=True, on_event=on_event)
     try:
@@ -149,7 +152,8 @@ def load_archive(store: Store, path: Path, name: str | None = None,
                 raise InvalidInput(f"{path}: two images would both be named {familiar}"
                                    + (" (give --name without a tag)" if name else ""))
         for named, ref in plan:
-            top = copy_image(source, named.descriptor, sink, [ref] if ref else [], opts)
+            top = sink.stored(copy_image(source, named.descriptor, sink, [ref] if ref else [],
+                                         opts))
             loaded.append(Loaded(ref, top, _image_id(sink, top)))
         sink.close()
     except BaseException:

@@ -62,6 +62,7 @@ from lamina.errors import (
 )
 from lamina.image import mediatypes as mt
 from lamina.image.config import ImageConfig, parse_config
+from lamina.image.jsondoc import load_json
 from lamina.image.manifest import (
     MAX_MANIFEST_BYTES,
     Descriptor,
@@ -122,10 +123,7 @@ def read_archive_manifest(tree: FileTree) -> list[ArchiveItem]:
         raise InvalidManifest(f"{where} is over {MAX_ARCHIVE_MANIFEST_BYTES} bytes")
     with tree.open(MANIFEST_FILE) as f:
         raw = f.read()
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidManifest(f"{where} is not valid JSON: {e}") from None
+    doc = load_json(raw, where)
     if not isinstance(doc, list):
         raise InvalidManifest(f"{where} must be a JSON list of images")
     items = []

@@ -7,16 +7,21 @@ import contextlib
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from lamina.digest import Digest, VerifyingReader
-from lamina.errors import InvalidReference, NotFound
+from lamina.errors import InvalidReference, LaminaError, NotFound
 from lamina.image import mediatypes as mt
-from lamina.image.config import parse_config
+from lamina.image.config import ImageConfig
 from lamina.image.manifest import Descriptor, Index, Manifest, build_manifest, parse
 from lamina.image.reference import Reference
 from lamina.store.store import Lease, Store
 from lamina.transport.base import NamedImage, Progress
+from lamina.transport.rewrite import PLAIN_LAYERS, gzip_descriptor, is_plain_layer, swap_children
+from lamina.transport.verify import image_config, verify_layers
+
+if TYPE_CHECKING:
+    from lamina.store.blobs import BlobWriter
 
 
 class StoreTransport:
@@ -32,9 +37,24 @@ class StoreTransport:
     accepts_index = True
     concurrent_blobs = True   # copy may call it from several threads (CopyOptions.jobs)
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, verify_layers: bool = False,
+                 compress_layers: bool = False) -> None:
+        """``verify_layers``: decompress every layer of an image (once: remembered) and
+        check its diff_id before recording the image, as ``load`` does.  Without it only
+        the cheap checks run (one diff_id per layer, known layer media types).
+
+        ``compress_layers``: store uncompressed layers as gzip (``load``: a ``docker
+        save`` archive's layers are plain tars; kept so they took 2-3× the disk of the
+        same image pulled, and were pushed uncompressed).  The manifests naming them are
+        rewritten to name the gzip blobs (the config, hence the image id, is unchanged;
+        the manifest digest of a classic archive is lamina's own anyway).  A layer whose
+        diff_id the store already holds as a checked gzip blob is not compressed again.
+        ``stored(desc)`` tells what a descriptor given to the sink became."""
         self.store = store
         self._lease_obj: Lease | None = None   # owned by this process (store/locks.py)
+        self.verify_layers = verify_layers
+        self.compress_layers = compress_layers
+        self._replaced: dict[Digest, Descriptor] = {}   # given digest -> what was stored
         self._lease_lock = threading.Lock()   # copy may put blobs from several threads
         self._written: list[str] = []   # blobs this sink added (for abort)
         self._publishing: list[Future[Digest]] = []
@@ -102,18 +122,47 @@ class StoreTransport:
                 self._lease_obj = self.store.open_lease()
             return self._lease_obj.id
 
+    def stored(self, desc: Descriptor) -> Descriptor:
+        """What the sink stored for ``desc``: itself, or its rewritten/compressed form."""
+        with self._lease_lock:
+            return self._replaced.get(desc.digest, desc)
+
+    def _compresses(self, desc: Descriptor) -> bool:
+        return self.compress_layers and is_plain_layer(desc)
+
     def has_blob(self, desc: Descriptor) -> bool:
         # Register first, then look: a blob that exists now cannot be collected before
         # the manifest naming it is recorded (see store/gc.py).
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
         with self._lease_lock:
-            if str(desc.digest) in self._pending:
+            if str(desc.digest) in self._pending or desc.digest in self._replaced:
                 return True   # written and checked; its publish is settled before any manifest
+        if self._compresses(desc):
+            # A plain layer's digest is its diff_id: a gzip blob checked to hold that
+            # tar is the same layer, already here.
+            for rec in self.store.meta.layers_by_diff_id(str(desc.digest)):
+                gz = Descriptor(rec.media_type, Digest.parse(rec.digest), rec.size,
+                                desc.annotations)
+                self.store.meta.add_lease_resource(self._lease(), rec.digest)
+                if rec.media_type == PLAIN_LAYERS[desc.media_type] and \
+                        self.store.meta.verified_diff_id(rec.digest) == str(desc.digest) \
+                        and self.store.blobs.has(gz.digest):
+                    with self._lease_lock:
+                        self._replaced[desc.digest] = gz
+                    return True
+            return False    # a plain copy already here (an older load) is not the form kept
         return self.store.blobs.has(desc.digest)
 
     def put_blob(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None,
+                 spans: Sequence[tuple[int, int]] | None = None) -> None:
+        """``spans``: the blob's byte ranges at its frame boundaries (a zstd:chunked
+        layer's, from ``layer/``): then it is kept as chunks, each stored once however
+        many blobs hold it (store/chunks.py)."""
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
+        if self._compresses(desc):
+            self._put_compressed(desc, stream, progress)
+            return
 
         verified = stream if isinstance(stream, VerifyingReader) and \
             stream.expected == desc.digest else None
@@ -132,14 +181,50 @@ class StoreTransport:
         except BaseException:
             w.abort()   # a failure leaves nothing behind, as ever
             raise
+        self._publish(w, desc.digest, spans)
+
+    def _publish(self, w: BlobWriter, digest: Digest,
+                 spans: Sequence[tuple[int, int]] | None = None) -> None:
         with self._lease_lock:
             if self._publisher is None:
                 self._publisher = ThreadPoolExecutor(2, thread_name_prefix="lamina-publish")
             # Counted as written from now on: a publish that renames the blob and then
             # fails (the directory fsync) must still be undone by abort.
-            self._written.append(str(desc.digest))
-            self._pending.add(str(desc.digest))
-            self._publishing.append(self._publisher.submit(w.publish))
+            self._written.append(str(digest))
+            self._pending.add(str(digest))
+            self._publishing.append(self._publisher.submit(w.publish, spans))
+
+    def _put_compressed(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
+                        progress: Progress | None) -> None:
+        """Store a plain layer as gzip (deterministic: the level and blocks ``lamina
+        import`` uses), checking its tar headers and its digest — its diff_id — on the
+        way; remember the gzip blob as a checked form of that diff_id."""
+        # Imported here: a pull never needs the layer room (its import cost is watched).
+        from lamina.layer.options import LayerOptions
+        from lamina.layer.verify import compress_checked
+
+        reader = stream if isinstance(stream, VerifyingReader) and \
+            stream.expected == desc.digest else VerifyingReader(
+                stream, desc.digest, desc.size, what=f"layer {desc.digest}")
+        w = self.store.blobs.writer()
+        try:
+            try:
+                compress_checked(reader, w, LayerOptions(compression="gzip"), None
+                                 if progress is None else (lambda n: progress(n, desc.size)))
+                reader.verify()
+            except LaminaError as e:
+                raise e.context(f"layer {desc.digest}") from None
+            gz = gzip_descriptor(desc, w.digest, w.count)
+            self.store.meta.add_lease_resource(self._lease(), str(gz.digest))
+            w.finish(gz.digest, gz.size)
+        except BaseException:
+            w.abort()
+            raise
+        self._publish(w, gz.digest)
+        with self._lease_lock:
+            self._replaced[desc.digest] = gz
+        self.store.meta.add_verified_layer(str(gz.digest), str(desc.digest))
+        self.store.meta.add_layer(str(gz.digest), str(desc.digest), gz.media_type, gz.size)
 
     def _settle(self) -> None:
         """Wait for every pending publish; raise the first failure (after all ended)."""
@@ -158,15 +243,29 @@ class StoreTransport:
 
     def put_manifest(self, desc: Descriptor, raw: bytes, names: list[str] | None) -> None:
         self._settle()
+        doc = parse(raw, desc.media_type, what=f"manifest {desc.digest}")
+        with self._lease_lock:
+            replaced = dict(self._replaced)
+        given = desc
+        desc, raw, doc = swap_children(desc, raw, doc, replaced)
+        if desc is not given:
+            with self._lease_lock:
+                self._replaced[given.digest] = desc
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
+        what = f"manifest {desc.digest}"
+        # An image that can never be unpacked is refused before anything names it.
+        config = image_config(self.store, doc, what) if isinstance(doc, Manifest) else None
+        if config is not None and self.verify_layers:
+            assert isinstance(doc, Manifest)
+            verify_layers(self.store, doc, config, what)
         if not self.store.blobs.has(desc.digest):
             self.store.blobs.put_bytes(raw, desc.digest)
             self._written.append(str(desc.digest))
-        doc = parse(raw, desc.media_type, what=f"manifest {desc.digest}")
         children: list[str]
         if isinstance(doc, Manifest):
             children = [str(d.digest) for d in doc.blobs()]
-            self._record_layers(doc)
+            if config is not None:
+                self._record_layers(doc, config)
         else:
             assert isinstance(doc, Index)
             children = [str(d.digest) for d in doc.manifests]
@@ -192,14 +291,8 @@ class StoreTransport:
         if str(new.config.digest) in self.store.meta.children(old):
             self.store.meta.delete_image(old)
 
-    def _record_layers(self, manifest: Manifest) -> None:
+    def _record_layers(self, manifest: Manifest, config: ImageConfig) -> None:
         """Remember each layer's diff_id (from the config) for dedup and unpacking."""
-        if manifest.config.media_type not in mt.CONFIGS or not self.store.blobs.has(
-            manifest.config.digest
-        ):
-            return
-        config = parse_config(self.store.blobs.read_bytes(manifest.config.digest,
-                                                          manifest.config.size))
         for layer, diff_id in zip(manifest.layers, config.diff_ids, strict=False):
             self.store.meta.add_layer(str(layer.digest), str(diff_id), layer.media_type,
                                       layer.size)

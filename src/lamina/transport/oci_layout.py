@@ -15,7 +15,8 @@ from typing import Any, BinaryIO
 from lamina.digest import VerifyingReader
 from lamina.errors import InvalidInput, InvalidManifest, NotFound
 from lamina.image import mediatypes as mt
-from lamina.image.manifest import Descriptor, Index, build_index, parse
+from lamina.image.jsondoc import load_object
+from lamina.image.manifest import MAX_MANIFEST_BYTES, Descriptor, Index, build_index, parse
 from lamina.image.reference import Reference
 from lamina.transport.base import NamedImage, Progress
 from lamina.transport.filetree import DirWriter, FileTree, TarWriter, TreeWriter, open_tree
@@ -35,8 +36,6 @@ def is_oci_layout(tree: FileTree) -> bool:
 
 
 def read_index(tree: FileTree) -> Index:
-    from lamina.image.manifest import MAX_MANIFEST_BYTES
-
     if tree.size("index.json") > MAX_MANIFEST_BYTES:
         raise InvalidManifest(f"{tree.where}: index.json is over the 4 MiB limit")
     with tree.open("index.json") as f:
@@ -60,11 +59,11 @@ class OciLayoutSource:
         self.tree = tree
         if not tree.exists(LAYOUT_FILE):
             raise InvalidInput(f"{tree.where} is not an OCI image layout (no oci-layout file)")
-        try:
-            with tree.open(LAYOUT_FILE) as f:
-                version = json.load(f).get("imageLayoutVersion")
-        except (ValueError, AttributeError):
-            raise InvalidManifest(f"{tree.where}: oci-layout is not valid JSON") from None
+        if tree.size(LAYOUT_FILE) > MAX_MANIFEST_BYTES:
+            raise InvalidManifest(f"{tree.where}: oci-layout is over the 4 MiB limit")
+        with tree.open(LAYOUT_FILE) as f:
+            version = load_object(f.read(), f"{tree.where}: oci-layout").get(
+                "imageLayoutVersion")
         if not isinstance(version, str) or not version.startswith("1."):
             raise InvalidInput(f"{tree.where}: unsupported imageLayoutVersion {version!r}")
         self.index = read_index(tree)

@@ -12,6 +12,7 @@ from typing import Any
 from lamina.image.manifest import Descriptor, Platform
 from lamina.image.reference import Reference
 from lamina.store.store import Store
+from lamina.transport.compressing import CompressingSink
 from lamina.transport.copy import CopyEvent, CopyOptions, copy_image
 from lamina.transport.places import Place, open_sink, open_source, parse_place
 from lamina.transport.registry import BlobPush, RegistryOptions, RegistrySink
@@ -63,12 +64,18 @@ def transfer(store: Store, src: str | Place, dst: str | Place,
     try:
         sink, names = open_sink(dst_place, store, opts.registry, opened.name, opts.client,
                                 opts.mount_from)
-        if isinstance(sink, RegistrySink) and opts.on_push is not None:
-            sink.on_blob = opts.on_push
+        compressing: CompressingSink | None = None
+        if isinstance(sink, RegistrySink):
+            if opts.on_push is not None:
+                sink.on_blob = opts.on_push
+            # Plain layers go to a registry gzip'd, as Docker and skopeo push them.
+            sink = compressing = CompressingSink(sink, store.root / "tmp")
         try:
             top = copy_image(opened.source, opened.descriptor, sink, names, CopyOptions(
                 platform=opts.platform, all_platforms=opts.all_platforms, on_event=on_event,
                 jobs=max(1, opts.registry.jobs)))
+            if compressing is not None:
+                top = compressing.stored(top)
             sink.close()
         except KeyboardInterrupt:
             # Ctrl-C (copy's Interrupted, or one in the main thread's own reads): a sink

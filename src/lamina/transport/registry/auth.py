@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamina.errors import InvalidInput
+from lamina.errors import InvalidInput, InvalidManifest
+from lamina.image.jsondoc import load_object
 from lamina.transport.registry.errors import RegistryError, error_from_response, read_limited
 from lamina.transport.registry.options import Credentials
 from lamina.transport.registry.wire import HttpClient, Response, WireError, with_params
@@ -333,10 +334,10 @@ class Authenticator:
             raise RegistryError(f"{self.registry}: cannot get a token from {realm}: {e}",
                                 registry=self.registry) from None
         try:
-            obj = json.loads(body)
+            obj = load_object(body, "token answer")
             token = obj.get("token") or obj.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
+        except InvalidManifest:
+            obj, token = {}, None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"{self.registry}: the token service {realm} answered "
                                 "without a token", registry=self.registry)

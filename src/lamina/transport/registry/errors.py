@@ -12,10 +12,10 @@ first entry becomes ``RegistryError.code``.  Categories follow ``lamina.errors``
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from lamina.errors import LaminaError, NotFound, TransportError, Unsupported
+from lamina.errors import InvalidManifest, LaminaError, NotFound, TransportError, Unsupported
+from lamina.image.jsondoc import load_json
 from lamina.transport.registry.wire import Response, WireError
 
 MAX_ERROR_BODY = 8 * 1024
@@ -67,8 +67,8 @@ def _one_line(text: str, limit: int = 200) -> str:
 def parse_error_body(body: bytes) -> tuple[str | None, str | None]:
     """(code, message) of the first distribution-spec error in ``body``, if any."""
     try:
-        obj: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        obj: Any = load_json(body, "error body")
+    except InvalidManifest:
         return None, None
     errors = obj.get("errors") if isinstance(obj, dict) else None
     if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):

@@ -296,7 +296,8 @@ def _int(value: str | None) -> int:
 def _plain_file(reader: VerifyingReader, size: int) -> BinaryIO | None:
     """The regular file under ``reader`` if it is a store blob (verified when it was
     stored), unread and ``size`` bytes long; else None (the bytes stream through the
-    reader and are hashed: an OCI layout on disk was never checked by anyone)."""
+    reader and are hashed: an OCI layout on disk was never checked by anyone).  A store
+    blob kept as chunks is no such file (store/chunks.py ``ChunkedFile``): it streams."""
     raw = reader.raw
     if not reader.at_rest or reader.count or not isinstance(raw, io.BufferedReader):
         return None

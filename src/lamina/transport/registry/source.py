@@ -12,8 +12,8 @@ delivered if it answers 200 (so nothing is hashed twice).
 
 from __future__ import annotations
 
+import contextlib
 import io
-import json
 import threading
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +28,7 @@ from lamina.errors import (
     TransportError,
 )
 from lamina.image import mediatypes as mt
+from lamina.image.jsondoc import load_json, load_object
 from lamina.image.manifest import MAX_MANIFEST_BYTES, Descriptor
 from lamina.image.reference import Reference
 from lamina.transport.base import NamedImage
@@ -130,11 +131,9 @@ class RegistrySource:
                                       "manifest, which lamina does not support",
                                       registry=self.registry)
         declared: Any = None
-        try:
-            obj = json.loads(data)
+        with contextlib.suppress(InvalidManifest):
+            obj = load_json(data, what)
             declared = obj.get("mediaType") if isinstance(obj, dict) else None
-        except (ValueError, UnicodeDecodeError):
-            pass
         if isinstance(declared, str) and declared in mt.MANIFESTS | mt.INDEXES and served in (
                 "", "application/json", "text/plain", "application/octet-stream"):
             return declared
@@ -202,10 +201,12 @@ class RegistrySource:
             finally:
                 resp.close()
             try:
-                tags = json.loads(body).get("tags") or []
-            except (ValueError, AttributeError):
+                tags = load_object(body, "tag list").get("tags") or []
+            except InvalidManifest:
                 raise TransportError(f"{self.registry}: tags of {self.ref.repository}: "
                                      "not a tag list") from None
+            if not isinstance(tags, list):
+                tags = []
             out.extend(t for t in tags if isinstance(t, str))
             if not link or "<" not in link:
                 break
