@@ -522,6 +522,16 @@ class _Builder:
         finally:
             rootfs.close()
 
+    def _layer_annotations(self, digest: Digest, size: int) -> dict[str, str]:
+        """A cached zstd:chunked layer's descriptor annotations, read back from the blob
+        (the cache keeps digest, size and media type only)."""
+        if self.opts.compression != "zstd:chunked":
+            return {}
+        from lamina.layer.zstdchunked import annotations_from_blob
+
+        with open(self.store.blobs.path(digest), "rb") as f:
+            return annotations_from_blob(lambda off, n: os.pread(f.fileno(), n, off), size)
+
     def _cached(self, key: str) -> CacheRecord | None:
         if self.opts.no_cache:
             return None
@@ -541,7 +551,8 @@ class _Builder:
                                              "compression": self.opts.compression})
         rec = self._cached(key)
         if rec is not None:
-            desc = Descriptor(rec.media_type, Digest.parse(rec.layer), rec.size)
+            desc = Descriptor(rec.media_type, Digest.parse(rec.layer), rec.size,
+                              self._layer_annotations(Digest.parse(rec.layer), rec.size))
             diff_id = Digest.parse(rec.diff_id)
             made = int(rec.created) if rec.created is not None else self.now
             self.cached_layers += 1
@@ -557,7 +568,7 @@ class _Builder:
                                           LayerOptions(compression=self.opts.compression,
                                                        source_date_epoch=self.epoch),
                                           media_type)
-            desc = Descriptor(media_type, stored.digest, stored.size)
+            desc = Descriptor(media_type, stored.digest, stored.size, stored.annotations)
             diff_id = stored.diff_id
             self.store.meta.cache_put(CacheRecord(key, str(desc.digest), str(diff_id),
                                                   media_type, desc.size, created_by,

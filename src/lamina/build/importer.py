@@ -119,7 +119,7 @@ def import_snapshots(store: Store, name: str, sources: Sequence[Path],
                 previous, root, opts.source_date_epoch, checksum=opts.checksum)
             stored = commit_changeset(store, lease, changes, layer_opts, media_type)
             written.append(str(stored.digest))
-            desc = Descriptor(media_type, stored.digest, stored.size)
+            desc = Descriptor(media_type, stored.digest, stored.size, stored.annotations)
             # The name, not the path as typed: the digest must not depend on where the
             # snapshots happen to live.
             created_by = f"lamina import {src.name}"

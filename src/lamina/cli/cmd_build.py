@@ -21,7 +21,8 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
             help="K=V for an ARG (repeatable); K alone takes it from the environment.")
     @option("--target", help="Build up to this stage.")
     @flag("--no-cache", help="Do not use the layer cache.")
-    @option("--compression", default="gzip", help="gzip, zstd or none.")
+    @option("--compression", default="gzip",
+            help="gzip, zstd, zstd:chunked (zstd with a file index, for delta pulls) or none.")
     @option("--platform", help="OS/ARCH of the base image.")
     @option("--network", default="none", help="Network for RUN: none or host.")
     @option("--snapshotter", default="auto", help="auto, overlay or walk.")
@@ -40,6 +41,7 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
         from lamina.cli.format import out, print_json
         from lamina.errors import InvalidInput
         from lamina.image.manifest import Platform
+        from lamina.layer.options import COMPRESSIONS
 
         args: dict[str, str] = {}
         for item in build_arg or []:
@@ -49,7 +51,7 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
                     continue
                 v = os.environ[k]
             args[k] = v
-        for name, value, allowed in (("compression", compression, ("gzip", "zstd", "none")),
+        for name, value, allowed in (("compression", compression, COMPRESSIONS),
                                      ("network", network, ("none", "host")),
                                      ("snapshotter", snapshotter,
                                       ("auto", "overlay", "walk"))):

@@ -57,12 +57,14 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     @option("--network", default="none", help="none (only lo) or host.")
     @option("--commit", metavar="REF",
             help="Save what the command changed as a new layer, tagged REF.")
+    @option("--compression", default="gzip",
+            help="Layer compression for --commit: gzip, zstd, zstd:chunked or none.")
     @option("--snapshotter", default="auto", help="auto, overlay (root) or walk (anyone).")
     @expansion_option
     def run(image: str, command: tuple[str, ...], rm: bool, interactive: bool, tty: bool,
             stop_signal: str | None, stop_timeout: int, env: tuple[str, ...],
             workdir: str | None, user: str | None, volume: tuple[str, ...], network: str,
-            commit: str | None, snapshotter: str) -> None:
+            commit: str | None, compression: str, snapshotter: str) -> None:
         """Run a command in an image's root filesystem, sandboxed, in the foreground.
 
         lamina's signals go to the command (SIGTERM as the image's STOPSIGNAL, then
@@ -71,6 +73,7 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         from lamina.cli.format import err
         from lamina.errors import InvalidInput, Unsupported
         from lamina.image.reference import Reference
+        from lamina.layer.options import COMPRESSIONS
         from lamina.run.container import RunOptions, run_container
 
         if tty:
@@ -80,6 +83,9 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
             raise InvalidInput(f"--stop-timeout must not be negative: {stop_timeout}")
         if network not in ("none", "host"):
             raise InvalidInput(f"unknown network {network!r}: choose none or host")
+        if compression not in COMPRESSIONS:
+            raise InvalidInput(f"unknown compression {compression!r}: "
+                               f"choose {', '.join(COMPRESSIONS)}")
         if snapshotter not in ("auto", "overlay", "walk"):
             raise InvalidInput(f"unknown snapshotter {snapshotter!r}: "
                                "choose auto, overlay or walk")
@@ -87,6 +93,7 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
             image=image, command=list(command or []), env=list(env or []), workdir=workdir,
             user=user, volumes=list(volume or []), network=network,  # type: ignore[arg-type]
             rm=True, commit=commit, snapshotter=snapshotter,  # type: ignore[arg-type]
+            compression=compression,  # type: ignore[arg-type]
             source_date_epoch=source_date_epoch() if commit else None,
             stop_signal=stop_signal, stop_timeout=stop_timeout)
         with store_factory() as store, _interruptible():

@@ -74,7 +74,8 @@ def _epoch() -> int | None:
 @argument("ref", help="Name for the image: NAME[:TAG].")
 @argument("sources", kind=Path, nargs=-1, required=True,
           help="Directories or tars: successive full snapshots of one root.")
-@option("--compression", default="gzip", help="gzip, zstd or none.")
+@option("--compression", default="gzip",
+        help="gzip, zstd, zstd:chunked (a zstd layer with a file index, for delta pulls) or none.")
 @flag("--checksum", help="Compare the content of every file, not only where times may be "
       "truncated (slower).")
 @json_flag
@@ -84,9 +85,11 @@ def import_(ref: str, sources: tuple[Path, ...], compression: str, checksum: boo
     from lamina.build.importer import ImportOptions, import_snapshots
     from lamina.cli.format import out
     from lamina.errors import InvalidInput
+    from lamina.layer.options import COMPRESSIONS
 
-    if compression not in ("gzip", "zstd", "none"):
-        raise InvalidInput(f"unknown compression {compression!r}: choose gzip, zstd or none")
+    if compression not in COMPRESSIONS:
+        raise InvalidInput(f"unknown compression {compression!r}: "
+                           f"choose {', '.join(COMPRESSIONS)}")
 
     def on_layer(i: int, n: int, desc: Any, created_by: str) -> None:
         if not json_:

@@ -30,7 +30,9 @@ LAYERS = frozenset({
     DOCKER_LAYER, DOCKER_LAYER_GZIP, DOCKER_LAYER_FOREIGN,
 })
 
-_OCI_LAYER_BY_COMPRESSION = {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD, "none": OCI_LAYER}
+# zstd:chunked is a +zstd layer whose descriptor carries annotations (layer/zstdchunked.py).
+_OCI_LAYER_BY_COMPRESSION = {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD,
+                             "zstd:chunked": OCI_LAYER_ZSTD, "none": OCI_LAYER}
 _DOCKER_LAYER_BY_COMPRESSION = {"gzip": DOCKER_LAYER_GZIP, "none": DOCKER_LAYER}
 
 

@@ -9,6 +9,9 @@ against the layer below, and whiteouts for what was deleted.
     open_tar_stream(stream)                       gzip/zstd/plain by magic (compress.py)
     apply_layer(stream, target, diff_id, options) safe extraction (apply.py)
     iter_tar_entries(stream)                      headers only, for inspection (tarreader.py)
+    LayerOptions(compression="zstd:chunked")      a frame per file payload, TOC, tar-split
+                                                  (chunkedwriter.py); zstdchunked.py reads
+                                                  footer, TOC and frame spans back
 """
 
 from lamina.layer.apply import AppliedLayer, apply_layer

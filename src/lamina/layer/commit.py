@@ -7,8 +7,8 @@ written once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lamina.digest import Digest
@@ -25,6 +25,7 @@ class StoredLayer:
     size: int               # compressed bytes
     diff_id: Digest         # of the uncompressed tar
     compression: Compression
+    annotations: Mapping[str, str] = field(default_factory=dict)  # for its descriptor
 
 
 def commit_changeset(store: Store, lease: Lease, changes: Changeset | Path,
@@ -47,4 +48,4 @@ def commit_changeset(store: Store, lease: Lease, changes: Changeset | Path,
     store.meta.set_unpacked_size(str(info.diff_id), info.uncompressed_size)  # known here
     # Made here from this very tar: checked by construction (load and fsck skip it).
     store.meta.add_verified_layer(str(digest), str(info.diff_id))
-    return StoredLayer(digest, size, info.diff_id, options.compression)
+    return StoredLayer(digest, size, info.diff_id, options.compression, info.annotations)

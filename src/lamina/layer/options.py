@@ -10,7 +10,9 @@ from typing import Literal, get_args
 from lamina.errors import InvalidInput
 from lamina.layer.filepool import FilePool
 
-Compression = Literal["gzip", "zstd", "none"]
+# "zstd:chunked": zstd with a frame per file payload and a TOC (layer/zstdchunked.py);
+# any zstd reader sees a plain +zstd layer.
+Compression = Literal["gzip", "zstd", "zstd:chunked", "none"]
 COMPRESSIONS: tuple[str, ...] = get_args(Compression)
 
 # How an applied layer records its whiteouts: "delete" removes what the layers below
@@ -21,8 +23,9 @@ WHITEOUT_FORMATS: tuple[str, ...] = get_args(WhiteoutFormat)
 
 # isal offers levels 0-3 (1 is as good as zlib -6 for tars and several times faster);
 # zstd 3 is the zstd CLI's default and what containerd uses for zstd layers.
-DEFAULT_LEVEL: dict[str, int] = {"gzip": 1, "zstd": 3, "none": 0}
-LEVEL_RANGE: dict[str, tuple[int, int]] = {"gzip": (0, 3), "zstd": (-7, 22), "none": (0, 0)}
+DEFAULT_LEVEL: dict[str, int] = {"gzip": 1, "zstd": 3, "zstd:chunked": 3, "none": 0}
+LEVEL_RANGE: dict[str, tuple[int, int]] = {"gzip": (0, 3), "zstd": (-7, 22),
+                                           "zstd:chunked": (-7, 22), "none": (0, 0)}
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,16 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from lamina.digest import Digest
 from lamina.errors import InvalidInput
 from lamina.layer import tarformat as tf
 from lamina.layer.changes import Change, ChangeKind, Changeset, walk_tree
+from lamina.layer.chunkedwriter import ChunkedBlocks, file_shrank
 from lamina.layer.compress import BLOCK_SIZE, BlockCompressor, Writable, compressor
 from lamina.layer.options import Compression, LayerOptions
 
@@ -41,6 +43,29 @@ class TarInfo:
     uncompressed_size: int
     compression: Compression
     entries: int
+    # The layer descriptor's annotations (zstd:chunked: where its TOC is).
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    # zstd:chunked: the blob's (offset, length) frame spans, for a chunk store
+    # (``BlobWriter.publish(spans)``); empty for a single-stream layer.
+    spans: tuple[tuple[int, int], ...] = ()
+
+
+class _Sink(Protocol):
+    """Where the tar writer puts its bytes: ``_Blocks`` (one compressed stream) or
+    ``chunkedwriter.ChunkedBlocks`` (a frame per file payload)."""
+
+    size: int
+    annotations: Mapping[str, str]
+    spans: list[tuple[int, int]]
+
+    def write(self, data: bytes) -> None: ...
+    def skip(self, n: int) -> None: ...
+    def read_from(self, fd: int, size: int, path: str) -> None: ...
+    def entry(self, name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int,
+              typeflag: bytes, linkname: bytes, devmajor: int, devminor: int,
+              xattrs: list[tuple[str, bytes]] | None) -> None: ...
+    def finish(self) -> Digest: ...
+    def abort(self) -> None: ...
 
 
 class _Blocks:
@@ -56,6 +81,8 @@ class _Blocks:
         self._view = memoryview(self._buf)
         self._pos = 0
         self.size = 0
+        self.annotations: Mapping[str, str] = {}
+        self.spans: list[tuple[int, int]] = []
 
     def _emit(self) -> None:
         block = self._buf if self._pos == BLOCK_SIZE else self._buf[: self._pos]
@@ -99,19 +126,25 @@ class _Blocks:
             k = min(left, BLOCK_SIZE - self._pos)
             got = os.readv(fd, [self._view[self._pos : self._pos + k]])
             if got == 0:
-                raise InvalidInput(
-                    f"{path}: file shrank while being written to a layer "
-                    f"({size - left} of {size} bytes); is something changing the tree?"
-                )
+                raise file_shrank(path, size - left, size)
             self._pos += got
             left -= got
             if self._pos == BLOCK_SIZE:
                 self._emit()
 
+    def entry(self, name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int,
+              typeflag: bytes, linkname: bytes, devmajor: int, devminor: int,
+              xattrs: list[tuple[str, bytes]] | None) -> None:
+        pass  # a plain stream needs no index of its entries
+
     def finish(self) -> Digest:
         if self._pos:
             self._emit()
+        self._sink.finish()
         return Digest.from_hasher(self._hasher)
+
+    def abort(self) -> None:
+        self._sink.close()
 
 
 def _xattr_records(path: str) -> list[tuple[str, bytes]]:
@@ -131,7 +164,7 @@ def _xattr_records(path: str) -> list[tuple[str, bytes]]:
 
 
 class _TarWriter:
-    def __init__(self, blocks: _Blocks, source_date_epoch: int | None) -> None:
+    def __init__(self, blocks: _Sink, source_date_epoch: int | None) -> None:
         self._blocks = blocks
         self._sde = source_date_epoch
         self._inodes: dict[tuple[int, int], bytes] = {}
@@ -204,6 +237,8 @@ class _TarWriter:
                 prefix,
             )
         )
+        self._blocks.entry(name, mode, uid, gid, size, mtime, typeflag, linkname, devmajor,
+                           devminor, xattrs)
         self.entries += 1
 
     def add(self, root: str, change: Change) -> None:
@@ -268,8 +303,11 @@ def write_changeset(cs: Changeset, out: Writable, options: LayerOptions) -> TarI
 
 
 def _write(upper: Path, changes: Iterable[Change], out: Writable, options: LayerOptions) -> TarInfo:
-    sink = compressor(out, options)
-    blocks = _Blocks(sink)
+    blocks: _Sink
+    if options.compression == "zstd:chunked":
+        blocks = ChunkedBlocks(out, options)
+    else:
+        blocks = _Blocks(compressor(out, options))
     writer = _TarWriter(blocks, options.source_date_epoch)
     root = os.fspath(upper)
     try:
@@ -283,11 +321,11 @@ def _write(upper: Path, changes: Iterable[Change], out: Writable, options: Layer
                 ) from exc
         writer.close()
         diff_id = blocks.finish()
-        sink.finish()
     except BaseException:
-        sink.close()
+        blocks.abort()
         raise
-    return TarInfo(diff_id, blocks.size, options.compression, writer.entries)
+    return TarInfo(diff_id, blocks.size, options.compression, writer.entries,
+                   blocks.annotations, tuple(blocks.spans))
 
 
 def write_tree(root: Path, out: Writable, options: LayerOptions) -> TarInfo:

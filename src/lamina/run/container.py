@@ -194,7 +194,7 @@ def commit_changes(store: Store, image: ResolvedImage, changes: Changeset, ref: 
     visible; on any failure the blobs written are discarded again.
     """
     docker = image.manifest.is_docker
-    if docker and compression == "zstd":
+    if docker and compression in ("zstd", "zstd:chunked"):
         raise Unsupported("Docker manifests cannot hold zstd layers; use gzip")
     media_type = mt.layer_media_type(compression, docker=docker)
     when = source_date_epoch if source_date_epoch is not None else int(time.time())
@@ -205,7 +205,7 @@ def commit_changes(store: Store, image: ResolvedImage, changes: Changeset, ref: 
             stored = commit_changeset(store, lease, changes, LayerOptions(
                 compression=compression, source_date_epoch=source_date_epoch), media_type)
             written.append(str(stored.digest))
-            layer = Descriptor(media_type, stored.digest, stored.size)
+            layer = Descriptor(media_type, stored.digest, stored.size, stored.annotations)
 
             doc: dict[str, Any] = copy.deepcopy(image.config.doc)
             doc["created"] = created
