@@ -1,7 +1,8 @@
 """Sinks that store or send a layer in another form than the source gave it (plain
 layers gzip'd by ``load`` and on push) must name what they wrote: the manifests above
 such a layer, and the index above those, are rewritten.  Only the swapped descriptors
-change (media type, digest, size); every other field stays as the source wrote it."""
+change (media type, digest, size, and the annotations a zstd:chunked conversion adds
+or drops); every other field stays as the source wrote it."""
 
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ def swap_children(desc: Descriptor, raw: bytes, doc: Manifest | Index,
         new = replaced.get(d.digest)
         if new is not None:
             entry.update(mediaType=new.media_type, digest=str(new.digest), size=new.size)
+            if new.annotations != d.annotations:    # a zstd:chunked layer's TOC position
+                if new.annotations:
+                    entry["annotations"] = dict(new.annotations)
+                else:
+                    entry.pop("annotations", None)
     raw = dumps(obj)
     new_desc = Descriptor(desc.media_type, Digest.from_bytes(raw), len(raw),
                           desc.annotations, desc.platform, desc.urls, desc.artifact_type)
