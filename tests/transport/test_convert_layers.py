@@ -174,3 +174,17 @@ def test_docker_layers_cannot_become_zstd() -> None:
     with pytest.raises(Unsupported, match="Docker manifests cannot name zstd:chunked layers"):
         sink.has_blob(layer)
     assert Conversion("gzip").wanted(layer) is False    # gzip already: kept as it is
+
+
+def test_converted_layer_is_the_layer_import_writes(lamina: Lamina, tmp_path: Path) -> None:
+    """The same tar through the same sink: converting lamina's gzip layer to zstd:chunked
+    gives the very blob (and annotations) ``import --compression zstd:chunked`` writes."""
+    tree = _tree(tmp_path / "t")
+    lamina.run("import", "cv/gz:v1", tree)
+    lamina.run("import", "--compression", "zstd:chunked", "cv/ck:v1", tree)
+    made = lamina.run("inspect", "cv/ck:v1").json()[0]["Manifest"]["layers"]
+    lamina.run("copy", "cv/gz:v1", f"oci:{tmp_path / 'conv'}", "--dest-compress-format",
+               "zstd:chunked")
+    converted = _layout(tmp_path / "conv")[0]["layers"]
+    assert [(x["digest"], x["annotations"]) for x in converted] == \
+        [(x["digest"], x["annotations"]) for x in made]
