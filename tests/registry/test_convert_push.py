@@ -58,3 +58,16 @@ def test_push_converts_to_zstd_chunked_once(lamina: Lamina, registry: DockerRegi
     assert again["converted"] == 0
     assert again["digest"] == first["digest"]
     assert {b["result"] for b in again["blobs"].values()} <= {"exists", "mounted"}
+
+
+def test_plain_layers_are_gzipped_once_for_a_registry(lamina: Lamina, registry: DockerRegistry,
+                                                       tmp_path: Path) -> None:
+    """The default conversion (plain layers leave gzip'd) is recorded too: the same copy
+    again finds the gzip blob in the registry and compresses nothing."""
+    lamina.run("import", "cv/plain:v1", _tree(tmp_path / "t"))
+    lamina.run("save", "-o", tmp_path / "a.tar", "cv/plain:v1")    # uncompressed layers
+    dest = f"docker://{registry.host}/convert/plain:v1"
+    first = lamina.run("copy", "--json", f"docker-archive:{tmp_path / 'a.tar'}", dest).json()
+    again = lamina.run("copy", "--json", f"docker-archive:{tmp_path / 'a.tar'}", dest).json()
+    assert (first["converted"], again["converted"]) == (1, 0)
+    assert again["digest"] == first["digest"] and again["copied"] == 0
