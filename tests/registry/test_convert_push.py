@@ -26,21 +26,25 @@ def _tree(root: Path) -> Path:
 def test_push_converts_to_zstd_chunked_once(lamina: Lamina, registry: DockerRegistry,
                                             tmp_path: Path) -> None:
     skopeo = need("skopeo")
-    lamina.run("import", "cv/push:v1", _tree(tmp_path / "t"))
-    stored = lamina.run("inspect", "cv/push:v1").json()[0]
+    base = _tree(tmp_path / "t")
+    subprocess.run(["cp", "-a", base, tmp_path / "t2"], check=True)
+    (tmp_path / "t2" / "etc" / "conf").write_text("a = 2\n")
+    lamina.run("import", "cv/push:v1", base, tmp_path / "t2")      # two layers, both pushed
+    stored = lamina.run("inspect", "cv/push:v1").json()[0]        # at once (--jobs 3)
     dest = f"{registry.host}/convert/push:v1"
     first = lamina.run("push", "--json", "--dest-compress-format", "zstd:chunked",
                        "cv/push:v1", dest).json()
-    assert first["converted"] == 1
+    assert first["converted"] == 2
 
     raw = json.loads(subprocess.run(
         [skopeo, "inspect", "--raw", "--tls-verify=false", f"docker://{dest}"],
         check=True, capture_output=True, text=True).stdout)
     assert first["digest"] != stored["Digest"]         # other layer bytes, so another manifest
     assert raw["config"]["digest"] == stored["Id"]     # the same config: the image id is kept
-    [layer] = raw["layers"]
-    assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
-    assert zc.toc_location(layer["annotations"]) is not None
+    assert len(raw["layers"]) == 2
+    for layer in raw["layers"]:
+        assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+        assert zc.toc_location(layer["annotations"]) is not None
     # skopeo copies it (and checks every digest on the way)
     subprocess.run([skopeo, "copy", "--src-tls-verify=false", f"docker://{dest}",
                     f"oci:{tmp_path / 'sk'}:v1"], check=True, capture_output=True)

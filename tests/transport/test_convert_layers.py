@@ -188,3 +188,13 @@ def test_converted_layer_is_the_layer_import_writes(lamina: Lamina, tmp_path: Pa
     converted = _layout(tmp_path / "conv")[0]["layers"]
     assert [(x["digest"], x["annotations"]) for x in converted] == \
         [(x["digest"], x["annotations"]) for x in made]
+
+
+def test_conversion_is_bounded_by_the_expansion_limit(image: Lamina, tmp_path: Path) -> None:
+    res = image.run("save", "--format", "oci", "--dest-compress-format", "zstd", "-o",
+                    tmp_path / "x", "cv/app:v1", check=False,
+                    env={"LAMINA_MAX_EXPANSION": "1:1KiB"})
+    assert res.code == 3, res.err
+    assert "expand" in res.err and len(res.err.strip().splitlines()) == 1, res.err
+    assert not (tmp_path / "x").exists()
+    image.assert_consistent()
