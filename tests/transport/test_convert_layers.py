@@ -156,24 +156,51 @@ def test_docker_archive_and_docker_manifests_are_refused(image: Lamina, tmp_path
     assert not (tmp_path / "a.tar").exists()
 
 
-def test_docker_layers_cannot_become_zstd() -> None:
-    from lamina.digest import Digest
-    from lamina.errors import Unsupported
-    from lamina.image import mediatypes as mt
-    from lamina.image.manifest import Descriptor
-    from lamina.transport.compressing import CompressingSink, Conversion
 
-    class Nothing:
-        accepts_index = True
+def _as_docker(layout: Path) -> str:
+    """Relabel the layout's manifest as a Docker v2.2 one (config and layers keep their
+    bytes); returns the new manifest's digest."""
+    manifest, _, blobs = _layout(layout)
+    manifest["mediaType"] = "application/vnd.docker.distribution.manifest.v2+json"
+    manifest["config"]["mediaType"] = "application/vnd.docker.container.image.v1+json"
+    for layer in manifest["layers"]:
+        layer["mediaType"] = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    raw = json.dumps(manifest).encode()
+    digest = hashlib.sha256(raw).hexdigest()
+    (blobs / digest).write_bytes(raw)
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0].update(mediaType=manifest["mediaType"], digest="sha256:" + digest,
+                                 size=len(raw))
+    (layout / "index.json").write_text(json.dumps(index))
+    return "sha256:" + digest
 
-        def has_blob(self, desc: Descriptor) -> bool:
-            raise AssertionError("asked before the refusal")
 
-    layer = Descriptor(mt.DOCKER_LAYER_GZIP, Digest.from_bytes(b"x"), 1)
-    sink = CompressingSink(Nothing(), conversion=Conversion("zstd:chunked"))  # type: ignore[arg-type]
-    with pytest.raises(Unsupported, match="Docker manifests cannot name zstd:chunked layers"):
-        sink.has_blob(layer)
-    assert Conversion("gzip").wanted(layer) is False    # gzip already: kept as it is
+def test_docker_image_to_zstd_gets_an_oci_manifest(image: Lamina, tmp_path: Path) -> None:
+    """A Docker manifest cannot name zstd layers: as skopeo, the manifest becomes OCI;
+    to gzip it stays Docker (and its gzip layers are kept)."""
+    image.run("save", "--format", "oci", "-o", tmp_path / "src", "cv/app:v1")
+    config = _layout(tmp_path / "src")[0]["config"]["digest"]
+    _as_docker(tmp_path / "src")
+    image.run("copy", f"oci:{tmp_path / 'src'}", f"oci:{tmp_path / 'ck'}",
+              "--dest-compress-format", "zstd:chunked")
+    manifest, _, _ = _layout(tmp_path / "ck")
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert manifest["config"] == {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                  "digest": config, "size": manifest["config"]["size"]}
+    assert {x["mediaType"] for x in manifest["layers"]} == \
+        {"application/vnd.oci.image.layer.v1.tar+zstd"}
+    top = json.loads((tmp_path / "ck" / "index.json").read_text())["manifests"][0]
+    assert top["mediaType"] == manifest["mediaType"]
+    other = Lamina(tmp_path / "other", tmp_path)
+    other.run("load", tmp_path / "ck")
+    other.run("unpack", "cv/app:v1", tmp_path / "unpacked")
+    image.run("unpack", "cv/app:v1", tmp_path / "orig")
+    assert tree_listing(tmp_path / "unpacked") == tree_listing(tmp_path / "orig")
+
+    image.run("copy", f"oci:{tmp_path / 'src'}", f"oci:{tmp_path / 'gz'}",
+              "--dest-compress-format", "gzip")
+    gz, _, _ = _layout(tmp_path / "gz")
+    assert gz == _layout(tmp_path / "src")[0]     # already gzip: the same manifest
 
 
 def test_converted_layer_is_the_layer_import_writes(lamina: Lamina, tmp_path: Path) -> None:

@@ -22,9 +22,9 @@ registry already holds the converted blob asks it (HEAD) and converts nothing.
 The new blob goes through a spool file under ``<store>/tmp`` — a registry upload needs
 the digest, known only at the end, and the size up front — checked on the way (tar
 headers; the source blob's digest), then handed on at rest (sendfile).  Docker manifests
-cannot name zstd layers (image-spec's zstd media type is OCI only): converting a Docker
-image to zstd is refused, as ``run --commit`` refuses it; skopeo would rewrite the
-manifest as OCI, which changes nothing in the config but is not done here."""
+cannot name zstd layers (the zstd media type is OCI only): a Docker image converted to
+zstd gets an OCI manifest (rewrite.py), as skopeo converts it; its config, so its image
+id, stays."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from lamina.digest import Digest, HashingWriter, VerifyingReader
-from lamina.errors import InvalidInput, LaminaError, Unsupported
+from lamina.errors import InvalidInput, LaminaError
 from lamina.image import mediatypes as mt
 from lamina.image.manifest import Descriptor, parse
 from lamina.transport.base import ImageSink, Progress
@@ -99,11 +99,9 @@ class Conversion:
         return self.compression == "zstd:chunked" and not _chunked(desc.annotations)
 
     def media_type(self, source: Descriptor) -> str:
-        """The converted layer's media type, in its manifest's flavour."""
-        docker = source.media_type in _DOCKER
-        if docker and self.compression != "gzip":
-            raise Unsupported(f"layer {source.digest}: Docker manifests cannot name "
-                              f"{self.compression} layers; convert an OCI image")
+        """The converted layer's media type: in its manifest's flavour, except that a
+        Docker manifest cannot name zstd (its manifest becomes OCI: rewrite.py)."""
+        docker = source.media_type in _DOCKER and self.compression == "gzip"
         return mt.layer_media_type(self.compression, docker)
 
     def descriptor(self, source: Descriptor, digest: Digest, size: int,
@@ -175,7 +173,6 @@ class CompressingSink:
     def has_blob(self, desc: Descriptor) -> bool:
         if not self.conversion.wanted(desc):
             return self.inner.has_blob(desc)
-        self.conversion.media_type(desc)    # refused before anything is converted
         with self._lock:
             if desc.digest in self._replaced:
                 return True     # converted and sent already (another manifest's layer)
