@@ -25,6 +25,24 @@ jobs_option = option("--jobs", "-j", kind=int, default=3, help="Blobs moved at o
 quiet_flag = flag("-q", "--quiet", help="Print only the result.")
 json_flag = flag("--json", "json_", help="Print the result as JSON.")
 platform_option = option("--platform", help="OS/ARCH[/VARIANT] to pick from an index.")
+dest_format_option = option(
+    "--dest-compress-format", "dest_format",
+    help="Write every layer as gzip, zstd or zstd:chunked (a zstd layer with a file "
+         "index, for delta pulls); layers already in that form are kept.")
+dest_level_option = option("--dest-compress-level", "dest_level", kind=int,
+                           help="Compression level for --dest-compress-format.")
+
+
+def conversion(dest_format: str | None, dest_level: int | None) -> Any:
+    """The ``Conversion`` the --dest-compress-* options ask for (None: keep layers)."""
+    from lamina.errors import InvalidInput
+    from lamina.transport.compressing import Conversion
+
+    if dest_format is None:
+        if dest_level is not None:
+            raise InvalidInput("--dest-compress-level needs --dest-compress-format")
+        return None
+    return Conversion(dest_format, dest_level)
 
 
 class Printer:
@@ -172,14 +190,18 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
     @insecure_flag
     @ca_option
     @jobs_option
+    @dest_format_option
+    @dest_level_option
     @quiet_flag
     @json_flag
     def push(ref: str, dest: str | None, insecure: bool, ca_bundle: Path | None, jobs: int,
-             quiet: bool, json_: bool) -> None:
+             dest_format: str | None, dest_level: int | None, quiet: bool, json_: bool
+             ) -> None:
         """Push an image to a registry; blobs it has are skipped, others mounted or sent."""
         from lamina.cli.format import print_json, say
         from lamina.transport.transfer import TransferOptions, push_places, transfer
 
+        convert = conversion(dest_format, dest_level)
         src, dst = push_places(ref, dest)
         assert dst.ref is not None
         printer = Printer("push", quiet or json_)
@@ -188,10 +210,10 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
         with store_factory() as store, printer.running():
             result = transfer(store, src, dst, TransferOptions(
                 registry=_registry_opts(insecure, ca_bundle, jobs),
-                on_event=printer.on_event, on_push=printer.on_push))
+                on_event=printer.on_event, on_push=printer.on_push, conversion=convert))
         if json_:
             print_json({"reference": str(dst.ref), "digest": str(result.descriptor.digest),
-                        "size": result.descriptor.size,
+                        "size": result.descriptor.size, "converted": result.converted,
                         "blobs": {d: {"result": p.kind, "mounted_from": p.mounted_from}
                                   for d, p in printer.kinds.items()}})
             return
@@ -210,25 +232,28 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
     @insecure_flag
     @ca_option
     @jobs_option
+    @dest_format_option
+    @dest_level_option
     @quiet_flag
     @json_flag
     def copy(source: str, destination: str, all_platforms: bool, platform: str | None,
-             insecure: bool, ca_bundle: Path | None, jobs: int, quiet: bool, json_: bool
-             ) -> None:
+             insecure: bool, ca_bundle: Path | None, jobs: int, dest_format: str | None,
+             dest_level: int | None, quiet: bool, json_: bool) -> None:
         """Copy an image between any two places, moving only what the destination lacks."""
         from lamina.cli.format import print_json, say
         from lamina.image.manifest import Platform
         from lamina.transport.transfer import TransferOptions, transfer
 
+        convert = conversion(dest_format, dest_level)
         with store_factory() as store:
             result = transfer(store, source, destination, TransferOptions(
                 registry=_registry_opts(insecure, ca_bundle, jobs),
                 platform=Platform.parse(platform) if platform else None,
-                all_platforms=all_platforms))
+                all_platforms=all_platforms, conversion=convert))
         if json_:
             print_json({"source": source, "destination": destination,
                         "digest": str(result.descriptor.digest), "copied": result.moved,
-                        "skipped": result.present})
+                        "skipped": result.present, "converted": result.converted})
         elif not quiet:
             say(f"Copied {source} to {destination}: {result.moved} blobs copied, "
                       f"{result.present} already there")

@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from lamina.cli.cmd_transfer import dest_format_option, dest_level_option
 from lamina.cli.format import (
     Group,
     argument,
@@ -143,8 +144,12 @@ def load(path: Path, name: str | None, json_: bool) -> None:
 @option("--format", "format_", default="docker-archive",
         help="docker-archive (default), docker-oci-archive, oci-archive or oci (a directory).")
 @option("--platform", help="OS/ARCH to pick from an index.")
-def save(refs: tuple[str, ...], output: Path, format_: str, platform: str | None) -> None:
+@dest_format_option
+@dest_level_option
+def save(refs: tuple[str, ...], output: Path, format_: str, platform: str | None,
+         dest_format: str | None, dest_level: int | None) -> None:
     """Save images to a docker archive, an OCI archive or an OCI layout directory."""
+    from lamina.cli.cmd_transfer import conversion
     from lamina.errors import InvalidInput
     from lamina.image.manifest import Platform
     from lamina.transport.archive import FORMATS, save_images
@@ -155,7 +160,8 @@ def save(refs: tuple[str, ...], output: Path, format_: str, platform: str | None
 
     with _store() as store, blob_progress("Saving") as on_event:
         save_images(store, list(refs), output, format_,  # type: ignore[arg-type]
-                    Platform.parse(platform) if platform else None, on_event)
+                    Platform.parse(platform) if platform else None, on_event,
+                    conversion(dest_format, dest_level))
 
 
 # -- unpack / export -------------------------------------------------------------------

@@ -34,7 +34,7 @@ import os
 import struct
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,7 +67,7 @@ _ANCHOR = b"\x00" + b"\x01" * (_ANCHOR_BITS - 1)
 # Frames go to the compressing threads in batches of at least this many bytes.
 _BATCH = 1 << 20
 
-_TYPES = {b"0": "reg", b"1": "hardlink", b"2": "symlink", b"3": "char", b"4": "block",
+TOC_TYPES = {b"0": "reg", b"1": "hardlink", b"2": "symlink", b"3": "char", b"4": "block",
           b"5": "dir", b"6": "fifo"}
 
 
@@ -323,7 +323,7 @@ class ChunkedBlocks:
         if self._segment:
             self._tar_split.segment(self._segment)
             self._segment = bytearray()
-        e = _Entry(_TYPES[typeflag], name, mode, uid, gid, size, mtime, linkname,
+        e = _Entry(TOC_TYPES[typeflag], name, mode, uid, gid, size, mtime, linkname,
                    devmajor, devminor, list(xattrs or ()))
         self._entries.append(e)
         self._open = e
@@ -335,6 +335,16 @@ class ChunkedBlocks:
 
     def read_from(self, fd: int, size: int, path: str) -> None:
         """Copy a regular file's ``size`` bytes into the layer as chunk frames."""
+
+        def fill(view: memoryview, done: int) -> None:
+            _read_exact(fd, view, path, done, size)
+
+        self.payload(size, fill)
+
+    def payload(self, size: int, fill: Callable[[memoryview, int], None]) -> None:
+        """The current entry's ``size`` content bytes, as chunk frames: ``fill(view,
+        done)`` fills ``view`` exactly with the bytes after the first ``done`` (from a
+        file, or from a tar being converted: ``layer.verify.recompress``)."""
         if not size:
             return
         from fastcrc import crc64
@@ -350,7 +360,7 @@ class ChunkedBlocks:
             want = min(left, CHUNK_MAX - len(carry))
             window = bytearray(len(carry) + want)
             window[: len(carry)] = carry
-            _read_exact(fd, memoryview(window)[len(carry):], path, size - left, size)
+            fill(memoryview(window)[len(carry):], size - left)
             left -= want
             end = chunk_end(window, final=not left)
             chunk = memoryview(window)[:end]

@@ -76,6 +76,10 @@ CREATE TABLE IF NOT EXISTS chunk_contents(
     content TEXT NOT NULL, chunk TEXT NOT NULL, length INTEGER NOT NULL,
     PRIMARY KEY(content, chunk)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunk_contents_chunk ON chunk_contents(chunk);
+CREATE TABLE IF NOT EXISTS layer_conversions(
+    source TEXT NOT NULL, target TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
+    media_type TEXT NOT NULL, annotations TEXT NOT NULL,
+    PRIMARY KEY(source, target)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -427,3 +431,21 @@ class Metadata:
         rows = self._query("SELECT chunk, length FROM chunk_contents WHERE content=? "
                            "ORDER BY length, chunk", (content,))
         return [(str(c), int(n)) for c, n in rows]  # type: ignore[call-overload]
+
+    # -- layers converted to another compression (copy/push/save --dest-compress-format) ----
+    def add_conversion(self, source: str, target: str, digest: str, size: int,
+                       media_type: str, annotations: str) -> None:
+        """Layer ``source`` written as ``target`` (``format:level``) is the blob ``digest``
+        (``annotations``: JSON).  A record, not a reference: the blob need not be here."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO layer_conversions VALUES(?,?,?,?,?,?)",
+                       (source, target, digest, size, media_type, annotations))
+
+    def conversion(self, source: str, target: str) -> tuple[str, int, str, str] | None:
+        """``(digest, size, media type, annotations JSON)`` of a recorded conversion."""
+        rows = self._query("SELECT digest, size, media_type, annotations FROM "
+                           "layer_conversions WHERE source=? AND target=?", (source, target))
+        if not rows:
+            return None
+        digest, size, media_type, annotations = rows[0]
+        return str(digest), int(size), str(media_type), str(annotations)  # type: ignore[call-overload]

@@ -17,6 +17,7 @@ from lamina.image.manifest import Descriptor, Platform
 from lamina.image.reference import Reference
 from lamina.store.store import Store
 from lamina.transport.base import ImageSink, ImageSource, NamedImage
+from lamina.transport.compressing import Conversion, converting_sink
 from lamina.transport.copy import CopyEvent, CopyOptions, copy_image
 from lamina.transport.docker_archive import (
     MANIFEST_FILE,
@@ -166,13 +167,20 @@ def load_archive(store: Store, path: Path, name: str | None = None,
 
 def save_images(store: Store, refs: Sequence[str], path: Path, fmt: Format,
                 platform: Platform | None = None,
-                on_event: Callable[[CopyEvent], None] | None = None) -> list[Descriptor]:
-    """Write the named store images into one archive or layout."""
+                on_event: Callable[[CopyEvent], None] | None = None,
+                conversion: Conversion | None = None) -> list[Descriptor]:
+    """Write the named store images into one archive or layout; ``conversion``: the
+    layers' compression there (``save --dest-compress-format``), else as stored."""
     if not refs:
         raise InvalidInput("save needs at least one image")
+    if conversion is not None and fmt == "docker-archive":
+        raise InvalidInput("docker-archive layers are written uncompressed: "
+                           "--dest-compress-format needs an OCI format")
     source = StoreTransport(store)
     resolved = [(source.resolve(r), r) for r in refs]  # all names checked before writing
     sink = open_sink(path, fmt)
+    if conversion is not None:
+        sink = converting = converting_sink(sink, store, conversion)
     out = []
     opts = CopyOptions(platform, False, on_event)
     try:
@@ -186,7 +194,8 @@ def save_images(store: Store, refs: Sequence[str], path: Path, fmt: Format,
                     names = [full]
             except LaminaError:
                 names = []
-            out.append(copy_image(source, desc, sink, names, opts))
+            top = copy_image(source, desc, sink, names, opts)
+            out.append(converting.stored(top) if conversion is not None else top)
         sink.close()
     except BaseException:
         sink.abort()

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lamina.errors import InvalidInput
 from lamina.image.manifest import Descriptor, Platform
 from lamina.image.reference import Reference
 from lamina.store.store import Store
-from lamina.transport.compressing import CompressingSink
+from lamina.transport.compressing import CompressingSink, Conversion, converting_sink
 from lamina.transport.copy import CopyEvent, CopyOptions, copy_image
 from lamina.transport.places import Place, open_sink, open_source, parse_place
 from lamina.transport.registry import BlobPush, RegistryOptions, RegistrySink
@@ -28,6 +29,8 @@ class TransferOptions:
     client: Any = None      # a wire.HttpClient for the registry side (tests bring their own)
     # where a push may mount a blob from; default: the repositories the store recorded
     mount_from: Callable[[Descriptor], str | None] | None = None
+    # --dest-compress-format/--dest-compress-level: layers leave in this form
+    conversion: Conversion | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class TransferResult:
     names: tuple[str, ...]
     moved: int                      # blobs copied (not already there)
     present: int                    # blobs the destination already had
+    converted: int = 0              # layers written anew in another compression
 
 
 def transfer(store: Store, src: str | Place, dst: str | Place,
@@ -45,6 +49,9 @@ def transfer(store: Store, src: str | Place, dst: str | Place,
     opts = opts or TransferOptions()
     src_place = src if isinstance(src, Place) else parse_place(src)
     dst_place = dst if isinstance(dst, Place) else parse_place(dst)
+    if opts.conversion is not None and dst_place.kind == "docker-archive":
+        raise InvalidInput("docker-archive layers are written uncompressed: "
+                           "--dest-compress-format needs a registry, a store or an OCI layout")
     opened = open_source(src_place, store, opts.registry, opts.client)
     touched: set[str] = set()
     counts = {"moved": 0, "present": 0}
@@ -65,11 +72,12 @@ def transfer(store: Store, src: str | Place, dst: str | Place,
         sink, names = open_sink(dst_place, store, opts.registry, opened.name, opts.client,
                                 opts.mount_from)
         compressing: CompressingSink | None = None
-        if isinstance(sink, RegistrySink):
-            if opts.on_push is not None:
-                sink.on_blob = opts.on_push
-            # Plain layers go to a registry gzip'd, as Docker and skopeo push them.
-            sink = compressing = CompressingSink(sink, store.root / "tmp")
+        if isinstance(sink, RegistrySink) and opts.on_push is not None:
+            sink.on_blob = opts.on_push
+        if isinstance(sink, RegistrySink) or opts.conversion is not None:
+            # Plain layers go to a registry gzip'd, as Docker and skopeo push them;
+            # --dest-compress-format converts every layer, to any destination.
+            sink = compressing = converting_sink(sink, store, opts.conversion)
         try:
             top = copy_image(opened.source, opened.descriptor, sink, names, CopyOptions(
                 platform=opts.platform, all_platforms=opts.all_platforms, on_event=on_event,
@@ -90,11 +98,13 @@ def transfer(store: Store, src: str | Place, dst: str | Place,
     finally:
         opened.source.close()
     touched.add(str(top.digest))
+    if compressing is not None:     # a later push may mount what was sent converted
+        touched.update(str(d.digest) for d in compressing.sent())
     for place in (src_place, dst_place):
         if place.kind == "docker" and place.ref is not None:
             store.meta.add_blob_sources(place.ref.registry, place.ref.repository, touched)
     return TransferResult(src_place, dst_place, top, tuple(names), counts["moved"],
-                          counts["present"])
+                          counts["present"], compressing.converted if compressing else 0)
 
 
 def pull_place(ref: str) -> tuple[Place, Place]:
