@@ -9,11 +9,16 @@ let a later delta pull reuse a frame it finds by the content it holds.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import zstandard
+
 from lamina.digest import Digest
-from lamina.errors import NotFound
+from lamina.errors import InvalidInput, NotFound
 from lamina.layer.zstdchunked import Toc, frame_spans, parse_toc, toc_checksum, toc_location
 from lamina.store.store import Store
 
@@ -68,3 +73,37 @@ def record_contents(store: Store, blob: Digest, cmap: ChunkMap) -> int:
             for i, content in cmap.contents]
     store.meta.record_chunk_contents(rows)
     return len(rows)
+
+
+def header_frames(tar_split: bytes) -> list[bytes]:
+    """The uncompressed bytes of the frames between payloads (tar headers, padding, the
+    end of the archive), in order, rebuilt from the tar-split: its raw segments, cut at
+    every file entry that has content (vbatts/tar-split: segment, file, segment, ...).
+    Compressed as the chunked writer compresses them (``compress_header``), they are
+    the blob's own frames if it was written that way; a delta pull uses them instead of
+    fetching ~100 bytes per file, and the whole blob's digest decides (never a frame
+    alone: these frames have no digest of their own)."""
+    frames: list[bytes] = []
+    current = bytearray()
+    for line in tar_split.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            kind = entry.get("type")
+            if kind == 2:
+                current += base64.b64decode(entry.get("payload") or "")
+            elif kind == 1 and entry.get("size"):
+                frames.append(bytes(current))
+                current = bytearray()
+        except (ValueError, AttributeError, TypeError, binascii.Error):
+            raise InvalidInput("zstd:chunked layer: tar-split line is not a tar-split "
+                               "entry") from None
+    frames.append(bytes(current))
+    return frames
+
+
+def compress_header(data: bytes, level: int = 3) -> bytes:
+    """One header frame as ``chunkedwriter`` writes it (its default level, content
+    size in the frame header)."""
+    return zstandard.ZstdCompressor(level=level).compress(data)

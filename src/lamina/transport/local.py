@@ -23,6 +23,7 @@ from lamina.transport.verify import image_config, verify_layers
 if TYPE_CHECKING:
     from lamina.layer.chunkmap import ChunkMap
     from lamina.store.blobs import BlobWriter
+    from lamina.transport.delta import BlobRanges
 
 
 class StoreTransport:
@@ -183,6 +184,25 @@ class StoreTransport:
             w.abort()   # a failure leaves nothing behind, as ever
             raise
         self.publish_written(w, desc, spans)
+
+    def put_blob_delta(self, desc: Descriptor, ranges: BlobRanges,
+                       progress: Progress | None = None) -> int | None:
+        """Store a zstd:chunked layer fetching only the frames the store lacks
+        (transport/delta.py); the bytes reused, or None when the caller must fetch it
+        whole (not chunked, nothing to reuse, a TOC or a registry that does not hold)."""
+        if not mt.is_layer(desc.media_type) or not desc.annotations:
+            return None
+        from lamina.transport.delta import delta_pull
+
+        lease = self._lease()
+        self.store.meta.add_lease_resource(lease, str(desc.digest))
+        result = delta_pull(self.store, desc, ranges,
+                            lambda keys: self.store.meta.add_lease_resources(lease, keys),
+                            progress)
+        if result is None:
+            return None
+        self._publish(result.writer, desc.digest, result.chunks.spans, result.chunks)
+        return result.reused
 
     def publish_written(self, w: BlobWriter, desc: Descriptor,
                         spans: Sequence[tuple[int, int]] | None = None) -> None:
