@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from lamina.layer.zstdchunked import CHECKSUM_ANNOTATION
 from lamina.store.store import Store
 from lamina.transport.delta import GAP
 from lamina.transport.local import StoreTransport
-from lamina_testing import Lamina, need
+from lamina_testing import LAMINA, Lamina, need
 
 # "GET /v2/<repo>/blobs/sha256:... HTTP/1.1" 206 12345
 _LINE = re.compile(r'"GET (/v2/(\S+?)/(blobs|manifests)/\S+) HTTP/[\d.]+" (\d+) (\d+)')
@@ -160,6 +162,20 @@ def test_delta_pull_fetches_only_the_changed_file(lamina: Lamina, registry: Dock
     assert delta <= 1.1 * (changed + tail) + manifest_and_config, (delta, changed, tail, full)
     assert "Reused" in out and "Pull complete" in out, out
     _check_blob(lamina, other, "delta/one:v2", v2)
+    # pushed on to a second registry: the same blob (its digest); skopeo pulls it
+    skopeo = need("skopeo")
+    second = DockerRegistry(tmp_path / "second").start()
+    try:
+        dest = Reference.parse(f"{second.host}/delta/again:v2")
+        with Store(other.root) as store:
+            push_image(store, v2, dest)
+        subprocess.run([skopeo, "copy", "--src-tls-verify=false", f"docker://{dest}",
+                        f"oci:{tmp_path / 'again'}:v2"], check=True, capture_output=True)
+    finally:
+        second.stop()
+    layer = _layer(lamina, "delta/one:v2")
+    blob = tmp_path / "again" / "blobs" / "sha256" / str(layer["digest"]).split(":")[1]
+    assert Digest.from_bytes(blob.read_bytes()) == Digest.parse(str(layer["digest"]))
 
 
 def test_delta_pull_of_a_chmod_fetches_a_few_kb(lamina: Lamina, registry: DockerRegistry,
@@ -207,6 +223,7 @@ def test_delta_pull_falls_back_to_a_verified_full_fetch(
     with Store(other.root) as store:
         pull_image(store, v1)
         fake.ranges = fault != "ignores-range"
+        fake.range_ends = fault != "whole-tail-range"
         pull_image(store, v2)
     layer = _layer(lamina, "fb/app:v2")
     gets = [h for _, _, h in fake.requests("GET", f"/blobs/{layer['digest']}")]
@@ -265,5 +282,52 @@ def test_delta_pull_of_skopeo_chunked_layers(lamina: Lamina, registry: DockerReg
     big = sum(n for n, seen in frames if seen and n > GAP)
     assert new <= delta <= 1.1 * (len(blob) - big) + 4096, (delta, new, big)
     assert "Reused" in out
+    fsck = other.run("fsck", "--json").json()
+    assert not any(v for k, v in fsck.items() if isinstance(v, list)), fsck
+
+
+def test_kill_9_during_a_delta_pull_leaves_a_consistent_store(
+        lamina: Lamina, fake: FakeRegistry, tmp_path: Path) -> None:
+    """SIGKILL while the delta pull fetches its ranges (the fake dribbles them): the store
+    is consistent (fsck clean, nothing named), and the same pull then completes with
+    the registry's blob."""
+    lamina.run("import", "--compression", "zstd:chunked", "kill/app:v1", _tree(tmp_path / "v1"))
+    lamina.run("import", "--compression", "zstd:chunked", "kill/app:v2",
+               _tree(tmp_path / "v2", changed=True))
+    v1 = _serve(fake, lamina, "kill/app:v1", "v1")
+    v2 = _serve(fake, lamina, "kill/app:v2", "v2")
+    other = Lamina(tmp_path / "other", tmp_path)
+    with Store(other.root) as store:
+        pull_image(store, v1)
+    layer = _layer(lamina, "kill/app:v2")
+    fake.slow[str(layer["digest"])] = (4096, 0.05, 0)
+
+    def ranges() -> int:
+        return sum("Range" in h for _, _, h in fake.requests("GET", str(layer["digest"])))
+
+    proc = subprocess.Popen([LAMINA, "pull", str(v2)], env=other.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        # the tail (TOC) came, the plan is made, its ranges are being fetched
+        while ranges() < 2:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    fsck = other.run("fsck", "--json").json()
+    assert not any(v for k, v in fsck.items() if isinstance(v, list)), fsck
+    fake.slow.clear()
+    other.run("pull", str(v2))
+    assert _layer(other, str(v2))["digest"] == layer["digest"]
+    with Store(other.root) as store:
+        digest = Digest.parse(str(layer["digest"]))
+        assert store.blobs.chunked(digest) is not None
+        assert len(store.blobs.read_bytes(digest)) == layer["size"]
+    other.run("gc")
     fsck = other.run("fsck", "--json").json()
     assert not any(v for k, v in fsck.items() if isinstance(v, list)), fsck
