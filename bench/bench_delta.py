@@ -31,7 +31,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_layer import lamina_cli, ratio_text, run, store_env, timed  # noqa: E402
+from bench_layer import lamina_cli, ratio_text, run, timed  # noqa: E402
+from bench_registry import lamina_env  # noqa: E402 - compiled modules cached, as installed
 
 _LINE = re.compile(r'"GET /v2/\S+ HTTP/[\d.]+" (\d+) (\d+)')
 
@@ -97,7 +98,7 @@ def main() -> int:
     proc = None
     try:
         proc, registry, log = start_registry(work)
-        builder = store_env(work / "builder")
+        builder = lamina_env(work / "builder")
         for tag, changed in (("v1", False), ("v2", True)):
             tree = work / f"tree-{tag}"
             make_tree(tree, args.files, args.mb, changed)
@@ -110,7 +111,7 @@ def main() -> int:
         wire: dict[str, list[int]] = {"lamina": [], "skopeo": []}
         out = ""
         for n in range(args.runs):
-            env = store_env(work / f"store-{n}")
+            env = lamina_env(work / f"store-{n}")
             run([lamina, "pull", f"{registry}/bench/delta:v1"], env=env)
             before = log_bytes(log)
 
