@@ -331,3 +331,24 @@ def test_kill_9_during_a_delta_pull_leaves_a_consistent_store(
     other.run("gc")
     fsck = other.run("fsck", "--json").json()
     assert not any(v for k, v in fsck.items() if isinstance(v, list)), fsck
+
+
+def test_a_range_cut_off_mid_transfer_is_asked_again(lamina: Lamina, fake: FakeRegistry,
+                                                      tmp_path: Path) -> None:
+    """The connection drops inside a range (the tail's): that range is asked again and
+    the delta pull completes, never falling back to the whole blob."""
+    lamina.run("import", "--compression", "zstd:chunked", "cut/app:v1", _tree(tmp_path / "v1"))
+    lamina.run("import", "--compression", "zstd:chunked", "cut/app:v2",
+               _tree(tmp_path / "v2", changed=True))
+    v1 = _serve(fake, lamina, "cut/app:v1", "v1")
+    v2 = _serve(fake, lamina, "cut/app:v2", "v2")
+    other = Lamina(tmp_path / "other", tmp_path)
+    layer = _layer(lamina, "cut/app:v2")
+    with Store(other.root) as store:
+        pull_image(store, v1)
+        fake.cuts[str(layer["digest"])] = (int(str(layer["size"])) - 100, 1)
+        pull_image(store, v2)
+    gets = [h for _, _, h in fake.requests("GET", str(layer["digest"]))]
+    assert all("Range" in h for h in gets) and len(gets) >= 3, gets   # tail twice, then more
+    assert gets[0]["Range"] == gets[1]["Range"]
+    _check_blob(lamina, other, "cut/app:v2", str(v2))
