@@ -147,7 +147,8 @@ class Fault:
 
 class FakeRegistry:
     """A distribution-spec registry in memory, enough for pull and push, that can:
-    cut a blob's body after N bytes (``cuts``), ignore Range (``ranges=False``), serve
+    cut a blob's body after N bytes (``cuts``), ignore Range (``ranges=False``) or the
+    end of a range (``range_ends=False``: answered to the end of the blob), serve
     wrong bytes (``corrupt``), answer planned errors (``faults``), dribble a blob's body
     (``slow``: digest -> (piece, seconds, head): ``head`` bytes at once, then ``piece``
     bytes at a time with a pause between), and demand
@@ -162,6 +163,7 @@ class FakeRegistry:
         self.cuts: dict[str, tuple[int, int | None]] = {}   # digest -> (offset, times)
         self.slow: dict[str, tuple[int, float, int]] = {}   # digest -> (piece, pause, head)
         self.ranges = True
+        self.range_ends = True   # False: "bytes=a-b" is served to the end (a wrong range)
         self.corrupt: set[str] = set()
         self.faults: list[Fault] = []
         self.auth: str | None = None
@@ -376,11 +378,15 @@ class _Handler(BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         status, headers = 200, {"Content-Type": "application/octet-stream",
                                 "Docker-Content-Digest": digest, "Accept-Ranges": "bytes"}
+        end = len(data) - 1
         if rng and reg.ranges:
-            start = int(rng.removeprefix("bytes=").split("-")[0])
+            first, _, last = rng.removeprefix("bytes=").partition("-")
+            start = int(first)
+            if last and reg.range_ends:
+                end = min(end, int(last))
             status = 206
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        body = data[start:]
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        body = data[start:end + 1]
         cut = reg.cuts.get(digest)
         if cut is not None and (cut[1] is None or cut[1] > 0):
             with reg.lock:

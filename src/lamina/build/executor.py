@@ -529,8 +529,9 @@ class _Builder:
             return {}
         from lamina.layer.zstdchunked import annotations_from_blob
 
-        with open(self.store.blobs.path(digest), "rb") as f:
-            return annotations_from_blob(lambda off, n: os.pread(f.fileno(), n, off), size)
+        # open_file: the layer may be kept whole or as chunks (a chunked layer is).
+        with self.store.blobs.open_file(digest) as f:
+            return annotations_from_blob(lambda off, n: (f.seek(off), f.read(n))[1], size)
 
     def _cached(self, key: str) -> CacheRecord | None:
         if self.opts.no_cache:

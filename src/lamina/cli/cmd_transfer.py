@@ -104,6 +104,12 @@ class Printer:
             if self.mode == "pull":
                 text = {"exists": "Already exists", "start": "Pulling fs layer",
                         "done": "Pull complete"}.get(event.kind)
+                if event.kind == "done" and event.reused:
+                    from lamina.units import human_size
+
+                    # a delta pull: most of the layer came from the store
+                    text = (f"Pull complete (Reused {human_size(event.reused)} of "
+                            f"{human_size(desc.size)})")
                 if event.kind == "progress":
                     if self.bar is not None:
                         self.line(short, "Downloading", event.total, event.done)

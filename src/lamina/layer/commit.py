@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lamina.digest import Digest
 from lamina.layer.changes import Changeset
+from lamina.layer.chunkmap import ChunkMap, chunk_map, read_toc, record_contents
 from lamina.layer.compress import Writable
 from lamina.layer.options import Compression, LayerOptions
 from lamina.layer.tarwriter import TarInfo, write_changeset, write_tree
@@ -39,11 +40,22 @@ def commit_changeset(store: Store, lease: Lease, changes: Changeset | Path,
     else:
         cs = changes
         produce = lambda out: write_changeset(cs, out, options)  # noqa: E731
+    cmap: ChunkMap | None = None
     with store.blobs.writer() as w:
         info = produce(w)
         lease.add(w.digest)  # before it becomes visible: gc can never take it
         size = w.count
-        digest = w.commit()
+        digest = w.finish()
+        if info.spans:
+            # A chunked layer is kept as its frames (the point of the format: images
+            # that share files share them on disk too).  Costs a file and an fsync per
+            # new frame (design-notes, Store: Chunks).  The TOC is read back from what
+            # was written to learn which frame holds which content.
+            toc = read_toc(w.pread, info.annotations, size)
+            cmap = chunk_map(toc, size) if toc is not None else None
+        w.publish(cmap.spans if cmap is not None else None)
+    if cmap is not None:
+        record_contents(store, digest, cmap)
     store.meta.add_layer(str(digest), str(info.diff_id), media_type, size)
     store.meta.set_unpacked_size(str(info.diff_id), info.uncompressed_size)  # known here
     # Made here from this very tar: checked by construction (load and fsck skip it).

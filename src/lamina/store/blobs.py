@@ -275,6 +275,12 @@ class BlobWriter:
     def flush(self) -> None:
         self._file.flush()
 
+    def pread(self, offset: int, length: int) -> bytes:
+        """Bytes already written (a chunked layer's TOC, read back before ``publish``
+        to learn where to cut it)."""
+        self._file.flush()
+        return os.pread(self._file.fileno(), length, offset)
+
     def copy_from(self, src: BinaryIO | VerifyingReader) -> None:
         while chunk := src.read(CHUNK):
             self.write(chunk)

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +101,22 @@ def check_spans(spans: Sequence[tuple[int, int]], size: int) -> list[tuple[int, 
     if at != size:
         raise InvalidInput(f"chunk spans cover {at} bytes of a {size}-byte blob")
     return out
+
+
+_SYNCFS: list[Callable[[int], int] | None] = []   # looked up on first use
+
+
+def _syncfs(fd: int) -> bool:
+    """Flush the file system holding ``fd`` (every file written on it) to disk; False
+    where syncfs is not available or fails (the caller fsyncs each file instead)."""
+    if not _SYNCFS:
+        fn: Callable[[int], int] | None = None
+        if sys.platform == "linux":
+            with contextlib.suppress(OSError, AttributeError):
+                fn = ctypes.CDLL(None, use_errno=True).syncfs   # libc's, in the process
+        _SYNCFS.append(fn)
+    fn = _SYNCFS[0]
+    return fn is not None and fn(fd) == 0
 
 
 def _pread_full(fd: int, n: int, offset: int) -> bytes:
@@ -338,10 +356,14 @@ class ChunkStore:
             done += min(CHUNK << 2, length - done)
 
     def _commit(self, batch: list[_Temp]) -> None:
-        """fsync a batch (in parallel: the journal commits them together), then name
-        each; a chunk another writer named meanwhile is the same bytes."""
-        with ThreadPoolExecutor(min(_FSYNC_THREADS, len(batch))) as pool:
-            list(pool.map(lambda t: os.fsync(t.fd), batch))
+        """Make a batch durable, then name each; a chunk another writer named meanwhile
+        is the same bytes.  One ``syncfs(2)`` for the batch where there is one (Linux):
+        a chunked layer has a frame per file, and an fsync each cost ~1.3 ms of a pull's
+        time per frame here, one syncfs per 128 a tenth of that; else the fsyncs run in
+        parallel (the journal commits them together)."""
+        if not _syncfs(batch[0].fd):
+            with ThreadPoolExecutor(min(_FSYNC_THREADS, len(batch))) as pool:
+                list(pool.map(lambda t: os.fsync(t.fd), batch))
         for temp in batch:
             temp.rename(self.chunk_path(temp.digest))
 

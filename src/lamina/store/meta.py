@@ -364,6 +364,12 @@ class Metadata:
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO lease_resources VALUES(?,?)", (lease_id, key))
 
+    def add_lease_resources(self, lease_id: str, keys: Iterable[str]) -> None:
+        """Many at once (a delta pull leases every chunk it will reuse)."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO lease_resources VALUES(?,?)",
+                           [(lease_id, k) for k in keys])
+
     def delete_lease(self, lease_id: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM lease_resources WHERE lease=?", (lease_id,))
@@ -423,6 +429,10 @@ class Metadata:
         with self.transaction() as db:
             db.executemany("INSERT OR REPLACE INTO chunk_contents VALUES(?,?,?)",
                            [(c, k, int(n)) for c, k, n in rows])
+
+    def has_chunk_contents(self) -> bool:
+        """Whether any chunk's content is known (else a delta pull has nothing to reuse)."""
+        return bool(self._query("SELECT 1 FROM chunk_contents LIMIT 1"))
 
     def find_chunk_for_content(self, content: str) -> list[tuple[str, int]]:
         """Stored chunks whose bytes hold the content ``content``: ``(chunk digest,

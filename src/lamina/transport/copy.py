@@ -29,6 +29,7 @@ class CopyEvent:
     descriptor: Descriptor
     done: int = 0
     total: int | None = None
+    reused: int = 0     # "done": bytes taken from the destination instead (delta pull)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,15 @@ def _copy_blob(source: ImageSource, sink: ImageSink, desc: Descriptor, opts: Cop
     def progress(done: int, total: int | None) -> None:
         _emit(opts, CopyEvent("progress", desc, done, total))
 
+    # A zstd:chunked layer from a source that serves ranges, into a sink that can
+    # reuse its frames: fetch only what is missing (transport/delta.py); else whole.
+    ranges = getattr(source, "blob_ranges", None)
+    put_delta = getattr(sink, "put_blob_delta", None)
+    if ranges is not None and put_delta is not None and desc.annotations:
+        reused = put_delta(desc, ranges(desc), progress if opts.on_event else None)
+        if reused is not None:
+            _emit(opts, CopyEvent("done", desc, desc.size, desc.size, reused))
+            return
     with source.open_blob(desc) as reader:
         sink.put_blob(desc, reader, progress if opts.on_event else None)
     _emit(opts, CopyEvent("done", desc, desc.size, desc.size))

@@ -21,7 +21,9 @@ from lamina.transport.rewrite import PLAIN_LAYERS, gzip_descriptor, is_plain_lay
 from lamina.transport.verify import image_config, verify_layers
 
 if TYPE_CHECKING:
+    from lamina.layer.chunkmap import ChunkMap
     from lamina.store.blobs import BlobWriter
+    from lamina.transport.delta import BlobRanges
 
 
 class StoreTransport:
@@ -181,10 +183,56 @@ class StoreTransport:
         except BaseException:
             w.abort()   # a failure leaves nothing behind, as ever
             raise
-        self._publish(w, desc.digest, spans)
+        self.publish_written(w, desc, spans)
+
+    def put_blob_delta(self, desc: Descriptor, ranges: BlobRanges,
+                       progress: Progress | None = None) -> int | None:
+        """Store a zstd:chunked layer fetching only the frames the store lacks
+        (transport/delta.py); the bytes reused, or None when the caller must fetch it
+        whole (not chunked, nothing to reuse, a TOC or a registry that does not hold)."""
+        if not mt.is_layer(desc.media_type) or not desc.annotations:
+            return None
+        from lamina.transport.delta import delta_pull
+
+        lease = self._lease()
+        self.store.meta.add_lease_resource(lease, str(desc.digest))
+        result = delta_pull(self.store, desc, ranges,
+                            lambda keys: self.store.meta.add_lease_resources(lease, keys),
+                            progress)
+        if result is None:
+            return None
+        self._publish(result.writer, desc.digest, result.chunks.spans, result.chunks)
+        return result.reused
+
+    def publish_written(self, w: BlobWriter, desc: Descriptor,
+                        spans: Sequence[tuple[int, int]] | None = None) -> None:
+        """Publish a blob written and verified by ``w`` (``finish`` done).  A layer
+        marked zstd:chunked is kept as chunks, cut at the frames its own TOC names
+        (read back from the verified bytes), and its chunks' uncompressed contents are
+        recorded for later delta pulls; a TOC that does not hold keeps it whole."""
+        cmap = None
+        if spans is None and mt.is_layer(desc.media_type) and desc.annotations:
+            from lamina.layer.chunkmap import chunk_map, read_toc  # the layer room, lazily
+
+            try:
+                toc = read_toc(w.pread, desc.annotations, desc.size)
+                cmap = chunk_map(toc, desc.size) if toc is not None else None
+            except LaminaError:
+                cmap = None   # a lying TOC: the blob is still a verified zstd layer
+            spans = cmap.spans if cmap is not None else None
+        self._publish(w, desc.digest, spans, cmap)
 
     def _publish(self, w: BlobWriter, digest: Digest,
-                 spans: Sequence[tuple[int, int]] | None = None) -> None:
+                 spans: Sequence[tuple[int, int]] | None = None,
+                 cmap: ChunkMap | None = None) -> None:
+        def publish() -> Digest:
+            done = w.publish(spans)
+            if cmap is not None:
+                from lamina.layer.chunkmap import record_contents
+
+                record_contents(self.store, digest, cmap)
+            return done
+
         with self._lease_lock:
             if self._publisher is None:
                 self._publisher = ThreadPoolExecutor(2, thread_name_prefix="lamina-publish")
@@ -192,7 +240,7 @@ class StoreTransport:
             # fails (the directory fsync) must still be undone by abort.
             self._written.append(str(digest))
             self._pending.add(str(digest))
-            self._publishing.append(self._publisher.submit(w.publish, spans))
+            self._publishing.append(self._publisher.submit(publish))
 
     def _put_compressed(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
                         progress: Progress | None) -> None:

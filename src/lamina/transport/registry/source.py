@@ -186,6 +186,11 @@ class RegistrySource:
         return VerifyingReader(stream, desc.digest, desc.size,
                                what=f"{self.registry}: blob")
 
+    def blob_ranges(self, desc: Descriptor) -> BlobRanges:
+        """Byte ranges of a blob, each its own request (a delta pull's)."""
+        return BlobRanges(self.client, self._path("blobs", str(desc.digest)), self.scopes,
+                          desc, f"blob {desc.digest} of {self.ref.repository}")
+
     # -- listing -----------------------------------------------------------------------
     def tags(self) -> list[str]:
         """Every tag of the repository (following ``Link`` pagination)."""
@@ -224,7 +229,19 @@ class RegistrySource:
         self.client.close()
 
 
-class BlobStream:
+class _BlobAt:
+    """One blob of a repository, as the requests for it name it."""
+
+    def __init__(self, client: RegistryClient, path: str, scopes: tuple[str, ...],
+                 desc: Descriptor, what: str) -> None:
+        self.client = client
+        self.path = path
+        self.scopes = scopes
+        self.desc = desc
+        self.what = what
+
+
+class BlobStream(_BlobAt):
     """A blob's bytes from the registry, resumed after dropped connections.
 
     ``read`` hands out what the response body delivers; when the connection breaks (or
@@ -234,11 +251,7 @@ class BlobStream:
 
     def __init__(self, client: RegistryClient, path: str, scopes: tuple[str, ...],
                  desc: Descriptor, what: str) -> None:
-        self.client = client
-        self.path = path
-        self.scopes = scopes
-        self.desc = desc
-        self.what = what
+        super().__init__(client, path, scopes, desc, what)
         self.offset = 0            # bytes handed out so far
         self.resumed = 0           # requests after the first (for tests and progress)
         self._skip = 0             # bytes of a restarted (200) answer already handed out
@@ -347,6 +360,48 @@ class BlobStream:
 
     def close(self) -> None:
         self._close_resp()
+
+
+class BlobRanges(_BlobAt):
+    """``read(offset, length)``: exactly those bytes of a blob, by ``Range``.  A registry
+    that answers with the whole body (200) or another range than asked (a wrong
+    ``Content-Range``) gets ``TransportError``: the delta pull then fetches the blob
+    whole.  A connection lost mid-range is asked again (``RegistryOptions.retries``)."""
+
+    def read(self, offset: int, length: int) -> bytes:
+        end = offset + length - 1
+        if length <= 0 or end >= self.desc.size:
+            raise InvalidInput(f"{self.what}: bytes {offset}-{end} lie outside the blob")
+        for attempt in range(self.client.opts.retries + 1):
+            resp = self.client.send("GET", self.path, what=self.what, scopes=self.scopes,
+                                    headers={"Range": f"bytes={offset}-{end}",
+                                             "Accept-Encoding": "identity"},
+                                    ok=(200, 206), follow_redirects=True)
+            try:
+                got = resp.headers.get("content-range", "")
+                if resp.status_code != 206 or got.split("/")[0] != f"bytes {offset}-{end}":
+                    raise TransportError(
+                        f"{self.client.registry}: {self.what}: asked for bytes {offset}-{end},"
+                        f" got {'a ' + got if resp.status_code == 206 else 'the whole blob'}")
+                data = bytearray()
+                while len(data) <= length:
+                    piece = resp.read1(min(READ_SIZE, length + 1 - len(data)))
+                    if not piece:
+                        break
+                    data += piece
+            except WireError as e:
+                if attempt >= self.client.opts.retries:
+                    raise TransportError(f"{self.client.registry}: {self.what}: "
+                                         f"{e}") from None
+                self.client.pause(attempt)
+                continue
+            finally:
+                resp.close()
+            if len(data) != length:
+                raise TransportError(f"{self.client.registry}: {self.what}: range "
+                                     f"{offset}-{end} brought {len(data)} bytes")
+            return bytes(data)
+        raise AssertionError("unreachable")
 
 
 def _range_start(content_range: str) -> int | None:

@@ -1,0 +1,109 @@
+"""A zstd:chunked blob as the chunk store keeps it: its frame spans, and which spans
+hold which uncompressed content (the TOC's chunk digests).
+
+The store never parses layers (store/chunks.py): this is where a chunked layer's TOC
+turns into the ``spans`` a ``BlobWriter.publish`` cuts at, and, once the chunks are
+stored, into ``chunk_contents`` rows (uncompressed digest → stored compressed frame) that
+let a later delta pull reuse a frame it finds by the content it holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import zstandard
+
+from lamina.digest import Digest
+from lamina.errors import InvalidInput, NotFound
+from lamina.layer.zstdchunked import Toc, frame_spans, parse_toc, toc_checksum, toc_location
+from lamina.store.store import Store
+
+
+@dataclass(frozen=True)
+class ChunkMap:
+    """``spans``: the blob's frames, covering it once, in order.  ``contents``: for each
+    payload frame, its index in ``spans`` and the digest of the bytes it inflates to."""
+
+    spans: tuple[tuple[int, int], ...]
+    contents: tuple[tuple[int, str], ...]
+
+
+def chunk_map(toc: Toc, blob_size: int) -> ChunkMap:
+    spans = frame_spans(toc, blob_size)
+    index = {offset: i for i, (offset, _) in enumerate(spans)}
+    contents = []
+    for entry in toc.entries:
+        for c in entry.chunks:
+            i = index.get(c.offset)
+            # A frame the spans cut elsewhere (cannot happen with a checked TOC) is
+            # simply not offered for reuse.
+            if i is not None and spans[i][1] == c.end_offset - c.offset:
+                contents.append((i, c.chunk_digest))
+    return ChunkMap(tuple(spans), tuple(contents))
+
+
+def read_toc(read_at: Callable[[int, int], bytes], annotations: Mapping[str, str],
+             blob_size: int) -> Toc | None:
+    """The TOC the annotations point at, read with ``read_at(offset, length)`` and
+    checked against their checksum; None if the layer is not marked chunked.
+    ``InvalidInput`` when the TOC does not hold."""
+    loc = toc_location(annotations)
+    checksum = toc_checksum(annotations)
+    if loc is None or checksum is None:
+        return None
+    if loc.offset < 0 or loc.offset + loc.length > blob_size:
+        return parse_toc(b"", checksum, blob_size, loc)   # says why, in one line
+    return parse_toc(read_at(loc.offset, loc.length), checksum, blob_size, loc)
+
+
+def record_contents(store: Store, blob: Digest, cmap: ChunkMap) -> int:
+    """After ``blob`` was published as chunks cut at ``cmap.spans``: record which stored
+    chunk holds which content.  Returns the rows recorded (0 if the blob is kept whole)."""
+    try:
+        recipe = store.blobs.chunks.read_recipe(blob)
+    except NotFound:
+        return 0
+    if len(recipe.chunks) != len(cmap.spans):
+        return 0
+    rows = [(content, str(recipe.chunks[i][0]), recipe.chunks[i][1])
+            for i, content in cmap.contents]
+    store.meta.record_chunk_contents(rows)
+    return len(rows)
+
+
+def header_frames(tar_split: bytes) -> list[bytes]:
+    """The uncompressed bytes of the frames between payloads (tar headers, padding, the
+    end of the archive), in order, rebuilt from the tar-split: its raw segments, cut at
+    every file entry that has content (vbatts/tar-split: segment, file, segment, ...).
+    Compressed as the chunked writer compresses them (``compress_header``), they are
+    the blob's own frames if it was written that way; a delta pull uses them instead of
+    fetching ~100 bytes per file, and the whole blob's digest decides (never a frame
+    alone: these frames have no digest of their own)."""
+    frames: list[bytes] = []
+    current = bytearray()
+    for line in tar_split.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            kind = entry.get("type")
+            if kind == 2:
+                current += base64.b64decode(entry.get("payload") or "")
+            elif kind == 1 and entry.get("size"):
+                frames.append(bytes(current))
+                current = bytearray()
+        except (ValueError, AttributeError, TypeError, binascii.Error):
+            raise InvalidInput("zstd:chunked layer: tar-split line is not a tar-split "
+                               "entry") from None
+    frames.append(bytes(current))
+    return frames
+
+
+def compress_header(data: bytes, level: int = 3) -> bytes:
+    """One header frame as ``chunkedwriter`` writes it (its default level, content
+    size in the frame header)."""
+    return zstandard.ZstdCompressor(level=level).compress(data)
