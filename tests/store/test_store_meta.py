@@ -160,3 +160,35 @@ def test_second_connection_sees_writes(tmp_path: Path) -> None:
     finally:
         one.close()
         two.close()
+
+
+_OPEN_AND_WRITE = '''
+import sys, time
+from pathlib import Path
+from lamina.store.meta import Metadata
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+for i in range(250):
+    meta = Metadata(Path(sys.argv[1]))
+    with meta.transaction() as db:
+        db.execute("INSERT OR REPLACE INTO meta VALUES('probe', ?)", (str(i),))
+    meta.close()
+'''
+
+
+def test_processes_opening_and_closing_one_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two `lamina import`s into one new store failed in CI with "store metadata … is
+    unusable: database is locked": switching to WAL (and the last close's checkpoint)
+    take an exclusive lock, and SQLite answers an opener at once, without its busy
+    timeout.  Opening is retried now; every process must get through."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.time() + 1.0
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AND_WRITE, str(tmp_path / "meta.db"),
+                               str(start)], stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors

@@ -152,26 +152,56 @@ class Metadata:
         self.path = path
         self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None,
-                                       check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-            with self.transaction():
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        self._db.execute(stmt)
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)",
-                                 (str(SCHEMA_VERSION),))
+            self._db = self._connect(path, timeout)
         except sqlite3.DatabaseError as e:
-            with contextlib.suppress(Exception):
-                self._db.close()
             # In WAL mode even a reader must create meta.db-wal and -shm: on a full file
             # system that fails as "disk I/O error" (SQLITE_IOERR), not "disk is full".
             if "full" in str(e) or no_space_left(path.parent):
                 raise NoSpace(f"no space left on device: cannot open store metadata {path} "
                               f"({e}); {NO_SPACE_HINT}") from None
             raise StoreError(f"store metadata {path} is unusable: {e}") from None
+
+    @staticmethod
+    def _connect(path: Path, timeout: float) -> sqlite3.Connection:
+        """Connect, switch to WAL and create the schema, retrying while another process
+        is doing the same.  Two processes opening a new store at once (two imports)
+        could fail with "database is locked": turning a database to WAL takes an
+        exclusive lock, and SQLite answers SQLITE_BUSY at once, without the busy
+        handler, where waiting could deadlock (sqlite.org/wal.html, "Concurrency";
+        lang_transaction.html).  Opening again after a short wait is always safe."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            db = sqlite3.connect(path, timeout=timeout, isolation_level=None,
+                                 check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for stmt in _SCHEMA.split(";"):
+                        if stmt.strip():
+                            db.execute(stmt)
+                    db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)",
+                               (str(SCHEMA_VERSION),))
+                    db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
+                return db
+            except sqlite3.OperationalError as e:
+                db.close()
+                text = str(e)
+                if ("locked" not in text and "busy" not in text) \
+                        or time.monotonic() + delay > deadline:
+                    raise
+            except BaseException:
+                db.close()
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
 
     def close(self) -> None:
         self._db.close()
