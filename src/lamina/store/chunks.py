@@ -13,7 +13,8 @@ every reader still gets its original bytes).  Layout, beside ``blobs/``::
 The store never parses layers: the caller says where the blob splits (``spans``, the
 byte ranges at frame boundaries, from ``layer/``).  Crash safety, in order:
 
-1. the whole blob was verified (a ``BlobWriter.finish``, or hashed here while chunking);
+1. the whole blob was verified (a ``BlobWriter.finish``, or hashed here while chunking:
+   ``publish`` of an unverified file, a ``ChunkSink``);
 2. each chunk is written to ``ingest/`` under an flock, fsynced, renamed into
    ``chunks/``, the directory fsynced; a chunk already there is not written again;
 3. only then the recipe, the same way: a recipe never names a chunk not on disk;
@@ -252,14 +253,23 @@ class ChunkStore:
     # -- the lock gc and writers share --------------------------------------------------
     @contextlib.contextmanager
     def locked(self, exclusive: bool) -> Iterator[None]:
+        fd = self.lock(exclusive)
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+    def lock(self, exclusive: bool) -> int:
+        """Take ``chunks/lock``; the descriptor holds it until closed."""
         self.chunk_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.chunk_dir / "lock",
                      os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return fd
 
     # -- writing ------------------------------------------------------------------------
     def publish(self, blob: Digest, source: BinaryIO, spans: Sequence[tuple[int, int]],
@@ -400,6 +410,103 @@ class ChunkStore:
             for chunk in dict.fromkeys(d for d, _ in recipe.chunks):
                 used.setdefault(str(chunk), []).append(str(blob))
         return used, damaged
+
+
+class ChunkSink:
+    """A blob stored as chunks while it is assembled span by span, in order (a delta
+    pull, transport/delta.py), with no whole copy written and read back: a span already
+    stored is named (``stored``), a new one written once (``add``), and the whole blob
+    hashed once on the way.  The order of ``publish`` above holds: the shared lock from
+    the first chunk to the recipe, every chunk durable before ``finish`` checks the
+    whole digest, and only then the recipe.  Killed or refused midway, the new chunks
+    belong to no recipe: gc's, as above.  Touches no metadata (the lock is held)."""
+
+    def __init__(self, chunks: ChunkStore, blob: Digest) -> None:
+        self._chunks = chunks
+        self.blob = blob
+        self._whole = blob.hasher()
+        self._entries: list[tuple[Digest, int]] = []
+        self._batch: list[_Temp] = []
+        self._seen: set[Digest] = set()
+        self._wrote = False
+        self.count = 0
+        self._lock: int | None = chunks.lock(exclusive=False)
+        (chunks.chunk_dir / "sha256").mkdir(parents=True, exist_ok=True)
+
+    def stored(self, digest: Digest, length: int) -> None:
+        """A span that is the stored chunk ``digest`` (leased by the caller): hashed
+        into the whole digest, which checks it, never written again."""
+        try:
+            with open(self._chunks.chunk_name(digest), "rb") as f:
+                data = f.read(length + 1)
+        except FileNotFoundError:
+            raise NotFound(f"chunk {digest} not in the store") from None
+        if len(data) != length:
+            raise InvalidInput(f"stored chunk {digest} is not {length} bytes")
+        self._whole.update(data)
+        self._seen.add(digest)
+        self._entries.append((digest, length))
+        self.count += length
+
+    def add(self, data: bytes | memoryview) -> None:
+        """A span of new bytes: written as a chunk unless one holds them already."""
+        self._whole.update(data)
+        self.count += len(data)
+        digest = Digest.from_hasher(hashlib.sha256(data))
+        self._entries.append((digest, len(data)))
+        if digest in self._seen or self._chunks.has_chunk(digest):
+            self._seen.add(digest)
+            return
+        self._seen.add(digest)
+        try:
+            temp = _Temp(self._chunks.ingest_dir, digest)
+            self._batch.append(temp)
+            temp.write(data)
+            if len(self._batch) >= _BATCH:
+                self._flush()
+        except OSError as e:
+            raise disk_error(e, "the chunks of a blob") from None
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._chunks._commit(self._batch)
+            self._batch, self._wrote = [], True
+
+    def finish(self, size: int) -> Recipe:
+        """Make the chunks durable, check the whole blob's size and digest, then write
+        its recipe and let go of the lock; IntegrityError (nothing named) on a mismatch."""
+        try:
+            try:
+                self._flush()
+                if self._wrote:
+                    fsync_dir(self._chunks.chunk_dir / "sha256")
+            except OSError as e:
+                raise disk_error(e, "the chunks of a blob") from None
+            got = Digest.from_hasher(self._whole)
+            if self.count != size or got != self.blob:
+                raise IntegrityError(f"blob {self.blob}: content has digest {got} and "
+                                     f"{self.count} bytes, expected {size} (corrupt or "
+                                     "wrong blob); not stored")
+            recipe = Recipe(self.blob, size, tuple(self._entries))
+            if not self._chunks.has_recipe(self.blob):
+                self._chunks._write_recipe(recipe)
+        finally:
+            self.abort()
+        return recipe
+
+    def publish(self, spans: Sequence[tuple[int, int]] | None = None) -> Digest:
+        """Nothing left to do after ``finish`` (the recipe is durable); the blob's
+        digest (``BlobWriter.publish``'s signature, for ``transport/local``)."""
+        return self.blob
+
+    def abort(self) -> None:
+        """Drop chunks not yet named and let go of the lock (idempotent)."""
+        for temp in self._batch:
+            temp.drop()
+        self._batch = []
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
 
 class ChunkedFile(io.RawIOBase):

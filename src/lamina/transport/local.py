@@ -23,6 +23,7 @@ from lamina.transport.verify import image_config, verify_layers
 if TYPE_CHECKING:
     from lamina.layer.chunkmap import ChunkMap
     from lamina.store.blobs import BlobWriter
+    from lamina.store.chunks import ChunkSink
     from lamina.transport.delta import BlobRanges
 
 
@@ -222,7 +223,7 @@ class StoreTransport:
             spans = cmap.spans if cmap is not None else None
         self._publish(w, desc.digest, spans, cmap)
 
-    def _publish(self, w: BlobWriter, digest: Digest,
+    def _publish(self, w: BlobWriter | ChunkSink, digest: Digest,
                  spans: Sequence[tuple[int, int]] | None = None,
                  cmap: ChunkMap | None = None) -> None:
         def publish() -> Digest:
