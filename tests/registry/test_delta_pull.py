@@ -71,6 +71,11 @@ def _layer(lamina: Lamina, name: str) -> dict[str, object]:
     return layer
 
 
+def _assert_fsck_clean(store: Lamina) -> None:
+    fsck = store.run("fsck", "--json").json()
+    assert not any(v for k, v in fsck.items() if isinstance(v, list)), fsck
+
+
 def test_pulled_chunked_layer_is_kept_as_chunks(lamina: Lamina, registry: DockerRegistry,
                                                 tmp_path: Path) -> None:
     lamina.run("import", "--compression", "zstd:chunked", "dp/a:v1", _tree(tmp_path / "t"))
@@ -147,8 +152,7 @@ def _check_blob(lamina: Lamina, other: Lamina, name: str, ref: str) -> None:
     with Store(other.root) as store:
         assert store.blobs.chunked(digest) is not None
         assert len(store.blobs.read_bytes(digest, int(str(layer["size"])))) == layer["size"]
-    fsck = other.run("fsck", "--json").json()
-    assert not any(v for k, v in fsck.items() if isinstance(v, list)), fsck
+    _assert_fsck_clean(other)
 
 
 def test_delta_pull_fetches_only_the_changed_file(lamina: Lamina, registry: DockerRegistry,
@@ -207,6 +211,18 @@ def _serve(fake: FakeRegistry, lamina: Lamina, name: str, tag: str,
     return Reference.parse(f"{fake.host}/delta:{tag}")
 
 
+def _fake_pair(lamina: Lamina, fake: FakeRegistry, tmp_path: Path, repo: str,
+               lie: bool = False) -> tuple[Reference, Reference, Lamina]:
+    """v1 and v2 (one file changed) imported as zstd:chunked and served by the fake
+    (``lie``: v2's TOC checksum annotation names other bytes), and an empty store."""
+    lamina.run("import", "--compression", "zstd:chunked", f"{repo}:v1", _tree(tmp_path / "v1"))
+    lamina.run("import", "--compression", "zstd:chunked", f"{repo}:v2",
+               _tree(tmp_path / "v2", changed=True))
+    v1 = _serve(fake, lamina, f"{repo}:v1", "v1")
+    v2 = _serve(fake, lamina, f"{repo}:v2", "v2", lie=lie)
+    return v1, v2, Lamina(tmp_path / "other", tmp_path)
+
+
 @pytest.mark.parametrize("fault", ["ignores-range", "whole-tail-range", "lying-toc"])
 def test_delta_pull_falls_back_to_a_verified_full_fetch(
         lamina: Lamina, fake: FakeRegistry, tmp_path: Path, fault: str) -> None:
@@ -214,12 +230,7 @@ def test_delta_pull_falls_back_to_a_verified_full_fetch(
     another range than asked (the fake serves to the end of the blob), and a TOC
     checksum that lies: each pull still stores the registry's exact blob, fetched whole,
     and the store stays clean."""
-    lamina.run("import", "--compression", "zstd:chunked", "fb/app:v1", _tree(tmp_path / "v1"))
-    lamina.run("import", "--compression", "zstd:chunked", "fb/app:v2",
-               _tree(tmp_path / "v2", changed=True))
-    v1 = _serve(fake, lamina, "fb/app:v1", "v1")
-    v2 = _serve(fake, lamina, "fb/app:v2", "v2", lie=fault == "lying-toc")
-    other = Lamina(tmp_path / "other", tmp_path)
+    v1, v2, other = _fake_pair(lamina, fake, tmp_path, "fb/app", lie=fault == "lying-toc")
     with Store(other.root) as store:
         pull_image(store, v1)
         fake.ranges = fault != "ignores-range"
@@ -234,8 +245,7 @@ def test_delta_pull_falls_back_to_a_verified_full_fetch(
     with Store(other.root) as store:
         digest = Digest.parse(str(layer["digest"]))
         assert len(store.blobs.read_bytes(digest, int(str(layer["size"])))) == layer["size"]
-    fsck = other.run("fsck", "--json").json()
-    assert not any(v for k, v in fsck.items() if isinstance(v, list)), fsck
+    _assert_fsck_clean(other)
 
 
 def test_delta_pull_of_skopeo_chunked_layers(lamina: Lamina, registry: DockerRegistry,
@@ -282,8 +292,7 @@ def test_delta_pull_of_skopeo_chunked_layers(lamina: Lamina, registry: DockerReg
     big = sum(n for n, seen in frames if seen and n > GAP)
     assert new <= delta <= 1.1 * (len(blob) - big) + 4096, (delta, new, big)
     assert "Reused" in out
-    fsck = other.run("fsck", "--json").json()
-    assert not any(v for k, v in fsck.items() if isinstance(v, list)), fsck
+    _assert_fsck_clean(other)
 
 
 def test_kill_9_during_a_delta_pull_leaves_a_consistent_store(
@@ -291,12 +300,7 @@ def test_kill_9_during_a_delta_pull_leaves_a_consistent_store(
     """SIGKILL while the delta pull fetches its ranges (the fake dribbles them): the store
     is consistent (fsck clean, nothing named), and the same pull then completes with
     the registry's blob."""
-    lamina.run("import", "--compression", "zstd:chunked", "kill/app:v1", _tree(tmp_path / "v1"))
-    lamina.run("import", "--compression", "zstd:chunked", "kill/app:v2",
-               _tree(tmp_path / "v2", changed=True))
-    v1 = _serve(fake, lamina, "kill/app:v1", "v1")
-    v2 = _serve(fake, lamina, "kill/app:v2", "v2")
-    other = Lamina(tmp_path / "other", tmp_path)
+    v1, v2, other = _fake_pair(lamina, fake, tmp_path, "kill/app")
     with Store(other.root) as store:
         pull_image(store, v1)
     layer = _layer(lamina, "kill/app:v2")
@@ -319,8 +323,7 @@ def test_kill_9_during_a_delta_pull_leaves_a_consistent_store(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    fsck = other.run("fsck", "--json").json()
-    assert not any(v for k, v in fsck.items() if isinstance(v, list)), fsck
+    _assert_fsck_clean(other)
     fake.slow.clear()
     other.run("pull", str(v2))
     assert _layer(other, str(v2))["digest"] == layer["digest"]
@@ -329,20 +332,14 @@ def test_kill_9_during_a_delta_pull_leaves_a_consistent_store(
         assert store.blobs.chunked(digest) is not None
         assert len(store.blobs.read_bytes(digest)) == layer["size"]
     other.run("gc")
-    fsck = other.run("fsck", "--json").json()
-    assert not any(v for k, v in fsck.items() if isinstance(v, list)), fsck
+    _assert_fsck_clean(other)
 
 
 def test_a_range_cut_off_mid_transfer_is_asked_again(lamina: Lamina, fake: FakeRegistry,
                                                       tmp_path: Path) -> None:
     """The connection drops inside a range (the tail's): that range is asked again and
     the delta pull completes, never falling back to the whole blob."""
-    lamina.run("import", "--compression", "zstd:chunked", "cut/app:v1", _tree(tmp_path / "v1"))
-    lamina.run("import", "--compression", "zstd:chunked", "cut/app:v2",
-               _tree(tmp_path / "v2", changed=True))
-    v1 = _serve(fake, lamina, "cut/app:v1", "v1")
-    v2 = _serve(fake, lamina, "cut/app:v2", "v2")
-    other = Lamina(tmp_path / "other", tmp_path)
+    v1, v2, other = _fake_pair(lamina, fake, tmp_path, "cut/app")
     layer = _layer(lamina, "cut/app:v2")
     with Store(other.root) as store:
         pull_image(store, v1)
