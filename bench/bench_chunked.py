@@ -33,14 +33,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_layer import (  # noqa: E402 - the sibling's helpers
-    CACHE,
-    build_tree,
+    bench_tree,
     lamina_cli,
     ratio_text,
     run,
     store_env,
     timed,
-    tree_stats,
 )
 
 from lamina.digest import HashingWriter  # noqa: E402
@@ -67,13 +65,7 @@ def main() -> int:
         print("skopeo is not installed", file=sys.stderr)
         return 1
     lamina = lamina_cli()
-    tree: Path = args.tree or CACHE / "tree"
-    if args.tree is None and not tree.is_dir():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        print(f"building the benchmark tree in {tree} ...", flush=True)
-        build_tree(tree)
-    entries, size = tree_stats(tree)
-    print(f"tree: {tree}  {entries} entries, {size / 1e6:.1f} MB of file data")
+    tree = bench_tree(args.tree)
 
     work = Path(tempfile.mkdtemp(prefix="bench-chunked-", dir="/var/tmp"))
     try:

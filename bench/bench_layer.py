@@ -98,6 +98,19 @@ def tree_stats(root: Path) -> tuple[int, int]:
     return entries, size
 
 
+def bench_tree(given: Path | None) -> Path:
+    """The tree to measure: ``given`` (--tree), else the cached benchmark tree, built on
+    first use; says what it holds."""
+    tree = given or CACHE / "tree"
+    if given is None and not tree.is_dir():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        print(f"building the benchmark tree in {tree} ...", flush=True)
+        build_tree(tree)
+    entries, size = tree_stats(tree)
+    print(f"tree: {tree}  {entries} entries, {size / 1e6:.1f} MB of file data")
+    return tree
+
+
 def run(cmd: list[str], env: dict[str, str] | None = None) -> str:
     try:
         proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
@@ -152,13 +165,7 @@ def main() -> int:
         print("umoci is not installed", file=sys.stderr)
         return 1
 
-    tree: Path = args.tree or CACHE / "tree"
-    if args.tree is None and not tree.is_dir():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        print(f"building the benchmark tree in {tree} ...", flush=True)
-        build_tree(tree)
-    entries, size = tree_stats(tree)
-    print(f"tree: {tree}  {entries} entries, {size / 1e6:.1f} MB of file data")
+    tree = bench_tree(args.tree)
 
     work = Path(tempfile.mkdtemp(prefix="bench-layer-", dir="/var/tmp"))
     # Stores on the tree's filesystem (fsync and rename cost what they cost there).
