@@ -94,13 +94,18 @@ def test_a_pull_interrupted_midway_through_a_layer_goes_on_from_there(
     next pull asks the registry only for the rest (Range), then checks the whole."""
     big = tar_bytes([("big", os.urandom(3 << 20))])
     small = tar_bytes([("small", b"hello\n")])
-    fake.add_image("demo/half", "v1", [small, big])
+    manifest = json.loads(fake.add_image("demo/half", "v1", [small, big]))
     digest = sha256(big)
     fake.slow[digest] = (4096, 0.1, 2 << 20)    # 2 MiB at once, then a trickle
     ref = f"{fake.host}/demo/half:v1"
     partial = lamina.root / "ingest" / f"partial-sha256-{digest[7:]}"
+    blobs = lamina.root / "blobs" / "sha256"
+    # the config and the small layer travel beside the big one: wait for them too, or
+    # on a busy machine the signal can land before they are stored (seen in CI)
+    others = [manifest["config"]["digest"], sha256(small)]
     code, err = pull_and_interrupt(lamina, [ref], lambda: (
-        partial.exists() and partial.stat().st_size >= 2 << 20))
+        all((blobs / d.removeprefix("sha256:")).exists() for d in others)
+        and partial.exists() and partial.stat().st_size >= 2 << 20))
     assert code == 130, err
     assert err == "interrupted: 2 of 3 blobs pulled; run the same pull again to resume\n"
     assert partial.stat().st_size == 2 << 20
