@@ -335,3 +335,25 @@ def test_secret_flag_errors_are_one_line(base: Lamina, tmp_path: Path) -> None:
                               "/nonexistent/token"
     res = base.fail("build", "--secret", "src=/etc/hostname", ctx)
     assert res.code == 3 and "id is required" in res.err
+
+
+@pytest.mark.parametrize("snapshotter", ["overlay", "walk"])
+def test_nested_mounts_for_a_non_root_user(base: Lamina, tmp_path: Path,
+                                           snapshotter: str) -> None:
+    """A USER that is not root runs in lamina's own init (run/sandbox.py), which mounts
+    a cache inside a tmpfs itself; both snapshotters leave the mount points out."""
+    (tmp_path / "tok").write_text("user secret")
+    ctx = _ctx(tmp_path, """\
+FROM busybox
+RUN mkdir /out && chown 65534 /out
+USER 65534
+RUN --mount=type=tmpfs,target=/t --mount=type=cache,target=/t/c,uid=65534 \\
+    --mount=type=secret,id=tok,uid=65534 \\
+    sh -c 'echo x > /t/c/y && busybox stat -c "%u %a" /t /t/c /t/c/y > /out/stat; \\
+           cat /run/secrets/tok > /out/secret'
+""")
+    _build(base, "--snapshotter", snapshotter, "--secret", f"id=tok,src={tmp_path / 'tok'}",
+           "-t", "u", ctx)
+    assert _file(base, tmp_path, "u", "/out/stat") == "0 1777\n65534 755\n65534 644\n"
+    assert _file(base, tmp_path, "u", "/out/secret") == "user secret"
+    assert sorted(_new_layer(base, "u")) == ["out", "out/secret", "out/stat"]

@@ -297,6 +297,12 @@ for host, ctr, ro in spec["mounts"]:
         mount("tmpfs", root + ctr, "tmpfs", NOSUID | NODEV,
               "mode=1777" + (",size=%d" % size if size else ""))
         continue
+    if not os.path.lexists(root + ctr):  # under a tmpfs mounted just now: make it there
+        os.makedirs(os.path.dirname(root + ctr), exist_ok=True)
+        if os.path.isdir(host):
+            os.mkdir(root + ctr)
+        else:
+            os.close(os.open(root + ctr, os.O_WRONLY | os.O_CREAT, 0o644))
     mount(host, root + ctr, None, BIND | REC)
     if ro:
         mount(None, root + ctr, None, REMOUNT | BIND | RDONLY)
