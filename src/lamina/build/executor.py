@@ -647,9 +647,16 @@ class _Builder:
         return stepmounts.absolute(specs, workdir)
 
     def _mount_sources(self, state: _State, ins: Instruction) -> stepmounts.MountSources:
+        trees: dict[str, SourceTree] = {}
+
+        def tree(name: str) -> SourceTree:
+            # Once per step: an image's root is unpacked anew by each _tree_from.
+            if name not in trees:
+                trees[name] = self._tree_from(state, ins, name)
+            return trees[name]
+
         return stepmounts.MountSources(
-            store_root=self.store.root, scratch=self.tmp,
-            tree=lambda name: self._tree_from(state, ins, name),
+            store_root=self.store.root, scratch=self.tmp, tree=tree,
             secrets=self.opts.secrets, ssh=self.opts.ssh,
             on_wait=lambda message: self.emit("warning", message))
 

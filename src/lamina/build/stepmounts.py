@@ -66,7 +66,7 @@ class Prepared:
     """What the sandbox is given: bind mounts, tmpfs mounts, extra environment."""
 
     binds: list[tuple[Path, str, bool]] = field(default_factory=list)
-    tmpfs: list[tuple[str, int | None]] = field(default_factory=list)
+    tmpfs: list[tuple[str, int | None, int]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -208,7 +208,8 @@ class _Preparer:
         self.out.env.setdefault("SSH_AUTH_SOCK", spec.target)
 
     def tmpfs(self, spec: MountSpec) -> None:
-        self.out.tmpfs.append((spec.target, spec.size))
+        # Mode 1777: BuildKit passes none, so the kernel's tmpfs default.
+        self.out.tmpfs.append((spec.target, spec.size, 0o1777))
 
 
 def _copy_attrs(src: Path, dst: Path) -> None:

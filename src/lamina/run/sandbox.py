@@ -74,8 +74,8 @@ class ProcessSpec:
     """One process to run.  ``user`` is the image config's form: ``name``, ``uid``,
     ``uid:gid``, ``name:group`` (names looked up in the rootfs' /etc/passwd and
     /etc/group; empty means root).  ``mounts`` are (host path, container path,
-    read_only) bind mounts; ``tmpfs`` fresh tmpfs mounts (mode 1777, the kernel's
-    default, as BuildKit leaves it); all of them are mounted parents first.  ``env``
+    read_only) bind mounts; ``tmpfs`` fresh tmpfs mounts; all of them are mounted
+    parents first.  ``env``
     is the whole environment (PATH defaults to Docker's, HOME to the user's home)."""
 
     rootfs: Path
@@ -86,8 +86,8 @@ class ProcessSpec:
     mounts: tuple[tuple[Path, str, bool], ...] = ()
     network: Network = "none"
     hostname: str = "lamina"
-    # (container path, size in bytes or None): a fresh tmpfs there (RUN --mount=type=tmpfs)
-    tmpfs: tuple[tuple[str, int | None], ...] = ()
+    # (container path, size in bytes or None, mode): a fresh tmpfs there
+    tmpfs: tuple[tuple[str, int | None, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -292,10 +292,10 @@ for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/
                      ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
     os.symlink(target, dev + "/" + link)
 for host, ctr, ro in spec["mounts"]:
-    if host.startswith("tmpfs:"):  # a tmpfs: "tmpfs:<size>" (_with_tmpfs)
-        size = int(host[6:])
+    if host.startswith("tmpfs:"):  # a tmpfs: "tmpfs:<size>:<mode>" (_with_tmpfs)
+        size, mode = host[6:].split(":")
         mount("tmpfs", root + ctr, "tmpfs", NOSUID | NODEV,
-              "mode=1777" + (",size=%d" % size if size else ""))
+              "mode=%s" % mode + (",size=%s" % size if size != "0" else ""))
         continue
     if not os.path.lexists(root + ctr):  # under a tmpfs mounted just now: make it there
         os.makedirs(os.path.dirname(root + ctr), exist_ok=True)
@@ -420,9 +420,9 @@ def _bwrap_argv(spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str, s
             args += ["--cap-add", cap]
     args += ["--bind", os.fspath(spec.rootfs), "/", "--proc", "/proc", "--dev", "/dev"]
     for host, ctr, ro in mounts:
-        if host.startswith(_TMPFS):   # "tmpfs:<size>" (_with_tmpfs)
-            size = host.removeprefix(_TMPFS)
-            args += [*(["--size", size] if size != "0" else []), "--perms", "1777",
+        if host.startswith(_TMPFS):   # "tmpfs:<size>:<mode>" (_with_tmpfs)
+            size, mode = host.removeprefix(_TMPFS).split(":")
+            args += [*(["--size", size] if size != "0" else []), "--perms", mode,
                      "--tmpfs", ctr]
             continue
         args += ["--ro-bind" if ro else "--bind", host, ctr]
@@ -542,17 +542,18 @@ def run_process(spec: ProcessSpec, stdin: int | None = None, stdout: int | None 
         stubs.remove()
 
 
-def _with_tmpfs(mounts: list[tuple[str, str, bool]], tmpfs: tuple[tuple[str, int | None], ...],
+def _with_tmpfs(mounts: list[tuple[str, str, bool]],
+                tmpfs: tuple[tuple[str, int | None, int], ...],
                 stubs: _Stubs) -> list[tuple[str, str, bool]]:
-    """``mounts`` and the tmpfs ones (host ``tmpfs:<size in bytes, 0 for none>``: host
-    paths are absolute, so the two cannot be confused), sorted parents first as Docker
-    sorts a container's mounts (daemon/volumes.go sortMounts), so a bind inside a tmpfs
-    is not hidden by it."""
+    """``mounts`` and the tmpfs ones (host ``tmpfs:<size in bytes, 0 for none>:<octal
+    mode>``: host paths are absolute, so the two cannot be confused), sorted parents
+    first as Docker sorts a container's mounts (daemon/volumes.go sortMounts), so a bind
+    inside a tmpfs (a cache mount under a tmpfs one) is not hidden by it."""
     out = list(mounts)
-    for ctr, size in tmpfs:
+    for ctr, size, mode in tmpfs:
         if not ctr.startswith("/"):
             raise InvalidInput(f"mount target {ctr!r} must be an absolute path")
-        out.append((f"{_TMPFS}{size or 0}", stubs.ensure(ctr, True), False))
+        out.append((f"{_TMPFS}{size or 0}:{mode:o}", stubs.ensure(ctr, True), False))
     out.sort(key=lambda m: m[1].rstrip("/").count("/"))   # stable: same depth keeps order
     return out
 
