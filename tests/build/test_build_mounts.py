@@ -100,8 +100,12 @@ def test_cache_mount_survives_builds_stays_out_of_layers_df_and_prune(
     assert base.run("df", "--json").json()["cache_mounts"] == []
     _build(base, "--build-arg", "N=3", "-t", "c:3", ctx)
     assert _file(base, tmp_path, "c:3", "/result") == "build 3 saw: nothing\n"
-    # gc --cache removes it too (with the layer cache)
-    assert "0 cache mounts" not in base.run("gc", "--cache").out
+    # gc --cache removes it too (with the layer cache); a dry run says so first
+    assert len(base.run("df", "--json").json()["cache_mounts"]) == 1
+    dry = base.run("gc", "--cache", "--dry-run", "--json").json()
+    assert dry["cache_mounts_removed"] == ["/var/cache/app"]
+    assert len(base.run("df", "--json").json()["cache_mounts"]) == 1
+    assert ", 1 cache mount, " in base.run("gc", "--cache").out
     assert base.run("df", "--json").json()["cache_mounts"] == []
     # the prune left the images whole
     base.assert_consistent()
