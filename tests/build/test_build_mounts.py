@@ -361,3 +361,18 @@ RUN --mount=type=tmpfs,target=/t --mount=type=cache,target=/t/c,uid=65534 \\
     assert _file(base, tmp_path, "u", "/out/stat") == "0 1777\n65534 755\n65534 644\n"
     assert _file(base, tmp_path, "u", "/out/secret") == "user secret"
     assert sorted(_new_layer(base, "u")) == ["out", "out/secret", "out/stat"]
+
+
+def test_builder_prune_keeps_the_layers_images_use(base: Lamina, tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, CACHE)
+    first = _build(base, "--build-arg", "N=1", "-t", "keep", ctx)
+    _build(base, "--build-arg", "N=2", "-t", "gone", ctx)
+    base.run("rmi", "gone")
+    out = base.run("builder", "prune", "-f").out
+    assert out.startswith("Deleted build cache objects: 1\n"), out   # gone's RUN layer
+    again = _build(base, "--build-arg", "N=1", ctx)
+    assert (again["new_layers"], again["digest"]) == (0, first["digest"])
+    out = base.run("builder", "prune", "-a", "-f").out
+    assert out.startswith("Deleted build cache objects: 1\n"), out   # keep's, with -a
+    assert _build(base, "--build-arg", "N=1", ctx)["new_layers"] == 1
+    base.assert_consistent()
