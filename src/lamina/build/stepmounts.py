@@ -131,7 +131,7 @@ class _Preparer:
     def bind(self, spec: MountSpec) -> None:
         tree = self.sources.tree(spec.from_)
         rel, host = _source(tree, spec.source)
-        filtered = tree.ignore is not None and bool(tree.ignore.patterns) and host.is_dir()
+        filtered = host.is_dir() and _hides_something(tree, rel)
         if filtered or not spec.readonly:
             # A copy: what .dockerignore hides stays hidden, and rw writes go nowhere.
             copy = self._scratch("bind")
@@ -210,6 +210,23 @@ class _Preparer:
     def tmpfs(self, spec: MountSpec) -> None:
         # Mode 1777: BuildKit passes none, so the kernel's tmpfs default.
         self.out.tmpfs.append((spec.target, spec.size, 0o1777))
+
+
+def _hides_something(tree: SourceTree, rel: str) -> bool:
+    """Whether the ignore rules exclude anything under ``rel`` (stops at the first)."""
+    if tree.ignore is None or not tree.ignore.patterns:
+        return False
+    stack = [rel]
+    while stack:
+        top = stack.pop()
+        with os.scandir(tree.host_path(top)) as entries:
+            for e in entries:
+                child = f"{top}/{e.name}" if top else e.name
+                if tree.excluded(child):
+                    return True
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(child)
+    return False
 
 
 def _copy_attrs(src: Path, dst: Path) -> None:
