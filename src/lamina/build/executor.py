@@ -620,20 +620,20 @@ class _Builder:
         env = {**state.args, **state.env}
         user = str(state.config.get("User") or "0:0")
         workdir = state.workdir
-        mounts = self._mounts(state, ins, workdir)
+        specs = self._mounts(state, ins, workdir)
         sources = self._mount_sources(state, ins)
         created_by = "RUN " + (_json(argv) if ins.json_form else " ".join(argv))
         material = {"argv": argv, "env": sorted(env.items()), "user": user,
                     "workdir": workdir, "network": network}
-        if mounts:
+        if specs:
             # The mounts' specifications and bound content; never a secret's bytes nor
             # a cache mount's files (build/stepmounts.py).
-            material["mounts"] = stepmounts.key_material(mounts, sources)
+            material["mounts"] = stepmounts.key_material(specs, sources)
 
         def work(rootfs: Rootfs) -> None:
-            with stepmounts.prepare(mounts, sources) as prepared:
+            with stepmounts.prepare(specs, sources) as prepared:
                 self._run_process(ins, rootfs, argv, {**env, **prepared.env}, user, workdir,
-                                  network, prepared)
+                                  network, tuple(prepared.binds), tuple(prepared.tmpfs))
 
         self._layer_step(state, ins, created_by, material, work)
 
@@ -662,7 +662,8 @@ class _Builder:
 
     def _run_process(self, ins: Instruction, rootfs: Rootfs, argv: list[str],
                      env: dict[str, str], user: str, workdir: str, network: str,
-                     mounts: stepmounts.Prepared | None = None) -> None:
+                     mounts: tuple[tuple[Path, str, bool], ...] = (),
+                     tmpfs: tuple[tuple[str, int | None, int], ...] = ()) -> None:
         tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL)
         read_fd, write_fd = os.pipe()
 
@@ -676,10 +677,9 @@ class _Builder:
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
         try:
-            extra = mounts or stepmounts.Prepared()
             spec = ProcessSpec(rootfs=rootfs.path, argv=argv, env=env, cwd=workdir, user=user,
-                               network=network,  # type: ignore[arg-type]
-                               mounts=tuple(extra.binds), tmpfs=tuple(extra.tmpfs))
+                               mounts=mounts, tmpfs=tmpfs,
+                               network=network)  # type: ignore[arg-type]
             devnull = os.open(os.devnull, os.O_RDONLY)
             try:
                 status = run_process(spec, stdin=devnull, stdout=write_fd, stderr=write_fd)
