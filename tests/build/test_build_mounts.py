@@ -375,4 +375,8 @@ def test_builder_prune_keeps_the_layers_images_use(base: Lamina, tmp_path: Path)
     out = base.run("builder", "prune", "-a", "-f").out
     assert out.startswith("Deleted build cache objects: 1\n"), out   # keep's, with -a
     assert _build(base, "--build-arg", "N=1", ctx)["new_layers"] == 1
+    # system prune -a: all build cache, cache mounts included
+    assert "deleted cache mount: /var/cache/app" in base.run("system", "prune", "-a",
+                                                             "-f").out
+    assert base.run("df", "--json").json()["cache_mounts"] == []
     base.assert_consistent()
