@@ -319,7 +319,7 @@ class OverlayRootfs(_Base):
             if image is not None and image.manifest.layers:
                 lease = self._new_lease()
                 owner = image.digest if store.meta.get_image(image.digest) else None
-                self.lowers = Snapshotter(store).ensure(
+                self.lowers = Snapshotter(store).stack(
                     source, image.manifest.layers, image.config.diff_ids, owner=owner,
                     lease_id=lease)
             else:
