@@ -7,22 +7,17 @@ tars written straight into the store (no RUN steps)."""
 
 from __future__ import annotations
 
-import gzip
+import io
 import tarfile
 from pathlib import Path
 
 import pytest
-from run_helpers import entry, make_tar
+from run_helpers import entry, make_tar, store_image
 
 from lamina.digest import Digest
-from lamina.image import mediatypes as mt
-from lamina.image.config import History, build_config, chain_ids
-from lamina.image.manifest import Descriptor, build_manifest, current_platform
-from lamina.image.reference import Reference
+from lamina.image.config import chain_ids
 from lamina.run.snapshots import MAX_LOWERS, merge_point, merged_id
 from lamina.store.store import Store
-from lamina.transport.local import StoreTransport
-from lamina.transport.resolve import resolve_image
 from lamina_testing import Lamina, need_root
 
 DIR = tarfile.DIRTYPE
@@ -52,29 +47,19 @@ def _layer_tar(n: int) -> bytes:
     return make_tar(entries)
 
 
-def _deep_image(store: Store, base: str, tag: str, top: list[bytes]) -> list[Digest]:
-    """Record ``tag``: ``base``'s layers, then layers 2..HIGH, then ``top``; its
+def _base_tar(root: Path) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(root, arcname=".")
+    return raw.getvalue()
+
+
+def _deep_image(store: Store, base: bytes, tag: str, top: list[bytes]) -> list[Digest]:
+    """Record ``tag``: the ``base`` layer, then layers 2..HIGH, then ``top``; its
     diff_ids."""
-    source = StoreTransport(store)
-    image = resolve_image(source, source.resolve(base))
-    layers, diff_ids = list(image.manifest.layers), list(image.config.diff_ids)
-    for raw in [_layer_tar(n) for n in range(2, HIGH + 1)] + top:
-        blob = gzip.compress(raw, compresslevel=1, mtime=0)
-        digest, diff_id = store.blobs.put_bytes(blob), Digest.from_bytes(raw)
-        store.meta.add_layer(str(digest), str(diff_id), mt.OCI_LAYER_GZIP, len(blob))
-        layers.append(Descriptor(mt.OCI_LAYER_GZIP, digest, len(blob)))
-        diff_ids.append(diff_id)
-    config = build_config(diff_ids, [History(created_by=f"layer {i}")
-                                     for i in range(len(diff_ids))],
-                          current_platform(), created="2024-01-01T00:00:00Z")
-    store.blobs.put_bytes(config.raw)
-    manifest = build_manifest(Descriptor(mt.OCI_CONFIG, config.digest, len(config.raw)),
-                              layers)
-    store.blobs.put_bytes(manifest.raw)
-    store.meta.add_image(str(manifest.digest), manifest.media_type, len(manifest.raw),
-                         [str(d.digest) for d in manifest.blobs()],
-                         tag=str(Reference.parse(tag)))
-    return diff_ids
+    tars = [base] + [_layer_tar(n) for n in range(2, HIGH + 1)] + top
+    store_image(store, tag, tars)
+    return [Digest.from_bytes(t) for t in tars]
 
 
 def _snapshots(lam: Lamina) -> tuple[list[str], list[str]]:
@@ -95,10 +80,10 @@ def test_merge_point() -> None:
 
 
 def test_run_and_build_on_500_layers(fresh: Lamina, seed: Path, tmp_path: Path) -> None:
-    fresh.run("import", "base", seed / "os")
+    base = _base_tar(seed / "os")
     with Store(fresh.root) as store:
-        deep = _deep_image(store, "base", "deep:1", [])
-        _deep_image(store, "base", "deep:2", [make_tar([entry("top", data=b"t")])])
+        deep = _deep_image(store, base, "deep:1", [])
+        _deep_image(store, base, "deep:2", [make_tar([entry("top", data=b"t")])])
     assert len(deep) == 500 and merge_point(500) == merge_point(501) == 400
     key = str(merged_id(chain_ids(deep)[399]))
 

@@ -168,7 +168,8 @@ def save(refs: tuple[str, ...], output: Path, format_: str | None, platform: str
                             Platform.parse(platform) if platform else None, on_event,
                             conversion(dest_format, dest_level), exclude)
     if exclude:
-        say(f"Left out {len(saved.omitted)} layers the reader has "
+        n = len(saved.omitted)
+        say(f"Left out {n} layer{'' if n == 1 else 's'} the reader has "
             f"({human_size(sum(d.size for d in saved.omitted))})", sys.stderr)
 
 
