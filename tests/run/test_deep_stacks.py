@@ -100,13 +100,24 @@ def test_run_and_build_on_500_layers(fresh: Lamina, seed: Path, tmp_path: Path) 
     merged, layers = _snapshots(fresh)
     assert merged == [key] and len(layers) == 100     # the merge, then the top 100
 
+    # the merged snapshot's files come from the store's file pool like any snapshot's:
+    # the base image alone, run, holds the same busybox inode
+    with Store(fresh.root) as store:
+        store_image(store, "base", [base])
+    assert run("base", "cat", "/etc/hostname") == "lamina-seed\n"
+    snaps = fresh.root / "snapshots"
+    alone = (snaps / deep[0].encoded / "bin" / "busybox").stat()
+    inside = (snaps / key.removeprefix("sha256:") / "bin" / "busybox").stat()
+    assert (alone.st_ino, alone.st_dev) == (inside.st_ino, inside.st_dev)
+    assert alone.st_nlink == 3   # the two snapshots and the pool entry
+
     # a second image with the same 400-layer prefix reuses the merged snapshot
     assert run("deep:2", "cat", "/top", f"/file{HIGH}") == f"t{HIGH}\n"
     merged, layers = _snapshots(fresh)
-    assert merged == [key] and len(layers) == 101
+    assert merged == [key] and len(layers) == 102     # the top one of deep:2, and base's
     usage = fresh.run("df", "--json").json()
     [row] = [r for r in usage["summary"] if r["type"] == "Snapshots"]
-    assert row["total"] == 102
+    assert row["total"] == 103
 
     # a RUN step of a build over it: reads through the merged prefix, deletes from it
     ctx = tmp_path / "ctx"
