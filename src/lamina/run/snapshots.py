@@ -96,6 +96,12 @@ def merged_id(chain_id: Digest) -> Digest:
     return Digest("sha256", hashlib.sha256(f"lamina-merged-1 {chain_id}".encode()).hexdigest())
 
 
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise StoreError("overlay snapshots need root (whiteouts are device nodes); "
+                         "use the walk snapshotter")
+
+
 def snapshot_key(chain_id: Digest | str) -> str:
     """The node that names a snapshot in the store's content graph (gc, leases)."""
     return f"{SNAPSHOT_PREFIX}{chain_id}"
@@ -195,6 +201,7 @@ class Snapshotter:
             return self.ensure(source, layers, diff_ids, owner, lease_id)
         if len(layers) != len(diff_ids):
             raise StoreError(f"{len(layers)} layers but {len(diff_ids)} diff_ids")
+        _need_root()
         chains = chain_ids(diff_ids)
         key = merged_id(chains[cut - 1])
         meta = self.store.meta
@@ -211,9 +218,7 @@ class Snapshotter:
                 lease_id: str | None) -> list[Path]:
         """``ensure`` for the layers from ``start`` up (their chain ids are the whole
         stack's)."""
-        if os.geteuid() != 0:
-            raise StoreError("overlay snapshots need root (whiteouts are device nodes); "
-                             "use the walk snapshotter")
+        _need_root()
         chains = chain_ids(diff_ids)
         meta = self.store.meta
         if lease_id is not None:

@@ -228,7 +228,7 @@ def missing_blobs(source: ImageSource, desc: Descriptor, in_source: Holds,
             continue
         seen.add(str(d.digest))
         if not in_source(d):
-            out.append((d, "the image's manifest"))
+            out.append((d, "the manifest" if d is desc else "a manifest of its index"))
             continue
         doc: Manifest | Index = fetch_manifest(source, d)
         if isinstance(doc, Index):
