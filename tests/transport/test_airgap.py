@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from lamina.transport.inventory import INCREMENTAL_ANNOTATION, OMITTED_ANNOTATION
-from lamina_testing import Lamina, seed_sources, tree_listing
+from lamina_testing import Lamina, need, seed_sources, tree_listing
 
 
 @pytest.fixture
@@ -159,6 +160,15 @@ def test_docker_archive_cannot_be_incremental(gap: tuple[Lamina, Lamina, Path],
         assert not (tmp_path / "d.tar").exists()
 
 
-def test_full_save_is_not_marked(gap: tuple[Lamina, Lamina, Path], tmp_path: Path) -> None:
-    _, _, r1 = gap
+def test_full_save_is_not_marked_and_skopeo_reads_it(gap: tuple[Lamina, Lamina, Path],
+                                                     tmp_path: Path) -> None:
+    a, _, r1 = gap
     assert "annotations" not in _index(r1)
+    skopeo = need("skopeo")
+    subprocess.run([skopeo, "copy", "-q", f"oci-archive:{r1}", f"oci:{tmp_path / 'copy'}:1"],
+                   check=True, capture_output=True)
+    # an incremental one lacks blobs: skopeo stops on the first, as expected
+    a.run("save", "app:2", "--exclude", "app:1", "-o", tmp_path / "y.tar")
+    res = subprocess.run([skopeo, "copy", "-q", f"oci-archive:{tmp_path / 'y.tar'}",
+                          f"oci:{tmp_path / 'copy2'}:2"], capture_output=True, text=True)
+    assert res.returncode != 0
