@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from lamina.build.ignore import IgnoreMatcher
 from lamina.errors import InvalidInput, NotFound
 from lamina.layer import ApplyOptions, apply_layer
 from lamina.run.sandbox import resolve_in_root as sandbox_resolve
@@ -182,8 +183,29 @@ def _copy_entry(src: str, dst: str, attrs: CopyAttrs, skip: Skip = _never) -> No
     # sockets, fifos and devices in a build context are skipped, as Docker does
 
 
+def excluding(skip: Skip, exclude: IgnoreMatcher | None, top: Path) -> Skip:
+    """``skip``, and also what ``COPY --exclude`` patterns match, relative to the source
+    ``top`` (fsutil copy.go matches them against the path below the source; the source
+    itself is never excluded).  An excluded directory that a ``!`` pattern may reach into
+    is walked, as fsutil does."""
+    if exclude is None:
+        return skip
+    base = os.fspath(top)
+
+    def check(host: str) -> bool:
+        if skip(host):
+            return True
+        rel = os.path.relpath(host, base)
+        if rel == "." or rel.startswith("../") or not exclude.matches(rel):
+            return False
+        return not (os.path.isdir(host) and not os.path.islink(host)
+                    and exclude.may_match_inside(rel))
+
+    return check
+
+
 def copy_into(root: Path, sources: list[Path], dest: str, attrs: CopyAttrs,
-              skip: Skip = _never) -> None:
+              skip: Skip = _never, exclude: IgnoreMatcher | None = None) -> None:
     """Docker's COPY placement rules (Dockerfile reference, "COPY"):
     a directory source copies its *contents*; with several sources, or a destination
     ending in ``/``, or an existing directory, files land inside ``dest``; otherwise a
@@ -196,17 +218,47 @@ def copy_into(root: Path, sources: list[Path], dest: str, attrs: CopyAttrs,
         raise InvalidInput(f"when using COPY with more than one source file, the destination "
                            f"must be a directory and end with a /: {dest}")
     for src in sources:
+        skip_src = excluding(skip, exclude, src)
         if src.is_dir() and not src.is_symlink():
             _ensure_dir(target, attrs.owner)
             with os.scandir(src) as it:
                 for entry in sorted(it, key=lambda e: e.name):
-                    _copy_entry(entry.path, str(target / entry.name), attrs, skip)
+                    _copy_entry(entry.path, str(target / entry.name), attrs, skip_src)
             continue
         if dest_is_dir:
             _ensure_dir(target, attrs.owner)
-            _copy_entry(str(src), str(target / src.name), attrs, skip)
+            _copy_entry(str(src), str(target / src.name), attrs, skip_src)
         else:
-            _copy_entry(str(src), str(target), attrs, skip)
+            _copy_entry(str(src), str(target), attrs, skip_src)
+
+
+def copy_parents(root: Path, base: Path, rels: list[str], dest: str, attrs: CopyAttrs,
+                 skip: Skip = _never, exclude: IgnoreMatcher | None = None) -> None:
+    """``COPY --parents``: each ``rels`` path (relative to ``base``, the source root or
+    the part before a ``/./`` pivot) lands at ``dest/<rel>``; the directories on the way
+    are copied from the source's (mode, owner per --chown, mtime) where the image lacks
+    them (fsutil copy.go ``createParentDirs``), existing ones are kept."""
+    target = resolve_in_root(root, dest.rstrip("/") + "/", create_dirs=True,
+                             owner=attrs.owner)
+    _ensure_dir(target, attrs.owner)
+    check = excluding(skip, exclude, base)
+    for rel in rels:
+        parts = [p for p in rel.split("/") if p]
+        src_dir, dst_dir = base, target
+        for part in parts[:-1]:
+            src_dir, dst_dir = src_dir / part, dst_dir / part
+            if os.path.isdir(dst_dir) and not os.path.islink(dst_dir):
+                continue
+            _clear(str(dst_dir), for_dir=False)
+            os.mkdir(dst_dir, 0o755)
+            _set_attrs(str(dst_dir), os.stat(src_dir), attrs, False)
+        src = base / rel if parts else base
+        if not parts:  # the whole base: its contents
+            with os.scandir(src) as it:
+                for entry in sorted(it, key=lambda e: e.name):
+                    _copy_entry(entry.path, str(target / entry.name), attrs, check)
+        elif not check(str(src)):
+            _copy_entry(str(src), str(dst_dir / parts[-1]), attrs, check)
 
 
 def _archive_stream(path: Path) -> BinaryIO | None:
@@ -233,7 +285,7 @@ def _archive_stream(path: Path) -> BinaryIO | None:
 
 
 def add_into(root: Path, sources: list[Path], dest: str, attrs: CopyAttrs,
-             skip: Skip = _never) -> None:
+             skip: Skip = _never, exclude: IgnoreMatcher | None = None) -> None:
     """ADD: like COPY, but a local tar archive is unpacked into ``dest`` (a directory)."""
     plain: list[Path] = []
     for src in sources:
@@ -251,7 +303,7 @@ def add_into(root: Path, sources: list[Path], dest: str, attrs: CopyAttrs,
             if attrs.owner is not None or attrs.mode is not None:
                 _reown(target, attrs)
     if plain:
-        copy_into(root, plain, dest, attrs, skip)
+        copy_into(root, plain, dest, attrs, skip, exclude)
 
 
 def _reown(top: Path, attrs: CopyAttrs) -> None:
