@@ -26,7 +26,8 @@ from lamina.run.sandbox import resolve_in_root as sandbox_resolve
 
 
 def resolve_in_root(root: Path, path: str, create_dirs: bool = False,
-                    follow_last: bool = True, owner: Owner | None = None) -> Path:
+                    follow_last: bool = True, owner: Owner | None = None,
+                    mode: int | None = None) -> Path:
     """The host path of container ``path`` under ``root``, symlinks followed inside the
     root only (run.sandbox.resolve_in_root: the process's view).  ``create_dirs`` makes
     the missing parent directories (0755 whatever the umask, owned by ``owner``, else
@@ -40,7 +41,7 @@ def resolve_in_root(root: Path, path: str, create_dirs: bool = False,
             current = current / part
             try:
                 os.mkdir(current, 0o755)
-                _made_dir(current, owner)
+                _made_dir(current, owner, mode)
             except FileExistsError:
                 if not current.is_dir():
                     raise InvalidInput(f"{path}: {current.relative_to(root)} is not a "
@@ -57,18 +58,19 @@ class Owner:
     gid: int
 
 
-def _made_dir(path: Path, owner: Owner | None) -> None:
+def _made_dir(path: Path, owner: Owner | None, mode: int | None = None) -> None:
     """A directory COPY/ADD had to create for its destination (missing parents, or the
-    destination itself): 0755, owned by the ``--chown`` user when there is one, as
-    BuildKit makes it (tonistiigi/fsutil copy/mkdir.go ``MkdirAll`` chowns each directory
-    it creates; copy.go ``Copy``/``prepareTargetDir`` call it for the destination's
-    parents and for a directory's destination)."""
-    os.chmod(path, 0o755)
+    destination itself): 0755 (the ``--chmod`` mode if given), owned by the ``--chown``
+    user when there is one, as BuildKit makes it (tonistiigi/fsutil copy/mkdir.go
+    ``MkdirAll`` chowns each directory it creates; copy.go ``Copy``/``prepareTargetDir``
+    call it for the destination's parents and for a directory's destination, with
+    ``CopyInfo.Mode`` as the permission when set)."""
+    os.chmod(path, 0o755 if mode is None else mode)
     if owner is not None and os.geteuid() == 0:
         os.lchown(path, owner.uid, owner.gid)
 
 
-def _ensure_dir(path: Path, owner: Owner | None) -> None:
+def _ensure_dir(path: Path, owner: Owner | None, mode: int | None = None) -> None:
     """``path`` (its parent exists) as a directory, made as ``_made_dir`` says if missing."""
     try:
         os.mkdir(path, 0o755)
@@ -77,7 +79,7 @@ def _ensure_dir(path: Path, owner: Owner | None) -> None:
             raise InvalidInput(f"cannot copy into {path.name}: it is not a directory in the "
                                "image") from None
         return
-    _made_dir(path, owner)
+    _made_dir(path, owner, mode)
 
 
 def _read_db(root: Path, name: str) -> list[list[str]]:
@@ -211,7 +213,8 @@ def copy_into(root: Path, sources: list[Path], dest: str, attrs: CopyAttrs,
     ending in ``/``, or an existing directory, files land inside ``dest``; otherwise a
     single file source becomes ``dest``."""
     dest_is_dir = dest.endswith("/") or len(sources) > 1
-    target = resolve_in_root(root, dest, create_dirs=True, owner=attrs.owner)
+    target = resolve_in_root(root, dest, create_dirs=True, owner=attrs.owner,
+                             mode=attrs.mode)
     if not dest_is_dir and target.is_dir() and not sources[0].is_dir():
         dest_is_dir = True
     if len(sources) > 1 and not dest.endswith("/"):
@@ -220,13 +223,13 @@ def copy_into(root: Path, sources: list[Path], dest: str, attrs: CopyAttrs,
     for src in sources:
         skip_src = excluding(skip, exclude, src)
         if src.is_dir() and not src.is_symlink():
-            _ensure_dir(target, attrs.owner)
+            _ensure_dir(target, attrs.owner, attrs.mode)
             with os.scandir(src) as it:
                 for entry in sorted(it, key=lambda e: e.name):
                     _copy_entry(entry.path, str(target / entry.name), attrs, skip_src)
             continue
         if dest_is_dir:
-            _ensure_dir(target, attrs.owner)
+            _ensure_dir(target, attrs.owner, attrs.mode)
             _copy_entry(str(src), str(target / src.name), attrs, skip_src)
         else:
             _copy_entry(str(src), str(target), attrs, skip_src)
@@ -239,8 +242,8 @@ def copy_parents(root: Path, base: Path, rels: list[str], dest: str, attrs: Copy
     are copied from the source's (mode, owner per --chown, mtime) where the image lacks
     them (fsutil copy.go ``createParentDirs``), existing ones are kept."""
     target = resolve_in_root(root, dest.rstrip("/") + "/", create_dirs=True,
-                             owner=attrs.owner)
-    _ensure_dir(target, attrs.owner)
+                             owner=attrs.owner, mode=attrs.mode)
+    _ensure_dir(target, attrs.owner, attrs.mode)
     check = excluding(skip, exclude, base)
     for rel in rels:
         parts = [p for p in rel.split("/") if p]
@@ -295,8 +298,8 @@ def add_into(root: Path, sources: list[Path], dest: str, attrs: CopyAttrs,
             continue
         with stream:
             target = resolve_in_root(root, dest if dest.endswith("/") else dest + "/",
-                                     create_dirs=True, owner=attrs.owner)
-            _ensure_dir(target, attrs.owner)
+                                     create_dirs=True, owner=attrs.owner, mode=attrs.mode)
+            _ensure_dir(target, attrs.owner, attrs.mode)
             # An archive's own owners are kept (as Docker does) unless --chown; its
             # ".wh." names are plain files here, not whiteouts.
             apply_layer(stream, target, options=ApplyOptions(whiteouts=False))
