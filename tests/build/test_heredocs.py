@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lamina.build.dockerfile import Instruction, parse
+from lamina.build.heredoc import InlineFile, RunCommand, inline_sources, run_command
 from lamina_testing import Lamina
 
 
@@ -131,3 +133,22 @@ def test_syntax_directive_is_noted_on_stderr(base: Lamina, tmp_path: Path) -> No
     assert res.err.strip() == ("Containerfile:1: note: ignoring '# syntax=docker/dockerfile:1':"
                                " lamina parses the file with its own Dockerfile frontend")
     assert res.json()["new_layers"] == 1
+
+
+def _first(text: str) -> Instruction:
+    return parse("FROM a\n" + text).stages[0].instructions[0]
+
+
+def test_run_and_copy_heredoc_values() -> None:
+    sh = ["/bin/sh", "-c"]
+    # <<- strips the tabs of the body BuildKit runs itself, shebang or not.
+    assert run_command(_first("RUN <<-EOF\n\techo hi\n\tEOF\n"), sh) == RunCommand(
+        [*sh, "echo hi\n"], None)
+    assert run_command(_first("RUN <<-EOF\n\t#!/bin/sh\n\techo\n\tEOF\n"), sh) == RunCommand(
+        [*sh, "/dev/pipes/EOF"], InlineFile("EOF", b"#!/bin/sh\necho\n", 0o755))
+    # Not a lone heredoc word: the shell gets the line, each body and its terminator.
+    assert run_command(_first("RUN python3 <<'PY'\nprint(1)\nPY\n"), sh) == RunCommand(
+        [*sh, "python3 <<'PY'\nprint(1)\nPY"], None)
+    ins = _first("COPY <<-A <<'B' /d/\n\t$X\n\tA\n$X\nB\n")
+    assert inline_sources(ins, ["<<-A", "<<'B'"], {"X": "x"}) == [
+        InlineFile("A", b"x\n", 0o644), InlineFile("B", b"$X\n", 0o644)]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina.build import remote
-from lamina.build.context import SourceTree, has_magic
+from lamina.build.context import SourceTree
 from lamina.build.fsops import CopyAttrs, add_into, copy_into, copy_parents, lookup_owner
 from lamina.build.heredoc import InlineFile
 from lamina.build.ignore import IgnoreMatcher
@@ -220,6 +220,4 @@ def _parents_matches(tree: SourceTree, src: str) -> tuple[str, list[str]]:
         if rel.startswith(".."):
             raise InvalidInput(f"--parents source {src}: {hit} is not below {parent}")
         rels.append("" if rel == "." else rel)
-    if not has_magic(full) and not rels:
-        raise InvalidInput(f"--parents source {src}: nothing to copy")
     return base, rels
