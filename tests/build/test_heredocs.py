@@ -152,3 +152,15 @@ def test_run_and_copy_heredoc_values() -> None:
     ins = _first("COPY <<-A <<'B' /d/\n\t$X\n\tA\n$X\nB\n")
     assert inline_sources(ins, ["<<-A", "<<'B'"], {"X": "x"}) == [
         InlineFile("A", b"x\n", 0o644), InlineFile("B", b"$X\n", 0o644)]
+
+
+def test_heredoc_script_as_a_non_root_user(base: Lamina, tmp_path: Path) -> None:
+    # A non-root USER runs through lamina's own init when lamina is root (the sandbox
+    # mounts a fresh /dev there): the script's mount point is made under it.
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Containerfile").write_text(
+        "FROM busybox\nUSER 65534\nRUN <<EOF\n#!/bin/sh\nid -u > /tmp/uid\nEOF\n")
+    base.run("build", "-t", "nobody", ctx)
+    assert layer_entries(base, "nobody")[1]["tmp/uid"][1] == 65534
+    assert layer_entries(base, "nobody")[1]["tmp/uid"][4] == b"65534\n"
