@@ -130,6 +130,8 @@ ADD --keep-git-dir=true {url}/repo.git /full/
     ("ADD --checksum=sha256:{zeros} f.txt /f", 3,
      "lamina: Containerfile:2: ADD: checksum requires HTTP(S) or Git sources"),
     ("COPY {url}/f.txt /f", 3, "lamina: Containerfile:2: COPY: source can't be a URL for COPY"),
+    ("ARG C=md5:1\nADD --checksum=$C {url}/f.txt /f", 3,
+     "lamina: Containerfile:3: ADD: invalid --checksum=md5:1: sha256:<64 hex digits>"),
 ])
 def test_add_remote_failures(base: Lamina, served: tuple[str, Path], tmp_path: Path,
                              line: str, code: int, message: str) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -46,6 +46,7 @@ __all__ = [
     "parse",
     "parse_arg",
     "parse_args",
+    "check_checksum",
     "parse_chmod",
     "parse_duration",
     "parse_instruction",
@@ -661,12 +662,18 @@ def _copy_flags(ins: Instruction, ctx: _Context) -> None:
     if chmod is not None and "$" not in chmod and parse_chmod(chmod) is None:
         raise ctx.error(f"invalid --chmod={chmod}: an octal mode from 0 to 7777 expected")
     checksum = ins.flags.get("checksum")
-    if checksum is not None and "$" not in checksum and not _CHECKSUM.fullmatch(checksum):
-        raise ctx.error(f"invalid --checksum={checksum}: sha256:<64 hex digits> "
-                        "(or a git commit) expected")
+    if checksum is not None and "$" not in checksum:
+        check_checksum(checksum, ctx.error)
 
 
-# ADD --checksum: a digest BuildKit's digest.Parse takes, or a git commit (prefix).
+def check_checksum(value: str, error: Callable[[str], InvalidInput]) -> None:
+    """ADD --checksum: a digest BuildKit's ``digest.Parse`` takes, or a git commit."""
+    if not _CHECKSUM.fullmatch(value):
+        raise error(f"invalid --checksum={value}: sha256:<64 hex digits> (or a git commit) "
+                    "expected")
+
+
+# A git commit may be given by a prefix of 7 or more hex digits.
 _CHECKSUM = re.compile(r"sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128}"
                        r"|[0-9a-f]{7,40}")
 

@@ -32,6 +32,7 @@ from lamina.build.dockerfile import (
     Containerfile,
     Instruction,
     Stage,
+    check_checksum,
     exec_or_shell,
     healthcheck,
     heredoc_word,
@@ -749,6 +750,8 @@ class _Builder:
             if chmod is None:
                 raise self.fail(ins, f"invalid --chmod={flags['chmod']}: an octal mode from "
                                 "0 to 7777 expected")
+        if "checksum" in flags:
+            check_checksum(flags["checksum"], lambda why: self.fail(ins, why))
         keep = flags.get("keep-git-dir")
         return CopyRequest(
             cmd=ins.cmd, sources=paths, inline=inline, dest_word=self._x(state, dest),
