@@ -171,8 +171,9 @@ class Cloned:
 
 
 def _git(args: list[str], what: str, cwd: Path | None = None) -> str:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true",
-           "LC_ALL": "C"}
+    # Never ask: a build has no one to answer (ssh's BatchMode refuses prompts too).
+    env = {"GIT_SSH_COMMAND": "ssh -o BatchMode=yes", **os.environ,
+           "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "LC_ALL": "C"}
     proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
