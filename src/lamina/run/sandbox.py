@@ -287,6 +287,12 @@ for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/
                      ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
     os.symlink(target, dev + "/" + link)
 for host, ctr, ro in spec["mounts"]:
+    if ctr.startswith("/dev/") and not os.path.lexists(root + ctr):
+        # Below the /dev just made (a RUN heredoc script at /dev/pipes/NAME): the stub
+        # made in the rootfs is hidden under it, so the mount point is made here.
+        os.makedirs(os.path.dirname(root + ctr), exist_ok=True)
+        if os.path.isdir(host): os.mkdir(root + ctr)
+        else: os.close(os.open(root + ctr, os.O_WRONLY | os.O_CREAT, 0o644))
     mount(host, root + ctr, None, BIND | REC)
     if ro:
         mount(None, root + ctr, None, REMOUNT | BIND | RDONLY)
