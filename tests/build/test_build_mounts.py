@@ -380,3 +380,21 @@ def test_builder_prune_keeps_the_layers_images_use(base: Lamina, tmp_path: Path)
                                                              "-f").out
     assert base.run("df", "--json").json()["cache_mounts"] == []
     base.assert_consistent()
+
+
+def test_mounts_with_a_heredoc_script(base: Lamina, tmp_path: Path) -> None:
+    """The heredoc's script (a mount of its own, run/sandbox.py) and --mount together."""
+    ctx = _ctx(tmp_path, """\
+FROM busybox
+RUN --mount=type=cache,target=/c --mount=type=tmpfs,target=/t <<EOF
+#!/bin/sh
+echo cached > /c/h
+echo temp > /t/x
+cat /c/h /t/x > /out
+EOF
+""")
+    _build(base, "-t", "hd", ctx)
+    assert _file(base, tmp_path, "hd", "/out") == "cached\ntemp\n"
+    assert _new_layer(base, "hd") == ["out"]
+    (cache,) = CacheMounts(base.root).instances()
+    assert (cache.path / "h").read_text() == "cached\n"

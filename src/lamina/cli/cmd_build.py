@@ -46,7 +46,7 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
         from lamina.build.executor import BuildEvent, BuildOptions
         from lamina.build.executor import build as run_build
         from lamina.build.importer import source_date_epoch
-        from lamina.cli.format import out, print_json
+        from lamina.cli.format import err, out, print_json
         from lamina.errors import InvalidInput
         from lamina.image.manifest import Platform
         from lamina.layer.options import COMPRESSIONS
@@ -67,7 +67,9 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
                 raise InvalidInput(f"unknown {name} {value!r}: choose {', '.join(allowed)}")
 
         def on_event(event: BuildEvent) -> None:
-            if quiet or json_:
+            if event.kind == "note" and not quiet:
+                err.print(event.text, markup=False)  # stderr: --json output stays JSON
+            if quiet or json_ or event.kind == "note":
                 return
             if event.kind == "step" or event.kind == "output":
                 out.print(event.text, markup=False)

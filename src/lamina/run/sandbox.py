@@ -297,7 +297,9 @@ for host, ctr, ro in spec["mounts"]:
         mount("tmpfs", root + ctr, "tmpfs", NOSUID | NODEV,
               "mode=%s" % mode + (",size=%s" % size if size != "0" else ""))
         continue
-    if not os.path.lexists(root + ctr):  # under a tmpfs mounted just now: make it there
+    if not os.path.lexists(root + ctr):
+        # Under a tmpfs mounted just now, or below the /dev just made (a RUN heredoc
+        # script at /dev/pipes/NAME): the stub made in the rootfs is hidden there.
         os.makedirs(os.path.dirname(root + ctr), exist_ok=True)
         if os.path.isdir(host):
             os.mkdir(root + ctr)
