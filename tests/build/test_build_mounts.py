@@ -398,3 +398,24 @@ EOF
     assert _new_layer(base, "hd") == ["out"]
     (cache,) = CacheMounts(base.root).instances()
     assert (cache.path / "h").read_text() == "cached\n"
+
+
+def test_cache_seeded_from_a_stage_and_bind_from_an_image(base: Lamina,
+                                                          tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, """\
+FROM busybox AS seed
+RUN mkdir /s && echo seeded > /s/f
+FROM busybox
+RUN --mount=type=cache,target=/c,from=seed,source=/s \\
+    --mount=type=bind,from=busybox,source=/bin,target=/img \\
+    sh -c 'cat /c/f > /out; echo more >> /c/f; ls /img | busybox head -n 1 > /img.txt'
+""")
+    _build(base, "-t", "seeded", ctx)
+    assert _file(base, tmp_path, "seeded", "/out") == "seeded\n"
+    assert _file(base, tmp_path, "seeded", "/img.txt") == "busybox\n"
+    assert sorted(_new_layer(base, "seeded")) == ["img.txt", "out"]
+    # seeded once: the next build sees what the last one left in it
+    again = base.run("build", "--no-cache", "-t", "seeded2", ctx)
+    assert again.code == 0
+    (cache,) = CacheMounts(base.root).instances()
+    assert (cache.id, (cache.path / "f").read_text()) == ("/c", "seeded\nmore\nmore\n")
