@@ -419,3 +419,18 @@ RUN --mount=type=cache,target=/c,from=seed,source=/s \\
     assert again.code == 0
     (cache,) = CacheMounts(base.root).instances()
     assert (cache.id, (cache.path / "f").read_text()) == ("/c", "seeded\nmore\nmore\n")
+
+
+def test_mount_specification_is_in_the_key_its_content_is_not(base: Lamina,
+                                                              tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, "FROM busybox\nRUN --mount=type=cache,target=/c,id=a ls /c > /seen\n")
+    assert _build(base, ctx)["new_layers"] == 1
+    with CacheMounts(base.root).acquire("a", "a", "shared") as data:
+        (data / "new-file").write_text("x")        # the cache's content changed
+    assert _build(base, ctx)["new_layers"] == 0    # ... the key did not
+    (ctx / "Containerfile").write_text(
+        "FROM busybox\nRUN --mount=type=cache,target=/c,id=b ls /c > /seen\n")
+    assert _build(base, ctx)["new_layers"] == 1    # another id: another key
+    (ctx / "Containerfile").write_text(
+        "FROM busybox\nRUN --mount=type=cache,target=/c,id=b,sharing=locked ls /c > /seen\n")
+    assert _build(base, ctx)["new_layers"] == 1
