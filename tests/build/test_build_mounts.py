@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import tarfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -287,27 +288,84 @@ RUN --network=host sh -c 'busybox cut -d: -f1 /proc/net/dev | busybox tail -n +3
     assert not any(n.startswith("scratch") for layer in _layers(base, "t") for n in layer)
 
 
+class _EchoAgent:
+    """A stand-in ssh agent on a unix socket: answers each message with ``agent:`` and
+    the message; stops with the block."""
+
+    def __init__(self, path: Path) -> None:
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(os.fspath(path))
+        self.server.listen()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                data = conn.recv(1024)
+                conn.sendall(b"agent:" + data)
+
+    def __enter__(self) -> _EchoAgent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown(socket.SHUT_RDWR)
+        self.server.close()
+        self.thread.join()
+
+
 def test_ssh_agent_socket_is_forwarded(base: Lamina, tmp_path: Path) -> None:
     sock_path = tmp_path / "agent.sock"
     ctx = _ctx(tmp_path, """\
 FROM busybox
 RUN --mount=type=ssh sh -c 'test -S "$SSH_AUTH_SOCK" && echo "$SSH_AUTH_SOCK" > /sock \\
                               || echo "no agent" > /sock'
-RUN --mount=type=ssh,id=deploy,target=/agent,required sh -c 'test -S /agent && echo ok > /ok'
+RUN --mount=type=ssh,id=deploy,target=/agent,required \\
+    sh -c 'test -S /agent && busybox stat -c "%a %u" /agent > /ok'
+RUN mkdir /out && chown 65534 /out
+USER 65534
+RUN --mount=type=ssh,uid=65534 sh -c 'test -w "$SSH_AUTH_SOCK" && echo usable > /out/w'
 """)
-    with socket.socket(socket.AF_UNIX) as server:
-        server.bind(os.fspath(sock_path))
-        server.listen()
+    with _EchoAgent(sock_path):
         base.run("build", "--ssh", "default", "--ssh", f"deploy={sock_path}", "-t", "ssh", ctx,
                  env={"SSH_AUTH_SOCK": os.fspath(sock_path)})
     assert _file(base, tmp_path, "ssh", "/sock") == "/run/buildkit/ssh_agent.0\n"
-    assert _file(base, tmp_path, "ssh", "/ok") == "ok\n"
+    assert _file(base, tmp_path, "ssh", "/ok") == "600 0\n"       # BuildKit's defaults
+    assert _file(base, tmp_path, "ssh", "/out/w") == "usable\n"   # uid=65534: the USER's
     assert not any(n.startswith("run") for layer in _layers(base, "ssh") for n in layer)
     missing = base.fail("build", "--no-cache", "-t", "nossh", ctx)
     assert missing.err.strip() == (
         "lamina: Containerfile:4: RUN: ssh agent deploy is required but was not given: "
         "lamina build --ssh deploy[=SOCKET]")
     assert "no agent" in missing.out    # an optional one: the step runs without it
+
+
+def test_ssh_mount_passes_connections_on_to_the_agent(tmp_path: Path) -> None:
+    """What the step's socket does, from the host side: bytes reach the agent and its
+    answer comes back, connection after connection; afterwards the socket is gone."""
+    from lamina.build.buildsecrets import SSHSource
+    from lamina.build.context import SourceTree
+    from lamina.build.runmounts import parse_mount
+    from lamina.build.stepmounts import MountSources, prepare
+
+    agent = tmp_path / "agent.sock"
+    sources = MountSources(tmp_path / "store", tmp_path, lambda _: SourceTree(tmp_path),
+                           ssh={"default": SSHSource("default", agent)})
+    with _EchoAgent(agent), prepare([parse_mount("type=ssh,mode=0660")], sources) as prepared:
+        ((step_socket, target, _),) = prepared.binds
+        assert (target, prepared.env) == ("/run/buildkit/ssh_agent.0",
+                                          {"SSH_AUTH_SOCK": "/run/buildkit/ssh_agent.0"})
+        assert oct(os.stat(step_socket).st_mode & 0o777) == "0o660"
+        for n in range(3):
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(os.fspath(step_socket))
+                client.sendall(f"request {n}".encode())
+                assert client.recv(1024) == f"agent:request {n}".encode()
+    assert not step_socket.exists()
 
 
 @pytest.mark.parametrize(("line", "message"), [

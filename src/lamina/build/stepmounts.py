@@ -11,8 +11,9 @@ What the step sees, per type (Dockerfile reference, "RUN --mount"):
 ``tmpfs``   an empty tmpfs (``size`` bytes at most).
 ``secret``  the secret's bytes in a file (mode 0400 unless ``mode``), and/or in the
             variable ``env``; a missing secret is an error only when ``required``.
-``ssh``     the agent socket given to ``--ssh ID``; ``SSH_AUTH_SOCK`` points at the
-            first one.
+``ssh``     a socket of the step's own (owner ``uid``:``gid``, mode 0600 unless
+            ``mode``), each connection passed on to the agent given to ``--ssh ID``,
+            as BuildKit's session forwards it; ``SSH_AUTH_SOCK`` points at the first.
 
 Every mount lands on a path the sandbox makes if missing and removes afterwards
 (run/sandbox.py), and writes through a mount never reach the rootfs: nothing of a mount
@@ -31,7 +32,11 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import shutil
+import socket
 import subprocess
+import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -203,13 +208,86 @@ class _Preparer:
                 raise NotFound(f"ssh agent {spec.id} is required but was not given: "
                                f"lamina build --ssh {spec.id}[=SOCKET]")
             return
-        # The agent's own socket, bound as it is: its owner and mode are the host's.
-        self.out.binds.append((source.socket, spec.target, False))
+        proxy = _AgentProxy(source.socket, spec.uid or 0, spec.gid or 0,
+                            0o600 if spec.mode is None else spec.mode)
+        self.stack.callback(proxy.close)
+        self.out.binds.append((proxy.path, spec.target, False))
         self.out.env.setdefault("SSH_AUTH_SOCK", spec.target)
 
     def tmpfs(self, spec: MountSpec) -> None:
         # Mode 1777: BuildKit passes none, so the kernel's tmpfs default.
         self.out.tmpfs.append((spec.target, spec.size, 0o1777))
+
+
+class _AgentProxy:
+    """A unix socket for one step, owned and moded as the ssh mount asks, passing each
+    connection on to the agent's socket (BuildKit forwards the agent through its
+    session the same way, so the step never sees the host's socket or its owner)."""
+
+    def __init__(self, upstream: Path, uid: int, gid: int, mode: int) -> None:
+        self.upstream = upstream
+        # A short directory of its own: a unix socket's path holds at most 107 bytes.
+        self.dir = Path(tempfile.mkdtemp(prefix="lamina-ssh-"))
+        self.path = self.dir / "agent.sock"
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.server.bind(os.fspath(self.path))
+            with contextlib.suppress(PermissionError):   # rootless: only our own ids
+                os.chown(self.path, uid, gid)
+            os.chmod(self.path, mode)
+            self.server.listen(16)
+            self.server.settimeout(0.2)   # so that close() is seen between accepts
+        except BaseException:
+            self.server.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True,
+                                       name="lamina-ssh-agent")
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._pass_on, args=(conn,), daemon=True).start()
+
+    def _pass_on(self, conn: socket.socket) -> None:
+        conn.settimeout(None)
+        up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            up.connect(os.fspath(self.upstream))
+        except OSError:
+            conn.close()
+            up.close()
+            return
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+
+        back = threading.Thread(target=pump, args=(up, conn), daemon=True)
+        back.start()
+        pump(conn, up)
+        back.join()
+        conn.close()
+        up.close()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.thread.join()
+        self.server.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _hides_something(tree: SourceTree, rel: str) -> bool:
