@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from lamina.build.expand import expand
+from lamina.build.runmounts import parse_mount, parse_network
 from lamina.errors import InvalidInput
 
 __all__ = [
@@ -652,6 +653,22 @@ def _validate(ins: Instruction, ctx: _Context) -> None:
         raise ctx.error("VOLUME can not be an empty string")
     if cmd == "HEALTHCHECK":
         healthcheck(ins)
+    if cmd == "RUN":
+        _run_flags(ins, ctx)
+
+
+def _run_flags(ins: Instruction, ctx: _Context) -> None:
+    """RUN's --mount and --network, checked now so that a typo fails before any step
+    runs; a value holding a variable is checked by the executor once expanded."""
+    try:
+        for text in ins.flag_values("mount"):
+            if "$" not in text:
+                parse_mount(text)
+        network = ins.flags.get("network")
+        if network is not None and "$" not in network:
+            parse_network(network)
+    except InvalidInput as err:
+        raise ctx.error(err.message) from None
 
 
 def _copy_flags(ins: Instruction, ctx: _Context) -> None:

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lamina.build import cache as cachekeys
+from lamina.build import stepmounts
+from lamina.build.buildsecrets import SecretSource, SSHSource
 from lamina.build.context import SourceTree
 from lamina.build.copyplan import CopyRequest, plan_copy
 from lamina.build.dockerfile import (
@@ -45,6 +47,7 @@ from lamina.build.dockerfile import (
 from lamina.build.expand import expand, expand_words
 from lamina.build.fsops import container_path
 from lamina.build.heredoc import PIPES, inline_sources, run_command
+from lamina.build.runmounts import MountSpec, parse_mount, parse_network
 from lamina.digest import Digest
 from lamina.errors import (
     IntegrityError,
@@ -113,6 +116,9 @@ class BuildOptions:
     snapshotter: Literal["auto", "overlay", "walk"] = "auto"
     network: Literal["none", "host"] = "none"
     on_event: Callable[[BuildEvent], None] | None = None
+    # RUN --mount=type=secret / type=ssh, by id (build/buildsecrets.py)
+    secrets: Mapping[str, SecretSource] = field(default_factory=dict)
+    ssh: Mapping[str, SSHSource] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -291,8 +297,7 @@ class _Builder:
             if dep is not None and dep.index < stage.index:
                 visit(dep)
             for ins in stage.instructions:
-                src = ins.flags.get("from")
-                if ins.cmd in ("COPY", "ADD") and src is not None:
+                for src in self._from_flags(ins):
                     dep = self._stage_ref(src)
                     if dep is not None:
                         if dep.index >= stage.index:
@@ -302,6 +307,23 @@ class _Builder:
 
         visit(target)
         return sorted(needed)
+
+    def _from_flags(self, ins: Instruction) -> list[str]:
+        """The stages or images an instruction reads: COPY/ADD --from, and the ``from``
+        of RUN's mounts (expanded with the global ARGs; a bad mount fails later, at
+        its step)."""
+        if ins.cmd in ("COPY", "ADD") and "from" in ins.flags:
+            return [ins.flags["from"]]
+        if ins.cmd != "RUN":
+            return []
+        found = []
+        for text in ins.flag_values("mount"):
+            with contextlib.suppress(LaminaError):
+                spec = parse_mount(text, lambda v: expand(v, self.global_args,
+                                                          self.file.escape))  # type: ignore[union-attr]
+                if spec.from_:
+                    found.append(spec.from_)
+        return found
 
     # -- one stage ----------------------------------------------------------------------
     def _next_step(self, ins: Instruction) -> None:
@@ -612,14 +634,13 @@ class _Builder:
                   digest=str(desc.digest), size=desc.size)
 
     def _do_run(self, state: _State, ins: Instruction) -> None:
-        unsupported = set(ins.flags) - {"network"}
+        unsupported = set(ins.flags) - {"network", "mount"}
         if unsupported:
             raise Unsupported(f"RUN --{sorted(unsupported)[0]} is not supported yet")
-        network = ins.flags.get("network", self.opts.network)
+        # "RUN --network": default is the build's own (--network of lamina build).
+        network = parse_network(self._x(state, ins.flags.get("network", "default")))
         if network == "default":
             network = self.opts.network
-        if network not in ("none", "host"):
-            raise self.fail(ins, f"unsupported network mode {network!r} (none or host)")
         argv = exec_or_shell(ins, state.shell)
         mounts: tuple[tuple[Path, str, bool], ...] = ()
         script = None
@@ -630,9 +651,15 @@ class _Builder:
         env = {**state.args, **state.env}
         user = str(state.config.get("User") or "0:0")
         workdir = state.workdir
+        specs = self._mounts(state, ins, workdir)
+        sources = self._mount_sources(state, ins)
         created_by = "RUN " + (_json(argv) if ins.json_form else " ".join(argv))
         material = {"argv": argv, "env": sorted(env.items()), "user": user,
                     "workdir": workdir, "network": network}
+        if specs:
+            # The mounts' specifications and bound content; never a secret's bytes nor
+            # a cache mount's files (build/stepmounts.py).
+            material["mounts"] = stepmounts.key_material(specs, sources)
         if script is not None:
             # A heredoc script is not in argv: its bytes are (reference: the heredoc's
             # content is part of the instruction).
@@ -641,13 +668,39 @@ class _Builder:
             mounts = ((host, f"{PIPES}/{script.name}", True),)
 
         def work(rootfs: Rootfs) -> None:
-            self._run_process(ins, rootfs, argv, env, user, workdir, network, mounts)
+            with stepmounts.prepare(specs, sources) as prepared:
+                self._run_process(ins, rootfs, argv, {**env, **prepared.env}, user, workdir,
+                                  network, (*mounts, *prepared.binds), tuple(prepared.tmpfs))
 
         self._layer_step(state, ins, created_by, material, work)
 
+    def _mounts(self, state: _State, ins: Instruction, workdir: str) -> list[MountSpec]:
+        specs: list[MountSpec] = []
+        ssh = 0
+        for text in ins.flag_values("mount"):
+            spec = parse_mount(text, lambda v: self._x(state, v), ssh)
+            ssh += spec.type == "ssh"
+            specs.append(spec)
+        return stepmounts.absolute(specs, workdir)
+
+    def _mount_sources(self, state: _State, ins: Instruction) -> stepmounts.MountSources:
+        trees: dict[str, SourceTree] = {}
+
+        def tree(name: str) -> SourceTree:
+            # Once per step: an image's root is unpacked anew by each _tree_from.
+            if name not in trees:
+                trees[name] = self._tree_from(state, ins, name)
+            return trees[name]
+
+        return stepmounts.MountSources(
+            store_root=self.store.root, scratch=self.tmp, tree=tree,
+            secrets=self.opts.secrets, ssh=self.opts.ssh,
+            on_wait=lambda message: self.emit("warning", message))
+
     def _run_process(self, ins: Instruction, rootfs: Rootfs, argv: list[str],
                      env: dict[str, str], user: str, workdir: str, network: str,
-                     mounts: tuple[tuple[Path, str, bool], ...] = ()) -> None:
+                     mounts: tuple[tuple[Path, str, bool], ...] = (),
+                     tmpfs: tuple[tuple[str, int | None, int], ...] = ()) -> None:
         tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL)
         read_fd, write_fd = os.pipe()
 
@@ -662,7 +715,8 @@ class _Builder:
         reader.start()
         try:
             spec = ProcessSpec(rootfs=rootfs.path, argv=argv, env=env, cwd=workdir, user=user,
-                               mounts=mounts, network=network)  # type: ignore[arg-type]
+                               mounts=mounts, tmpfs=tmpfs,
+                               network=network)  # type: ignore[arg-type]
             devnull = os.open(os.devnull, os.O_RDONLY)
             try:
                 status = run_process(spec, stdin=devnull, stdout=write_fd, stderr=write_fd)
@@ -677,8 +731,11 @@ class _Builder:
                             + (f"; last output:\n{last}" if last else ""))
 
     def _source_tree(self, state: _State, ins: Instruction) -> SourceTree:
-        src = ins.flags.get("from")
-        if src is None:
+        return self._tree_from(state, ins, ins.flags.get("from", ""))
+
+    def _tree_from(self, state: _State, ins: Instruction, src: str) -> SourceTree:
+        """The context (``src`` empty), or the root of a stage or image."""
+        if not src:
             assert self.context is not None
             return self.context
         src = self._x(state, src)

@@ -366,7 +366,8 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
                     "cache_removed": report.cache_removed,
                     "chunks_removed": report.chunks_removed,
                     "chunk_bytes_freed": report.chunk_bytes_freed,
-                    "pool_removed": report.pool_removed, "dry_run": dry_run})
+                    "pool_removed": report.pool_removed,
+                    "cache_mounts_removed": report.cache_mounts_removed, "dry_run": dry_run})
         return
     verb = "Would remove" if dry_run else "Removed"
     for d in report.blobs_removed:
@@ -374,6 +375,8 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
     for d in report.damaged_recipes:
         out.print(f"blob {d}: its recipe is damaged; no chunk removed (run `lamina fsck`)")
     chunks = f"{report.chunks_removed} chunks, " if report.chunks_removed else ""
+    mounts = len(report.cache_mounts_removed)
+    chunks += f"{mounts} cache mount{'s' * (mounts != 1)}, " if mounts else ""
     out.print(f"{verb} {len(report.blobs_removed)} blobs, {chunks}"
               f"{len(report.snapshots_removed)} snapshots, {report.cache_removed} cache entries, "
               f"{report.ingest_removed + report.temp_removed} temporary files; "

@@ -7,6 +7,10 @@ cache.  Mark and sweep run inside one IMMEDIATE SQLite transaction, so no writer
 add a root or lease resource between them; a writer that registers a blob in its lease
 *before* checking whether the blob exists can therefore never have it swept from under it.
 
+Build cache mounts (cachemounts.py) are no blobs: they belong to the build cache, so
+``cache=True`` removes every one no build holds now, as ``docker builder prune`` does;
+``prune_build`` is ``lamina builder prune``.
+
 Chunks (chunks.py) are reached through the recipes of the blobs that stay, or named in a
 live lease (a delta pull that is about to reuse them): the rest go, with their rows in
 ``chunk_contents``.  The chunk sweep holds the chunk lock exclusively, so no writer is
@@ -32,6 +36,7 @@ from typing import TYPE_CHECKING
 from lamina.digest import Digest
 from lamina.errors import NoSpace
 from lamina.store import locks, pool, scratch
+from lamina.store.cachemounts import CacheMounts
 from lamina.store.packs import index_size
 
 if TYPE_CHECKING:
@@ -66,6 +71,7 @@ class GcReport:
     damaged_recipes: list[str] = field(default_factory=list)   # no chunk swept then
     pool_removed: int = 0     # pool entries no snapshot links any more (store/pool.py)
     pool_bytes_freed: int = 0
+    cache_mounts_removed: list[str] = field(default_factory=list)  # ids (cachemounts.py)
 
 
 SNAPSHOT_PREFIX = "snapshot:"
@@ -173,6 +179,34 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
     report.temp_removed, temp_bytes = scratch.sweep(store.root / "tmp", dry_run=dry_run)
     report.pool_removed, report.pool_bytes_freed = pool.sweep(store.root, dry_run, released)
     report.bytes_freed += ingest_bytes + temp_bytes + report.pool_bytes_freed
+    if cache:
+        _prune_mounts(store, report, dry_run)
+    return report
+
+
+def _prune_mounts(store: Store, report: GcReport, dry_run: bool) -> None:
+    removed, freed = CacheMounts(store.root).prune(dry_run)
+    report.cache_mounts_removed = [m.id for m in removed]
+    report.bytes_freed += freed
+
+
+def prune_build(store: Store, everything: bool = False) -> GcReport:
+    """``lamina builder prune``: every cache mount no build holds, and the build-cache
+    entries whose layer no image uses (Docker's "dangling" build cache), then what gc
+    then finds unreachable; ``everything``: all build-cache entries (``-a``)."""
+    if everything:
+        return collect(store, cache=True)
+    with store.meta.transaction() as db:
+        roots = {str(r[0]) for r in db.execute("SELECT digest FROM tags")}
+        roots.update(str(r[0]) for r in db.execute("SELECT digest FROM images"))
+        live = reachable(roots, _edges(db))
+        dangling = [str(key) for key, layer in db.execute(
+            "SELECT key, layer FROM build_cache").fetchall() if str(layer) not in live]
+        for key in dangling:
+            db.execute("DELETE FROM build_cache WHERE key=?", (key,))
+    report = collect(store)
+    report.cache_removed = len(dangling)
+    _prune_mounts(store, report, dry_run=False)
     return report
 
 
