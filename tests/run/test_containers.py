@@ -212,8 +212,11 @@ def test_commit_turns_a_containers_changes_into_an_image(lam: Lamina) -> None:
 
 def test_gc_keeps_a_containers_snapshots_until_rm(fresh: Lamina, seed: Path) -> None:
     import_seed_images(fresh, seed)
-    fresh.run("rmi", "demo/b")
     fresh.run("run", "--name", "keeper", "demo/a", "sh", "-c", "echo kept > /kept")
+    # Docker's prune -a: every image no container uses.
+    fresh.run("image", "prune", "-a", "-f")
+    assert fresh.run("images", "-q").out.split() == [
+        fresh.run("inspect", "-f", "{{.Id}}", "demo/a").out.strip()[7:19]]
     fresh.run("rmi", "demo/a")
     report = fresh.run("gc", "--json").json()
     assert report["snapshots_removed"] == [] and report["blobs_removed"] == []

@@ -33,10 +33,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lamina.errors import LaminaError
-from lamina.run.ctrfs import ContainerRootfs
 from lamina.run.ctrlog import LogWriter
 from lamina.run.nsexec import exec_argv
 from lamina.run.pty import foreground, mount_devpts, open_pair, pump, set_size
@@ -45,6 +44,9 @@ from lamina.run.signals import SignalProxy, find_command
 from lamina.store.containers import ContainerRecord, Containers
 from lamina.store.meta import Metadata
 from lamina.store.store import Store
+
+if TYPE_CHECKING:
+    from lamina.run.ctrfs import ContainerRootfs
 
 LOCK = "monitor.lock"
 LOG = "ctr.log"
@@ -79,6 +81,7 @@ def take_lock(path: Path, shared: bool = False, wait: bool = True) -> int | None
 def open_rootfs(store: Store, rec: ContainerRecord) -> ContainerRootfs:
     from lamina.digest import Digest
     from lamina.image.config import chain_ids
+    from lamina.run.ctrfs import ContainerRootfs
 
     directory = container_dir(store, rec.id)
     if (directory / "upper").is_dir():

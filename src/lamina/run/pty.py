@@ -32,7 +32,6 @@ from pathlib import Path
 from types import FrameType
 
 from lamina.errors import LaminaError
-from lamina.run.rootfs import mount, unmount
 
 _TIOCGPTPEER = 0x5441          # linux/tty.h: the slave of a master, without a path
 _TIOCSPTLCK = 0x40045431       # unlockpt(3)
@@ -41,6 +40,8 @@ _DEFAULT_SIZE = (24, 80)       # a detached terminal's size (nobody's window)
 
 def mount_devpts(where: Path) -> None:
     """Mount a new devpts instance on ``where`` (made if missing)."""
+    from lamina.run.rootfs import mount
+
     where.mkdir(exist_ok=True)
     try:
         # gid 5 is "tty" in Debian's and most images' /etc/group (runc's default too).
@@ -49,11 +50,6 @@ def mount_devpts(where: Path) -> None:
     except OSError as e:
         raise LaminaError(f"cannot mount a devpts instance for the terminal: "
                           f"{e.strerror or e}") from None
-
-
-def unmount_devpts(where: Path) -> None:
-    with contextlib.suppress(OSError):
-        unmount(os.fspath(where))
 
 
 def open_pair(ptmx: Path | None) -> tuple[int, int]:
@@ -142,15 +138,18 @@ def pump(master: int, proc: subprocess.Popen[bytes], stdin: int | None,
 def foreground(master: int, proc: subprocess.Popen[bytes], stdin: int = 0,
                stdout: int = 1) -> int:
     """``run -it`` / ``exec -it``: the user's terminal is the container's (raw mode,
-    window size kept in step) until the process ends; its status."""
-    copy_size(stdin if os.isatty(stdin) else stdout, master)
+    window size kept in step) until the process ends; its status.  ``stdin`` -1: no
+    input (``-t`` without ``-i``)."""
+    sized = stdin if stdin >= 0 and os.isatty(stdin) else stdout
+    copy_size(sized, master)
 
     def resized(signum: int, frame: FrameType | None) -> None:
-        copy_size(stdin if os.isatty(stdin) else stdout, master)
+        copy_size(sized, master)
 
     old = signal.signal(signal.SIGWINCH, resized)
     try:
-        with raw_mode(stdin):
-            return pump(master, proc, stdin, lambda data: _write_all(stdout, data))
+        with raw_mode(stdin) if stdin >= 0 else contextlib.nullcontext():
+            return pump(master, proc, stdin if stdin >= 0 else None,
+                        lambda data: _write_all(stdout, data))
     finally:
         signal.signal(signal.SIGWINCH, old)
