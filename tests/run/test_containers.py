@@ -230,3 +230,13 @@ def test_gc_keeps_a_containers_snapshots_until_rm(fresh: Lamina, seed: Path) -> 
     # demo/a's four, and the committed layer's (made by the run of demo/again).
     assert len(report["snapshots_removed"]) == len(seed_sources(seed, "a")) + 1
     assert fresh.run("ps", "-aq").out == ""
+
+
+def test_a_detached_command_not_in_the_image_fails_as_docker_run_does(lam: Lamina) -> None:
+    res = lam.run("run", "-d", "--name", "missing", "demo/a", "no-such-command", check=False)
+    assert res.code == 127 and "could not start" in res.err
+    assert re.fullmatch(r"[0-9a-f]{64}\n", res.out)
+    logs = lam.run("logs", "missing")
+    assert logs.err == 'exec: "no-such-command": executable file not found in $PATH\n'
+    row = _row(lam, "missing")
+    assert row is not None and "Exited (127)" in row

@@ -200,10 +200,16 @@ def serve(store: Store, rec: ContainerRecord, detached: bool, notify: Notify,
             table.exited(rec.id, 125, str(e))
             notify.send(f"error {e}")
             raise
+        if not started and log is not None and pipes:
+            # It never ran (127: not in the image; 126: not executable): the reason was
+            # written to its stderr, still in the pipe.  Into the log with it.
+            for fd in (stdio[1], stdio[2]):
+                if fd in closing:
+                    os.close(fd)
+                    closing.remove(fd)
+            _pipes_to_log(pipes, log)
         table.exited(rec.id, code)
         if not started:
-            # It never ran (127: not in the image; 126: not executable): the reason is
-            # on its stderr, which is the log for a detached container.
             notify.send(f"exited {code}")
         return code
     finally:
