@@ -79,6 +79,13 @@ def test_a_detached_container_lives_logs_execs_stops_and_is_removed(lam: Lamina)
                       "tr '\\0' ' ' | grep -c sleep; exit 4", check=False)
         assert (res.code, res.out) == (4, f"42\n{cid[:12]}\n1\n"), res
         assert lam.run("exec", "life", "cat", "/tmp/x").out == "42\n"
+        # -e, -w, -u; and the capabilities of the container's process (Docker's set).
+        res = lam.run("exec", "-e", "FOO=bar", "-w", "/var", "-u", "www-data", "life", "sh",
+                      "-c", "echo $FOO; pwd; id -u")
+        assert res.out == "bar\n/var\n33\n"
+        caps = lam.run("exec", "life", "sh", "-c", "grep CapEff /proc/self/status /proc/2/status")
+        assert [ln.split(":", 1)[1] for ln in caps.out.splitlines()] == [
+            "CapEff:\t00000000a80425fb"] * 2, caps.out
         state = _state(lam, "life")
         assert state["Running"] is True and state["Status"] == "running"
         assert isinstance(state["Pid"], int) and os.path.exists(f"/proc/{state['Pid']}")

@@ -20,7 +20,6 @@ import random
 import re
 import shlex
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from lamina.run.monitor import (
     start_detached,
     take_lock,
 )
-from lamina.run.nsexec import container_ptmx, exec_argv
+from lamina.run.nsexec import Entered, container_ptmx, exec_spec
 from lamina.run.pty import foreground, open_pair
 from lamina.run.sandbox import resolve_user
 from lamina.store.containers import ContainerRecord, Containers
@@ -363,28 +362,33 @@ def exec_in(store: Store, rec: ContainerRecord, opts: ExecOptions) -> int:
         raise InvalidInput("exec: no command given")
     from lamina.run.container import container_env
 
-    spec = rec.spec
-    env = dict(spec["env"])
+    settings = rec.spec
+    env = dict(settings["env"])
     env.update(container_env({}, opts.env, os.environ))
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     root = open_rootfs(store, rec).path
-    user = resolve_user(root, opts.user if opts.user is not None else spec["user"])
+    user = resolve_user(root, opts.user if opts.user is not None else settings["user"])
     env.setdefault("HOME", user.home)
-    cwd = opts.workdir or spec["cwd"]
+    cwd = opts.workdir or settings["cwd"]
     if opts.tty:
         env.setdefault("TERM", "xterm")
-    argv = exec_argv(rec.pid, opts.argv, env, cwd, user, tty=opts.tty)
+    spec = exec_spec(rec.pid, opts.argv, env, cwd, user, tty=opts.tty)
     if opts.tty:
         master, slave = open_pair(Path(container_ptmx(rec.pid)))
         try:
-            proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave)
+            proc = Entered(spec, (slave, slave, slave))
         finally:
             os.close(slave)
         try:
             return _code(foreground(master, proc, 0 if opts.interactive else -1))
         finally:
             os.close(master)
-    proc = subprocess.Popen(argv, stdin=None if opts.interactive else subprocess.DEVNULL)
+    stdin = 0 if opts.interactive else os.open(os.devnull, os.O_RDONLY)
+    try:
+        proc = Entered(spec, (stdin, 1, 2))
+    finally:
+        if stdin:
+            os.close(stdin)
     return _code(proc.wait())
 
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from lamina.errors import LaminaError
 from lamina.run.ctrlog import LogWriter
-from lamina.run.nsexec import exec_argv
+from lamina.run.nsexec import exec_argv, exec_spec
 from lamina.run.pty import foreground, mount_devpts, open_pair, pump, set_size
 from lamina.run.sandbox import ProcessSpec, resolve_user, run_process
 from lamina.run.signals import SignalProxy, find_command
@@ -344,7 +344,7 @@ def _health_loop(store: Store, rec: ContainerRecord, root: Path, pid: int,
         user = resolve_user(root, spec["user"])
     except LaminaError:
         return
-    argv = exec_argv(pid, hc["argv"], spec["env"], spec["cwd"], user)
+    argv = exec_argv(exec_spec(pid, hc["argv"], spec["env"], spec["cwd"], user))
     while not stop.wait(hc["interval"]):
         start = timestamp()
         try:

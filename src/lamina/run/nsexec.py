@@ -9,99 +9,154 @@ when the container's USER is not root — then exec.  The parent stays, passes S
 SIGINT, SIGHUP on and exits with the command's status (127/126 when it cannot be run,
 as docker exec reports).
 
-The helper runs on the host's Python (``-I -S``: nothing from the image or the caller's
-environment), as the unshare sandbox's init does (run/sandbox.py); util-linux's
-``nsenter`` could enter the namespaces but cannot drop the bounding set afterwards
-(``setpriv`` would have to run inside the image, which may not have it).
+``lamina exec`` runs ``enter`` in a child it forks (no second interpreter to start); the
+monitor's health checks, which run in a thread, start it as a helper process on the
+host's Python instead (``exec_argv``: forking a threaded process is not safe).
+util-linux's ``nsenter`` could enter the namespaces but cannot drop the bounding set
+afterwards (``setpriv`` would have to run inside the image, which may not have it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from lamina.run.sandbox import DEFAULT_CAPS, ResolvedUser
+if TYPE_CHECKING:
+    from lamina.run.sandbox import ResolvedUser
 
-_HELPER = r"""
-import ctypes, json, os, signal, sys, termios, fcntl
-import warnings  # os.execvpe imports it lazily, after chroot hid the stdlib
-spec = json.loads(sys.argv[1])
-libc = ctypes.CDLL(None, use_errno=True)
-pid = spec["pid"]
-def fail(what, code=126):
-    e = ctypes.get_errno()
-    os.write(2, ("exec: %s: %s\n" % (what, os.strerror(e) if e else "failed")).encode())
-    os._exit(code)
-names = ["cgroup", "ipc", "uts", "net", "pid", "mnt"]
-if os.stat("/proc/self/ns/user").st_ino != os.stat("/proc/%d/ns/user" % pid).st_ino:
-    names.insert(0, "user")
-fds = []
-for name in names:
-    try:
-        fds.append((name, os.open("/proc/%d/ns/%s" % (pid, name), os.O_RDONLY)))
-    except OSError as e:
-        if name == "cgroup":
-            continue
-        os.write(2, ("exec: the container is not running (%s)\n" % e.strerror).encode())
-        os._exit(126)
-root = os.open("/proc/%d/root" % pid, os.O_RDONLY | os.O_DIRECTORY)
-for name, fd in fds:
-    if libc.setns(fd, 0) != 0:
-        fail("enter the %s namespace" % name)
-    os.close(fd)
-os.fchdir(root)
-os.chroot(".")
-os.close(root)
-for cap in range(64):
-    if cap not in spec["caps"] and libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-        break  # past the last capability this kernel knows
-child = os.fork()
-if child == 0:
-    try:
-        if spec["tty"]:
-            os.setsid()
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-        os.chdir(spec["cwd"])
-        os.setgroups(spec["groups"]); os.setgid(spec["gid"]); os.setuid(spec["uid"])
-    except OSError as e:
-        os.write(2, ("exec: %s\n" % e).encode())
-        os._exit(126)
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-    argv = spec["argv"]
-    try:
-        os.execvpe(argv[0], argv, spec["env"])
-    except OSError as e:
-        code = 126 if isinstance(e, PermissionError) else 127
-        os.write(2, ("exec: %s: %s\n" % (json.dumps(argv[0]), e.strerror)).encode())
-        os._exit(code)
-def forward(n, _f):
-    try:
-        os.kill(child, n)
-    except ProcessLookupError:
-        pass
-for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(sig, forward)
-while True:
-    try:
-        _, st = os.waitpid(child, 0)
-        break
-    except InterruptedError:
-        continue
-os._exit(128 + os.WTERMSIG(st) if os.WIFSIGNALED(st) else os.WEXITSTATUS(st))
-"""
+_PR_CAPBSET_DROP = 24
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def exec_argv(pid: int, argv: Sequence[str], env: dict[str, str], cwd: str,
-              user: ResolvedUser, tty: bool = False) -> list[str]:
-    """The command that runs ``argv`` in the namespaces of host process ``pid`` (see the
-    module docstring); with ``tty``, its stdin is made its controlling terminal."""
-    spec = {"pid": pid, "argv": list(argv), "env": env, "cwd": cwd, "uid": user.uid,
+def exec_spec(pid: int, argv: Sequence[str], env: dict[str, str], cwd: str,
+              user: ResolvedUser, tty: bool = False) -> dict[str, Any]:
+    """What ``enter`` needs to run ``argv`` in the namespaces of host process ``pid``;
+    with ``tty``, its stdin is made its controlling terminal."""
+    from lamina.run.sandbox import DEFAULT_CAPS
+
+    return {"pid": pid, "argv": list(argv), "env": env, "cwd": cwd, "uid": user.uid,
             "gid": user.gid, "groups": list(user.groups), "tty": tty,
             "caps": sorted(DEFAULT_CAPS.values())}
-    return [sys.executable, "-I", "-S", "-c", _HELPER, json.dumps(spec)]
+
+
+def exec_argv(spec: dict[str, Any]) -> list[str]:
+    """A helper process that runs ``enter(spec)`` (host Python, ``-I``: nothing from the
+    caller's environment; only this module is imported)."""
+    return [sys.executable, "-I", "-c",
+            "import json, sys; from lamina.run.nsexec import enter; "
+            "enter(json.loads(sys.argv[1]))", json.dumps(spec)]
+
+
+def _fail(message: str, code: int = 126) -> NoReturn:
+    os.write(2, f"exec: {message}\n".encode())
+    os._exit(code)
+
+
+def enter(spec: dict[str, Any]) -> NoReturn:
+    """Enter the namespaces, fork, exec (see the module docstring); exits with the
+    command's status.  Runs in a process of its own: it never returns."""
+    import fcntl
+    import termios
+    import warnings  # noqa: F401 - os.execvpe imports it lazily, after chroot hid it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid = spec["pid"]
+    names = ["cgroup", "ipc", "uts", "net", "pid", "mnt"]
+    if os.stat("/proc/self/ns/user").st_ino != os.stat(f"/proc/{pid}/ns/user").st_ino:
+        names.insert(0, "user")
+    fds = []
+    for name in names:
+        try:
+            fds.append((name, os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY)))
+        except OSError as e:
+            if name != "cgroup":
+                _fail(f"the container is not running ({e.strerror})")
+    try:
+        root = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        _fail(f"the container is not running ({e.strerror})")
+    for name, fd in fds:
+        if libc.setns(fd, 0) != 0:
+            _fail(f"enter the {name} namespace: {os.strerror(ctypes.get_errno())}")
+        os.close(fd)
+    os.fchdir(root)
+    os.chroot(".")
+    os.close(root)
+    for cap in range(64):
+        if cap not in spec["caps"] and libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break  # past the last capability this kernel knows
+    child = os.fork()
+    if child == 0:
+        try:
+            if spec["tty"]:
+                os.setsid()
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            os.chdir(spec["cwd"])
+            os.setgroups(spec["groups"])
+            os.setgid(spec["gid"])
+            os.setuid(spec["uid"])
+        except OSError as e:
+            _fail(str(e))
+        # Python ignores SIGPIPE and SIGXFSZ; the command starts with the defaults.
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, *_FORWARDED):
+            signal.signal(sig, signal.SIG_DFL)
+        argv = spec["argv"]
+        try:
+            os.execvpe(argv[0], argv, spec["env"])
+        except OSError as e:
+            missing = not isinstance(e, PermissionError)
+            # runc's words for a command not on PATH (as run/sandbox.py reports it)
+            why = ("executable file not found in $PATH" if missing and "/" not in argv[0]
+                   else e.strerror)
+            _fail(f"{json.dumps(argv[0])}: {why}", 127 if missing else 126)
+
+    def forward(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    for sig in _FORWARDED:
+        signal.signal(sig, forward)
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except InterruptedError:
+            continue
+    os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+
+
+class Entered:
+    """``enter(spec)`` in a forked child of this (single-threaded) process, with
+    ``stdio`` as its descriptors 0, 1, 2; ``wait()`` as ``Popen.wait``."""
+
+    def __init__(self, spec: dict[str, Any], stdio: tuple[int, int, int]) -> None:
+        self.pid = os.fork()
+        if self.pid == 0:   # pragma: no cover - the child enters and never returns
+            try:
+                for target, fd in enumerate(stdio):
+                    if fd != target:
+                        os.dup2(fd, target)
+                enter(spec)
+            finally:
+                os._exit(126)
+        self.returncode: int | None = None
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            # Ctrl-C is the command's (it is in this process group): lamina waits for
+            # the status it ends with instead of leaving first.
+            old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+            finally:
+                signal.signal(signal.SIGINT, old)
+        return self.returncode
 
 
 def container_ptmx(pid: int) -> str:

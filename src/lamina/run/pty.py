@@ -24,18 +24,25 @@ import os
 import select
 import signal
 import struct
-import subprocess
 import termios
 import tty
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from lamina.errors import LaminaError
 
 _TIOCGPTPEER = 0x5441          # linux/tty.h: the slave of a master, without a path
 _TIOCSPTLCK = 0x40045431       # unlockpt(3)
 _DEFAULT_SIZE = (24, 80)       # a detached terminal's size (nobody's window)
+
+
+class Process(Protocol):
+    """What the pump waits for at the end: a ``subprocess.Popen``, or run/nsexec.py's
+    ``Entered``."""
+
+    def wait(self) -> int: ...
 
 
 def mount_devpts(where: Path) -> None:
@@ -105,7 +112,7 @@ def _write_all(fd: int, data: bytes) -> None:
         data = data[os.write(fd, data):]
 
 
-def pump(master: int, proc: subprocess.Popen[bytes], stdin: int | None,
+def pump(master: int, proc: Process, stdin: int | None,
          output: Callable[[bytes], None]) -> int:
     """Copy ``stdin`` to the terminal and the terminal's output to ``output`` until the
     terminal's last user is gone; then the sandbox's status (``Popen.wait``)."""
@@ -135,7 +142,7 @@ def pump(master: int, proc: subprocess.Popen[bytes], stdin: int | None,
     return proc.wait()
 
 
-def foreground(master: int, proc: subprocess.Popen[bytes], stdin: int = 0,
+def foreground(master: int, proc: Process, stdin: int = 0,
                stdout: int = 1) -> int:
     """``run -it`` / ``exec -it``: the user's terminal is the container's (raw mode,
     window size kept in step) until the process ends; its status.  ``stdin`` -1: no
