@@ -171,6 +171,18 @@ def test_a_killed_monitor_shows_as_exited_with_an_unknown_status(lam: Lamina) ->
     lam.run("rm", "orphan")
 
 
+def test_a_sigterm_to_the_monitor_stops_the_container_as_stop_does(lam: Lamina) -> None:
+    """A shutdown's SIGTERM to the monitor is passed on as the stop signal; the status
+    is recorded as for lamina stop."""
+    lam.run("run", "-d", "--name", "shutdown", "demo/a", "sh", "-c", LOOP)
+    until(lambda: "started" in lam.run("logs", "shutdown").out)
+    pid = _state(lam, "shutdown")["Pid"]
+    assert isinstance(pid, int)
+    os.kill(_ancestors(pid)[2], signal.SIGTERM)
+    assert lam.run("wait", "shutdown").out == "7\n"
+    assert lam.run("logs", "shutdown").out == "started\ngot TERM\n"
+
+
 def test_rm_keeps_nothing_and_without_it_the_container_stays(lam: Lamina) -> None:
     before = set(lam.run("ps", "-aq").out.split())
     assert lam.run("run", "--rm", "demo/a", "echo", "gone").out == "gone\n"

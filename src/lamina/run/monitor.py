@@ -278,8 +278,12 @@ def _monitor_main(root: Path, rec: ContainerRecord, read_end: int, write_end: in
         os.close(null)
         # The parent's store connection is not this process's to use (SQLite forbids
         # sharing one across fork): a fresh one.
+        # The monitor's own signals are the container's, as lamina's are in the
+        # foreground: a SIGTERM to it (a shutdown) stops the container as `lamina stop`
+        # does, and its status is still recorded.
+        proxy = SignalProxy(int(rec.spec["stop_signal"]), float(rec.spec["stop_timeout"]))
         with Store(root) as store:
-            serve(store, rec, True, Notify(write_end))
+            serve(store, rec, True, Notify(write_end), proxy)
     except BaseException as e:  # noqa: BLE001 - nobody is left to tell but the record
         code = 1
         with contextlib.suppress(Exception):
