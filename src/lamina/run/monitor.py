@@ -20,6 +20,8 @@ while the record still says "running" knows the monitor died unrecorded (SIGKILL
 the sandbox died with it (bubblewrap's ``--die-with-parent``: a container never runs
 unwatched, without its log read or its rootfs owned), so it is "exited", status unknown.
 ``lamina stop``/``wait`` wait for the lock too: once they get it, the status is recorded.
+A detached monitor passes its own signals on as the foreground lamina does: SIGTERM to
+it stops the container (STOPSIGNAL, then SIGKILL) and the status is still recorded.
 """
 
 from __future__ import annotations
