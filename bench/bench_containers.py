@@ -16,9 +16,10 @@ and the container is removed (``rm -f``, not timed).  Medians and lamina/podman 
 are printed.  Podman is first tried as it comes; where its defaults fail here, the bench
 says what it had to change (lower rlimits: root may lack CAP_SYS_RESOURCE; runc instead of
 crun: crun refuses a hybrid cgroup layout).  Where it cannot run a container at all, the
-reason is printed and lamina is compared with the floor instead: ``bwrap`` started directly with the same
-namespaces over an unpacked rootfs (``run -d``'s row: bwrap running ``sh -c :``; no state
-kept, nothing detached — what any bubblewrap-based runtime cannot go below).  Needs root.
+reason is printed and lamina is compared with the floor instead: ``bwrap`` started
+directly with the same namespaces over an unpacked rootfs (``run -d``'s row: bwrap
+running ``sh -c :``; no state kept, nothing detached — what any bubblewrap-based runtime
+cannot go below; ``exec``'s row: nsenter into a sleeping one).  Needs root.
 """
 
 from __future__ import annotations
