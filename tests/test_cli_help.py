@@ -87,7 +87,7 @@ def test_help_page_has_no_glitches(path: tuple[str, ...], capsys: pytest.Capture
 
 def test_unknown_command_suggests_once(capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    code, out, err = _lamina(["ps"], capsys, monkeypatch)
+    code, out, err = _lamina(["pussh"], capsys, monkeypatch)
     assert code == 2
     assert err.count("Did you mean") == 1, err
     assert "'push'" in err

@@ -14,10 +14,13 @@ def test_an_unknown_option_before_the_image_is_a_usage_error(lamina: Lamina) -> 
     assert "invalid reference" not in res.err
 
 
-def test_tty_is_refused_as_unsupported_not_taken_for_an_image(lamina: Lamina) -> None:
+def test_tty_options_are_laminas_not_taken_for_an_image(lamina: Lamina) -> None:
+    """-t is supported since #12 (tests/run/test_container_tty.py); it is still an
+    option of lamina's, never an image name."""
     for args in (["-it"], ["-t"], ["--tty"], ["-i", "-t"]):
         res = lamina.fail("run", *args, "demo/a", "sh")
-        assert res.code == 7 and "not supported yet: -t/--tty" in res.err, (args, res.err)
+        assert res.code == 2 and "image demo/a:latest not in the store" in res.err, (
+            args, res.err)
 
 
 def test_options_after_the_image_belong_to_the_command(seeded: Lamina) -> None:

@@ -192,3 +192,36 @@ def test_processes_opening_and_closing_one_store_at_once_all_succeed(tmp_path: P
              for _ in range(4)]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+
+
+def test_a_store_of_schema_1_is_migrated_once(tmp_path: Path) -> None:
+    """#12: a store written before the containers table existed gets it on open, its data
+    kept, the version recorded; the container rows are gc roots."""
+    from lamina.store.containers import ContainerRecord, Containers
+    from lamina.store.gc import collect
+    from lamina.store.meta import SCHEMA_VERSION
+
+    path = tmp_path / "meta.db"
+    Metadata(path).close()
+    db = sqlite3.connect(path)   # as lamina before #12 left it
+    db.execute("DROP TABLE containers")
+    db.execute("UPDATE meta SET value='1' WHERE key='schema'")
+    db.execute("INSERT INTO tags VALUES('docker.io/library/a:latest', ?, ?, 0)",
+               (M1, mt.OCI_MANIFEST))
+    db.commit()
+    db.close()
+    meta = Metadata(path)
+    try:
+        assert meta.query("SELECT value FROM meta WHERE key='schema'") == [
+            (str(SCHEMA_VERSION),)]
+        assert SCHEMA_VERSION == 2
+        assert meta.get_tag("docker.io/library/a:latest") is not None
+        Containers(meta).add(ContainerRecord("ab" * 32, "c1", "a", 0.0, {}, [L1]))
+        assert Containers(meta).find("abab").name == "c1"
+    finally:
+        meta.close()
+    with Store(tmp_path) as store:   # reopened: migrated already, nothing to do
+        store.blobs.put_bytes(b"layer 1")
+        store.blobs.put_bytes(b"layer 2")
+        report = collect(store)
+        assert report.blobs_removed == [L2]   # layer 1 is the container's

@@ -70,16 +70,15 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
 
     @image.command("prune")
     @flag("-a", "--all", "all_images",
-          help="Remove every image, not only dangling ones (lamina keeps no containers, "
-               "so no image is in use).")
+          help="Remove every image no container uses, not only dangling ones.")
     @flag("-f", "--force", help=FORCE_HELP)
     def image_prune(all_images: bool, force: bool) -> None:
         """Remove dangling images (untagged, held by no tagged image), then the blobs and
         snapshots nothing reaches any more."""
         from lamina.inspect.remove import prune_images
 
-        what = ("This will remove all images (lamina keeps no containers: none is in use)."
-                if all_images else "This will remove all dangling images.")
+        what = ("This will remove all images without at least one container associated "
+                "to them." if all_images else "This will remove all dangling images.")
         if not _confirm([what], force):
             return
         with _open_to_free() as store:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from lamina.cli.cmd_containers import container_options
 from lamina.cli.format import argument, flag, option
 from lamina.cli.limits import expansion_option
 
@@ -42,10 +43,10 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     @argument("image", help="Image in the store.")
     @argument("command", nargs=-1,
               help="Command and arguments (default: the image's ENTRYPOINT + CMD).")
-    @flag("--rm", help="Remove the container when it exits (always done: lamina keeps no "
-          "containers).")
-    @flag("-i", "--interactive", help="Keep stdin attached (always done).")
-    @flag("-t", "--tty", help="Allocate a pseudo-terminal (not supported yet).")
+    @flag("--rm", help="Remove the container when it exits (else ps -a lists it until rm).")
+    @flag("-i", "--interactive", help="Keep stdin attached (always done in the foreground).")
+    @flag("-t", "--tty", help="Allocate a terminal in the container (its own /dev/pts).")
+    @container_options
     @option("--stop-signal", metavar="SIGNAL",
             help="Signal a SIGTERM to lamina becomes (default: the image's STOPSIGNAL).")
     @option("--stop-timeout", kind=int, default=10,
@@ -64,21 +65,31 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     def run(image: str, command: tuple[str, ...], rm: bool, interactive: bool, tty: bool,
             stop_signal: str | None, stop_timeout: int, env: tuple[str, ...],
             workdir: str | None, user: str | None, volume: tuple[str, ...], network: str,
-            commit: str | None, compression: str, snapshotter: str) -> None:
-        """Run a command in an image's root filesystem, sandboxed, in the foreground.
+            commit: str | None, compression: str, snapshotter: str, detach: bool,
+            name: str | None, entrypoint: str | None, hostname: str | None, read_only: bool,
+            tmpfs: tuple[str, ...], env_file: tuple[str, ...], init: bool) -> None:
+        """Run a command in an image's root filesystem, sandboxed: a container.
 
-        lamina's signals go to the command (SIGTERM as the image's STOPSIGNAL, then
-        SIGKILL after --stop-timeout), and lamina exits with the command's status."""
+        In the foreground lamina's signals go to the command (SIGTERM as the image's
+        STOPSIGNAL, then SIGKILL after --stop-timeout), and lamina exits with the
+        command's status; with -d it runs under a monitor of its own (see ps, logs,
+        exec, stop).  Without --rm the container stays after it exited (ps -a, commit,
+        rm).  Restart policies (--restart) are out of scope: lamina has no daemon to
+        restart anything."""
+        from pathlib import Path
+
         from lamina.build.importer import source_date_epoch
+        from lamina.cli.cmd_containers import run_kept
         from lamina.cli.format import err
         from lamina.errors import InvalidInput, Unsupported
         from lamina.image.reference import Reference
         from lamina.layer.options import COMPRESSIONS
         from lamina.run.container import RunOptions, run_container
+        from lamina.run.containers import read_env_file
 
-        if tty:
-            raise Unsupported("not supported yet: -t/--tty (a pseudo-terminal for the "
-                              "container, issue 12); -i alone keeps stdin attached")
+        if commit and (detach or tty or name):
+            raise Unsupported("--commit runs one command in the foreground: it cannot be "
+                              "combined with -d, -t or --name (use lamina commit CONTAINER)")
         if stop_timeout < 0:
             raise InvalidInput(f"--stop-timeout must not be negative: {stop_timeout}")
         if network not in ("none", "host"):
@@ -89,13 +100,24 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         if snapshotter not in ("auto", "overlay", "walk"):
             raise InvalidInput(f"unknown snapshotter {snapshotter!r}: "
                                "choose auto, overlay or walk")
+        env_all = [item for path in env_file for item in read_env_file(Path(path))]
         opts = RunOptions(
-            image=image, command=list(command or []), env=list(env or []), workdir=workdir,
+            image=image, command=list(command or []), env=env_all + list(env or []),
+            workdir=workdir,
             user=user, volumes=list(volume or []), network=network,  # type: ignore[arg-type]
-            rm=True, commit=commit, snapshotter=snapshotter,  # type: ignore[arg-type]
+            commit=commit, snapshotter=snapshotter,  # type: ignore[arg-type]
             compression=compression,  # type: ignore[arg-type]
             source_date_epoch=source_date_epoch() if commit else None,
-            stop_signal=stop_signal, stop_timeout=stop_timeout)
+            stop_signal=stop_signal, stop_timeout=stop_timeout, name=name, detach=detach,
+            entrypoint=entrypoint, tty=tty, interactive=interactive, read_only=read_only,
+            tmpfs=list(tmpfs), init=init, rm=True if commit else rm,
+            # A kept container's default host name is its short id (Docker's).
+            hostname=hostname or ("lamina" if commit else ""))
+        if not commit:
+            code = run_kept(store_factory, opts)
+            if code is not None:
+                raise click.exceptions.Exit(code)
+            return
         with store_factory() as store, _interruptible():
             result = run_container(store, opts)
         if commit:

@@ -277,15 +277,18 @@ def _size(n: int | None) -> str:
         help="Go-template-like, as Docker's: {{.Id}}, {{.Config.Env}}, {{json .Config}}, "
              "{{index .RepoTags 0}}; one line per image.")
 def inspect(refs: tuple[str, ...], format_: str | None) -> None:
-    """Show images' config and manifest as JSON."""
+    """Show containers' state and settings, or images' config and manifest, as JSON."""
+    from lamina.cli.cmd_containers import container_documents
     from lamina.inspect.summary import inspect_document
     from lamina.transport.local import StoreTransport
     from lamina.transport.resolve import resolve_image
 
-    docs = []
+    docs: list[Any] = []
     with _store() as store:
         source = StoreTransport(store)
-        for ref in refs:
+        # Containers first, as podman inspect looks (names and ids of both kinds).
+        docs = container_documents(store, refs) or []
+        for ref in refs if not docs else ():
             desc = source.resolve(ref)
             image = resolve_image(source, desc)
             docs.append(inspect_document(source, image, store.meta.tags_for(str(desc.digest))))
@@ -357,6 +360,11 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
     with open_to_collect(store_root(), dry_run) as store:
         if not dry_run:
             sweep_stale(store)  # container dirs and mounts left by killed processes
+        from lamina.run.containers import sweep
+
+        # Containers whose monitor was killed: recorded as exited (--rm ones removed), as
+        # ps would; a dry run too, or it would count their snapshots as kept (issue 12).
+        sweep(store)
         report = collect(store, dry_run=dry_run, cache=cache)
     if json_:
         print_json({"blobs_removed": report.blobs_removed, "bytes_freed": report.bytes_freed,
@@ -429,7 +437,8 @@ def fsck(repair: bool, json_: bool) -> None:
 # imports inside its command functions, so every run imports only what it uses.
 _COMMAND_MODULES = ("lamina.cli.cmd_run", "lamina.cli.cmd_build", "lamina.cli.cmd_transfer",
                     "lamina.cli.cmd_inspect", "lamina.cli.cmd_serve", "lamina.cli.cmd_prune",
-                    "lamina.cli.cmd_completion", "lamina.cli.cmd_airgap")
+                    "lamina.cli.cmd_completion", "lamina.cli.cmd_airgap",
+                    "lamina.cli.cmd_containers")
 
 
 def _register_more() -> None:

@@ -82,16 +82,21 @@ def prune_images(store: Store, all_images: bool = False, cache: bool = False
     """``docker image prune``: forget dangling images, then let gc remove what nothing
     reaches any more (``GcReport.bytes_freed`` is the reclaimed space).
 
-    ``all_images``: Docker's ``-a`` removes every image no container uses; lamina keeps
-    no containers (a running ``lamina run`` holds its layers by a lease, not by the
-    image), so that is every image, tagged or not.  ``cache``: the whole build cache
-    too (``system prune -a``); without it gc drops only entries whose layer is gone."""
+    ``all_images``: Docker's ``-a`` removes every image no container uses (a container,
+    running or stopped, keeps its image's name and record: store/containers.py).
+    ``cache``: the whole build cache too (``system prune -a``); without it gc drops only
+    entries whose layer is gone."""
+    from lamina.store.containers import Containers
+
     report = PruneReport()
+    in_use = {str(rec.spec.get("image_digest")) for rec in Containers(store.meta).all()}
     if all_images:
         for tag in store.meta.tags():
-            if store.meta.delete_tag(tag.name):
+            if tag.digest not in in_use and store.meta.delete_tag(tag.name):
                 report.untagged.append(Reference.parse(tag.name).familiar)
     for digest in dangling_images(store):
+        if digest in in_use:
+            continue
         store.meta.delete_image(digest)
         report.deleted.append(digest)
     report.gc = collect(store, cache=cache)

@@ -78,6 +78,18 @@ class RunOptions:
     stdin: int | None = None
     stdout: int | None = None
     stderr: int | None = None
+    # Containers that are kept (run/containers.py; issue 12).  ``entrypoint``: None keeps
+    # the image's, "" clears it, else it replaces it (and the image's CMD, as Docker
+    # does); ``tmpfs``: ``PATH[:opts]``.  ``init`` is recorded: the sandbox's PID 1
+    # already reaps and the command is PID 2 (docs/design-notes.md).
+    name: str | None = None
+    detach: bool = False
+    entrypoint: str | None = None
+    tty: bool = False
+    interactive: bool = False
+    read_only: bool = False
+    tmpfs: list[str] = field(default_factory=list)
+    init: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,10 +107,15 @@ def _strings(value: Any, what: str) -> list[str]:
     return list(value)
 
 
-def container_argv(config: Mapping[str, Any], command: Sequence[str]) -> list[str]:
-    """ENTRYPOINT + (command or CMD), Docker's rule."""
+def container_argv(config: Mapping[str, Any], command: Sequence[str],
+                   entrypoint_override: str | None = None) -> list[str]:
+    """ENTRYPOINT + (command or CMD), Docker's rule; ``--entrypoint`` replaces the
+    image's ENTRYPOINT and drops its CMD ("" clears it: moby daemon/create.go)."""
     entrypoint = _strings(config.get("Entrypoint"), "Entrypoint")
     cmd = list(command) if command else _strings(config.get("Cmd"), "Cmd")
+    if entrypoint_override is not None:
+        entrypoint = [entrypoint_override] if entrypoint_override else []
+        cmd = list(command)
     argv = entrypoint + cmd
     if not argv:
         raise InvalidInput("no command specified: the image has no ENTRYPOINT or CMD; "
@@ -147,25 +164,12 @@ def run_container(store: Store, opts: RunOptions) -> RunResult:
         image = resolve_image(source, source.resolve(opts.image))
     finally:
         source.close()
-    config = image.config.container_config
-    argv = container_argv(config, opts.command)
-    env = container_env(config, opts.env, os.environ)
-    workdir = opts.workdir if opts.workdir is not None else (config.get("WorkingDir") or "/")
-    if not isinstance(workdir, str) or not workdir.startswith("/"):
-        if opts.workdir is not None:
-            raise InvalidInput(f"the working directory {workdir!r} must be an absolute path")
-        workdir = "/" + str(workdir)   # a relative WorkingDir in a config: from /
-    user = opts.user if opts.user is not None else str(config.get("User") or "")
-    mounts = tuple(parse_volume(v) for v in opts.volumes)
-    proxy = None
-    if opts.sig_proxy:
-        stop = opts.stop_signal if opts.stop_signal is not None else config.get("StopSignal")
-        if stop is not None and not isinstance(stop, str | int):
-            raise InvalidInput("image config: StopSignal must be a string")
-        proxy = SignalProxy(parse_signal(stop) if stop else signal.SIGTERM, opts.stop_timeout)
+    s = process_settings(image.config.container_config, opts)
+    proxy = SignalProxy(s.stop_signal, opts.stop_timeout) if opts.sig_proxy else None
     with open_rootfs(store, source, image, opts.snapshotter) as rootfs:
-        spec = ProcessSpec(rootfs=rootfs.path, argv=argv, env=env, cwd=workdir, user=user,
-                           mounts=mounts, network=opts.network, hostname=opts.hostname)
+        spec = ProcessSpec(rootfs=rootfs.path, argv=s.argv, env=s.env, cwd=s.workdir,
+                           user=s.user, mounts=s.mounts, network=opts.network,
+                           hostname=opts.hostname)
         code = run_process(spec, opts.stdin, opts.stdout, opts.stderr, sandbox=opts.sandbox,
                            proxy=proxy)
         if commit_ref is None or code != 0:
@@ -176,6 +180,35 @@ def run_container(store: Store, opts: RunOptions) -> RunResult:
         desc = commit_changes(store, image, changes, commit_ref, created_by,
                               opts.source_date_epoch, opts.compression)
     return RunResult(code, desc, str(commit_ref))
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """The image's config and ``lamina run``'s options, combined (module docstring)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    workdir: str
+    user: str
+    mounts: tuple[tuple[Path, str, bool], ...]
+    stop_signal: int
+
+
+def process_settings(config: Mapping[str, Any], opts: RunOptions) -> ProcessSettings:
+    argv = container_argv(config, opts.command, opts.entrypoint)
+    env = container_env(config, opts.env, os.environ)
+    workdir = opts.workdir if opts.workdir is not None else (config.get("WorkingDir") or "/")
+    if not isinstance(workdir, str) or not workdir.startswith("/"):
+        if opts.workdir is not None:
+            raise InvalidInput(f"the working directory {workdir!r} must be an absolute path")
+        workdir = "/" + str(workdir)   # a relative WorkingDir in a config: from /
+    user = opts.user if opts.user is not None else str(config.get("User") or "")
+    mounts = tuple(parse_volume(v) for v in opts.volumes)
+    stop = opts.stop_signal if opts.stop_signal is not None else config.get("StopSignal")
+    if stop is not None and not isinstance(stop, str | int):
+        raise InvalidInput("image config: StopSignal must be a string")
+    return ProcessSettings(argv, env, workdir, user, mounts,
+                           parse_signal(stop) if stop else signal.SIGTERM)
 
 
 def _commit_reference(text: str) -> Reference:

@@ -93,7 +93,7 @@ def _lib() -> ctypes.CDLL:
     return _libc
 
 
-def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
     rc = _lib().mount(source.encode(), os.fsencode(target), fstype.encode(),
                       ctypes.c_ulong(flags), os.fsencode(data))
     if rc != 0:
@@ -101,7 +101,7 @@ def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None
         raise OSError(e, os.strerror(e), target)
 
 
-def _umount(target: str) -> None:
+def unmount(target: str) -> None:
     """Unmount, retrying briefly while busy (a process of the sandbox still exiting),
     then detach lazily: the mount must not outlive the rootfs."""
     lib = _lib()
@@ -191,13 +191,13 @@ def mount_overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path)
         data = _overlay_options([os.fspath(p) for p in lowers], os.fspath(upper),
                                 os.fspath(work), fds)
         try:
-            _mount("overlay", os.fspath(target), "overlay", 0,
+            mount("overlay", os.fspath(target), "overlay", 0,
                    data + ",volatile" if _volatile[0] else data)
         except OSError as e:
             if e.errno != errno.EINVAL or not _volatile[0]:
                 raise
             _volatile[0] = False   # an older kernel: mount without it
-            _mount("overlay", os.fspath(target), "overlay", 0, data)
+            mount("overlay", os.fspath(target), "overlay", 0, data)
     except OSError as e:
         raise StoreError(f"cannot mount an overlay on {target}: {e.strerror or e}") from None
     finally:
@@ -240,7 +240,7 @@ def overlay_problem(store: Store) -> str | None:
             else:
                 (merged / "shown").write_bytes(b"x")  # a copy-up
         finally:
-            _umount(os.fspath(merged))
+            unmount(os.fspath(merged))
     except (OSError, LaminaError) as e:
         problem = f"overlayfs does not work on {tmp_root}: {getattr(e, 'strerror', None) or e}"
     finally:
@@ -285,7 +285,7 @@ class _Base:
 
     def _teardown(self) -> None:
         for point in mounts_under(self.dir):
-            _umount(point)
+            unmount(point)
         remove_tree(self.dir)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -362,12 +362,12 @@ class WalkRootfs(_Base):
                         apply_layer(reader, self.base, expected_diff_id=diff_id,
                                     options=ApplyOptions())
                         reader.verify()
-            _copy_tree(self.base, self.path)
+            copy_tree(self.base, self.path)
             # Every file of the copy has a ctime before this one, and every file written
             # after it one at or after it: diff_trees need not read the content of the
             # rest (the base, unpacked from tar headers, has whole-second mtimes, which
             # would otherwise make it compare every file; layer/changes.py).
-            self._copied = _fresh_ctime(self.dir / "copied")
+            self._copied = fresh_ctime(self.dir / "copied")
         except BaseException:
             self._teardown()
             raise
@@ -376,12 +376,12 @@ class WalkRootfs(_Base):
         # A clock stepped back since the copy would make new writes look older: then
         # compare contents as for any tree.
         fence: int | None = self._copied
-        if _fresh_ctime(self.dir / "now") < self._copied:
+        if fresh_ctime(self.dir / "now") < self._copied:
             fence = None
         return diff_trees(self.base, self.path, source_date_epoch, copied_before_ns=fence)
 
 
-def _fresh_ctime(path: Path) -> int:
+def fresh_ctime(path: Path) -> int:
     """The ctime (ns) of a file made now: the file system's clock, as it stamps files."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
@@ -391,7 +391,7 @@ def _fresh_ctime(path: Path) -> int:
         os.close(fd)
 
 
-def _copy_tree(src: Path, dst: Path) -> None:
+def copy_tree(src: Path, dst: Path) -> None:
     """``cp -a``: the one copy that keeps owners, modes, times, xattrs, hard links and
     devices together (shutil.copytree keeps neither links nor devices)."""
     cp = shutil.which("cp") or "/bin/cp"
@@ -434,7 +434,7 @@ def sweep_stale(store: Store) -> int:
                 except BlockingIOError:
                     continue  # alive
             for point in mounts_under(entry.path):
-                _umount(point)
+                unmount(point)
             with contextlib.suppress(OSError):
                 lease = Path(entry.path, "lease").read_text().strip()
                 if lease:

@@ -36,13 +36,16 @@ A sandbox that cannot start raises ``LaminaError``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import termios
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -66,6 +69,7 @@ DEFAULT_CAPS: dict[str, int] = {
 _TMPFS = "tmpfs:"   # the host "path" of a tmpfs mount (_with_tmpfs)
 
 SandboxKind = Literal["auto", "bwrap", "unshare"]
+Waiter = Callable[[subprocess.Popen[bytes]], int]
 Network = Literal["none", "host"]
 
 
@@ -86,8 +90,16 @@ class ProcessSpec:
     mounts: tuple[tuple[Path, str, bool], ...] = ()
     network: Network = "none"
     hostname: str = "lamina"
-    # (container path, size in bytes or None, mode): a fresh tmpfs there
+    # (container path, size in bytes or None, mode): a fresh tmpfs there (RUN --mount
+    # type=tmpfs, run --tmpfs), mounted with the bind mounts, parents first (_with_tmpfs)
     tmpfs: tuple[tuple[str, int | None, int], ...] = ()
+    # Containers (run/containers.py): ``read_only`` makes the rootfs read-only (what is
+    # mounted on it stays writable, as docker run --read-only); ``pts`` is a devpts
+    # instance to be the container's /dev/pts (its terminal was allocated there, so
+    # ``tty`` names it); ``tty``: stdin is a terminal, made the controlling terminal.
+    read_only: bool = False
+    pts: Path | None = None
+    tty: bool = False
 
 
 @dataclass(frozen=True)
@@ -286,7 +298,8 @@ for name in ("null", "zero", "full", "random", "urandom", "tty"):
     os.close(os.open(dev + "/" + name, os.O_WRONLY | os.O_CREAT, 0o666))
     mount("/dev/" + name, dev + "/" + name, None, BIND)
 os.mkdir(dev + "/pts"); os.mkdir(dev + "/shm")
-mount("devpts", dev + "/pts", "devpts", NOSUID | NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+if not spec["pts"]:
+    mount("devpts", dev + "/pts", "devpts", NOSUID | NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
 mount("shm", dev + "/shm", "tmpfs", NOSUID | NODEV | NOEXEC, "mode=1777,size=65536k")
 for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                      ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
@@ -308,6 +321,10 @@ for host, ctr, ro in spec["mounts"]:
     mount(host, root + ctr, None, BIND | REC)
     if ro:
         mount(None, root + ctr, None, REMOUNT | BIND | RDONLY)
+if spec["pts"]:
+    mount(spec["pts"], dev + "/pts", None, BIND)
+if spec["read_only"]:
+    mount(None, root, None, REMOUNT | BIND | RDONLY)
 socket.sethostname(spec["hostname"])
 if spec["network"] == "none":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -421,6 +438,8 @@ def _bwrap_argv(spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str, s
         for cap in DEFAULT_CAPS:
             args += ["--cap-add", cap]
     args += ["--bind", os.fspath(spec.rootfs), "/", "--proc", "/proc", "--dev", "/dev"]
+    if spec.pts is not None:
+        args += ["--bind", os.fspath(spec.pts), "/dev/pts"]
     for host, ctr, ro in mounts:
         if host.startswith(_TMPFS):   # "tmpfs:<size>:<mode>" (_with_tmpfs)
             size, mode = host.removeprefix(_TMPFS).split(":")
@@ -428,6 +447,8 @@ def _bwrap_argv(spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str, s
                      "--tmpfs", ctr]
             continue
         args += ["--ro-bind" if ro else "--bind", host, ctr]
+    if spec.read_only:
+        args += ["--remount-ro", "/"]
     args += ["--hostname", spec.hostname, "--chdir", cwd, "--", *spec.argv]
     return args
 
@@ -442,6 +463,8 @@ def _unshare_argv(spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str,
         "hostname": spec.hostname, "network": spec.network, "argv": spec.argv, "env": env,
         "uid": user.uid, "gid": user.gid, "groups": list(user.groups),
         "caps": sorted(DEFAULT_CAPS.values()), "status_fd": status_fd,
+        "read_only": spec.read_only,
+        "pts": None if spec.pts is None else os.fspath(spec.pts),
     })
     args = []
     setpriv = _which("setpriv")
@@ -454,6 +477,11 @@ def _unshare_argv(spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str,
         args.append("--net")
     args += ["--", sys.executable, "-I", "-S", "-c", _INIT, init]
     return args
+
+
+def _controlling_tty() -> None:
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _status(code: int | None) -> int:
@@ -483,12 +511,15 @@ def _wait(proc: subprocess.Popen[bytes]) -> int:
 
 def run_process(spec: ProcessSpec, stdin: int | None = None, stdout: int | None = None,
                 stderr: int | None = None, sandbox: SandboxKind = "auto",
-                proxy: SignalProxy | None = None) -> int:
+                proxy: SignalProxy | None = None, waiter: Waiter | None = None) -> int:
     """Run ``spec`` in the foreground and return its exit status (see the module
     docstring).  ``stdin``/``stdout``/``stderr`` are file descriptors (or
     ``subprocess.DEVNULL``/``PIPE``-style constants); None inherits lamina's.  With
     ``proxy``, lamina's signals go to the process as ``docker run`` passes them
-    (``lamina.run.signals``); without, the sandbox shares lamina's process group."""
+    (``lamina.run.signals``); without, the sandbox shares lamina's process group.
+    ``waiter`` replaces waiting for the sandbox: called once it started, it returns its
+    ``Popen.wait()`` status (a container's monitor records, copies output, checks
+    health meanwhile: run/monitor.py)."""
     if not spec.argv:
         raise InvalidInput("no command to run")
     root = Path(spec.rootfs)
@@ -539,7 +570,8 @@ def run_process(spec: ProcessSpec, stdin: int | None = None, stdout: int | None 
                 if os.path.isfile(f"/{name.lstrip('/')}") and os.path.isdir(
                         os.path.dirname(inside)) and not os.path.isdir(inside):
                     mounts.append((name, stubs.ensure(name, False), True))
-        return _spawn(kind, spec, user, mounts, cwd, env, (stdin, stdout, stderr), proxy)
+        return _spawn(kind, spec, user, mounts, cwd, env, (stdin, stdout, stderr), proxy,
+                      waiter)
     finally:
         stubs.remove()
 
@@ -591,7 +623,7 @@ def _stdin_copy(stdin: int | None) -> tuple[int | None, int]:
 
 def _spawn(kind: str, spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str, str, bool]],
            cwd: str, env: dict[str, str], stdio: tuple[int | None, int | None, int | None],
-           proxy: SignalProxy | None) -> int:
+           proxy: SignalProxy | None, waiter: Waiter | None = None) -> int:
     stdin, stdout, stderr = stdio
     copy_r = -1
     if proxy is not None:
@@ -609,12 +641,17 @@ def _spawn(kind: str, spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[
             # bwrap keeps the groups it is started with (the user is root here): give it
             # the image user's, as the unshare init sets them.
             ids = {"group": user.gid, "extra_groups": list(user.groups)}
+        if spec.tty:
+            # A session of its own whose controlling terminal is stdin (what runc does
+            # for a console): Ctrl-C, job control and SIGWINCH then work in the container.
+            ids["preexec_fn"] = _controlling_tty
         with contextlib.ExitStack() as stack:
             attach = None if proxy is None else stack.enter_context(forwarding(proxy))
             try:
                 proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
                                         env=env, pass_fds=(status_w,), close_fds=True,
-                                        process_group=None if proxy is None else 0,
+                                        process_group=None if proxy is None or spec.tty
+                                        else 0,
                                         **ids)  # type: ignore[call-overload]
             except OSError as e:
                 raise LaminaError(f"cannot start the sandbox ({argv[0]}): "
@@ -625,10 +662,10 @@ def _spawn(kind: str, spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[
                 os.close(copy_r)
                 copy_r = -1
             if attach is None:
-                code = _status(_wait(proc))
+                code = _status(waiter(proc) if waiter is not None else _wait(proc))
             else:
                 attach(proc)
-                code = _status(proc.wait())
+                code = _status(waiter(proc) if waiter is not None else proc.wait())
         with os.fdopen(status_r, "rb") as f:
             status_r = -1
             report = f.read().decode(errors="replace")

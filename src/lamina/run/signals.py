@@ -105,6 +105,17 @@ def _status_field(pid: int, field: str) -> list[str]:
     return []
 
 
+def find_command(sandbox_pid: int) -> tuple[int, int] | None:
+    """(host pid, init's host pid) of the command of the sandbox started as
+    ``sandbox_pid``: the init's child that is PID 2 in the namespace; None while it is
+    not there (yet, or any more)."""
+    for init in _children(sandbox_pid):
+        for pid in _children(init):
+            if _status_field(pid, "NSpid")[-1:] == ["2"]:
+                return pid, init
+    return None
+
+
 class _Forwarder:
     """The running sandbox's command, found on first need and held by a pidfd."""
 
@@ -129,18 +140,18 @@ class _Forwarder:
         while proc.poll() is None:
             if self.fd >= 0:
                 return True   # found meanwhile, by a handler that ran inside this one
-            for init in _children(proc.pid):
-                for pid in _children(init):
-                    if _status_field(pid, "NSpid")[-1:] != ["2"]:
-                        continue
-                    try:
-                        fd = os.pidfd_open(pid)
-                    except OSError:
-                        continue
-                    # Still the init's child after the pidfd was taken: not a reused number.
-                    if _status_field(pid, "PPid") == [str(init)]:
-                        self.fd = fd
-                        return True
+            found = find_command(proc.pid)
+            if found is not None:
+                pid, init = found
+                try:
+                    fd = os.pidfd_open(pid)
+                except OSError:
+                    fd = -1
+                # Still the init's child after the pidfd was taken: not a reused number.
+                if fd >= 0 and _status_field(pid, "PPid") == [str(init)]:
+                    self.fd = fd
+                    return True
+                if fd >= 0:
                     os.close(fd)
             if time.monotonic() > deadline:
                 return False

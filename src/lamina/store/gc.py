@@ -1,11 +1,13 @@
 """Garbage collection: a pure mark over roots and edges, then a sweep of the rest.
 
 Roots are tags, image records, the resources of live leases (containerd ``gc`` and
-``leases``) and the layers of build-cache entries: as BuildKit's cache records keep their
-layers until ``builder prune``, a cached layer stays until ``gc --cache`` drops the
-cache.  Mark and sweep run inside one IMMEDIATE SQLite transaction, so no writer can
-add a root or lease resource between them; a writer that registers a blob in its lease
-*before* checking whether the blob exists can therefore never have it swept from under it.
+``leases``), what every container stands on until it is removed (its image's blobs and
+snapshots: store/containers.py) and the layers of build-cache entries: as BuildKit's
+cache records keep their layers until ``builder prune``, a cached layer stays until
+``gc --cache`` drops the cache.  Mark and sweep run inside one IMMEDIATE SQLite
+transaction, so no writer can add a root or lease resource between them; a writer that
+registers a blob in its lease *before* checking whether the blob exists can therefore
+never have it swept from under it.
 
 Build cache mounts (cachemounts.py) are no blobs: they belong to the build cache, so
 ``cache=True`` removes every one no build holds now, as ``docker builder prune`` does;
@@ -37,6 +39,7 @@ from lamina.digest import Digest
 from lamina.errors import NoSpace
 from lamina.store import locks, pool, scratch
 from lamina.store.cachemounts import CacheMounts
+from lamina.store.containers import container_roots
 from lamina.store.packs import index_size
 
 if TYPE_CHECKING:
@@ -86,6 +89,7 @@ def _roots(db: sqlite3.Connection, dead_leases: Iterable[str], cache: bool) -> s
     roots.update(str(r[0]) for r in db.execute("SELECT digest FROM images"))
     roots.update(str(key) for lease, key in db.execute("SELECT lease, key FROM lease_resources")
                  if str(lease) not in dead)
+    roots.update(container_roots(db))
     if not cache:
         roots.update(str(r[0]) for r in db.execute("SELECT layer FROM build_cache"))
     return roots

@@ -20,6 +20,8 @@ What lives here, and why it is not in files:
   chunk_contents   uncompressed content digest → stored chunks (compressed frames) that
                    hold it: how a delta pull finds a frame it has from a TOC's
                    uncompressed chunk digests (gc drops rows of chunks it removes)
+  containers       containers that outlive one command (store/containers.py): their
+                   spec, state and exit status, and the nodes they keep from gc
 
 Node keys in ``refs`` and leases are strings: a blob is its digest (``sha256:…``), a
 snapshot is ``snapshot:<chain id>``.  The store knows nothing of manifest formats: the
@@ -39,7 +41,18 @@ from pathlib import Path
 
 from lamina.errors import NoSpace, StoreBusy, StoreError
 
-SCHEMA_VERSION = 1
+# Tables added after version 1, one statement list per version: a store made by an
+# older lamina gets them the first time a newer one opens it (``_migrate``).
+_MIGRATIONS: tuple[str, ...] = (
+    # 2: containers (issue 12).  ``spec`` and ``roots`` are JSON: the run's settings, and
+    # the blobs and snapshots gc must keep while the container exists.
+    """CREATE TABLE IF NOT EXISTS containers(
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, image TEXT NOT NULL,
+        created REAL NOT NULL, spec TEXT NOT NULL, roots TEXT NOT NULL,
+        state TEXT NOT NULL, pid INTEGER, pid_start INTEGER, started REAL, finished REAL,
+        exit_code INTEGER, error TEXT NOT NULL DEFAULT '', health TEXT NOT NULL DEFAULT '')""",
+)
+SCHEMA_VERSION = 1 + len(_MIGRATIONS)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tags(
@@ -82,6 +95,18 @@ CREATE TABLE IF NOT EXISTS layer_conversions(
     PRIMARY KEY(source, target)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring the schema from the version the store records to SCHEMA_VERSION (inside the
+    caller's transaction, so two processes opening an old store migrate it once)."""
+    row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    version = int(row[0]) if row and str(row[0]).isdigit() else 1
+    for number, statement in enumerate(_MIGRATIONS, start=2):
+        if number > version:
+            db.execute(statement)
+    if version < SCHEMA_VERSION:
+        db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
 
 NO_SPACE_HINT = "free space or run `lamina gc`"
@@ -183,8 +208,8 @@ class Metadata:
                     for stmt in _SCHEMA.split(";"):
                         if stmt.strip():
                             db.execute(stmt)
-                    db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)",
-                               (str(SCHEMA_VERSION),))
+                    db.execute("INSERT OR IGNORE INTO meta VALUES('schema', '1')")
+                    _migrate(db)
                     db.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
@@ -232,6 +257,10 @@ class Metadata:
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.DatabaseError):
             self._db.execute("ROLLBACK")
+
+    def query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """Rows of one read (no write lock: WAL readers never wait for writers)."""
+        return self._query(sql, args)
 
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         with self._lock:
