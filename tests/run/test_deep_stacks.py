@@ -88,7 +88,7 @@ def test_run_and_build_on_500_layers(fresh: Lamina, seed: Path, tmp_path: Path) 
     key = str(merged_id(chain_ids(deep)[399]))
 
     def run(ref: str, *cmd: str) -> str:
-        return fresh.run("run", "--snapshotter", "overlay", ref, *cmd).out
+        return fresh.run("run", "--rm", "--snapshotter", "overlay", ref, *cmd).out
 
     # files of the bottom layer (busybox's, merged), a low layer and the top one
     assert run("deep:1", "cat", "/etc/hostname", f"/file{LOW}", f"/file{HIGH}") == \

@@ -127,7 +127,7 @@ def create(store: Store, opts: RunOptions) -> Created:
     from lamina.image.config import chain_ids
     from lamina.run.container import process_settings
     from lamina.run.ctrfs import ContainerRootfs
-    from lamina.run.snapshots import snapshot_key
+    from lamina.run.snapshots import merge_point, merged_id, snapshot_key
     from lamina.transport.local import StoreTransport
     from lamina.transport.resolve import resolve_image
 
@@ -167,8 +167,12 @@ def create(store: Store, opts: RunOptions) -> Created:
             "diff_ids": [str(d) for d in image.config.diff_ids],
             "labels": config.get("Labels") or {},
         }
+        chains = chain_ids(image.config.diff_ids)
+        cut = merge_point(len(chains))
         roots = [str(image.digest), str(m.config.digest), *(str(d.digest) for d in m.layers),
-                 *(snapshot_key(c) for c in chain_ids(image.config.diff_ids))]
+                 *(snapshot_key(c) for c in chains),
+                 # a deep image's merged bottom (Snapshotter.stack)
+                 *([snapshot_key(merged_id(chains[cut - 1]))] if cut else [])]
         rec = ContainerRecord(cid, name, opts.image, time.time(), spec, roots)
         try:
             table.add(rec)

@@ -69,7 +69,9 @@ class ContainerRootfs:
         extracted here, and gc must not take them meanwhile."""
         problem = overlay_problem(store) if mode != "walk" else "walk asked for"
         if problem is None:
-            lowers = Snapshotter(store).ensure(
+            # stack: an image deeper than one overlay mount takes gets its bottom layers
+            # as one merged snapshot (run/snapshots.py), as `run` without a container
+            lowers = Snapshotter(store).stack(
                 source, image.manifest.layers, image.config.diff_ids,
                 owner=image.digest if store.meta.get_image(image.digest) else None)
             if not lowers:

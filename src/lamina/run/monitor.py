@@ -84,12 +84,16 @@ def open_rootfs(store: Store, rec: ContainerRecord) -> ContainerRootfs:
     from lamina.digest import Digest
     from lamina.image.config import chain_ids
     from lamina.run.ctrfs import ContainerRootfs
+    from lamina.run.snapshots import merge_point, merged_id
 
     directory = container_dir(store, rec.id)
     if (directory / "upper").is_dir():
         diff_ids = [Digest.parse(d) for d in rec.spec["diff_ids"]]
-        lowers = tuple(store.snapshot_path(c) for c in chain_ids(diff_ids)) \
-            or (directory / "empty",)
+        chains = chain_ids(diff_ids)
+        # a deep image's bottom layers are one merged snapshot (Snapshotter.stack)
+        cut = merge_point(len(chains))
+        lowers = ((store.snapshot_path(merged_id(chains[cut - 1])),) if cut else ()) + \
+            tuple(store.snapshot_path(c) for c in chains[cut:]) or (directory / "empty",)
         return ContainerRootfs(directory, "overlay", lowers)
     return ContainerRootfs(directory, "walk")
 
