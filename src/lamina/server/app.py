@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import re
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -51,7 +52,8 @@ from lamina.server.auth import (
 from lamina.server.config import ServerConfig
 from lamina.server.errors import RegistryHTTPError
 from lamina.server.http import JSON, Reply, Rq, send_reply
-from lamina.server.leases import RollingLease
+from lamina.server.leases import LEASE_TTL
+from lamina.server.metadata import Db, MetadataUnavailable
 from lamina.server.names import check_name
 from lamina.server.ratelimit import RateLimiter
 from lamina.server.state import RegistryState
@@ -93,14 +95,19 @@ class Registry:
         self.store = store
         self.cfg = cfg
         self.own_store = own_store
-        self.state = RegistryState(store)
+        self.state = RegistryState(open_metadata(store, cfg))
         self.pages = web.Pages(store, cfg.limits.max_manifest_bytes)
-        self.lease = RollingLease(store.meta)
+        self.lease = self.state.db.lease(LEASE_TTL)
         self.uploads = Uploads(store, self.state, self.lease, cfg.limits.upload_ttl,
                                cfg.limits.max_blob_bytes)
         self.policy = Policy(cfg.auth)
         self.htpasswd = Htpasswd(cfg.auth.htpasswd) if cfg.auth.htpasswd else None
-        self.tokens = Tokens(cfg.auth.service, cfg.auth.token_ttl, cfg.auth.token_secret)
+        secret = cfg.auth.token_secret
+        if secret is None and self.state.db.shared and cfg.auth.enabled:
+            # Replicas sign with one key, kept in the shared database: a token one
+            # issues, every other accepts.
+            secret = self.state.setting("token_secret", secrets.token_hex(32))
+        self.tokens = Tokens(cfg.auth.service, cfg.auth.token_ttl, secret)
         self.limiter = RateLimiter(cfg.limits.rate, cfg.limits.burst) if cfg.limits.rate \
             else None
         self.manifest_lock = asyncio.Lock()
@@ -108,6 +115,7 @@ class Registry:
         self._cache_bytes = 0
         self._adopt_checked: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._down: float | None = None
 
     # -- lifespan ----------------------------------------------------------------------
     async def startup(self) -> None:
@@ -319,6 +327,10 @@ class Registry:
             reply = await self._route(rq)
         except RegistryHTTPError as e:
             reply = Reply(e.status, {**e.headers, "content-type": JSON}, e.body())
+        except MetadataUnavailable as e:    # the database is away: fail now, not later
+            self._outage(str(e))
+            reply = Reply(503, {"content-type": JSON, "retry-after": "1"},
+                          RegistryHTTPError(503, "UNAVAILABLE", str(e)).body())
         except StoreBusy as e:      # another process holds the store: come back soon
             reply = Reply(429, {"content-type": JSON, "retry-after": "1"},
                           RegistryHTTPError(429, "TOOMANYREQUESTS", str(e)).body())
@@ -333,7 +345,19 @@ class Registry:
             log.exception("%s %s failed", method, scope.get("path"))
             reply = Reply(500, {"content-type": JSON},
                           b'{"errors":[{"code":"UNKNOWN","message":"internal error"}]}')
+        else:
+            if self._down is not None and reply.status < 500:
+                log.warning("metadata database is back after %.1f s",
+                            time.monotonic() - self._down)
+                self._down = None
         await send_reply(reply, send, method == "HEAD")
+
+    def _outage(self, message: str) -> None:
+        """One log line when the metadata database goes away (and one when it is back),
+        not one per failed request."""
+        if self._down is None:
+            self._down = time.monotonic()
+            log.error("%s; answering 503 until it is back", message)
 
     async def _route(self, rq: Rq) -> Reply:
         if self.limiter is not None:
@@ -384,6 +408,17 @@ def _form(body: bytes) -> list[tuple[str, str]]:
     from urllib.parse import parse_qsl
 
     return parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+
+
+def open_metadata(store: Store, cfg: ServerConfig) -> Db:
+    """The metadata database ``cfg`` names: PostgreSQL, or the store's SQLite."""
+    if cfg.metadata.url is None:
+        from lamina.server.meta_sqlite import SqliteDb
+
+        return SqliteDb(store)
+    from lamina.server.meta_pg import PostgresDb
+
+    return PostgresDb(cfg.metadata.url, cfg.metadata.pool_size)
 
 
 def create_app(store: Store, cfg: ServerConfig = ServerConfig(),

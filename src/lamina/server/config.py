@@ -42,6 +42,13 @@ The file (``--config FILE``) is small; every key is optional::
     chunk_min_length = 1048576        # advertised as OCI-Chunk-Min-Length (not enforced;
                                       #   0: not advertised)
 
+    [metadata]                        # default: the store's own SQLite database
+    url = "postgresql://lamina@db:5432/registry"  # shared by every replica (meta_pg.py);
+                                      #   libpq's PGPASSWORD, ~/.pgpass work too
+    pool_size = 16                    # connections per replica
+    gc_interval = 0                   # seconds between online gc runs (0: only
+                                      #   `lamina serve gc`); replicas take turns
+
 Without ``htpasswd`` there is no authentication: anyone may pull, push and delete, as
 with a default docker-registry.  With it and no ``[[access]]`` rules, every user may do
 everything; anonymous clients may pull only if ``anonymous_pull``.
@@ -111,6 +118,24 @@ class Connections:
 
 
 @dataclass(frozen=True)
+class MetadataConfig:
+    """Where the registry keeps its metadata: None — the store's SQLite database."""
+
+    url: str | None = None
+    pool_size: int = 16
+    gc_interval: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
+            raise InvalidInput("metadata url must be postgresql://… (or left out for the "
+                               "store's SQLite database)")
+        if not 0 < self.pool_size < 1000:
+            raise InvalidInput("pool_size must be between 1 and 999")
+        if not 0 <= self.gc_interval < math.inf:
+            raise InvalidInput("gc_interval must be 0 or more seconds")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 5000
@@ -119,6 +144,7 @@ class ServerConfig:
     auth: AuthConfig = AuthConfig()
     limits: Limits = Limits()
     connections: Connections = Connections()
+    metadata: MetadataConfig = MetadataConfig()
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -162,7 +188,8 @@ def load_config(path: Path | None, base: ServerConfig = ServerConfig()) -> Serve
     except tomllib.TOMLDecodeError as e:
         raise InvalidInput(f"config {path} is not valid TOML: {e}") from None
     where = str(path)
-    unknown = set(doc) - {"server", "auth", "groups", "access", "limits"}
+    unknown = set(doc) - {"server", "auth", "groups", "access", "limits",
+                         "metadata"}
     if unknown:
         raise InvalidInput(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
 
@@ -229,4 +256,13 @@ def load_config(path: Path | None, base: ServerConfig = ServerConfig()) -> Serve
         chunk_min_length=_get(lim, "chunk_min_length", int, where,
                               base.limits.chunk_min_length),
     )
-    return ServerConfig(host, port, tls_cert, tls_key, auth_cfg, limits, connections)
+    md = doc.get("metadata", {})
+    try:
+        metadata = MetadataConfig(
+            url=_get(md, "url", str, where, base.metadata.url),
+            pool_size=_get(md, "pool_size", int, where, base.metadata.pool_size),
+            gc_interval=float(_get(md, "gc_interval", num, where, base.metadata.gc_interval)))
+    except InvalidInput as e:
+        raise InvalidInput(f"{where}: {e}") from None
+    return ServerConfig(host, port, tls_cert, tls_key, auth_cfg, limits, connections,
+                        metadata)

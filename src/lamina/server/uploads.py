@@ -36,7 +36,7 @@ import anyio.to_thread
 from lamina.digest import CHUNK, Digest
 from lamina.errors import IntegrityError
 from lamina.server.errors import RegistryHTTPError, digest_invalid, upload_unknown
-from lamina.server.leases import RollingLease
+from lamina.server.metadata import Lease
 from lamina.server.state import RegistryState, UploadRow
 from lamina.store.blobs import BlobWriter
 from lamina.store.store import Store
@@ -109,7 +109,7 @@ class Upload:
 
 
 class Uploads:
-    def __init__(self, store: Store, state: RegistryState, lease: RollingLease,
+    def __init__(self, store: Store, state: RegistryState, lease: Lease,
                  ttl: float, max_blob: int) -> None:
         self.store = store
         self.state = state
