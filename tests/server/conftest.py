@@ -1,17 +1,43 @@
 """Fixtures for the server tests: the registry app in-process over a fresh store (httpx's
-ASGI transport), with and without auth."""
+ASGI transport), with and without auth.
+
+A test module that sets ``REPLICA_PAIR = True`` runs each test that takes ``client`` twice:
+against one app on the store's SQLite metadata ("local"), and against two apps — two
+replicas over one blob directory and one PostgreSQL database — with requests alternating
+between them ("replicas")."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from pg_fixture import pg_server, pg_url  # noqa: F401 - fixtures
 
 from lamina.server import Registry, ServerConfig, create_app
+from lamina.server.config import MetadataConfig
 from lamina.store import Store
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "client" in metafunc.fixturenames and getattr(metafunc.module, "REPLICA_PAIR", False):
+        metafunc.parametrize("client", ["local", "replicas"], indirect=True)
+
+
+class Alternating(httpx.AsyncBaseTransport):
+    """Each request to the next app in turn: a load balancer at its most unhelpful."""
+
+    def __init__(self, apps: list[Registry]) -> None:
+        self.transports = [httpx.ASGITransport(app=a) for a in apps]
+        self.turn = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        transport = self.transports[self.turn % len(self.transports)]
+        self.turn += 1
+        return await transport.handle_async_request(request)
 
 
 @pytest.fixture
@@ -45,9 +71,37 @@ def make_client(store: Store) -> Any:
 
 
 @pytest.fixture
-async def client(make_client: Callable[..., tuple[Registry, httpx.AsyncClient]]
-                 ) -> AsyncIterator[httpx.AsyncClient]:
-    _, c = make_client()
+def make_replicas(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """make_replicas(n=2, cfg=ServerConfig()) → (apps, alternating client): ``n`` apps,
+    each on a Store of its own over one root, sharing a fresh PostgreSQL database."""
+    made: list[tuple[list[Registry], list[Store]]] = []
+
+    def make(n: int = 2, cfg: ServerConfig = ServerConfig(), **client_kw: Any
+             ) -> tuple[list[Registry], httpx.AsyncClient]:
+        url = request.getfixturevalue("pg_url")
+        cfg = dataclasses.replace(cfg, metadata=MetadataConfig(url=url, pool_size=4))
+        stores = [Store(tmp_path / "shared-store") for _ in range(n)]
+        apps = [create_app(s, cfg) for s in stores]
+        made.append((apps, stores))
+        client = httpx.AsyncClient(transport=Alternating(apps), base_url="http://registry.test",
+                                   **client_kw)
+        return apps, client
+
+    yield make
+    for apps, stores in made:
+        for a in apps:
+            a.state.close()
+        for s in stores:
+            s.close()
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., tuple[Registry, httpx.AsyncClient]],
+                 request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    if getattr(request, "param", "local") == "replicas":
+        _, c = request.getfixturevalue("make_replicas")()
+    else:
+        _, c = make_client()
     async with c:
         yield c
 

@@ -269,6 +269,13 @@ class RegistryState:
                               (row.path, row.offset, row.expires, row.gen, row.uuid,
                                seen)) > 0
 
+    def end_upload(self, uuid: str, gen: int) -> bool:
+        """Delete the session's row if it is still at generation ``gen`` (the closing
+        PUT claims the session); returns whether it was."""
+        with self.db.transaction() as tx:
+            return tx.execute("DELETE FROM server_uploads WHERE uuid=? AND gen=?",
+                              (uuid, gen)) > 0
+
     def delete_upload(self, uuid: str) -> None:
         with self.db.transaction() as tx:
             tx.execute("DELETE FROM server_uploads WHERE uuid=?", (uuid,))

@@ -14,6 +14,16 @@ as the row says.  The hash runs as sha256; a blob finished under another algorit
 
 Each session has an ``asyncio.Lock``: requests on one session run one at a time, so a
 second PATCH racing the first sees the new offset and gets its 416.
+
+Replicas (a shared metadata database, ``Db.shared``): any replica may continue a session.
+The row carries a generation, bumped by every request that moves the session; a replica
+continues from the writer (and running hash) it holds only while the row is still at the
+generation it last wrote, and otherwise resumes from the row — re-hashing the first
+``offset`` bytes of the ingest file the row names into a writer of its own, and claiming
+the session with a conditional update (``move_upload``).  A replica that loses that
+race, or finds the session moved while it wrote, drops its writer and answers
+BLOB_UPLOAD_UNKNOWN; the row, which says where the session stands, is never lost.  So
+switching replicas costs one re-hash of what was sent so far; staying costs nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import fcntl
 import os
 import secrets
@@ -90,6 +101,7 @@ class Upload:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     done: bool = False
     flushed: int = 0        # bytes already handed to the kernel's writeback
+    gen: int = 0            # the row's generation this process last wrote
 
     @property
     def offset(self) -> int:
@@ -123,7 +135,23 @@ class Uploads:
 
     def _row(self, up: Upload) -> UploadRow:
         return UploadRow(up.uuid, up.repo, str(up.writer.path), up.offset, up.started,
-                         up.expires)
+                         up.expires, up.gen)
+
+    @property
+    def shared(self) -> bool:
+        return self.state.db.shared
+
+    def _save(self, up: Upload) -> None:
+        """Record where ``up`` stands (blocking).  With replicas: flush the bytes for the
+        next replica to read, and move the row on only if nobody else has."""
+        if not self.shared:
+            self.state.put_upload(self._row(up))
+            return
+        up.writer.flush()
+        row = self._row(up)
+        if not self.state.move_upload(dataclasses.replace(row, gen=up.gen + 1), up.gen):
+            raise _moved(up.uuid)
+        up.gen += 1
 
     async def start(self, repo: str) -> Upload:
         def create() -> Upload:
@@ -145,6 +173,14 @@ class Uploads:
         if not valid_uuid(uuid):
             raise upload_unknown(uuid[:64])
         up = self._live.get(uuid)
+        if up is not None and self.shared and not up.lock.locked():
+            row = await anyio.to_thread.run_sync(self.state.upload, uuid)
+            if row is None or row.gen != up.gen or row.path != str(up.writer.path):
+                # Another replica moved (or ended) it: what this one holds is stale.
+                self._live.pop(uuid, None)
+                up.done = True
+                up.writer.abort()
+                up = None
         if up is None:
             up = await anyio.to_thread.run_sync(self._resume, uuid)
             if up is None:
@@ -164,30 +200,45 @@ class Uploads:
         try:
             fd = os.open(row.path, os.O_RDONLY)
         except OSError:
-            self.state.delete_upload(uuid)
+            if not self.shared:     # with replicas, the row may have just moved on
+                self.state.delete_upload(uuid)
             return None
         try:
-            try:   # a live writer (another server on this store) holds it: not ours
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return None
-            if os.fstat(fd).st_size != row.offset:
-                self.state.delete_upload(uuid)
-                os.unlink(row.path)
-                return None
+            if not self.shared:
+                try:   # a live writer (another server on this store) holds it: not ours
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return None
+                if os.fstat(fd).st_size != row.offset:
+                    self.state.delete_upload(uuid)
+                    os.unlink(row.path)
+                    return None
+            elif os.fstat(fd).st_size < row.offset:
+                return None         # not flushed by a writer that died: lost
             writer = self.store.blobs.writer()
             try:
                 with os.fdopen(os.dup(fd), "rb") as src:
-                    writer.copy_from(src)
+                    # Only what the row vouches for: a replica killed mid-request may
+                    # have written more than it recorded.
+                    left = row.offset
+                    while left and (chunk := src.read(min(CHUNK, left))):
+                        writer.write(chunk)
+                        left -= len(chunk)
             except BaseException:
                 writer.abort()
                 raise
-            os.unlink(row.path)
+            now = time.time()
+            up = Upload(uuid, row.repo, writer, row.started, now + self.ttl, gen=row.gen + 1)
+            writer.flush()          # the next replica reads the file, not our buffer
+            if self.shared and not self.state.move_upload(self._row(up), row.gen):
+                writer.abort()      # another replica claimed it first
+                return None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(row.path)
         finally:
             os.close(fd)
-        now = time.time()
-        up = Upload(uuid, row.repo, writer, row.started, now + self.ttl)
-        self.state.put_upload(self._row(up))
+        if not self.shared:
+            self.state.put_upload(self._row(up))
         return up
 
     async def append(self, up: Upload, body: AsyncIterator[bytes], expect: int | None) -> int:
@@ -221,14 +272,18 @@ class Uploads:
             # so the session stands at a larger offset, which GET reports for a resume.
             if buf:
                 await anyio.to_thread.run_sync(up.write, bytes(buf))
-            await anyio.to_thread.run_sync(self.state.put_upload, self._row(up))
+            await anyio.to_thread.run_sync(self._save, up)
             raise
         except BaseException:
             # A refused or failed chunk: the session cannot be trusted any more.
             await self.cancel(up)
             raise
         up.expires = time.time() + self.ttl
-        await anyio.to_thread.run_sync(self.state.put_upload, self._row(up))
+        try:
+            await anyio.to_thread.run_sync(self._save, up)
+        except RegistryHTTPError:
+            await self.drop(up)
+            raise
         return got
 
     async def finish(self, up: Upload, digest: Digest) -> None:
@@ -249,6 +304,8 @@ class Uploads:
                 writer = other
             elif writer.digest != digest:
                 raise IntegrityError(f"content has digest {writer.digest}")
+            if self.shared and not self.state.end_upload(up.uuid, up.gen):
+                raise _moved(up.uuid)           # another replica has it now
             self.lease.protect([str(digest)])   # before the rename: gc cannot take it
             writer.commit(digest, size)
 
@@ -260,7 +317,16 @@ class Uploads:
             raise digest_invalid(f"upload does not match {digest}: {e}", str(digest)) from None
         finally:
             up.writer.abort()   # no-op after a commit
-            await anyio.to_thread.run_sync(self.state.delete_upload, up.uuid)
+            if not self.shared:
+                await anyio.to_thread.run_sync(self.state.delete_upload, up.uuid)
+            else:
+                await anyio.to_thread.run_sync(self.state.end_upload, up.uuid, up.gen)
+
+    async def drop(self, up: Upload) -> None:
+        """Forget a session another replica has taken over (its row stays theirs)."""
+        up.done = True
+        self._live.pop(up.uuid, None)
+        up.writer.abort()
 
     async def cancel(self, up: Upload) -> None:
         up.done = True
@@ -303,3 +369,8 @@ class Uploads:
         kept; the files' locks go with the process, after which ``_resume`` (or, once the
         session has expired, gc's ingest sweep) takes them."""
         self._live.clear()
+
+
+def _moved(uuid: str) -> RegistryHTTPError:
+    return RegistryHTTPError(404, "BLOB_UPLOAD_UNKNOWN",
+                             f"upload {uuid} was moved on by another request meanwhile")
