@@ -52,7 +52,6 @@ from lamina.server.auth import (
 from lamina.server.config import ServerConfig
 from lamina.server.errors import RegistryHTTPError
 from lamina.server.http import JSON, Reply, Rq, send_reply
-from lamina.server.leases import LEASE_TTL
 from lamina.server.metadata import Db, MetadataUnavailable
 from lamina.server.names import check_name
 from lamina.server.ratelimit import RateLimiter
@@ -97,7 +96,7 @@ class Registry:
         self.own_store = own_store
         self.state = RegistryState(open_metadata(store, cfg))
         self.pages = web.Pages(store, cfg.limits.max_manifest_bytes)
-        self.lease = self.state.db.lease(LEASE_TTL)
+        self.lease = self.state.db.lease(cfg.metadata.lease_ttl)
         self.uploads = Uploads(store, self.state, self.lease, cfg.limits.upload_ttl,
                                cfg.limits.max_blob_bytes)
         self.policy = Policy(cfg.auth)
@@ -120,6 +119,8 @@ class Registry:
     # -- lifespan ----------------------------------------------------------------------
     async def startup(self) -> None:
         self._tasks.append(asyncio.create_task(self._expire_loop()))
+        if self.cfg.metadata.gc_interval > 0:
+            self._tasks.append(asyncio.create_task(self._gc_loop(self.cfg.metadata.gc_interval)))
 
     async def shutdown(self) -> None:
         for task in self._tasks:
@@ -140,6 +141,23 @@ class Registry:
                 await self.uploads.expire()
             except Exception:  # noqa: BLE001 - keep expiring; a busy store is transient
                 log.exception("expiring upload sessions failed")
+
+    async def _gc_loop(self, period: float) -> None:
+        """``[metadata] gc_interval``: online gc on a schedule.  Replicas each keep the
+        schedule; whoever finds another collecting skips its turn (server/gc.py)."""
+        from lamina.server.gc import run
+
+        while True:
+            await asyncio.sleep(period)
+            try:
+                report = await anyio.to_thread.run_sync(
+                    lambda: run(self.store, self.state.db, self.cfg.metadata.lease_ttl, wait=False))
+            except Exception as e:  # noqa: BLE001 - a turn missed; the next one tries again
+                log.warning("scheduled gc failed: %s", e)
+                continue
+            if report.ran and report.blobs_removed:
+                log.info("gc removed %d blobs (%d bytes)", len(report.blobs_removed),
+                         report.bytes_freed)
 
     # -- helpers for handlers ------------------------------------------------------------
     def manifest_bytes(self, digest: str) -> bytes | None:

@@ -48,6 +48,8 @@ The file (``--config FILE``) is small; every key is optional::
     pool_size = 16                    # connections per replica
     gc_interval = 0                   # seconds between online gc runs (0: only
                                       #   `lamina serve gc`); replicas take turns
+    lease_ttl = 7200                  # seconds a blob uploaded (or HEADed, mounted)
+                                      #   stays safe from gc before a manifest names it
 
 Without ``htpasswd`` there is no authentication: anyone may pull, push and delete, as
 with a default docker-registry.  With it and no ``[[access]]`` rules, every user may do
@@ -124,6 +126,7 @@ class MetadataConfig:
     url: str | None = None
     pool_size: int = 16
     gc_interval: float = 0.0
+    lease_ttl: float = 7200.0
 
     def __post_init__(self) -> None:
         if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
@@ -133,6 +136,8 @@ class MetadataConfig:
             raise InvalidInput("pool_size must be between 1 and 999")
         if not 0 <= self.gc_interval < math.inf:
             raise InvalidInput("gc_interval must be 0 or more seconds")
+        if not 0 < self.lease_ttl < math.inf:
+            raise InvalidInput("lease_ttl must be a number of seconds greater than 0")
 
 
 @dataclass(frozen=True)
@@ -261,7 +266,8 @@ def load_config(path: Path | None, base: ServerConfig = ServerConfig()) -> Serve
         metadata = MetadataConfig(
             url=_get(md, "url", str, where, base.metadata.url),
             pool_size=_get(md, "pool_size", int, where, base.metadata.pool_size),
-            gc_interval=float(_get(md, "gc_interval", num, where, base.metadata.gc_interval)))
+            gc_interval=float(_get(md, "gc_interval", num, where, base.metadata.gc_interval)),
+            lease_ttl=float(_get(md, "lease_ttl", num, where, base.metadata.lease_ttl)))
     except InvalidInput as e:
         raise InvalidInput(f"{where}: {e}") from None
     return ServerConfig(host, port, tls_cert, tls_key, auth_cfg, limits, connections,

@@ -25,7 +25,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -61,7 +60,7 @@ def _pg(sql: str, cache: dict[str, str] = {}) -> str:  # noqa: B006 - a memo on 
 
 
 @contextlib.contextmanager
-def _errors(what: str) -> Iterator[None]:
+def errors(what: str) -> Iterator[None]:
     try:
         yield
     except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as e:
@@ -135,12 +134,12 @@ class PostgresDb:
         self.pool.close()
 
     def rows(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        with _errors(self.where), self.pool.connection() as conn:
+        with errors(self.where), self.pool.connection() as conn:
             return conn.execute(_pg(sql), tuple(args)).fetchall()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[_PgTx]:
-        with _errors(self.where), self.pool.connection() as conn, conn.transaction():
+        with errors(self.where), self.pool.connection() as conn, conn.transaction():
             yield _PgTx(conn)
 
     def lease(self, ttl: float) -> Replica:
@@ -173,7 +172,7 @@ class Replica:
     def _register(self) -> None:
         """(Re)connect the liveness connection, take the replica lock, make sure the row
         is there (gc drops the row of a replica it took for dead)."""
-        with _errors(self.db.where):
+        with errors(self.db.where):
             conn = psycopg.connect(self.db.url, **_connect_args(self.db.url))
             try:
                 if self.id:
@@ -251,15 +250,3 @@ class Replica:
                     raise
                 with self._lock:
                     self._register()
-
-
-def wait_gone(db: PostgresDb, replica: int, timeout: float = 10.0) -> bool:
-    """Whether ``replica``'s lock is free within ``timeout`` (tests, gc's report)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with db.transaction() as tx:
-            if tx.rows("SELECT pg_try_advisory_xact_lock(?::integer, ?::integer)",
-                       (LOCK_NS_REPLICA, replica))[0][0]:
-                return True
-        time.sleep(0.1)
-    return False
