@@ -79,7 +79,8 @@ def make_replicas(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
     def make(n: int = 2, cfg: ServerConfig = ServerConfig(), **client_kw: Any
              ) -> tuple[list[Registry], httpx.AsyncClient]:
         url = request.getfixturevalue("pg_url")
-        cfg = dataclasses.replace(cfg, metadata=MetadataConfig(url=url, pool_size=4))
+        cfg = dataclasses.replace(cfg, metadata=MetadataConfig(url=url, pool_size=4,
+                                                                 pool_wait=0.5))
         stores = [Store(tmp_path / "shared-store") for _ in range(n)]
         apps = [create_app(s, cfg) for s in stores]
         made.append((apps, stores))

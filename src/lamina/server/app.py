@@ -114,7 +114,6 @@ class Registry:
         self._cache_bytes = 0
         self._adopt_checked: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._down: float | None = None
 
     # -- lifespan ----------------------------------------------------------------------
     async def startup(self) -> None:
@@ -346,7 +345,7 @@ class Registry:
         except RegistryHTTPError as e:
             reply = Reply(e.status, {**e.headers, "content-type": JSON}, e.body())
         except MetadataUnavailable as e:    # the database is away: fail now, not later
-            self._outage(str(e))
+            self.state.db.outage.down(str(e))
             reply = Reply(503, {"content-type": JSON, "retry-after": "1"},
                           RegistryHTTPError(503, "UNAVAILABLE", str(e)).body())
         except StoreBusy as e:      # another process holds the store: come back soon
@@ -364,18 +363,9 @@ class Registry:
             reply = Reply(500, {"content-type": JSON},
                           b'{"errors":[{"code":"UNKNOWN","message":"internal error"}]}')
         else:
-            if self._down is not None and reply.status < 500:
-                log.warning("metadata database is back after %.1f s",
-                            time.monotonic() - self._down)
-                self._down = None
+            if reply.status < 500:
+                self.state.db.outage.up()
         await send_reply(reply, send, method == "HEAD")
-
-    def _outage(self, message: str) -> None:
-        """One log line when the metadata database goes away (and one when it is back),
-        not one per failed request."""
-        if self._down is None:
-            self._down = time.monotonic()
-            log.error("%s; answering 503 until it is back", message)
 
     async def _route(self, rq: Rq) -> Reply:
         if self.limiter is not None:
@@ -436,7 +426,7 @@ def open_metadata(store: Store, cfg: ServerConfig) -> Db:
         return SqliteDb(store)
     from lamina.server.meta_pg import PostgresDb
 
-    return PostgresDb(cfg.metadata.url, cfg.metadata.pool_size)
+    return PostgresDb(cfg.metadata.url, cfg.metadata.pool_size, cfg.metadata.pool_wait)
 
 
 def create_app(store: Store, cfg: ServerConfig = ServerConfig(),

@@ -46,6 +46,7 @@ The file (``--config FILE``) is small; every key is optional::
     url = "postgresql://lamina@db:5432/registry"  # shared by every replica (meta_pg.py);
                                       #   libpq's PGPASSWORD, ~/.pgpass work too
     pool_size = 16                    # connections per replica
+    pool_wait = 3                     # seconds a request waits for a connection, then 503
     gc_interval = 0                   # seconds between online gc runs (0: only
                                       #   `lamina serve gc`); replicas take turns
     lease_ttl = 7200                  # seconds a blob uploaded (or HEADed, mounted)
@@ -125,6 +126,7 @@ class MetadataConfig:
 
     url: str | None = None
     pool_size: int = 16
+    pool_wait: float = 3.0
     gc_interval: float = 0.0
     lease_ttl: float = 7200.0
 
@@ -134,6 +136,8 @@ class MetadataConfig:
                                "store's SQLite database)")
         if not 0 < self.pool_size < 1000:
             raise InvalidInput("pool_size must be between 1 and 999")
+        if not 0 < self.pool_wait < math.inf:
+            raise InvalidInput("pool_wait must be a number of seconds greater than 0")
         if not 0 <= self.gc_interval < math.inf:
             raise InvalidInput("gc_interval must be 0 or more seconds")
         if not 0 < self.lease_ttl < math.inf:
@@ -266,6 +270,7 @@ def load_config(path: Path | None, base: ServerConfig = ServerConfig()) -> Serve
         metadata = MetadataConfig(
             url=_get(md, "url", str, where, base.metadata.url),
             pool_size=_get(md, "pool_size", int, where, base.metadata.pool_size),
+            pool_wait=float(_get(md, "pool_wait", num, where, base.metadata.pool_wait)),
             gc_interval=float(_get(md, "gc_interval", num, where, base.metadata.gc_interval)),
             lease_ttl=float(_get(md, "lease_ttl", num, where, base.metadata.lease_ttl)))
     except InvalidInput as e:

@@ -33,7 +33,7 @@ import psycopg_pool
 
 from lamina.errors import StoreError
 from lamina.server import schema
-from lamina.server.metadata import MetadataUnavailable, Row
+from lamina.server.metadata import MetadataUnavailable, Outage, Row
 
 log = logging.getLogger("lamina.server")
 
@@ -47,7 +47,7 @@ LOCK_MIGRATE = 2
 HEARTBEAT = 2.0            # seconds between a replica's beats
 DEAD_AFTER = 30.0          # a replica without its lock and silent this long is dead
 POOL_SIZE = 16             # connections per replica (worker threads queue beyond)
-POOL_WAIT = 5.0            # seconds a request waits for a connection before its 503
+POOL_WAIT = 3.0            # seconds a request waits for a connection before its 503
 CONNECT_TIMEOUT = 5        # seconds (libpq connect_timeout)
 
 
@@ -64,10 +64,15 @@ def errors(what: str) -> Iterator[None]:
     try:
         yield
     except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MetadataUnavailable(f"metadata database unavailable ({what}): {first}") from None
+        raise MetadataUnavailable(f"metadata database unavailable ({what}): "
+                                  f"{_first_line(e)}") from None
     except psycopg.Error as e:
         raise StoreError(f"metadata database ({what}): {str(e).strip()[:300]}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 class _PgTx:
@@ -106,13 +111,17 @@ class PostgresDb:
     dialect: schema.Dialect = "postgresql"
     shared = True
 
-    def __init__(self, url: str, pool_size: int = POOL_SIZE) -> None:
+    def __init__(self, url: str, pool_size: int = POOL_SIZE, wait: float = POOL_WAIT) -> None:
         self.url = url
         self.where = redact(url)
+        self.outage = Outage(self.where)
+        # psycopg_pool logs every failed reconnect attempt; the outage is logged once
+        # (Outage), so its own warnings would only bury that line.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         self._replica: Replica | None = None
         self.pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=pool_size, kwargs=_connect_args(url), open=False,
-            timeout=POOL_WAIT, check=psycopg_pool.ConnectionPool.check_connection,
+            timeout=wait, check=psycopg_pool.ConnectionPool.check_connection,
             name="lamina-metadata")
         try:
             self.pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
@@ -202,8 +211,7 @@ class Replica:
                     if lost or self._conn is None or self._conn.closed:
                         self._register()
                         if lost:
-                            log.warning("metadata database %s is back: replica %d "
-                                        "re-registered", self.db.where, self.id)
+                            self.db.outage.up()
                         lost = False
                     conn = self._conn
                     assert conn is not None
@@ -212,9 +220,9 @@ class Replica:
                         self._register()
             except (StoreError, psycopg.Error) as e:
                 if not lost:
-                    log.error("replica %d lost the metadata database %s: %s", self.id,
-                              self.db.where, str(e).strip().splitlines()[0] if str(e).strip()
-                              else type(e).__name__)
+                    self.db.outage.down(str(e) if isinstance(e, StoreError) else
+                                        f"metadata database unavailable ({self.db.where}): "
+                                        f"{_first_line(e)}")
                 lost = True
 
     def stop(self) -> None:

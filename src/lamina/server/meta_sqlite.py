@@ -17,7 +17,7 @@ from typing import Any
 from lamina.errors import StoreError
 from lamina.server import schema
 from lamina.server.leases import RollingLease
-from lamina.server.metadata import Row
+from lamina.server.metadata import Outage, Row
 from lamina.store.store import Store
 
 
@@ -41,6 +41,7 @@ class SqliteDb:
 
     def __init__(self, store: Store) -> None:
         self.meta = store.meta
+        self.outage = Outage(str(store.meta.path))     # never down: a local file
         with self.transaction() as tx:
             schema.migrate(tx, self.dialect)
         self._rd = sqlite3.connect(self.meta.path, isolation_level=None,

@@ -22,6 +22,9 @@ SQLite (leases.py), a row tied to the replica's liveness on PostgreSQL (meta_pg.
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -29,11 +32,38 @@ from lamina.errors import StoreError
 from lamina.server.schema import Dialect
 
 Row = tuple[Any, ...]
+log = logging.getLogger("lamina.server")
 
 
 class MetadataUnavailable(StoreError):
     """The metadata database cannot be reached (PostgreSQL down, a connection lost):
     the request fails with 503 and the next one tries again."""
+
+
+class Outage:
+    """One log line when the metadata database goes away and one when it is back — not
+    one per failed request, nor one per thread that noticed."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self._since: float | None = None
+        self._lock = threading.Lock()
+
+    def down(self, message: str) -> None:
+        with self._lock:
+            if self._since is not None:
+                return
+            self._since = time.monotonic()
+        log.error("%s; answering 503 until it is back", message)
+
+    def up(self) -> None:
+        if self._since is None:
+            return
+        with self._lock:
+            since, self._since = self._since, None
+        if since is not None:
+            log.warning("metadata database %s is back after %.1f s", self.where,
+                        time.monotonic() - since)
 
 
 class Tx(Protocol):
@@ -48,6 +78,7 @@ class Tx(Protocol):
 class Db(Protocol):
     dialect: Dialect
     shared: bool
+    outage: Outage
 
     def rows(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         """A read outside any transaction (never waits for a writer)."""
