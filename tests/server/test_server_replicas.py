@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import psycopg
 import pytest
@@ -203,6 +204,11 @@ async def test_outage_is_503_and_heals(make_replicas: Any, pg_server: Postgres,
                 assert r.status_code == 503
         finally:
             pg_server.start()
+        for c in (ca, cb):      # each replica comes back by itself, with its next requests
+            for _ in range(100):
+                if (await c.get("/v2/out/x/manifests/v1")).status_code == 200:
+                    break
+                await anyio.sleep(0.2)
         down = [rec for rec in caplog.records if "answering 503" in rec.getMessage()]
         # one line per replica, not one per request
         assert len(down) == 2, [rec.getMessage() for rec in caplog.records]

@@ -49,6 +49,7 @@ DEAD_AFTER = 30.0          # a replica without its lock and silent this long is 
 POOL_SIZE = 16             # connections per replica (worker threads queue beyond)
 POOL_WAIT = 3.0            # seconds a request waits for a connection before its 503
 CONNECT_TIMEOUT = 5        # seconds (libpq connect_timeout)
+RECONNECT = 3.0            # seconds the pool keeps retrying a lost connection by itself
 
 
 def _pg(sql: str, cache: dict[str, str] = {}) -> str:  # noqa: B006 - a memo on purpose
@@ -122,7 +123,11 @@ class PostgresDb:
         self.pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=pool_size, kwargs=_connect_args(url), open=False,
             timeout=wait, check=psycopg_pool.ConnectionPool.check_connection,
-            name="lamina-metadata")
+            # Give up a reconnection after a few seconds (the pool's backoff doubles
+            # towards minutes): the next request that wants a connection starts a
+            # fresh attempt at once, so service resumes with the first request after
+            # PostgreSQL is back.
+            reconnect_timeout=RECONNECT, name="lamina-metadata")
         try:
             self.pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
         except psycopg_pool.PoolTimeout:
@@ -211,6 +216,7 @@ class Replica:
                     if lost or self._conn is None or self._conn.closed:
                         self._register()
                         if lost:
+                            self.db.pool.check()    # refill the pool now
                             self.db.outage.up()
                         lost = False
                     conn = self._conn
