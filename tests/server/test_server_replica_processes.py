@@ -219,3 +219,28 @@ def test_postgres_stopped_503_then_recovers(pair: tuple[Serve, Serve],
         lines = [ln for ln in srv.log.read_text().splitlines() if "answering 503" in ln]
         assert len(lines) == 1, srv.log.read_text()[-3000:]
         assert "metadata database unavailable" in lines[0]
+
+
+def test_gc_on_a_schedule(tmp_path: Path, pg_url: str) -> None:
+    cfg = write_config(tmp_path, pg_url)
+    cfg.write_text(cfg.read_text() + "gc_interval = 0.5\n")
+    root = tmp_path / "shared"
+    srv = Serve(root, tmp_path / "r.log", "--config", str(cfg)).start()
+    try:
+        data = random_bytes(3000, 6)
+        r = httpx.post(f"{srv.url}/v2/sch/a/blobs/uploads/", params={"digest": digest_of(data)},
+                       content=data)
+        assert r.status_code == 201          # leased: the schedule keeps it
+        store = Store(root)
+        try:
+            junk = store.blobs.put_bytes(random_bytes(3000, 7))
+            deadline = time.monotonic() + 60
+            while store.blobs.has(junk):
+                assert time.monotonic() < deadline, srv.log.read_text()[-2000:]
+                time.sleep(0.1)
+            assert store.blobs.has(next(d for d in store.blobs.list()
+                                        if str(d) == digest_of(data)))
+        finally:
+            store.close()
+    finally:
+        srv.stop()
