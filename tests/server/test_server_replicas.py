@@ -19,11 +19,13 @@ from pg_fixture import Postgres
 from server_helpers import digest_of, error_code, make_image, push_blob, push_image, random_bytes
 from test_server_auth import bearer, token, write_config
 
+from lamina.errors import InvalidInput
 from lamina.server import load_config, schema
 from lamina.server.app import Registry
 from lamina.server.gc import collect
 from lamina.server.meta_pg import PostgresDb
 from lamina.store import Store
+from lamina.store.gc import collect as store_collect
 
 pytestmark = pytest.mark.anyio
 
@@ -226,3 +228,16 @@ def test_pg_fixture_database_is_fresh(pg_url: str) -> None:
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname='public'"
                             ).fetchone() == (0,)
+
+
+async def test_store_gc_keeps_off_a_registry_on_postgres(make_replicas: Any) -> None:
+    """The store's own gc knows none of the registry's manifests: it refuses, naming
+    the command that does."""
+    (a, _b), _ = make_replicas()
+    async with one(a) as ca:
+        await push_image(ca, "own/x", "v1", make_image(13))
+    before = _blobs(a.store)
+    with pytest.raises(InvalidInput, match=r"metadata is in postgresql://127\.0\.0\.1:\d+/t\d+"
+                                            r": collect them with `lamina serve gc"):
+        store_collect(a.store)
+    assert _blobs(a.store) == before

@@ -425,8 +425,12 @@ def open_metadata(store: Store, cfg: ServerConfig) -> Db:
 
         return SqliteDb(store)
     from lamina.server.meta_pg import PostgresDb
+    from lamina.store.gc import EXTERNAL_METADATA
 
-    return PostgresDb(cfg.metadata.url, cfg.metadata.pool_size, cfg.metadata.pool_wait)
+    db = PostgresDb(cfg.metadata.url, cfg.metadata.pool_size, cfg.metadata.pool_wait)
+    if store.meta.setting(EXTERNAL_METADATA) != db.where:
+        store.meta.set_setting(EXTERNAL_METADATA, db.where)     # `lamina gc` keeps off
+    return db
 
 
 def create_app(store: Store, cfg: ServerConfig = ServerConfig(),
