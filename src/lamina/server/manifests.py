@@ -146,11 +146,13 @@ async def put_manifest(reg: Registry, rq: Rq) -> Reply:
         if not reg.store.blobs.has(digest):
             reg.store.blobs.put_bytes(raw, digest)
         links = child_keys if isinstance(doc, Manifest) else []
+        # One transaction: record, tag, membership, links, referrer and layer diff_ids
+        # are all committed or none (a database lost half-way leaves nothing behind).
         reg.state.add_manifest(rq.repo, key, media_type, len(raw), child_keys, links,
                                store_tag(rq.repo, tag) if tag else None,
-                               str(doc.subject.digest) if doc.subject else None, referrer)
-        if isinstance(doc, Manifest):
-            record_layers(reg, doc)
+                               str(doc.subject.digest) if doc.subject else None, referrer,
+                               layers=layer_rows(reg, doc) if isinstance(doc, Manifest)
+                               else ())
 
     async with reg.manifest_lock:
         await anyio.to_thread.run_sync(record)
@@ -161,17 +163,18 @@ async def put_manifest(reg: Registry, rq: Rq) -> Reply:
     return Reply(201, headers)
 
 
-def record_layers(reg: Registry, doc: Manifest) -> None:
-    """Each layer's diff_id, from the config when it is an image config we hold (as
-    ``StoreTransport._record_layers``): what dedup and unpacking look layers up by."""
+def layer_rows(reg: Registry, doc: Manifest) -> list[tuple[str, str, str, int]]:
+    """Each layer's (digest, diff_id, media type, size), from the config when it is an
+    image config we hold (as ``StoreTransport._record_layers``): what dedup and
+    unpacking look layers up by."""
     if doc.config.media_type not in mt.CONFIGS or not reg.store.blobs.has(doc.config.digest):
-        return
+        return []
     try:
         config = parse_config(reg.store.blobs.read_bytes(doc.config.digest, doc.config.size))
     except LaminaError:
-        return      # a registry stores what it is given; an odd config is not our business
-    reg.state.add_layers((str(layer.digest), str(diff_id), layer.media_type, layer.size)
-                         for layer, diff_id in zip(doc.layers, config.diff_ids, strict=False))
+        return []   # a registry stores what it is given; an odd config is not our business
+    return [(str(layer.digest), str(diff_id), layer.media_type, layer.size)
+            for layer, diff_id in zip(doc.layers, config.diff_ids, strict=False)]
 
 
 async def delete_manifest(reg: Registry, rq: Rq) -> Reply:
