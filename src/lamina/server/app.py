@@ -55,6 +55,8 @@ from lamina.server.leases import RollingLease
 from lamina.server.names import check_name
 from lamina.server.ratelimit import RateLimiter
 from lamina.server.state import RegistryState
+from lamina.server.storage import StorageUnavailable, open_storage
+from lamina.server.storage.local import LocalStorage
 from lamina.server.uploads import Uploads
 from lamina.store.store import Store
 
@@ -96,7 +98,9 @@ class Registry:
         self.state = RegistryState(store)
         self.pages = web.Pages(store, cfg.limits.max_manifest_bytes)
         self.lease = RollingLease(store.meta)
-        self.uploads = Uploads(store, self.state, self.lease, cfg.limits.upload_ttl,
+        self.blobstore = open_storage(cfg.storage, store)
+        self.manifest_blobs = LocalStorage(store)     # manifests stay in the store
+        self.uploads = Uploads(self.blobstore, self.state, self.lease, cfg.limits.upload_ttl,
                                cfg.limits.max_blob_bytes)
         self.policy = Policy(cfg.auth)
         self.htpasswd = Htpasswd(cfg.auth.htpasswd) if cfg.auth.htpasswd else None
@@ -121,6 +125,7 @@ class Registry:
         self._tasks.clear()
         self.uploads.forget()
         self.state.close()
+        self.blobstore.close()
         if self.own_store:
             self.store.close()
 
@@ -319,6 +324,10 @@ class Registry:
             reply = await self._route(rq)
         except RegistryHTTPError as e:
             reply = Reply(e.status, {**e.headers, "content-type": JSON}, e.body())
+        except StorageUnavailable as e:     # the object store is down: come back soon
+            log.warning("%s %s: 503: %s", method, scope.get("path"), e)
+            reply = Reply(503, {"content-type": JSON, "retry-after": "1"},
+                          RegistryHTTPError(503, "UNAVAILABLE", str(e)).body())
         except StoreBusy as e:      # another process holds the store: come back soon
             reply = Reply(429, {"content-type": JSON, "retry-after": "1"},
                           RegistryHTTPError(429, "TOOMANYREQUESTS", str(e)).body())

@@ -136,10 +136,12 @@ async def put_manifest(reg: Registry, rq: Rq) -> Reply:
             have = reg.state.links(rq.repo, child_keys) | reg.state.members(rq.repo, child_keys)
         else:
             have = reg.state.members(rq.repo, child_keys)
+        # a manifest's children are blobs (the blob storage's), an index's manifests
+        holds = reg.blobstore.has if isinstance(doc, Manifest) else reg.store.blobs.has
         for d in children:
-            if d.urls and not reg.store.blobs.has(d.digest):
+            if d.urls and not holds(d.digest):
                 continue        # a foreign layer: served from its URLs, not from here
-            if str(d.digest) not in have or not reg.store.blobs.has(d.digest):
+            if str(d.digest) not in have or not holds(d.digest):
                 what = "blob" if isinstance(doc, Manifest) else "manifest"
                 raise RegistryHTTPError(400, "MANIFEST_BLOB_UNKNOWN",
                                         f"{what} {d.digest} is not in repository {rq.name}",
@@ -167,10 +169,13 @@ async def put_manifest(reg: Registry, rq: Rq) -> Reply:
 def record_layers(reg: Registry, doc: Manifest) -> None:
     """Each layer's diff_id, from the config when it is an image config we hold (as
     ``StoreTransport._record_layers``): what dedup and unpacking look layers up by."""
-    if doc.config.media_type not in mt.CONFIGS or not reg.store.blobs.has(doc.config.digest):
+    if doc.config.media_type not in mt.CONFIGS:
+        return
+    raw = reg.blobstore.read_bytes(doc.config.digest, max(doc.config.size, 0))
+    if raw is None:
         return
     try:
-        config = parse_config(reg.store.blobs.read_bytes(doc.config.digest, doc.config.size))
+        config = parse_config(raw)
     except LaminaError:
         return      # a registry stores what it is given; an odd config is not our business
     for layer, diff_id in zip(doc.layers, config.diff_ids, strict=False):
