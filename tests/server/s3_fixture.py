@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -144,6 +145,5 @@ def storage_toml(cfg: StorageConfig, **extra: Any) -> str:
         lines += [f'endpoint = "{cfg.endpoint}"', f'region = "{cfg.region}"',
                   f'access_key = "{cfg.access_key}"', f'secret_key = "{cfg.secret_key}"']
     for k, v in extra.items():
-        lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else v!r}".replace(
-            "'", '"'))
+        lines.append(f"{k} = {json.dumps(v)}")     # JSON's true/1/"x" are TOML's too
     return "\n".join(lines) + "\n"
