@@ -13,11 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from ceph_s3 import Ceph, Gateway, free_port
 from s3_fixture import bucket_keys, s3_client, storage_toml
 from server_helpers import Serve, digest_of, random_bytes, skopeo
 from test_server_process import TLS_OFF, _private_auth, copy_store, seeded  # noqa: F401
 
+from ceph_s3 import Ceph, Gateway, free_port
 from lamina.server.config import StorageConfig
 from lamina_testing import Lamina
 
@@ -52,7 +52,8 @@ def blob_digests(host: str, repo: str) -> set[str]:
     return {raw["config"]["digest"], *(layer["digest"] for layer in raw["layers"])}
 
 
-def test_lamina_and_skopeo_through_s3(s3_serve: Callable[..., Serve], seeded: Path,
+def test_lamina_and_skopeo_through_s3(s3_serve: Callable[..., Serve],
+                                      seeded: Path,  # noqa: F811 - the fixture
                                       tmp_path: Path, s3_gateway: Gateway,
                                       s3_storage: StorageConfig) -> None:
     srv = s3_serve()
@@ -140,8 +141,8 @@ def test_digest_mismatch_leaves_no_object(s3_serve: Callable[..., Serve],
 
 
 def test_redirect_followed_by_skopeo_and_lamina(s3_serve: Callable[..., Serve],
-                                                seeded: Path, tmp_path: Path,
-                                                s3_gateway: Gateway) -> None:
+                                                seeded: Path,  # noqa: F811
+                                                tmp_path: Path, s3_gateway: Gateway) -> None:
     srv = s3_serve(redirect=True)
     lam = copy_store(seeded, tmp_path / "src")
     lam.run("tag", "demo/a", f"{srv.host}/demo/a")
