@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from bench_serve import LAMINA, build_layout, free_port, skopeo  # noqa: E402 - the sibling's
+
 from ceph_s3 import Ceph, Gateway, missing_tools  # noqa: E402 - the tests' Ceph bring-up
 
 
