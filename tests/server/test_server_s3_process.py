@@ -6,6 +6,7 @@ resumes by itself); a digest mismatch leaving no object at the digest key."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,13 @@ import httpx
 import pytest
 from s3_fixture import bucket_keys, s3_client, storage_toml
 from server_helpers import Serve, digest_of, random_bytes, skopeo
-from test_server_process import TLS_OFF, _private_auth, copy_store, seeded  # noqa: F401
+from test_server_process import (  # noqa: F401 - fixtures and helpers
+    TLS_OFF,
+    _htpasswd,
+    _private_auth,
+    copy_store,
+    seeded,
+)
 
 from ceph_s3 import Ceph, Gateway, free_port
 from lamina.server.config import StorageConfig
@@ -220,3 +227,29 @@ def test_gateway_down_503_then_resumes(ceph_cluster: tuple[Ceph, Gateway], s3_bu
         assert keys == sorted([key_of(digest_of(small)), key_of(digest_of(big))])
     finally:
         ceph.stop_gateway(name)
+
+
+def test_redirect_with_auth_drops_credentials(s3_serve: Callable[..., Serve],
+                                              seeded: Path,  # noqa: F811
+                                              tmp_path: Path) -> None:
+    """Behind a token-protected registry, the 307 goes to another origin: lamina and
+    skopeo must not send their Authorization there (RGW refuses a presigned GET that
+    carries one: 400 InvalidArgument)."""
+    _htpasswd(tmp_path / "htpasswd", {"alice": "wonderland"})
+    srv = s3_serve(redirect=True)
+    srv.stop()
+    cfg = srv.extra[-1]
+    Path(cfg).write_text(Path(cfg).read_text() + f'[auth]\nhtpasswd = "{tmp_path / "htpasswd"}"\n')
+    srv.start()
+    (tmp_path / "auth.json").write_text(json.dumps({"auths": {srv.host: {
+        "auth": base64.b64encode(b"alice:wonderland").decode()}}}))
+    lam = copy_store(seeded, tmp_path / "src")
+    lam.run("tag", "demo/a", f"{srv.host}/demo/a")
+    lam.run("push", f"{srv.host}/demo/a")
+    dst = Lamina(tmp_path / "dst", tmp_path)
+    dst.run("pull", f"{srv.host}/demo/a")
+    assert dst.run("inspect", f"{srv.host}/demo/a").json()[0]["Id"] == \
+        lam.run("inspect", "demo/a").json()[0]["Id"]
+    skopeo("copy", "--src-tls-verify=false", "--src-creds", "alice:wonderland",
+           f"docker://{srv.host}/demo/a:latest", f"oci:{tmp_path / 'layout'}:a")
+    assert srv.log.read_text().count(" 307") >= 10
