@@ -94,13 +94,19 @@ def _register_click(app: click.Group, store_factory: Callable[[], Store]) -> Non
         from lamina.server.app import open_metadata
         from lamina.server.config import load_config
         from lamina.server.gc import run
+        from lamina.server.storage import open_storage
 
         cfg = load_config(config)
         store = Store(root) if root is not None else store_factory()
         try:
             db = open_metadata(store, cfg)
             try:
-                report = run(store, db, cfg.metadata.lease_ttl, dry_run=dry_run)
+                storage = open_storage(cfg.storage, store, shared=db.shared)
+                try:
+                    report = run(store, storage, db, cfg.metadata.lease_ttl,
+                                 dry_run=dry_run)
+                finally:
+                    storage.close()
             finally:
                 db.close()
         finally:

@@ -56,6 +56,8 @@ from lamina.server.metadata import Db, MetadataUnavailable
 from lamina.server.names import check_name
 from lamina.server.ratelimit import RateLimiter
 from lamina.server.state import RegistryState
+from lamina.server.storage import BlobStorage, StorageUnavailable, open_storage
+from lamina.server.storage.local import LocalStorage
 from lamina.server.uploads import Uploads
 from lamina.store.store import Store
 
@@ -97,7 +99,12 @@ class Registry:
         self.state = RegistryState(open_metadata(store, cfg))
         self.pages = web.Pages(store, cfg.limits.max_manifest_bytes)
         self.lease = self.state.db.lease(cfg.metadata.lease_ttl)
-        self.uploads = Uploads(store, self.state, self.lease, cfg.limits.upload_ttl,
+        self.blobstore = open_storage(cfg.storage, store, shared=self.state.db.shared)
+        # Manifests stay in the store with the SQLite metadata; with replicas they are
+        # in the shared blob storage, where every replica reads them.
+        self.manifest_blobs: BlobStorage = self.blobstore if self.state.db.shared \
+            else LocalStorage(store)
+        self.uploads = Uploads(self.blobstore, self.state, self.lease, cfg.limits.upload_ttl,
                                cfg.limits.max_blob_bytes)
         self.policy = Policy(cfg.auth)
         self.htpasswd = Htpasswd(cfg.auth.htpasswd) if cfg.auth.htpasswd else None
@@ -129,6 +136,7 @@ class Registry:
         self._tasks.clear()
         self.uploads.forget()
         self.state.close()
+        self.blobstore.close()
         if self.own_store:
             self.store.close()
 
@@ -150,7 +158,8 @@ class Registry:
             await asyncio.sleep(period)
             try:
                 report = await anyio.to_thread.run_sync(
-                    lambda: run(self.store, self.state.db, self.cfg.metadata.lease_ttl, wait=False))
+                    lambda: run(self.store, self.blobstore, self.state.db,
+                                self.cfg.metadata.lease_ttl, wait=False))
             except Exception as e:  # noqa: BLE001 - a turn missed; the next one tries again
                 log.warning("scheduled gc failed: %s", e)
                 continue
@@ -164,9 +173,11 @@ class Registry:
         if raw is not None:
             return raw
         try:
-            with self.store.blobs.open_file(Digest.parse(digest)) as f:
-                raw = f.read(self.cfg.limits.max_manifest_bytes + 1)
+            raw = self.manifest_blobs.read_bytes(Digest.parse(digest),
+                                                 self.cfg.limits.max_manifest_bytes)
         except (OSError, LaminaError):
+            return None
+        if raw is None:
             return None
         self.remember_manifest(digest, raw)
         return raw
@@ -346,6 +357,10 @@ class Registry:
             reply = Reply(e.status, {**e.headers, "content-type": JSON}, e.body())
         except MetadataUnavailable as e:    # the database is away: fail now, not later
             self.state.db.outage.down(str(e))
+            reply = Reply(503, {"content-type": JSON, "retry-after": "1"},
+                          RegistryHTTPError(503, "UNAVAILABLE", str(e)).body())
+        except StorageUnavailable as e:     # the object store is down: come back soon
+            log.warning("%s %s: 503: %s", method, scope.get("path"), e)
             reply = Reply(503, {"content-type": JSON, "retry-after": "1"},
                           RegistryHTTPError(503, "UNAVAILABLE", str(e)).body())
         except StoreBusy as e:      # another process holds the store: come back soon

@@ -31,6 +31,7 @@ from lamina.server.errors import RegistryHTTPError, digest_invalid, manifest_unk
 from lamina.server.http import Reply, Rq
 from lamina.server.names import TAG, is_digest_ref, parse_digest, store_tag
 from lamina.server.state import Referrer
+from lamina.server.storage import put_bytes
 
 if TYPE_CHECKING:
     from lamina.server.app import Registry
@@ -135,16 +136,18 @@ async def put_manifest(reg: Registry, rq: Rq) -> Reply:
             have = reg.state.links(rq.repo, child_keys) | reg.state.members(rq.repo, child_keys)
         else:
             have = reg.state.members(rq.repo, child_keys)
+        # a manifest's children are blobs (the blob storage's), an index's manifests
+        holds = reg.blobstore.has if isinstance(doc, Manifest) else reg.manifest_blobs.has
         for d in children:
-            if d.urls and not reg.store.blobs.has(d.digest):
+            if d.urls and not holds(d.digest):
                 continue        # a foreign layer: served from its URLs, not from here
-            if str(d.digest) not in have or not reg.store.blobs.has(d.digest):
+            if str(d.digest) not in have or not holds(d.digest):
                 what = "blob" if isinstance(doc, Manifest) else "manifest"
                 raise RegistryHTTPError(400, "MANIFEST_BLOB_UNKNOWN",
                                         f"{what} {d.digest} is not in repository {rq.name}",
                                         {"digest": str(d.digest)})
-        if not reg.store.blobs.has(digest):
-            reg.store.blobs.put_bytes(raw, digest)
+        if not reg.manifest_blobs.has(digest):
+            put_bytes(reg.manifest_blobs, raw, digest)
         links = child_keys if isinstance(doc, Manifest) else []
         # One transaction: record, tag, membership, links, referrer and layer diff_ids
         # are all committed or none (a database lost half-way leaves nothing behind).
@@ -167,10 +170,13 @@ def layer_rows(reg: Registry, doc: Manifest) -> list[tuple[str, str, str, int]]:
     """Each layer's (digest, diff_id, media type, size), from the config when it is an
     image config we hold (as ``StoreTransport._record_layers``): what dedup and
     unpacking look layers up by."""
-    if doc.config.media_type not in mt.CONFIGS or not reg.store.blobs.has(doc.config.digest):
+    if doc.config.media_type not in mt.CONFIGS:
+        return []
+    raw = reg.blobstore.read_bytes(doc.config.digest, max(doc.config.size, 0))
+    if raw is None:
         return []
     try:
-        config = parse_config(reg.store.blobs.read_bytes(doc.config.digest, doc.config.size))
+        config = parse_config(raw)
     except LaminaError:
         return []   # a registry stores what it is given; an odd config is not our business
     return [(str(layer.digest), str(diff_id), layer.media_type, layer.size)
