@@ -1,5 +1,7 @@
 """``lamina serve`` with its blobs in S3 (a real Ceph RADOS Gateway, s3_fixture.py): the
-distribution-spec workflows of test_server_push_pull.py run again on that storage, and
+distribution-spec workflows of test_server_push_pull.py run again on that storage — on
+one app, and on a replica pair over one bucket and one PostgreSQL database with requests
+alternating between them — and
 what only S3 has — objects named by digest, verified before they appear, multipart
 uploads continued by another process, Range reads passed through, redirects."""
 
@@ -24,6 +26,7 @@ from test_server_push_pull import (  # noqa: F401 - collected here again, on S3
 from lamina.server.config import StorageConfig
 
 pytestmark = pytest.mark.anyio
+REPLICA_PAIR = True      # conftest: each test also runs on two replicas (S3 + PostgreSQL)
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import re
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -51,7 +52,7 @@ from lamina.server.auth import (
 from lamina.server.config import ServerConfig
 from lamina.server.errors import RegistryHTTPError
 from lamina.server.http import JSON, Reply, Rq, send_reply
-from lamina.server.leases import RollingLease
+from lamina.server.metadata import Db, MetadataUnavailable
 from lamina.server.names import check_name
 from lamina.server.ratelimit import RateLimiter
 from lamina.server.state import RegistryState
@@ -95,16 +96,21 @@ class Registry:
         self.store = store
         self.cfg = cfg
         self.own_store = own_store
-        self.state = RegistryState(store)
+        self.state = RegistryState(open_metadata(store, cfg))
         self.pages = web.Pages(store, cfg.limits.max_manifest_bytes)
-        self.lease = RollingLease(store.meta)
-        self.blobstore = open_storage(cfg.storage, store)
+        self.lease = self.state.db.lease(cfg.metadata.lease_ttl)
+        self.blobstore = open_storage(cfg.storage, store, self.state.db.shared)
         self.manifest_blobs = LocalStorage(store)     # manifests stay in the store
         self.uploads = Uploads(self.blobstore, self.state, self.lease, cfg.limits.upload_ttl,
                                cfg.limits.max_blob_bytes)
         self.policy = Policy(cfg.auth)
         self.htpasswd = Htpasswd(cfg.auth.htpasswd) if cfg.auth.htpasswd else None
-        self.tokens = Tokens(cfg.auth.service, cfg.auth.token_ttl, cfg.auth.token_secret)
+        secret = cfg.auth.token_secret
+        if secret is None and self.state.db.shared and cfg.auth.enabled:
+            # Replicas sign with one key, kept in the shared database: a token one
+            # issues, every other accepts.
+            secret = self.state.setting("token_secret", secrets.token_hex(32))
+        self.tokens = Tokens(cfg.auth.service, cfg.auth.token_ttl, secret)
         self.limiter = RateLimiter(cfg.limits.rate, cfg.limits.burst) if cfg.limits.rate \
             else None
         self.manifest_lock = asyncio.Lock()
@@ -116,6 +122,8 @@ class Registry:
     # -- lifespan ----------------------------------------------------------------------
     async def startup(self) -> None:
         self._tasks.append(asyncio.create_task(self._expire_loop()))
+        if self.cfg.metadata.gc_interval > 0:
+            self._tasks.append(asyncio.create_task(self._gc_loop(self.cfg.metadata.gc_interval)))
 
     async def shutdown(self) -> None:
         for task in self._tasks:
@@ -137,6 +145,24 @@ class Registry:
                 await self.uploads.expire()
             except Exception:  # noqa: BLE001 - keep expiring; a busy store is transient
                 log.exception("expiring upload sessions failed")
+
+    async def _gc_loop(self, period: float) -> None:
+        """``[metadata] gc_interval``: online gc on a schedule.  Replicas each keep the
+        schedule; whoever finds another collecting skips its turn (server/gc.py)."""
+        from lamina.server.gc import run
+
+        while True:
+            await asyncio.sleep(period)
+            try:
+                report = await anyio.to_thread.run_sync(
+                    lambda: run(self.store, self.state.db, self.cfg.metadata.lease_ttl, wait=False,
+                                blobs=self.blobstore))
+            except Exception as e:  # noqa: BLE001 - a turn missed; the next one tries again
+                log.warning("scheduled gc failed: %s", e)
+                continue
+            if report.ran and report.blobs_removed:
+                log.info("gc removed %d blobs (%d bytes)", len(report.blobs_removed),
+                         report.bytes_freed)
 
     # -- helpers for handlers ------------------------------------------------------------
     def manifest_bytes(self, digest: str) -> bytes | None:
@@ -324,8 +350,11 @@ class Registry:
             reply = await self._route(rq)
         except RegistryHTTPError as e:
             reply = Reply(e.status, {**e.headers, "content-type": JSON}, e.body())
-        except StorageUnavailable as e:     # the object store is down: come back soon
-            log.warning("%s %s: 503: %s", method, scope.get("path"), e)
+        except MetadataUnavailable as e:    # the database is away: fail now, not later
+            self.state.db.outage.down(str(e))
+            reply = Reply(503, {"content-type": JSON, "retry-after": "1"},
+                          RegistryHTTPError(503, "UNAVAILABLE", str(e)).body())
+        except StorageUnavailable as e:     # the object store is away (it logged that)
             reply = Reply(503, {"content-type": JSON, "retry-after": "1"},
                           RegistryHTTPError(503, "UNAVAILABLE", str(e)).body())
         except StoreBusy as e:      # another process holds the store: come back soon
@@ -342,6 +371,9 @@ class Registry:
             log.exception("%s %s failed", method, scope.get("path"))
             reply = Reply(500, {"content-type": JSON},
                           b'{"errors":[{"code":"UNKNOWN","message":"internal error"}]}')
+        else:
+            if reply.status < 500:
+                self.state.db.outage.up()
         await send_reply(reply, send, method == "HEAD")
 
     async def _route(self, rq: Rq) -> Reply:
@@ -393,6 +425,17 @@ def _form(body: bytes) -> list[tuple[str, str]]:
     from urllib.parse import parse_qsl
 
     return parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+
+
+def open_metadata(store: Store, cfg: ServerConfig) -> Db:
+    """The metadata database ``cfg`` names: PostgreSQL, or the store's SQLite."""
+    if cfg.metadata.url is None:
+        from lamina.server.meta_sqlite import SqliteDb
+
+        return SqliteDb(store)
+    from lamina.server.meta_pg import PostgresDb
+
+    return PostgresDb(cfg.metadata.url, cfg.metadata.pool_size, cfg.metadata.pool_wait)
 
 
 def create_app(store: Store, cfg: ServerConfig = ServerConfig(),

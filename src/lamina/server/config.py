@@ -53,6 +53,15 @@ The file (``--config FILE``) is small; every key is optional::
     redirect = false                  # blob GETs: 307 to a presigned URL on the store
     redirect_ttl = 1200               # seconds a presigned URL stays valid
     part_size = 8388608               # multipart part size (≥ 5 MiB, S3's minimum)
+    [metadata]                        # default: the store's own SQLite database
+    url = "postgresql://lamina@db:5432/registry"  # shared by every replica (meta_pg.py);
+                                      #   libpq's PGPASSWORD, ~/.pgpass work too
+    pool_size = 16                    # connections per replica
+    pool_wait = 3                     # seconds a request waits for a connection, then 503
+    gc_interval = 0                   # seconds between online gc runs (0: only
+                                      #   `lamina serve gc`); replicas take turns
+    lease_ttl = 7200                  # seconds a blob uploaded (or HEADed, mounted)
+                                      #   stays safe from gc before a manifest names it
 
 Without ``htpasswd`` there is no authentication: anyone may pull, push and delete, as
 with a default docker-registry.  With it and no ``[[access]]`` rules, every user may do
@@ -141,6 +150,30 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class MetadataConfig:
+    """Where the registry keeps its metadata: None — the store's SQLite database."""
+
+    url: str | None = None
+    pool_size: int = 16
+    pool_wait: float = 3.0
+    gc_interval: float = 0.0
+    lease_ttl: float = 7200.0
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
+            raise InvalidInput("metadata url must be postgresql://… (or left out for the "
+                               "store's SQLite database)")
+        if not 0 < self.pool_size < 1000:
+            raise InvalidInput("pool_size must be between 1 and 999")
+        if not 0 < self.pool_wait < math.inf:
+            raise InvalidInput("pool_wait must be a number of seconds greater than 0")
+        if not 0 <= self.gc_interval < math.inf:
+            raise InvalidInput("gc_interval must be 0 or more seconds")
+        if not 0 < self.lease_ttl < math.inf:
+            raise InvalidInput("lease_ttl must be a number of seconds greater than 0")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 5000
@@ -150,6 +183,7 @@ class ServerConfig:
     limits: Limits = Limits()
     connections: Connections = Connections()
     storage: StorageConfig = StorageConfig()
+    metadata: MetadataConfig = MetadataConfig()
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -193,7 +227,8 @@ def load_config(path: Path | None, base: ServerConfig = ServerConfig()) -> Serve
     except tomllib.TOMLDecodeError as e:
         raise InvalidInput(f"config {path} is not valid TOML: {e}") from None
     where = str(path)
-    unknown = set(doc) - {"server", "auth", "groups", "access", "limits", "storage"}
+    unknown = set(doc) - {"server", "auth", "groups", "access", "limits", "storage",
+                         "metadata"}
     if unknown:
         raise InvalidInput(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
 
@@ -261,7 +296,9 @@ def load_config(path: Path | None, base: ServerConfig = ServerConfig()) -> Serve
                               base.limits.chunk_min_length),
     )
     storage = _storage(doc.get("storage", {}), where, base.storage)
-    return ServerConfig(host, port, tls_cert, tls_key, auth_cfg, limits, connections, storage)
+    metadata = _metadata(doc.get("metadata", {}), where, base.metadata)
+    return ServerConfig(host, port, tls_cert, tls_key, auth_cfg, limits, connections,
+                        storage=storage, metadata=metadata)
 
 
 def _storage(table: dict[str, Any], where: str, base: StorageConfig,
@@ -305,3 +342,16 @@ def _storage(table: dict[str, Any], where: str, base: StorageConfig,
         if not 1 <= cfg.redirect_ttl <= 7 * 86400:
             raise InvalidInput(f"{where}: redirect_ttl must be 1 s to 7 days")
     return cfg
+
+
+def _metadata(md: dict[str, Any], where: str, base: MetadataConfig) -> MetadataConfig:
+    num = (int, float)
+    try:
+        return MetadataConfig(
+            url=_get(md, "url", str, where, base.url),
+            pool_size=_get(md, "pool_size", int, where, base.pool_size),
+            pool_wait=float(_get(md, "pool_wait", num, where, base.pool_wait)),
+            gc_interval=float(_get(md, "gc_interval", num, where, base.gc_interval)),
+            lease_ttl=float(_get(md, "lease_ttl", num, where, base.lease_ttl)))
+    except InvalidInput as e:
+        raise InvalidInput(f"{where}: {e}") from None

@@ -18,7 +18,6 @@ recorded and answered with ``OCI-Subject``.
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING
 
 import anyio.to_thread
@@ -148,12 +147,10 @@ async def put_manifest(reg: Registry, rq: Rq) -> Reply:
                                         {"digest": str(d.digest)})
         if not reg.store.blobs.has(digest):
             reg.store.blobs.put_bytes(raw, digest)
-        reg.store.meta.add_image(key, media_type, len(raw), child_keys,
-                                 store_tag(rq.repo, tag) if tag else None)
         links = child_keys if isinstance(doc, Manifest) else []
-        reg.state.add_manifest(rq.repo, key, media_type, len(raw), links,
-                               str(doc.subject.digest) if doc.subject else None, referrer,
-                               time.time())
+        reg.state.add_manifest(rq.repo, key, media_type, len(raw), child_keys, links,
+                               store_tag(rq.repo, tag) if tag else None,
+                               str(doc.subject.digest) if doc.subject else None, referrer)
         if isinstance(doc, Manifest):
             record_layers(reg, doc)
 
@@ -178,8 +175,8 @@ def record_layers(reg: Registry, doc: Manifest) -> None:
         config = parse_config(raw)
     except LaminaError:
         return      # a registry stores what it is given; an odd config is not our business
-    for layer, diff_id in zip(doc.layers, config.diff_ids, strict=False):
-        reg.store.meta.add_layer(str(layer.digest), str(diff_id), layer.media_type, layer.size)
+    reg.state.add_layers((str(layer.digest), str(diff_id), layer.media_type, layer.size)
+                         for layer, diff_id in zip(doc.layers, config.diff_ids, strict=False))
 
 
 async def delete_manifest(reg: Registry, rq: Rq) -> Reply:
@@ -188,23 +185,14 @@ async def delete_manifest(reg: Registry, rq: Rq) -> Reply:
         if not TAG.fullmatch(ref):
             raise manifest_unknown(ref[:150])
         name = store_tag(rq.repo, ref)
-        if not await anyio.to_thread.run_sync(reg.store.meta.delete_tag, name):
+        if not await anyio.to_thread.run_sync(reg.state.delete_tag, name):
             raise manifest_unknown(ref)
         return Reply(202)
     digest = str(parse_digest(ref))
     await reg.adopt_repo(rq.repo)
 
-    def remove() -> bool:
-        if not reg.state.remove_manifest(rq.repo, digest):
-            return False
-        # No repository, tag or index holds it any more: drop the image record, and gc
-        # frees what only it reached.
-        if not reg.state.holders(digest):
-            reg.store.meta.delete_image(digest)
-        return True
-
     async with reg.manifest_lock:
-        held = await anyio.to_thread.run_sync(remove)
+        held = await anyio.to_thread.run_sync(reg.state.remove_manifest, rq.repo, digest)
     if not held:
         raise manifest_unknown(ref)
     return Reply(202)
@@ -228,8 +216,7 @@ def adopt(reg: Registry, repo: str, digest: str, media_type: str, depth: int = 0
             if reg.store.blobs.has(child.digest) and child.media_type in KNOWN_TYPES:
                 adopt(reg, repo, str(child.digest), child.media_type, depth + 1)
     referrer = _referrer(doc, raw, digest, doc.media_type) if doc.subject else None
-    reg.state.add_manifest(repo, digest, doc.media_type, len(raw), links,
-                           str(doc.subject.digest) if doc.subject else None, referrer,
-                           time.time())
+    reg.state.add_manifest(repo, digest, doc.media_type, len(raw), None, links, None,
+                           str(doc.subject.digest) if doc.subject else None, referrer)
 
 

@@ -14,12 +14,23 @@ moved on (another replica continued it) is dropped and resumed from the row.
 
 Each session has an ``asyncio.Lock``: requests on one session run one at a time, so a
 second PATCH racing the first sees the new offset and gets its 416.
+
+Replicas (a shared metadata database, ``Db.shared``, or shared blob storage such as S3):
+any replica may continue a session.  The row carries a generation, bumped by every
+request that moves the session; a replica continues from the ingest (and running hash)
+it holds only while the row is still at the generation it last wrote, and otherwise
+resumes from the row — the local driver re-hashes the first ``offset`` bytes of the
+ingest file the row names, the S3 driver restores the saved hash state — and claims the
+session with a conditional update (``move_upload``).  A replica that loses that race,
+or finds the session moved while it wrote, forgets its copy and answers
+BLOB_UPLOAD_UNKNOWN; the row, which says where the session stands, is never lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import time
 import uuid as uuidlib
@@ -31,7 +42,7 @@ import anyio.to_thread
 from lamina.digest import CHUNK, Digest
 from lamina.errors import IntegrityError
 from lamina.server.errors import RegistryHTTPError, digest_invalid, upload_unknown
-from lamina.server.leases import RollingLease
+from lamina.server.metadata import Lease
 from lamina.server.state import RegistryState, UploadRow
 from lamina.server.storage import BlobStorage, Ingest, SessionHeld, StorageUnavailable
 
@@ -60,6 +71,7 @@ class Upload:
     expires: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     done: bool = False
+    gen: int = 0            # the row's generation this process last wrote
 
     @property
     def offset(self) -> int:
@@ -71,7 +83,7 @@ class Upload:
 
 
 class Uploads:
-    def __init__(self, storage: BlobStorage, state: RegistryState, lease: RollingLease,
+    def __init__(self, storage: BlobStorage, state: RegistryState, lease: Lease,
                  ttl: float, max_blob: int) -> None:
         self.storage = storage
         self.state = state
@@ -85,7 +97,23 @@ class Uploads:
 
     def _row(self, up: Upload) -> UploadRow:
         return UploadRow(up.uuid, up.repo, up.ingest.state(), up.offset, up.started,
-                         up.expires)
+                         up.expires, up.gen)
+
+    @property
+    def shared(self) -> bool:
+        return self.state.db.shared or self.storage.shared
+
+    def _save(self, up: Upload) -> None:
+        """Record where ``up`` stands (blocking): make its bytes resumable (the driver's
+        checkpoint), then, with replicas, move the row on only if nobody else has."""
+        up.ingest.checkpoint()
+        if not self.shared:
+            self.state.put_upload(self._row(up))
+            return
+        row = self._row(up)
+        if not self.state.move_upload(dataclasses.replace(row, gen=up.gen + 1), up.gen):
+            raise _moved(up.uuid)
+        up.gen += 1
 
     async def start(self, repo: str) -> Upload:
         def create() -> Upload:
@@ -108,11 +136,11 @@ class Uploads:
         if not valid_uuid(uuid):
             raise upload_unknown(uuid[:64])
         up = self._live.get(uuid)
-        if up is not None and self.storage.shared and not up.lock.locked():
+        if up is not None and self.shared and not up.lock.locked():
             row = await anyio.to_thread.run_sync(self.state.upload, uuid)
-            if row is None or row.offset != up.offset or row.path != up.ingest.state():
-                # another replica continued (or ended) it: the row is the truth
-                self._live.pop(uuid, None)
+            if row is None or row.gen != up.gen or row.path != up.ingest.state():
+                # Another replica moved (or ended) it: what this one holds is stale.
+                await self.drop(up)
                 up = None
         if up is None:
             up = await anyio.to_thread.run_sync(self._resume, uuid)
@@ -135,10 +163,17 @@ class Uploads:
         except SessionHeld:
             return None
         if ingest is None:
-            self.state.delete_upload(uuid)
+            if not self.shared:     # with replicas, the row may have just moved on
+                self.state.delete_upload(uuid)
             return None
-        up = Upload(uuid, row.repo, ingest, row.started, time.time() + self.ttl)
-        self.state.put_upload(self._row(up))
+        up = Upload(uuid, row.repo, ingest, row.started, time.time() + self.ttl,
+                    gen=row.gen + 1)
+        if not self.shared:
+            self.state.put_upload(self._row(up))
+        elif not self.state.move_upload(self._row(up), row.gen):
+            ingest.forget()         # another replica claimed it first
+            return None
+        ingest.claimed()
         return up
 
     async def append(self, up: Upload, body: AsyncIterator[bytes], expect: int | None) -> int:
@@ -177,26 +212,30 @@ class Uploads:
         except StorageUnavailable:
             # The storage failed mid-request: this copy of the session cannot be
             # trusted, its row (the last checkpoint) can — the next request resumes it.
-            if self.storage.shared:
-                self._live.pop(up.uuid, None)
-            else:
-                await self.cancel(up)
+            await self.drop(up)
             raise
         except BaseException:
             # A refused or failed chunk: the session cannot be trusted any more.
             await self.cancel(up)
             raise
         up.expires = time.time() + self.ttl
-        await anyio.to_thread.run_sync(self._save, up)
+        try:
+            await anyio.to_thread.run_sync(self._save, up)
+        except (RegistryHTTPError, StorageUnavailable):
+            await self.drop(up)
+            raise
         return got
-
-    def _save(self, up: Upload) -> None:
-        up.ingest.checkpoint()
-        self.state.put_upload(self._row(up))
 
     async def finish(self, up: Upload, digest: Digest) -> None:
         """Check, protect and commit; the session ends either way."""
+        moved = False
+
         def protect() -> None:
+            # verified; now claim the end, and keep gc off it until a manifest names it
+            nonlocal moved
+            if self.shared and not self.state.end_upload(up.uuid, up.gen):
+                moved = True
+                raise _moved(up.uuid)           # another replica has it now
             self.lease.protect([str(digest)])
 
         up.done = True
@@ -206,9 +245,21 @@ class Uploads:
         except IntegrityError as e:
             raise digest_invalid(f"upload does not match {digest}: {e}", str(digest)) from None
         finally:
-            await anyio.to_thread.run_sync(up.ingest.abort)    # no-op after a commit
-            with contextlib.suppress(StorageUnavailable):
-                await anyio.to_thread.run_sync(self.state.delete_upload, up.uuid)
+            if moved:                           # theirs now: leave its bytes alone
+                up.ingest.forget()
+            else:
+                await anyio.to_thread.run_sync(up.ingest.abort)    # no-op after a commit
+                if not self.shared:
+                    await anyio.to_thread.run_sync(self.state.delete_upload, up.uuid)
+                else:
+                    await anyio.to_thread.run_sync(self.state.end_upload, up.uuid, up.gen)
+
+    async def drop(self, up: Upload) -> None:
+        """Forget a session another replica has taken over, or whose copy here a storage
+        failure spoiled (its row stays: the next request resumes from it)."""
+        up.done = True
+        self._live.pop(up.uuid, None)
+        up.ingest.forget()
 
     async def cancel(self, up: Upload) -> None:
         up.done = True
@@ -243,3 +294,8 @@ class Uploads:
         kept; the files' locks go with the process, after which ``_resume`` (or, once the
         session has expired, gc's ingest sweep or the expiry here) takes them."""
         self._live.clear()
+
+
+def _moved(uuid: str) -> RegistryHTTPError:
+    return RegistryHTTPError(404, "BLOB_UPLOAD_UNKNOWN",
+                             f"upload {uuid} was moved on by another request meanwhile")

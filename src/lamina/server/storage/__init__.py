@@ -82,12 +82,23 @@ class Ingest(Protocol):
         ``protect`` (the gc lease), then make the blob visible under its digest."""
         ...
 
-    def abort(self) -> None: ...
+    def abort(self) -> None:
+        """End the upload: remove every byte of it (a cancel, a mismatch)."""
+        ...
+
+    def forget(self) -> None:
+        """Let go of this process's copy only (another replica has the session now)."""
+        ...
+
+    def claimed(self) -> None:
+        """The session row now names this ingest: drop what its previous state held
+        that this one does not share."""
+        ...
 
 
 class BlobStorage(Protocol):
     name: str
-    shared: bool        # other processes may continue this one's uploads
+    shared: bool        # other processes may continue this one's uploads (replicas)
 
     def has(self, digest: Digest) -> bool: ...
     def size(self, digest: Digest) -> int | None: ...
@@ -114,11 +125,13 @@ class BlobStorage(Protocol):
     def close(self) -> None: ...
 
 
-def open_storage(cfg: StorageConfig, store: Store) -> BlobStorage:
+def open_storage(cfg: StorageConfig, store: Store, replicas: bool = False) -> BlobStorage:
+    """The driver ``cfg`` names; ``replicas``: other processes share the metadata (and,
+    for the local driver, the store's directory)."""
     if cfg.driver == "s3":
         from lamina.server.storage.s3 import S3Storage  # boto3 only where S3 is used
 
         return S3Storage(cfg)
     from lamina.server.storage.local import LocalStorage
 
-    return LocalStorage(store)
+    return LocalStorage(store, replicas)
