@@ -177,6 +177,22 @@ class Registry:
         self.remember_manifest(digest, raw)
         return raw
 
+    def stored_manifest_bytes(self, digest: str) -> bytes | None:
+        """Blocking: a manifest this store lacks (pushed through a replica on another
+        machine) from the blob storage, where every replica also writes them."""
+        if self.blobstore.name == "local":
+            return None
+        raw = self.blobstore.read_bytes(Digest.parse(digest),
+                                        self.cfg.limits.max_manifest_bytes + 1)
+        if raw is not None:
+            self.remember_manifest(digest, raw)
+        return raw
+
+    def has_manifest(self, digest: Digest) -> bool:
+        """Blocking: the manifest's bytes are here (the store, or the blob storage)."""
+        return self.store.blobs.has(digest) or (
+            self.blobstore.name != "local" and self.blobstore.has(digest))
+
     def remember_manifest(self, digest: str, raw: bytes) -> None:
         """Manifests are content-addressed: a cached copy is never stale."""
         if digest in self._cache or len(raw) > MANIFEST_CACHE_BYTES // 64:

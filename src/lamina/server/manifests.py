@@ -74,6 +74,8 @@ async def get_manifest(reg: Registry, rq: Rq) -> Reply:
     digest, media_type = await _resolve(reg, rq)
     raw = reg.manifest_bytes(digest)
     if raw is None:
+        raw = await anyio.to_thread.run_sync(reg.stored_manifest_bytes, digest)
+    if raw is None:
         raise manifest_unknown(rq.arg[:150])
     headers = {"content-type": media_type, "docker-content-digest": digest,
                "etag": f'"{digest}"'}
@@ -136,7 +138,7 @@ async def put_manifest(reg: Registry, rq: Rq) -> Reply:
         else:
             have = reg.state.members(rq.repo, child_keys)
         # a manifest's children are blobs (the blob storage's), an index's manifests
-        holds = reg.blobstore.has if isinstance(doc, Manifest) else reg.store.blobs.has
+        holds = reg.blobstore.has if isinstance(doc, Manifest) else reg.has_manifest
         for d in children:
             if d.urls and not holds(d.digest):
                 continue        # a foreign layer: served from its URLs, not from here
@@ -147,6 +149,9 @@ async def put_manifest(reg: Registry, rq: Rq) -> Reply:
                                         {"digest": str(d.digest)})
         if not reg.store.blobs.has(digest):
             reg.store.blobs.put_bytes(raw, digest)
+        if reg.blobstore.name != "local" and not reg.blobstore.has(digest):
+            # also beside the blobs: replicas on other machines read it from there
+            reg.blobstore.put_bytes(digest, raw)
         links = child_keys if isinstance(doc, Manifest) else []
         reg.state.add_manifest(rq.repo, key, media_type, len(raw), child_keys, links,
                                store_tag(rq.repo, tag) if tag else None,

@@ -104,6 +104,10 @@ class BlobStorage(Protocol):
     def size(self, digest: Digest) -> int | None: ...
     def read_bytes(self, digest: Digest, limit: int) -> bytes | None: ...
 
+    def put_bytes(self, digest: Digest, data: bytes) -> None:
+        """Store ``data``, already verified against ``digest`` (a manifest)."""
+        ...
+
     def open(self, digest: Digest, byte_range: str | None) -> BlobBody | None:
         """The blob (one RFC 9110 byte range of it when ``byte_range`` names one), None
         when missing; RangeNotSatisfiable for a range past its end."""

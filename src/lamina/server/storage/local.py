@@ -145,6 +145,9 @@ class LocalStorage:
             return None
         return self.store.blobs.read_bytes(digest, size)
 
+    def put_bytes(self, digest: Digest, data: bytes) -> None:
+        self.store.blobs.put_bytes(data, digest)
+
     def open(self, digest: Digest, byte_range: str | None) -> BlobBody | None:
         from lamina.server.http import byte_range as parse_range
 

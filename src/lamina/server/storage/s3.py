@@ -160,6 +160,9 @@ class S3Storage:
         finally:
             body.source.close()
 
+    def put_bytes(self, digest: Digest, data: bytes) -> None:
+        self.call("put_object", Key=self.key(digest), Body=data)
+
     def open(self, digest: Digest, byte_range: str | None) -> BlobBody | None:
         from botocore.exceptions import ClientError
 
