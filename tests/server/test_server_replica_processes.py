@@ -28,7 +28,7 @@ from test_server_process import seeded as seeded  # noqa: F401 - a fixture
 
 from lamina.digest import Digest
 from lamina.server.config import StorageConfig
-from lamina.server.storage import open_storage, put_bytes
+from lamina.server.storage import open_storage
 from lamina.store import Store
 from lamina_testing import LAMINA, Lamina
 
@@ -130,7 +130,7 @@ def test_pushes_on_both_replicas_while_gc_sweeps(pair: tuple[Serve, Serve], seed
             i = 0
             while not stop.is_set():
                 data = random_bytes(20_000, 1000 + i)
-                put_bytes(storage, data, Digest.from_bytes(data))
+                storage.put_bytes(Digest.from_bytes(data), data)
                 junk.append(digest_of(data))
                 i += 1
                 time.sleep(0.05)

@@ -56,7 +56,7 @@ from lamina.server.metadata import Db, MetadataUnavailable
 from lamina.server.names import check_name
 from lamina.server.ratelimit import RateLimiter
 from lamina.server.state import RegistryState
-from lamina.server.storage import BlobStorage, StorageUnavailable, open_storage
+from lamina.server.storage import StorageUnavailable, open_storage
 from lamina.server.storage.local import LocalStorage
 from lamina.server.uploads import Uploads
 from lamina.store.store import Store
@@ -99,11 +99,8 @@ class Registry:
         self.state = RegistryState(open_metadata(store, cfg))
         self.pages = web.Pages(store, cfg.limits.max_manifest_bytes)
         self.lease = self.state.db.lease(cfg.metadata.lease_ttl)
-        self.blobstore = open_storage(cfg.storage, store, shared=self.state.db.shared)
-        # Manifests stay in the store with the SQLite metadata; with replicas they are
-        # in the shared blob storage, where every replica reads them.
-        self.manifest_blobs: BlobStorage = self.blobstore if self.state.db.shared \
-            else LocalStorage(store)
+        self.blobstore = open_storage(cfg.storage, store, self.state.db.shared)
+        self.manifest_blobs = LocalStorage(store)     # manifests stay in the store
         self.uploads = Uploads(self.blobstore, self.state, self.lease, cfg.limits.upload_ttl,
                                cfg.limits.max_blob_bytes)
         self.policy = Policy(cfg.auth)
@@ -158,8 +155,8 @@ class Registry:
             await asyncio.sleep(period)
             try:
                 report = await anyio.to_thread.run_sync(
-                    lambda: run(self.store, self.blobstore, self.state.db,
-                                self.cfg.metadata.lease_ttl, wait=False))
+                    lambda: run(self.store, self.state.db, self.cfg.metadata.lease_ttl, wait=False,
+                                blobs=self.blobstore))
             except Exception as e:  # noqa: BLE001 - a turn missed; the next one tries again
                 log.warning("scheduled gc failed: %s", e)
                 continue
@@ -173,14 +170,28 @@ class Registry:
         if raw is not None:
             return raw
         try:
-            raw = self.manifest_blobs.read_bytes(Digest.parse(digest),
-                                                 self.cfg.limits.max_manifest_bytes)
+            with self.store.blobs.open_file(Digest.parse(digest)) as f:
+                raw = f.read(self.cfg.limits.max_manifest_bytes + 1)
         except (OSError, LaminaError):
-            return None
-        if raw is None:
             return None
         self.remember_manifest(digest, raw)
         return raw
+
+    def stored_manifest_bytes(self, digest: str) -> bytes | None:
+        """Blocking: a manifest this store lacks (pushed through a replica on another
+        machine) from the blob storage, where every replica also writes them."""
+        if self.blobstore.name == "local":
+            return None
+        raw = self.blobstore.read_bytes(Digest.parse(digest),
+                                        self.cfg.limits.max_manifest_bytes + 1)
+        if raw is not None:
+            self.remember_manifest(digest, raw)
+        return raw
+
+    def has_manifest(self, digest: Digest) -> bool:
+        """Blocking: the manifest's bytes are here (the store, or the blob storage)."""
+        return self.store.blobs.has(digest) or (
+            self.blobstore.name != "local" and self.blobstore.has(digest))
 
     def remember_manifest(self, digest: str, raw: bytes) -> None:
         """Manifests are content-addressed: a cached copy is never stale."""
@@ -359,8 +370,7 @@ class Registry:
             self.state.db.outage.down(str(e))
             reply = Reply(503, {"content-type": JSON, "retry-after": "1"},
                           RegistryHTTPError(503, "UNAVAILABLE", str(e)).body())
-        except StorageUnavailable as e:     # the object store is down: come back soon
-            log.warning("%s %s: 503: %s", method, scope.get("path"), e)
+        except StorageUnavailable as e:     # the object store is away (it logged that)
             reply = Reply(503, {"content-type": JSON, "retry-after": "1"},
                           RegistryHTTPError(503, "UNAVAILABLE", str(e)).body())
         except StoreBusy as e:      # another process holds the store: come back soon

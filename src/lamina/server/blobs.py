@@ -50,8 +50,9 @@ async def get_blob(reg: Registry, rq: Rq) -> Reply:
                "content-type": "application/octet-stream",
                "etag": f'"{digest}"', "cache-control": "max-age=31536000"}
     store = reg.blobstore
-    if store.name != "local" and reg.state.member(rq.repo, str(digest)) is not None:
-        store = reg.manifest_blobs      # a manifest read as a blob: kept with the metadata
+    if store.name != "local" and reg.state.member(rq.repo, str(digest)) is not None \
+            and await anyio.to_thread.run_sync(reg.store.blobs.has, digest):
+        store = reg.manifest_blobs      # a manifest read as a blob: this store has it
     if rq.method == "HEAD":
         size = await anyio.to_thread.run_sync(store.size, digest)
         if size is None:

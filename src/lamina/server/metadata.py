@@ -41,11 +41,13 @@ class MetadataUnavailable(StoreError):
 
 
 class Outage:
-    """One log line when the metadata database goes away and one when it is back — not
-    one per failed request, nor one per thread that noticed."""
+    """One log line when the metadata database (or the blob storage: ``what``) goes away
+    and one when it is back — not one per failed request, nor one per thread that
+    noticed."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, what: str = "metadata database") -> None:
         self.where = where
+        self.what = what
         self._since: float | None = None
         self._lock = threading.Lock()
 
@@ -62,7 +64,7 @@ class Outage:
         with self._lock:
             since, self._since = self._since, None
         if since is not None:
-            log.warning("metadata database %s is back after %.1f s", self.where,
+            log.warning("%s %s is back after %.1f s", self.what, self.where,
                         time.monotonic() - since)
 
 

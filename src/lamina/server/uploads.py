@@ -12,15 +12,18 @@ resumed from its row by the driver (local: re-hashing the ingest file; S3: the s
 hash state and parts).  On shared storage the row is the truth: a live session whose row
 moved on (another replica continued it) is dropped and resumed from the row.
 
-The row carries a generation, bumped by every request that moves the session (with
-shared metadata, server/meta_pg.py): a process goes on with the ingest (and running hash)
-it holds only while the row is still at the generation it wrote, and claims the session
-by a conditional update (``move_upload``); the closing PUT claims it by a conditional
-delete.  A process that loses that race, or finds the session moved while it wrote,
-drops its copy and answers BLOB_UPLOAD_UNKNOWN; the row is never lost.
-
 Each session has an ``asyncio.Lock``: requests on one session run one at a time, so a
 second PATCH racing the first sees the new offset and gets its 416.
+
+Replicas (a shared metadata database, ``Db.shared``, or shared blob storage such as S3):
+any replica may continue a session.  The row carries a generation, bumped by every
+request that moves the session; a replica continues from the ingest (and running hash)
+it holds only while the row is still at the generation it last wrote, and otherwise
+resumes from the row — the local driver re-hashes the first ``offset`` bytes of the
+ingest file the row names, the S3 driver restores the saved hash state — and claims the
+session with a conditional update (``move_upload``).  A replica that loses that race,
+or finds the session moved while it wrote, forgets its copy and answers
+BLOB_UPLOAD_UNKNOWN; the row, which says where the session stands, is never lost.
 """
 
 from __future__ import annotations
@@ -98,9 +101,19 @@ class Uploads:
 
     @property
     def shared(self) -> bool:
-        """Whether other processes may move this one's sessions (shared storage or
-        shared metadata: replicas)."""
-        return self.storage.shared or self.state.db.shared
+        return self.state.db.shared or self.storage.shared
+
+    def _save(self, up: Upload) -> None:
+        """Record where ``up`` stands (blocking): make its bytes resumable (the driver's
+        checkpoint), then, with replicas, move the row on only if nobody else has."""
+        up.ingest.checkpoint()
+        if not self.shared:
+            self.state.put_upload(self._row(up))
+            return
+        row = self._row(up)
+        if not self.state.move_upload(dataclasses.replace(row, gen=up.gen + 1), up.gen):
+            raise _moved(up.uuid)
+        up.gen += 1
 
     async def start(self, repo: str) -> Upload:
         def create() -> Upload:
@@ -125,9 +138,8 @@ class Uploads:
         up = self._live.get(uuid)
         if up is not None and self.shared and not up.lock.locked():
             row = await anyio.to_thread.run_sync(self.state.upload, uuid)
-            if row is None or row.gen != up.gen or row.offset != up.offset \
-                    or row.path != up.ingest.state():
-                # another replica continued (or ended) it: the row is the truth
+            if row is None or row.gen != up.gen or row.path != up.ingest.state():
+                # Another replica moved (or ended) it: what this one holds is stale.
                 await self.drop(up)
                 up = None
         if up is None:
@@ -151,18 +163,17 @@ class Uploads:
         except SessionHeld:
             return None
         if ingest is None:
-            if not self.shared:     # with replicas the row may just have moved on
+            if not self.shared:     # with replicas, the row may have just moved on
                 self.state.delete_upload(uuid)
             return None
         up = Upload(uuid, row.repo, ingest, row.started, time.time() + self.ttl,
                     gen=row.gen + 1)
         if not self.shared:
             self.state.put_upload(self._row(up))
-            return up
-        ingest.checkpoint()         # the next replica reads what is durable
-        if not self.state.move_upload(self._row(up), row.gen):
-            self._forget(ingest)    # another replica claimed it first
+        elif not self.state.move_upload(self._row(up), row.gen):
+            ingest.forget()         # another replica claimed it first
             return None
+        ingest.claimed()
         return up
 
     async def append(self, up: Upload, body: AsyncIterator[bytes], expect: int | None) -> int:
@@ -201,10 +212,7 @@ class Uploads:
         except StorageUnavailable:
             # The storage failed mid-request: this copy of the session cannot be
             # trusted, its row (the last checkpoint) can — the next request resumes it.
-            if self.storage.shared:
-                self._live.pop(up.uuid, None)
-            else:
-                await self.cancel(up)
+            await self.drop(up)
             raise
         except BaseException:
             # A refused or failed chunk: the session cannot be trusted any more.
@@ -213,51 +221,20 @@ class Uploads:
         up.expires = time.time() + self.ttl
         try:
             await anyio.to_thread.run_sync(self._save, up)
-        except RegistryHTTPError:
+        except (RegistryHTTPError, StorageUnavailable):
             await self.drop(up)
             raise
         return got
 
-    def _save(self, up: Upload) -> None:
-        """Record where ``up`` stands (blocking).  With replicas, only if nobody else
-        has moved the session since this process last did."""
-        up.ingest.checkpoint()
-        if not self.shared:
-            self.state.put_upload(self._row(up))
-            return
-        if not self.state.move_upload(dataclasses.replace(self._row(up), gen=up.gen + 1),
-                                      up.gen):
-            raise _moved(up.uuid)
-        up.gen += 1
-
-    async def drop(self, up: Upload) -> None:
-        """Forget a session another replica has taken over (its row stays theirs)."""
-        up.done = True
-        self._live.pop(up.uuid, None)
-        with contextlib.suppress(StorageUnavailable):
-            await anyio.to_thread.run_sync(self._forget, up.ingest)
-
-    def _forget(self, ingest: Ingest) -> None:
-        """Let go of a copy of a session that another process now holds.  A local
-        ingest file is this process's own copy (a resume re-hashes into a new file):
-        remove it.  An S3 ingest is the session itself — the multipart upload the other
-        replica goes on with — and must be left alone."""
-        if self.storage.name == "local":
-            ingest.abort()
-
-    def _end(self, up: Upload) -> None:
-        """Delete the session's row (blocking); with replicas only while it is still
-        this process's (an expired copy here must not end a session another replica
-        has moved on)."""
-        if self.shared:
-            self.state.end_upload(up.uuid, up.gen)
-        else:
-            self.state.delete_upload(up.uuid)
-
     async def finish(self, up: Upload, digest: Digest) -> None:
         """Check, protect and commit; the session ends either way."""
+        moved = False
+
         def protect() -> None:
+            # verified; now claim the end, and keep gc off it until a manifest names it
+            nonlocal moved
             if self.shared and not self.state.end_upload(up.uuid, up.gen):
+                moved = True
                 raise _moved(up.uuid)           # another replica has it now
             self.lease.protect([str(digest)])
 
@@ -268,9 +245,21 @@ class Uploads:
         except IntegrityError as e:
             raise digest_invalid(f"upload does not match {digest}: {e}", str(digest)) from None
         finally:
-            await anyio.to_thread.run_sync(up.ingest.abort)    # no-op after a commit
-            with contextlib.suppress(StorageUnavailable):
-                await anyio.to_thread.run_sync(self._end, up)
+            if moved:                           # theirs now: leave its bytes alone
+                up.ingest.forget()
+            else:
+                await anyio.to_thread.run_sync(up.ingest.abort)    # no-op after a commit
+                if not self.shared:
+                    await anyio.to_thread.run_sync(self.state.delete_upload, up.uuid)
+                else:
+                    await anyio.to_thread.run_sync(self.state.end_upload, up.uuid, up.gen)
+
+    async def drop(self, up: Upload) -> None:
+        """Forget a session another replica has taken over, or whose copy here a storage
+        failure spoiled (its row stays: the next request resumes from it)."""
+        up.done = True
+        self._live.pop(up.uuid, None)
+        up.ingest.forget()
 
     async def cancel(self, up: Upload) -> None:
         up.done = True
@@ -278,7 +267,7 @@ class Uploads:
         with contextlib.suppress(StorageUnavailable):
             await anyio.to_thread.run_sync(up.ingest.abort)
         with contextlib.suppress(Exception):
-            await anyio.to_thread.run_sync(self._end, up)
+            await anyio.to_thread.run_sync(self.state.delete_upload, up.uuid)
 
     async def expire(self) -> int:
         """End idle sessions (ours and rows left by a dead process); returns how many."""

@@ -82,16 +82,31 @@ class Ingest(Protocol):
         ``protect`` (the gc lease), then make the blob visible under its digest."""
         ...
 
-    def abort(self) -> None: ...
+    def abort(self) -> None:
+        """End the upload: remove every byte of it (a cancel, a mismatch)."""
+        ...
+
+    def forget(self) -> None:
+        """Let go of this process's copy only (another replica has the session now)."""
+        ...
+
+    def claimed(self) -> None:
+        """The session row now names this ingest: drop what its previous state held
+        that this one does not share."""
+        ...
 
 
 class BlobStorage(Protocol):
     name: str
-    shared: bool        # other processes may continue this one's uploads
+    shared: bool        # other processes may continue this one's uploads (replicas)
 
     def has(self, digest: Digest) -> bool: ...
     def size(self, digest: Digest) -> int | None: ...
     def read_bytes(self, digest: Digest, limit: int) -> bytes | None: ...
+
+    def put_bytes(self, digest: Digest, data: bytes) -> None:
+        """Store ``data``, already verified against ``digest`` (a manifest)."""
+        ...
 
     def open(self, digest: Digest, byte_range: str | None) -> BlobBody | None:
         """The blob (one RFC 9110 byte range of it when ``byte_range`` names one), None
@@ -114,26 +129,13 @@ class BlobStorage(Protocol):
     def close(self) -> None: ...
 
 
-def put_bytes(storage: BlobStorage, data: bytes, digest: Digest) -> None:
-    """Store a small blob whole (a manifest), through the driver's own verified commit."""
-    import secrets
-
-    ingest = storage.ingest(secrets.token_hex(16))
-    try:
-        ingest.write(data)
-        ingest.commit(digest, lambda: None)     # the caller has protected it already
-    except BaseException:
-        ingest.abort()
-        raise
-
-
-def open_storage(cfg: StorageConfig, store: Store, shared: bool = False) -> BlobStorage:
-    """``shared``: replicas share the metadata (server/meta_pg.py), so a local blob
-    directory is shared too (a network file system, or one machine's processes)."""
+def open_storage(cfg: StorageConfig, store: Store, replicas: bool = False) -> BlobStorage:
+    """The driver ``cfg`` names; ``replicas``: other processes share the metadata (and,
+    for the local driver, the store's directory)."""
     if cfg.driver == "s3":
         from lamina.server.storage.s3 import S3Storage  # boto3 only where S3 is used
 
         return S3Storage(cfg)
     from lamina.server.storage.local import LocalStorage
 
-    return LocalStorage(store, shared=shared)
+    return LocalStorage(store, replicas)

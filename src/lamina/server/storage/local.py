@@ -8,6 +8,12 @@ the process lost (a restart between two PATCHes) is resumed by re-hashing that f
 into a fresh writer, unless a live writer (another server on this store) holds its
 ``flock``.  The hash runs as sha256; a blob finished under another algorithm (sha512)
 is re-hashed once at commit.
+
+With replicas (one store directory, a shared metadata database) every request ends with
+the writer flushed, so that whichever replica takes the next request can re-hash the
+file; it re-hashes only the ``offset`` bytes the row vouches for (a replica killed
+mid-request may have written more than it recorded), and removes the old file once its
+claim on the row has won.
 """
 
 from __future__ import annotations
@@ -53,9 +59,12 @@ _start_writeback = _load_sync_file_range() if sys.platform == "linux" else None
 
 
 class LocalIngest:
-    def __init__(self, store: Store, writer: BlobWriter) -> None:
+    def __init__(self, store: Store, writer: BlobWriter, replicas: bool = False,
+                 previous: str | None = None) -> None:
         self.store = store
         self.writer = writer
+        self.replicas = replicas
+        self.previous = previous    # the ingest file this one was resumed from
         self.flushed = 0        # bytes already handed to the kernel's writeback
 
     @property
@@ -78,9 +87,9 @@ class LocalIngest:
             self.flushed = self.offset
 
     def checkpoint(self) -> None:
-        """The ingest file is the state: hand what is buffered to the kernel, so another
-        process on this directory reads it (a replica, uploads.py)."""
-        self.writer.flush()
+        """The ingest file is the state; replicas read it, not our buffer."""
+        if self.replicas:
+            self.writer.flush()
 
     def commit(self, digest: Digest, protect: Callable[[], None]) -> None:
         writer = self.writer
@@ -104,15 +113,22 @@ class LocalIngest:
     def abort(self) -> None:
         self.writer.abort()     # no-op after a commit
 
+    def forget(self) -> None:
+        self.writer.abort()     # our own ingest file; the row names another
+
+    def claimed(self) -> None:
+        if self.previous is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.previous)
+            self.previous = None
+
 
 class LocalStorage:
     name = "local"
 
-    def __init__(self, store: Store, shared: bool = False) -> None:
+    def __init__(self, store: Store, replicas: bool = False) -> None:
         self.store = store
-        # Replicas on shared metadata share this directory: a session's row, not the
-        # ingest file's lock, says who may continue it (uploads.py, the generation).
-        self.shared = shared
+        self.shared = replicas
 
     def has(self, digest: Digest) -> bool:
         return self.store.blobs.has(digest)
@@ -128,6 +144,9 @@ class LocalStorage:
         if size is None or size > limit:
             return None
         return self.store.blobs.read_bytes(digest, size)
+
+    def put_bytes(self, digest: Digest, data: bytes) -> None:
+        self.store.blobs.put_bytes(data, digest)
 
     def open(self, digest: Digest, byte_range: str | None) -> BlobBody | None:
         from lamina.server.http import byte_range as parse_range
@@ -156,13 +175,10 @@ class LocalStorage:
         return None
 
     def ingest(self, uuid: str) -> LocalIngest:
-        return LocalIngest(self.store, self.store.blobs.writer())
+        return LocalIngest(self.store, self.store.blobs.writer(), self.shared)
 
     def resume(self, uuid: str, state: str, offset: int) -> LocalIngest | None:
-        """Re-hash the ingest file into a fresh writer (None: gone, held or torn).
-        Shared (replicas): the writer that holds the file may be alive on another
-        replica, and a replica killed mid-request may have written past what its row
-        vouches for: take the first ``offset`` bytes, whoever holds the lock."""
+        """Re-hash the ingest file into a fresh writer (None: gone, held or torn)."""
         try:
             fd = os.open(state, os.O_RDONLY)
         except OSError:
@@ -177,22 +193,22 @@ class LocalStorage:
                     os.unlink(state)
                     return None
             elif os.fstat(fd).st_size < offset:
-                return None         # never flushed by a writer that died: lost
+                return None         # not flushed by a writer that died: lost
             writer = self.store.blobs.writer()
             try:
                 with os.fdopen(os.dup(fd), "rb") as src:
-                    left = offset
+                    left = offset       # only what the row vouches for
                     while left and (chunk := src.read(min(CHUNK, left))):
                         writer.write(chunk)
                         left -= len(chunk)
+                if self.shared:
+                    writer.flush()      # the next replica reads the file, not our buffer
             except BaseException:
                 writer.abort()
                 raise
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(state)
         finally:
             os.close(fd)
-        return LocalIngest(self.store, writer)
+        return LocalIngest(self.store, writer, self.shared, previous=state)
 
     def drop(self, state: str) -> bool:
         try:

@@ -27,7 +27,8 @@ object back once.
 Reads: a blob GET's Range goes to S3 as it came; with ``redirect = true`` the client
 gets a 307 to a presigned GET instead (distribution's ``redirect`` option).  Failures to
 reach the gateway (refused, reset, timed out, 5xx) raise ``StorageUnavailable`` after
-botocore's own retry: the request gets 503, and the next one tries again.
+botocore's own retry: the request gets 503, and the next one tries again; one log line
+says the storage went away, one that it is back (``Outage``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any
 from lamina.digest import Digest
 from lamina.errors import IntegrityError, StoreError
 from lamina.server.config import StorageConfig
+from lamina.server.metadata import Outage
 from lamina.server.storage import BlobBody, RangeNotSatisfiable, StorageUnavailable
 from lamina.server.storage.hashstate import ResumableSha256
 
@@ -78,6 +80,7 @@ class S3Storage:
                 retries={"max_attempts": 2, "mode": "standard"},
                 connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
                 max_pool_connections=64))
+        self.outage = Outage(cfg.endpoint or "(AWS)", "blob storage")
         self._ensure_bucket()
 
     # -- calls --------------------------------------------------------------------------
@@ -86,15 +89,21 @@ class S3Storage:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return getattr(self.client, op)(Bucket=self.bucket, **kw)
+            out = getattr(self.client, op)(Bucket=self.bucket, **kw)
         except ClientError as e:
             status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
             if status >= 500:
-                raise StorageUnavailable(
-                    f"S3 {self.cfg.endpoint} answered {status} to {op}") from None
+                raise self._down(f"S3 {self.cfg.endpoint} answered {status} to {op}") from None
+            self.outage.up()
             raise
         except BotoCoreError as e:
-            raise StorageUnavailable(f"S3 {self.cfg.endpoint} cannot be reached: {e}") from None
+            raise self._down(f"S3 {self.cfg.endpoint} cannot be reached: {e}") from None
+        self.outage.up()
+        return out
+
+    def _down(self, message: str) -> StorageUnavailable:
+        self.outage.down(message)
+        return StorageUnavailable(message)
 
     @staticmethod
     def _code(e: Exception) -> str:
@@ -109,8 +118,8 @@ class S3Storage:
 
         try:
             self.call("head_bucket")
-        except StorageUnavailable as e:
-            log.warning("%s; serving anyway, blob requests get 503 until it answers", e)
+        except StorageUnavailable:
+            pass        # logged (Outage); blob requests get 503 until it answers
         except ClientError as e:
             if self._code(e) not in ("404", "NoSuchBucket"):
                 raise StoreError(f"S3 bucket {self.bucket}: {e}") from None
@@ -150,6 +159,9 @@ class S3Storage:
             return body.source.pread(body.size, 0) if body.size else b""
         finally:
             body.source.close()
+
+    def put_bytes(self, digest: Digest, data: bytes) -> None:
+        self.call("put_object", Key=self.key(digest), Body=data)
 
     def open(self, digest: Digest, byte_range: str | None) -> BlobBody | None:
         from botocore.exceptions import ClientError
@@ -387,6 +399,8 @@ class S3Ingest:
             protect()
             self.s3.call("put_object", Key=final, Body=bytes(self.buf))
         else:
+            if digest.algorithm == "sha256":
+                protect()       # before completing: another replica may still claim it
             if self.buf:
                 self._send_part(bytes(self.buf))
                 self.buf.clear()
@@ -396,7 +410,7 @@ class S3Ingest:
             self.upload_id = None
             if digest.algorithm != "sha256":
                 self._check_stored(digest)
-            protect()
+                protect()
             if not self.s3.has(digest):     # pushed before: stored once
                 self.s3.copy(self.data_key, final, self.offset)
         self.done = True
@@ -416,10 +430,21 @@ class S3Ingest:
     def _clear(self) -> None:
         try:
             self.s3.clear_upload(self.prefix, self.upload_id)
-        except Exception as e:  # noqa: BLE001 - leftovers under _uploads/ are expiry's
+        except StorageUnavailable:
+            pass    # the outage is logged once; what is left under _uploads/ is never
+            #         visible (a bucket lifecycle rule can abort stale multipart uploads)
+        except Exception as e:  # noqa: BLE001 - leftovers under _uploads/ are harmless
             log.warning("could not remove upload leftovers %s: %s", self.prefix, e)
 
     def abort(self) -> None:
         if not self.done:
             self.done = True
             self._clear()
+
+    def forget(self) -> None:
+        """The parts and tails are the session's, which another replica continues."""
+        self.done = True
+        self.buf = bytearray()
+
+    def claimed(self) -> None:
+        """The same UploadId and objects go on: nothing to drop."""
