@@ -23,6 +23,7 @@ from test_server_process import (  # noqa: F401 - fixtures and helpers
     copy_store,
     seeded,
 )
+from test_server_replica_processes import seed_across_replicas
 
 from ceph_s3 import Ceph, Gateway, free_port
 from lamina.server.config import StorageConfig
@@ -276,29 +277,7 @@ def test_replica_pair_on_s3_and_postgres(tmp_path: Path, pg_url: str, seeded: Pa
     try:
         r2 = Serve(tmp_path / "r2", tmp_path / "r2.log", "--config", str(cfg)).start()
         try:
-            lam = copy_store(seeded, tmp_path / "src")
-            lam.run("tag", "demo/a", f"{r1.host}/demo/a")
-            lam.run("tag", "demo/a", f"{r2.host}/demo/a")
-            lam.run("tag", "demo/b", f"{r2.host}/demo/b")
-            assert lam.run("push", f"{r1.host}/demo/a").out.count("Pushed") == 4
-            assert lam.run("push", f"{r2.host}/demo/a").out.count(
-                "Layer already exists") == 4
-            out_b = lam.run("push", f"{r2.host}/demo/b").out
-            assert out_b.count("Mounted from demo/a") == 3, out_b
-            # replica 1 never saw B's manifest on its disk: it reads it from the bucket
-            dst = Lamina(tmp_path / "dst", tmp_path)
-            dst.run("pull", "--jobs", "1", f"{r2.host}/demo/a")
-            out = dst.run("pull", "--jobs", "1", f"{r1.host}/demo/b").out
-            assert out.count("Already exists") == 3, out
-            assert dst.run("inspect", f"{r1.host}/demo/b").json()[0]["Id"] == \
-                lam.run("inspect", "demo/b").json()[0]["Id"]
-            dst.assert_consistent()
-            skopeo("copy", "--src-tls-verify=false", f"docker://{r1.host}/demo/b:latest",
-                   f"oci:{tmp_path / 'layout'}:b")
-            skopeo("copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'layout'}:b",
-                   f"docker://{r1.host}/copies/b:v1")
-            skopeo("copy", "--src-tls-verify=false", f"docker://{r2.host}/copies/b:v1",
-                   f"oci:{tmp_path / 'back'}:b")
+            seed_across_replicas(r1, r2, seeded, tmp_path)
             # a blob uploaded and never referenced (its lease expired: lease_ttl 0 here)
             junk = random_bytes(3000, 99)
             with httpx.Client(timeout=30) as c:
@@ -319,7 +298,7 @@ def test_replica_pair_on_s3_and_postgres(tmp_path: Path, pg_url: str, seeded: Pa
             # and everything still pulls, through either replica
             dst2 = Lamina(tmp_path / "dst2", tmp_path)
             dst2.run("pull", f"{r1.host}/demo/a")
-            dst2.run("pull", f"{r2.host}/copies/b:v1")
+            dst2.run("pull", f"{r2.host}/copies/a:v1")
             dst2.assert_consistent()
         finally:
             r2.stop()
