@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-DEBS    := docker-registry skopeo umoci busybox-static bubblewrap pigz zstd chromium openssl ceph-mon ceph-osd radosgw ceph-common
+DEBS    := docker-registry skopeo umoci busybox-static bubblewrap pigz zstd chromium openssl postgresql ceph-mon ceph-osd radosgw ceph-common
 BENCH_DEBS := buildah wrk
 STAMP   := $(VENV)/.installed
 

@@ -1,7 +1,7 @@
 """``lamina serve`` replicas on PostgreSQL metadata, against one replica on SQLite and
 against docker-registry, same run, same client, alternating.
 
-    .venv/bin/python bench/bench_replicas.py [--runs N | --quick] [--mb MB]
+    .venv/bin/python bench/bench_replicas.py [--runs N | --quick] [--mb MB] [--s3]
 
 Two OCI layouts of 4 plain-tar layers each (``--mb`` per image, default 200 MB, random
 bytes, built once).  Each run starts fresh registries on free 127.0.0.1 ports over one
@@ -14,6 +14,10 @@ every pull reads what the other replica took).  Setups:
     lamina sqlite     lamina serve on the store's SQLite metadata (one process)
     lamina pg ×1      lamina serve on PostgreSQL metadata (one process)
     lamina pg ×2      two lamina serve replicas on one PostgreSQL database
+
+``--s3``: the blobs in S3 instead — one Ceph RADOS Gateway for the whole run
+(tests/ceph_s3.py, as bench_s3.py), a fresh bucket per run, docker-registry with its
+``s3`` driver on it, and each lamina replica with a store root of its own (two machines).
 
 PostgreSQL 15 (Debian's) runs in a temp dir for the whole run (tests/server/pg_fixture.py).
 Medians of the wall time of each concurrent pair and MB/s, with ratios against
@@ -35,6 +39,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "server"))
 
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import bench_s3  # noqa: E402
 from bench_serve import LAMINA, Registry, build_layout, free_port  # noqa: E402
 from pg_fixture import Postgres  # noqa: E402
 
@@ -44,19 +51,27 @@ SETUPS = ("docker-registry", "lamina sqlite", "lamina pg x1", "lamina pg x2")
 class Lamina:
     """``n`` lamina serve processes on one store root (and ``url``'s database)."""
 
-    def __init__(self, work: Path, n: int, url: str | None) -> None:
+    def __init__(self, work: Path, n: int, url: str | None,
+                 gw: bench_s3.Gateway | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="lamina-", dir=work))
         self.procs: list[subprocess.Popen[bytes]] = []
         self.hosts: list[str] = []
-        cfg = []
-        if url:
-            (self.root / "serve.toml").write_text(f'[metadata]\nurl = "{url}"\n')
-            cfg = ["--config", str(self.root / "serve.toml")]
+        self.gw = gw
+        self.bucket = bench_s3.make_bucket(gw) if gw else None
+        text = f'[metadata]\nurl = "{url}"\n' if url else ""
+        if gw:
+            text += (f'[storage]\ndriver = "s3"\nendpoint = "{gw.endpoint}"\n'
+                     f'region = "{gw.region}"\nbucket = "{self.bucket}"\n'
+                     f'access_key = "{gw.access_key}"\nsecret_key = "{gw.secret_key}"\n')
+        (self.root / "serve.toml").write_text(text)
+        cfg = ["--config", str(self.root / "serve.toml")]
         for i in range(n):
             host = f"127.0.0.1:{free_port()}"
             log = open(self.root / f"log-{i}", "wb")
             self.procs.append(subprocess.Popen(
-                [LAMINA, "serve", "--root", str(self.root / "store"), "--addr", host,
+                # on S3, a root each: nothing shared but the bucket and the database
+                [LAMINA, "serve", "--root", str(self.root / f"store{i if gw else ''}"),
+                 "--addr", host,
                  "--log-level", "warning", "--no-access-log", *cfg],
                 stdout=log, stderr=subprocess.STDOUT))
             self.hosts.append(host)
@@ -66,6 +81,8 @@ class Lamina:
         for p in self.procs:
             p.terminate()
             p.wait(30)
+        if self.gw and self.bucket:
+            bench_s3.drop_bucket(self.gw, self.bucket)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -105,14 +122,16 @@ def _pair(cmds: list[list[str]]) -> float:
     return took
 
 
-def one_run(setup: str, layouts: list[Path], work: Path, pg: Postgres) -> tuple[float, float]:
-    reg: Registry | Lamina
+def one_run(setup: str, layouts: list[Path], work: Path, pg: Postgres,
+            gw: bench_s3.Gateway | None) -> tuple[float, float]:
+    reg: Registry | bench_s3.Registry | Lamina
     if setup == "docker-registry":
-        reg = Registry("docker-registry", work).start(access_log=False)
+        reg = bench_s3.Registry("docker-registry", work, gw).start() if gw else \
+            Registry("docker-registry", work).start(access_log=False)
         hosts = [reg.host, reg.host]
     else:
         n = 2 if setup.endswith("x2") else 1
-        reg = Lamina(work, n, pg.new_database() if "pg" in setup else None)
+        reg = Lamina(work, n, pg.new_database() if "pg" in setup else None, gw)
         hosts = reg.hosts * (2 // n)
     try:
         refs = [f"{hosts[i]}/bench/img{i}:v1" for i in range(2)]
@@ -135,6 +154,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--mb", type=int, default=200)
+    ap.add_argument("--s3", action="store_true", help="blobs in S3 (a Ceph gateway)")
     args = ap.parse_args()
     if args.quick:
         args.runs, args.mb = 1, 32
@@ -143,21 +163,32 @@ def main() -> int:
             print(f"bench_replicas: {tool} is not installed", file=sys.stderr)
             return 1
     times: dict[str, dict[str, list[float]]] = {s: {"push": [], "pull": []} for s in SETUPS}
+    if args.s3 and bench_s3.missing_tools():
+        print(f"bench_replicas: not installed: {', '.join(bench_s3.missing_tools())}",
+              file=sys.stderr)
+        return 1
     pg = Postgres()
     try:
         pg.start()
         with tempfile.TemporaryDirectory(prefix="bench-replicas-", dir="/var/tmp") as tmp:
             work = Path(tmp)
-            layouts = [build_layout(work / f"image{i}", args.mb) for i in range(2)]
-            print(f"two images of 4 plain-tar layers, {args.mb} MB each, pushed and pulled "
-                  f"by two skopeo clients at once; {args.runs} runs, alternating")
-            for i in range(args.runs):
-                for setup in SETUPS:
-                    push, pull = one_run(setup, layouts, work, pg)
-                    times[setup]["push"].append(push)
-                    times[setup]["pull"].append(pull)
-                    print(f"  run {i + 1} {setup:16} push {push:6.2f} s  pull {pull:6.2f} s",
-                          flush=True)
+            ceph = bench_s3.Ceph(work / "ceph") if args.s3 else None
+            try:
+                gw = ceph.start(free_port()) if ceph is not None else None
+                layouts = [build_layout(work / f"image{i}", args.mb) for i in range(2)]
+                print(f"two images of 4 plain-tar layers, {args.mb} MB each, pushed and "
+                      f"pulled by two skopeo clients at once; {args.runs} runs, alternating; "
+                      f"blobs {'in S3 (Ceph RGW)' if gw else 'in one directory'}")
+                for i in range(args.runs):
+                    for setup in SETUPS:
+                        push, pull = one_run(setup, layouts, work, pg, gw)
+                        times[setup]["push"].append(push)
+                        times[setup]["pull"].append(pull)
+                        print(f"  run {i + 1} {setup:16} push {push:6.2f} s  "
+                              f"pull {pull:6.2f} s", flush=True)
+            finally:
+                if ceph is not None:
+                    ceph.stop()
     finally:
         pg.close()
     mb = 2 * args.mb

@@ -1,5 +1,7 @@
-"""Two ``lamina serve`` processes on one blob directory and one PostgreSQL database
-(pg_fixture.py), with real clients: lamina pushes the seed images A and B through
+"""Two ``lamina serve`` processes on one blob storage and one PostgreSQL database
+(pg_fixture.py) — a shared directory, or an S3 bucket on a real Ceph gateway
+(s3_fixture.py) with a store root of its own per replica, as on two machines — with
+real clients: lamina pushes the seed images A and B through
 different replicas (B's shared layers mounted), skopeo pushes through replica 1 and pulls
 through replica 2; pushes through both at once while ``lamina serve gc`` sweeps in a
 loop; kill -9 of a replica mid-upload, the client resuming on the other; PostgreSQL
@@ -19,24 +21,49 @@ from pathlib import Path
 import httpx
 import pytest
 from pg_fixture import Postgres
+from s3_fixture import storage_toml
 from server_helpers import Serve, digest_of, random_bytes, skopeo
 from test_server_process import _private_auth, copy_store  # noqa: F401 - fixtures
 from test_server_process import seeded as seeded  # noqa: F401 - a fixture
 
+from lamina.digest import Digest
+from lamina.server.config import StorageConfig
+from lamina.server.storage import open_storage
 from lamina.store import Store
 from lamina_testing import LAMINA, Lamina
 
 TLS_OFF = ("--tls-verify=false",)
 
 
-def write_config(tmp_path: Path, url: str) -> Path:
+def write_config(tmp_path: Path, url: str, storage: StorageConfig | None = None) -> Path:
     cfg = tmp_path / "serve.toml"
-    cfg.write_text(f'[metadata]\nurl = "{url}"\npool_size = 4\npool_wait = 1\n')
+    cfg.write_text(f'[metadata]\nurl = "{url}"\npool_size = 4\npool_wait = 1\n'
+                   + ("" if storage is None else storage_toml(storage)))
     return cfg
 
 
+@pytest.fixture(params=["local", "s3"])
+def pair(tmp_path: Path, pg_url: str, request: pytest.FixtureRequest
+         ) -> Iterator[tuple[Serve, Serve]]:
+    """Two replicas: on one directory ("local"), or on S3 with a root each ("s3")."""
+    s3 = request.param == "s3"
+    storage = request.getfixturevalue("s3_storage") if s3 else None
+    cfg = write_config(tmp_path, pg_url, storage)
+    roots = [tmp_path / "r1", tmp_path / "r2"] if s3 else [tmp_path / "shared"] * 2
+    r1 = Serve(roots[0], tmp_path / "r1.log", "--config", str(cfg)).start()
+    try:
+        r2 = Serve(roots[1], tmp_path / "r2.log", "--config", str(cfg)).start()
+    except BaseException:
+        r1.stop()
+        raise
+    r1.storage = r2.storage = storage    # type: ignore[attr-defined]
+    yield r1, r2
+    r2.stop()
+    r1.stop()
+
+
 @pytest.fixture
-def pair(tmp_path: Path, pg_url: str) -> Iterator[tuple[Serve, Serve]]:
+def local_pair(tmp_path: Path, pg_url: str) -> Iterator[tuple[Serve, Serve]]:
     cfg = write_config(tmp_path, pg_url)
     root = tmp_path / "shared"
     r1 = Serve(root, tmp_path / "r1.log", "--config", str(cfg)).start()
@@ -88,7 +115,8 @@ def test_lamina_and_skopeo_across_replicas(pair: tuple[Serve, Serve], seeded: Pa
 def test_pushes_on_both_replicas_while_gc_sweeps(pair: tuple[Serve, Serve], seeded: Path,
                                                  tmp_path: Path, pg_url: str) -> None:
     r1, r2 = pair
-    cfg = write_config(tmp_path, pg_url)
+    storage_cfg = r1.storage                 # type: ignore[attr-defined]
+    cfg = write_config(tmp_path, pg_url, storage_cfg)
     root = r1.root
     # Blobs no manifest reaches and no lease names, added all along: gc always has
     # something to delete while the pushes run.
@@ -97,13 +125,17 @@ def test_pushes_on_both_replicas_while_gc_sweeps(pair: tuple[Serve, Serve], seed
 
     def litter() -> None:
         store = Store(root)
+        storage = open_storage(storage_cfg or StorageConfig(), store)
         try:
             i = 0
             while not stop.is_set():
-                junk.append(str(store.blobs.put_bytes(random_bytes(20_000, 1000 + i))))
+                data = random_bytes(20_000, 1000 + i)
+                storage.put_bytes(Digest.from_bytes(data), data)
+                junk.append(digest_of(data))
                 i += 1
                 time.sleep(0.05)
         finally:
+            storage.close()
             store.close()
 
     gc_out: list[subprocess.CompletedProcess[str]] = []
@@ -189,9 +221,9 @@ def test_kill_replica_mid_upload_resume_on_other(pair: tuple[Serve, Serve]) -> N
     assert r.status_code == 200 and digest_of(r.content) == digest_of(blob)
 
 
-def test_postgres_stopped_503_then_recovers(pair: tuple[Serve, Serve],
+def test_postgres_stopped_503_then_recovers(local_pair: tuple[Serve, Serve],
                                             pg_server: Postgres) -> None:
-    r1, r2 = pair
+    r1, r2 = local_pair
     data = random_bytes(5000, 4)
     r = httpx.post(f"{r1.url}/v2/pg/a/blobs/uploads/", params={"digest": digest_of(data)},
                    content=data)

@@ -19,11 +19,13 @@ from pg_fixture import Postgres
 from server_helpers import digest_of, error_code, make_image, push_blob, push_image, random_bytes
 from test_server_auth import bearer, token, write_config
 
+from lamina.errors import InvalidInput
 from lamina.server import load_config, schema
 from lamina.server.app import Registry
 from lamina.server.gc import collect
 from lamina.server.meta_pg import PostgresDb
 from lamina.store import Store
+from lamina.store.gc import collect as store_collect
 
 pytestmark = pytest.mark.anyio
 
@@ -118,10 +120,10 @@ async def test_gc_keeps_referenced_frees_the_rest(make_replicas: Any) -> None:
         db = a.state.db
         assert isinstance(db, PostgresDb)
         # every blob is still leased: gc with the TTL in force removes nothing
-        report = collect(a.store, db, lease_ttl=3600)
+        report = collect(a.store, a.blobstore, db, lease_ttl=3600)
         assert report.blobs_removed == []
         # leases past their TTL: what no manifest reaches goes, the rest stays
-        report = collect(a.store, db, lease_ttl=0.001)
+        report = collect(a.store, a.blobstore, db, lease_ttl=0.001)
         gone = {digest_of(x) for x in [*dropped.blobs(), dropped.manifest, orphan]}
         assert set(report.blobs_removed) == gone
         assert gone.isdisjoint(_blobs(a.store))
@@ -144,7 +146,7 @@ async def test_gc_drops_a_dead_replicas_leases(make_replicas: Any) -> None:
     with db.transaction() as tx:
         tx.execute("UPDATE registry_replicas SET heartbeat = now() - interval '1 hour' "
                    "WHERE id IN (?, ?)", (a.lease.id, b.lease.id))  # type: ignore[attr-defined]
-    report = collect(a.store, db, lease_ttl=3600)
+    report = collect(a.store, a.blobstore, db, lease_ttl=3600)
     # a's lock is held (it lives, however stale its beat): its lease stands
     assert report.replicas_dead == 1
     assert report.blobs_removed == [digest_of(blob_b)]
@@ -226,3 +228,16 @@ def test_pg_fixture_database_is_fresh(pg_url: str) -> None:
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname='public'"
                             ).fetchone() == (0,)
+
+
+async def test_store_gc_keeps_off_a_registry_on_postgres(make_replicas: Any) -> None:
+    """The store's own gc knows none of the registry's manifests: it refuses, naming
+    the command that does."""
+    (a, _b), _ = make_replicas()
+    async with one(a) as ca:
+        await push_image(ca, "own/x", "v1", make_image(13))
+    before = _blobs(a.store)
+    with pytest.raises(InvalidInput, match=r"metadata is in postgresql://127\.0\.0\.1:\d+/t\d+"
+                                            r": collect them with `lamina serve gc"):
+        store_collect(a.store)
+    assert _blobs(a.store) == before

@@ -73,8 +73,8 @@ async def _resolve(reg: Registry, rq: Rq) -> tuple[str, str]:
 async def get_manifest(reg: Registry, rq: Rq) -> Reply:
     digest, media_type = await _resolve(reg, rq)
     raw = reg.manifest_bytes(digest)
-    if raw is None:
-        raw = await anyio.to_thread.run_sync(reg.stored_manifest_bytes, digest)
+    if raw is None and reg.manifest_blobs.name != "local":
+        raw = await anyio.to_thread.run_sync(reg.load_manifest, digest)
     if raw is None:
         raise manifest_unknown(rq.arg[:150])
     headers = {"content-type": media_type, "docker-content-digest": digest,
@@ -138,7 +138,7 @@ async def put_manifest(reg: Registry, rq: Rq) -> Reply:
         else:
             have = reg.state.members(rq.repo, child_keys)
         # a manifest's children are blobs (the blob storage's), an index's manifests
-        holds = reg.blobstore.has if isinstance(doc, Manifest) else reg.has_manifest
+        holds = reg.blobstore.has if isinstance(doc, Manifest) else reg.manifest_blobs.has
         for d in children:
             if d.urls and not holds(d.digest):
                 continue        # a foreign layer: served from its URLs, not from here
@@ -147,17 +147,16 @@ async def put_manifest(reg: Registry, rq: Rq) -> Reply:
                 raise RegistryHTTPError(400, "MANIFEST_BLOB_UNKNOWN",
                                         f"{what} {d.digest} is not in repository {rq.name}",
                                         {"digest": str(d.digest)})
-        if not reg.store.blobs.has(digest):
-            reg.store.blobs.put_bytes(raw, digest)
-        if reg.blobstore.name != "local" and not reg.blobstore.has(digest):
-            # also beside the blobs: replicas on other machines read it from there
-            reg.blobstore.put_bytes(digest, raw)
+        if not reg.manifest_blobs.has(digest):
+            reg.manifest_blobs.put_bytes(digest, raw)
         links = child_keys if isinstance(doc, Manifest) else []
+        # One transaction: record, tag, membership, links, referrer and layer diff_ids
+        # are all committed or none (a database lost half-way leaves nothing behind).
         reg.state.add_manifest(rq.repo, key, media_type, len(raw), child_keys, links,
                                store_tag(rq.repo, tag) if tag else None,
-                               str(doc.subject.digest) if doc.subject else None, referrer)
-        if isinstance(doc, Manifest):
-            record_layers(reg, doc)
+                               str(doc.subject.digest) if doc.subject else None, referrer,
+                               layers=layer_rows(reg, doc) if isinstance(doc, Manifest)
+                               else ())
 
     async with reg.manifest_lock:
         await anyio.to_thread.run_sync(record)
@@ -168,20 +167,21 @@ async def put_manifest(reg: Registry, rq: Rq) -> Reply:
     return Reply(201, headers)
 
 
-def record_layers(reg: Registry, doc: Manifest) -> None:
-    """Each layer's diff_id, from the config when it is an image config we hold (as
-    ``StoreTransport._record_layers``): what dedup and unpacking look layers up by."""
+def layer_rows(reg: Registry, doc: Manifest) -> list[tuple[str, str, str, int]]:
+    """Each layer's (digest, diff_id, media type, size), from the config when it is an
+    image config we hold (as ``StoreTransport._record_layers``): what dedup and
+    unpacking look layers up by."""
     if doc.config.media_type not in mt.CONFIGS:
-        return
+        return []
     raw = reg.blobstore.read_bytes(doc.config.digest, max(doc.config.size, 0))
     if raw is None:
-        return
+        return []
     try:
         config = parse_config(raw)
     except LaminaError:
-        return      # a registry stores what it is given; an odd config is not our business
-    reg.state.add_layers((str(layer.digest), str(diff_id), layer.media_type, layer.size)
-                         for layer, diff_id in zip(doc.layers, config.diff_ids, strict=False))
+        return []   # a registry stores what it is given; an odd config is not our business
+    return [(str(layer.digest), str(diff_id), layer.media_type, layer.size)
+            for layer, diff_id in zip(doc.layers, config.diff_ids, strict=False)]
 
 
 async def delete_manifest(reg: Registry, rq: Rq) -> Reply:

@@ -232,14 +232,14 @@ class Replica:
                 lost = True
 
     def stop(self) -> None:
-        """Leave: the row goes (and its leases with it); the lock goes with the
-        connection."""
+        """Leave: the lock goes with the connection; the row and its leases stay until
+        gc finds the replica dead (``DEAD_AFTER`` later), so a push that uploaded here
+        and sends its manifest to another replica during a rolling restart is not cut
+        short by a gc in between."""
         self._stop.set()
         self._thread.join(timeout=HEARTBEAT * 2)
         with self._lock:
             if self._conn is not None:
-                with contextlib.suppress(Exception):
-                    self._conn.execute("DELETE FROM registry_replicas WHERE id=%s", (self.id,))
                 with contextlib.suppress(Exception):
                     self._conn.close()
                 self._conn = None

@@ -191,11 +191,13 @@ class RegistryState:
                      children: Iterable[str] | None, links: Iterable[str],
                      tag: str | None = None,
                      subject: str | None = None, referrer: Referrer | None = None,
-                     now: float | None = None) -> None:
+                     now: float | None = None,
+                     layers: Iterable[tuple[str, str, str, int]] = ()) -> None:
         """The image record and its edges to ``children`` (None: no record, as for a
         manifest adopted from the store), the store tag ``tag``, membership in ``repo``,
-        blob links and (with ``subject``) the referrer row, in one transaction.  An
-        existing image record is kept (as ``Metadata.add_image``)."""
+        blob links, (with ``subject``) the referrer row and ``layers`` (digest, diff_id,
+        media type, size), in one transaction.  An existing image record is kept (as
+        ``Metadata.add_image``)."""
         now = time.time() if now is None else now
         with self.db.transaction() as tx:
             if children is not None:
@@ -218,10 +220,6 @@ class RegistryState:
                             referrer.size, referrer.artifact_type,
                             json.dumps(referrer.annotations) if referrer.annotations
                             else None, now))
-
-    def add_layers(self, layers: Iterable[tuple[str, str, str, int]]) -> None:
-        """(digest, diff_id, media type, size) of layers whose config names them."""
-        with self.db.transaction() as tx:
             tx.executemany("INSERT INTO layers VALUES(?,?,?,?) ON CONFLICT(digest) DO UPDATE "
                            "SET diff_id=excluded.diff_id, media_type=excluded.media_type, "
                            "size=excluded.size", list(layers))
