@@ -169,7 +169,7 @@ def main() -> int:
         return 1
     pg = Postgres()
     try:
-        pg.start()
+        pg.first_start()
         with tempfile.TemporaryDirectory(prefix="bench-replicas-", dir="/var/tmp") as tmp:
             work = Path(tmp)
             ceph = bench_s3.Ceph(work / "ceph") if args.s3 else None

@@ -92,8 +92,7 @@ def make_replicas(tmp_path: Path, request: pytest.FixtureRequest,
     def make(n: int = 2, cfg: ServerConfig = ServerConfig(), **client_kw: Any
              ) -> tuple[list[Registry], httpx.AsyncClient]:
         url = request.getfixturevalue("pg_url")
-        cfg = replace(cfg, metadata=MetadataConfig(url=url, pool_size=4,
-                                                                 pool_wait=0.5))
+        cfg = replace(cfg, metadata=MetadataConfig(url=url, pool_size=4, pool_wait=0.5))
         if cfg.storage == StorageConfig():
             cfg = replace(cfg, storage=storage_cfg)
         stores = [Store(tmp_path / "shared-store") for _ in range(n)]

@@ -1,7 +1,8 @@
 """A real PostgreSQL 15 (Debian's ``postgresql``) for the tests: one cluster per test
-session, in a temp dir, on 127.0.0.1 and a free port, run as the unprivileged
-``postgres`` user (the tests run as root; PostgreSQL refuses to run as root), stopped at
-the end of the session — and at interpreter exit, should the run be interrupted.
+session (per pytest-xdist worker), in a temp dir, on 127.0.0.1 and a free port, run as the
+unprivileged ``postgres`` user (the tests run as root; PostgreSQL refuses to run as root),
+stopped at the end of the session — at interpreter exit, should the run be interrupted, and
+by a watchdog process once the test process is gone, should it be killed.
 
 Each test gets a database of its own (``Postgres.new_database``).  ``stop``/``start``
 take the server away and bring it back on the same port (the fault tests).
@@ -74,6 +75,27 @@ class Postgres:
                   "-t", "30", "-o", opts)
         self.running = True
 
+    def first_start(self) -> None:
+        """Start on a free port; another port if someone took that one meanwhile."""
+        for attempt in range(3):
+            try:
+                self.start()
+                break
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                self.port = _free_port()
+        self._watch()
+
+    def _watch(self) -> None:
+        """A process of its own that stops the server once this one is gone (SIGKILL)."""
+        ctl = " ".join(["runuser", "-u", PG_USER, "--"] if os.geteuid() == 0 else [])
+        script = (f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; "
+                  f"{ctl} {PG_BIN / 'pg_ctl'} stop -D {self.data} -m immediate; "
+                  f"rm -rf {self.dir}")
+        subprocess.Popen(["sh", "-c", script], start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def stop(self, mode: str = "fast") -> None:
         if self.running:
             self._run("pg_ctl", "stop", "-D", str(self.data), "-m", mode, "-w", "-t", "30")
@@ -107,7 +129,7 @@ def pg_server() -> Iterator[Postgres]:
     pg = Postgres()
     atexit.register(pg.close)       # an interrupted run stops it too
     try:
-        pg.start()
+        pg.first_start()
         yield pg
     finally:
         pg.close()

@@ -77,9 +77,10 @@ def local_pair(tmp_path: Path, pg_url: str) -> Iterator[tuple[Serve, Serve]]:
     r1.stop()
 
 
-def test_lamina_and_skopeo_across_replicas(pair: tuple[Serve, Serve], seeded: Path,
-                                           tmp_path: Path) -> None:
-    r1, r2 = pair
+def seed_across_replicas(r1: Serve, r2: Serve, seeded: Path, tmp_path: Path) -> None:
+    """The seed images A and B pushed through different replicas (B's shared layers
+    mounted), pulled through the other; skopeo pushes through replica 1 and pulls the
+    same bytes through replica 2 (``copies/a:v1``)."""
     lam = copy_store(seeded, tmp_path / "src")
     lam.run("tag", "demo/a", f"{r1.host}/demo/a")
     lam.run("tag", "demo/a", f"{r2.host}/demo/a")
@@ -91,6 +92,7 @@ def test_lamina_and_skopeo_across_replicas(pair: tuple[Serve, Serve], seeded: Pa
     assert out_a.count("Layer already exists") == 4, out_a
     out_b = lam.run("push", f"{r2.host}/demo/b").out
     assert out_b.count("Mounted from demo/a") == 3 and out_b.count("Pushed") == 1, out_b
+    # (on S3 with a store each, replica 1 never had B's manifest on its disk)
     dst = Lamina(tmp_path / "dst", tmp_path)
     dst.run("pull", "--jobs", "1", f"{r2.host}/demo/a")
     out = dst.run("pull", "--jobs", "1", f"{r1.host}/demo/b").out
@@ -98,7 +100,6 @@ def test_lamina_and_skopeo_across_replicas(pair: tuple[Serve, Serve], seeded: Pa
     assert dst.run("inspect", f"{r1.host}/demo/b").json()[0]["Id"] == \
         lam.run("inspect", "demo/b").json()[0]["Id"]
     dst.assert_consistent()
-    # skopeo: push through replica 1, pull through replica 2, the same bytes
     skopeo("copy", "--src-tls-verify=false", f"docker://{r1.host}/demo/a:latest",
            f"oci:{tmp_path / 'layout'}:a")
     skopeo("copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'layout'}:a",
@@ -110,6 +111,11 @@ def test_lamina_and_skopeo_across_replicas(pair: tuple[Serve, Serve], seeded: Pa
     assert got["digest"] == sent["digest"]
     tags = json.loads(skopeo("list-tags", *TLS_OFF, f"docker://{r2.host}/copies/a").stdout)
     assert tags["Tags"] == ["v1"]
+
+
+def test_lamina_and_skopeo_across_replicas(pair: tuple[Serve, Serve], seeded: Path,
+                                           tmp_path: Path) -> None:
+    seed_across_replicas(*pair, seeded, tmp_path)
 
 
 def test_pushes_on_both_replicas_while_gc_sweeps(pair: tuple[Serve, Serve], seeded: Path,

@@ -23,6 +23,7 @@ from test_server_process import (  # noqa: F401 - fixtures and helpers
     copy_store,
     seeded,
 )
+from test_server_replica_processes import seed_across_replicas
 
 from ceph_s3 import Ceph, Gateway, free_port
 from lamina.server.config import StorageConfig
@@ -256,3 +257,47 @@ def test_redirect_with_auth_drops_credentials(s3_serve: Callable[..., Serve],
     skopeo("copy", "--src-tls-verify=false", "--src-creds", "alice:wonderland",
            f"docker://{srv.host}/demo/a:latest", f"oci:{tmp_path / 'layout'}:a")
     assert srv.log.read_text().count(" 307") >= 10
+
+
+def test_replica_pair_on_s3_and_postgres(tmp_path: Path, pg_url: str, seeded: Path,  # noqa: F811
+                                         s3_storage: StorageConfig,
+                                         s3_gateway: Gateway) -> None:
+    """Two replicas on one bucket and one PostgreSQL database and nothing else shared
+    (each its own store directory): the seed images A and B pushed through different
+    replicas, B's shared layers mounted; pulls through the other; skopeo across; then
+    ``lamina serve gc`` sweeps a blob nothing references from the bucket and keeps the
+    rest."""
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text(storage_toml(s3_storage, part_size=5 * MiB)
+                   + f'[metadata]\nurl = "{pg_url}"\npool_size = 4\npool_wait = 1\n')
+    r1 = Serve(tmp_path / "r1", tmp_path / "r1.log", "--config", str(cfg)).start()
+    try:
+        r2 = Serve(tmp_path / "r2", tmp_path / "r2.log", "--config", str(cfg)).start()
+        try:
+            seed_across_replicas(r1, r2, seeded, tmp_path)
+            # a blob uploaded and never referenced (its lease expired: lease_ttl 0 here)
+            junk = random_bytes(3000, 99)
+            with httpx.Client(timeout=30) as c:
+                r = c.post(f"{r2.url}/v2/junk/x/blobs/uploads/",
+                           params={"digest": digest_of(junk)}, content=junk)
+                assert r.status_code == 201
+            before = set(bucket_keys(s3_client(s3_gateway), s3_storage.bucket, "blobs/"))
+            assert key_of(digest_of(junk)) in before
+            gc_cfg = tmp_path / "gc.toml"
+            gc_cfg.write_text(cfg.read_text().replace("pool_wait = 1\n",
+                                                      "pool_wait = 1\nlease_ttl = 0.001\n"))
+            done = Lamina(tmp_path / "r1", tmp_path).run(
+                "serve", "gc", "--root", str(tmp_path / "r1"), "--config", str(gc_cfg),
+                "--json").json()
+            assert digest_of(junk) in done["blobs_removed"]
+            after = set(bucket_keys(s3_client(s3_gateway), s3_storage.bucket, "blobs/"))
+            assert after == before - {key_of(digest_of(junk))}
+            # and everything still pulls, through either replica
+            dst2 = Lamina(tmp_path / "dst2", tmp_path)
+            dst2.run("pull", f"{r1.host}/demo/a")
+            dst2.run("pull", f"{r2.host}/copies/a:v1")
+            dst2.assert_consistent()
+        finally:
+            r2.stop()
+    finally:
+        r1.stop()
