@@ -4,13 +4,14 @@ store here; test modules on S3 override it with ``s3_storage``, from s3_fixture.
 
 A test module that sets ``REPLICA_PAIR = True`` runs each test that takes ``client`` twice:
 against one app on the store's SQLite metadata ("local"), and against two apps — two
-replicas over one blob directory (or bucket) and one PostgreSQL database — with requests
-alternating between them ("replicas")."""
+replicas over one blob storage (``storage_cfg``: one directory, or the S3 bucket) and one
+PostgreSQL database (pg_fixture.py) — with requests alternating between them
+("replicas")."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def make_client(store: Store, storage_cfg: StorageConfig) -> Any:
     def make(cfg: ServerConfig = ServerConfig(), **client_kw: Any
              ) -> tuple[Registry, httpx.AsyncClient]:
         if cfg.storage == StorageConfig():
-            cfg = dataclasses.replace(cfg, storage=storage_cfg)
+            cfg = replace(cfg, storage=storage_cfg)
         app = create_app(store, cfg)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                    base_url="http://registry.test", **client_kw)
@@ -84,17 +85,16 @@ def make_client(store: Store, storage_cfg: StorageConfig) -> Any:
 def make_replicas(tmp_path: Path, request: pytest.FixtureRequest,
                   storage_cfg: StorageConfig) -> Any:
     """make_replicas(n=2, cfg=ServerConfig()) → (apps, alternating client): ``n`` apps,
-    each on a Store of its own over one root, sharing a fresh PostgreSQL database (and
-    ``storage_cfg``'s blob storage)."""
+    each on a Store of its own over one root and ``storage_cfg``, sharing a fresh
+    PostgreSQL database."""
     made: list[tuple[list[Registry], list[Store]]] = []
 
     def make(n: int = 2, cfg: ServerConfig = ServerConfig(), **client_kw: Any
              ) -> tuple[list[Registry], httpx.AsyncClient]:
         url = request.getfixturevalue("pg_url")
-        cfg = dataclasses.replace(cfg, metadata=MetadataConfig(url=url, pool_size=4,
-                                                                 pool_wait=0.5))
+        cfg = replace(cfg, metadata=MetadataConfig(url=url, pool_size=4, pool_wait=0.5))
         if cfg.storage == StorageConfig():
-            cfg = dataclasses.replace(cfg, storage=storage_cfg)
+            cfg = replace(cfg, storage=storage_cfg)
         stores = [Store(tmp_path / "shared-store") for _ in range(n)]
         apps = [create_app(s, cfg) for s in stores]
         made.append((apps, stores))

@@ -120,10 +120,10 @@ async def test_gc_keeps_referenced_frees_the_rest(make_replicas: Any) -> None:
         db = a.state.db
         assert isinstance(db, PostgresDb)
         # every blob is still leased: gc with the TTL in force removes nothing
-        report = collect(a.store, db, lease_ttl=3600, blobs=a.blobstore)
+        report = collect(a.store, a.blobstore, db, lease_ttl=3600)
         assert report.blobs_removed == []
         # leases past their TTL: what no manifest reaches goes, the rest stays
-        report = collect(a.store, db, lease_ttl=0.001, blobs=a.blobstore)
+        report = collect(a.store, a.blobstore, db, lease_ttl=0.001)
         gone = {digest_of(x) for x in [*dropped.blobs(), dropped.manifest, orphan]}
         assert set(report.blobs_removed) == gone
         assert gone.isdisjoint(_blobs(a.store))
@@ -146,7 +146,7 @@ async def test_gc_drops_a_dead_replicas_leases(make_replicas: Any) -> None:
     with db.transaction() as tx:
         tx.execute("UPDATE registry_replicas SET heartbeat = now() - interval '1 hour' "
                    "WHERE id IN (?, ?)", (a.lease.id, b.lease.id))  # type: ignore[attr-defined]
-    report = collect(a.store, db, lease_ttl=3600, blobs=a.blobstore)
+    report = collect(a.store, a.blobstore, db, lease_ttl=3600)
     # a's lock is held (it lives, however stale its beat): its lease stands
     assert report.replicas_dead == 1
     assert report.blobs_removed == [digest_of(blob_b)]

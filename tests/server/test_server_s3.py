@@ -32,7 +32,7 @@ from lamina.server.config import StorageConfig
 from lamina.server.storage import s3
 
 pytestmark = pytest.mark.anyio
-REPLICA_PAIR = True      # conftest: each test also runs on two replicas (S3 + PostgreSQL)
+REPLICA_PAIR = True      # conftest: the workflows also run on two replicas (Ceph + PostgreSQL)
 
 
 @pytest.fixture

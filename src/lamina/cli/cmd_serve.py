@@ -83,8 +83,7 @@ def _register_click(app: click.Group, store_factory: Callable[[], Store]) -> Non
 
     @serve.command("gc")
     @click.option("--root", type=path, help=_HELP["root"])
-    @click.option("--config", type=path,
-                  help="The serve TOML file (its [metadata] and [storage] sections).")
+    @click.option("--config", type=path, help="The serve TOML file (its [metadata] section).")
     @click.option("--dry-run", is_flag=True, default=False,
                   help="Say what would be removed; remove nothing.")
     @click.option("--json", "json_", is_flag=True, default=False, help="Print JSON.")
@@ -102,12 +101,12 @@ def _register_click(app: click.Group, store_factory: Callable[[], Store]) -> Non
         try:
             db = open_metadata(store, cfg)
             try:
-                blobs = open_storage(cfg.storage, store, db.shared)
+                storage = open_storage(cfg.storage, store, shared=db.shared)
                 try:
-                    report = run(store, db, cfg.metadata.lease_ttl, dry_run=dry_run,
-                                 blobs=blobs)
+                    report = run(store, storage, db, cfg.metadata.lease_ttl,
+                                 dry_run=dry_run)
                 finally:
-                    blobs.close()
+                    storage.close()
             finally:
                 db.close()
         finally:

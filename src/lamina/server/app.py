@@ -56,7 +56,7 @@ from lamina.server.metadata import Db, MetadataUnavailable
 from lamina.server.names import check_name
 from lamina.server.ratelimit import RateLimiter
 from lamina.server.state import RegistryState
-from lamina.server.storage import StorageUnavailable, open_storage
+from lamina.server.storage import BlobStorage, StorageUnavailable, open_storage
 from lamina.server.storage.local import LocalStorage
 from lamina.server.uploads import Uploads
 from lamina.store.store import Store
@@ -99,8 +99,11 @@ class Registry:
         self.state = RegistryState(open_metadata(store, cfg))
         self.pages = web.Pages(store, cfg.limits.max_manifest_bytes)
         self.lease = self.state.db.lease(cfg.metadata.lease_ttl)
-        self.blobstore = open_storage(cfg.storage, store, self.state.db.shared)
-        self.manifest_blobs = LocalStorage(store)     # manifests stay in the store
+        self.blobstore = open_storage(cfg.storage, store, shared=self.state.db.shared)
+        # Manifests stay in the store with the SQLite metadata; with replicas they are
+        # in the shared blob storage, where every replica reads them.
+        self.manifest_blobs: BlobStorage = self.blobstore if self.state.db.shared \
+            else LocalStorage(store)
         self.uploads = Uploads(self.blobstore, self.state, self.lease, cfg.limits.upload_ttl,
                                cfg.limits.max_blob_bytes)
         self.policy = Policy(cfg.auth)
@@ -155,8 +158,8 @@ class Registry:
             await asyncio.sleep(period)
             try:
                 report = await anyio.to_thread.run_sync(
-                    lambda: run(self.store, self.state.db, self.cfg.metadata.lease_ttl, wait=False,
-                                blobs=self.blobstore))
+                    lambda: run(self.store, self.blobstore, self.state.db,
+                                self.cfg.metadata.lease_ttl, wait=False))
             except Exception as e:  # noqa: BLE001 - a turn missed; the next one tries again
                 log.warning("scheduled gc failed: %s", e)
                 continue
@@ -166,32 +169,25 @@ class Registry:
 
     # -- helpers for handlers ------------------------------------------------------------
     def manifest_bytes(self, digest: str) -> bytes | None:
+        """A manifest's bytes from the cache or the local store (a quick file read, done
+        on the event loop); None as well when they are in S3 — ``load_manifest``, in a
+        worker thread, reads those."""
         raw = self._cache.get(digest)
-        if raw is not None:
+        if raw is not None or self.manifest_blobs.name != "local":
             return raw
+        return self.load_manifest(digest)
+
+    def load_manifest(self, digest: str) -> bytes | None:
+        """Blocking: a manifest's bytes from where manifests are kept (``manifest_blobs``:
+        the store with SQLite metadata, the shared blob storage with replicas)."""
         try:
-            with self.store.blobs.open_file(Digest.parse(digest)) as f:
-                raw = f.read(self.cfg.limits.max_manifest_bytes + 1)
+            raw = self.manifest_blobs.read_bytes(Digest.parse(digest),
+                                                 self.cfg.limits.max_manifest_bytes)
         except (OSError, LaminaError):
             return None
-        self.remember_manifest(digest, raw)
-        return raw
-
-    def stored_manifest_bytes(self, digest: str) -> bytes | None:
-        """Blocking: a manifest this store lacks (pushed through a replica on another
-        machine) from the blob storage, where every replica also writes them."""
-        if self.blobstore.name == "local":
-            return None
-        raw = self.blobstore.read_bytes(Digest.parse(digest),
-                                        self.cfg.limits.max_manifest_bytes + 1)
         if raw is not None:
             self.remember_manifest(digest, raw)
         return raw
-
-    def has_manifest(self, digest: Digest) -> bool:
-        """Blocking: the manifest's bytes are here (the store, or the blob storage)."""
-        return self.store.blobs.has(digest) or (
-            self.blobstore.name != "local" and self.blobstore.has(digest))
 
     def remember_manifest(self, digest: str, raw: bytes) -> None:
         """Manifests are content-addressed: a cached copy is never stale."""

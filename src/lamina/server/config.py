@@ -53,6 +53,7 @@ The file (``--config FILE``) is small; every key is optional::
     redirect = false                  # blob GETs: 307 to a presigned URL on the store
     redirect_ttl = 1200               # seconds a presigned URL stays valid
     part_size = 8388608               # multipart part size (≥ 5 MiB, S3's minimum)
+
     [metadata]                        # default: the store's own SQLite database
     url = "postgresql://lamina@db:5432/registry"  # shared by every replica (meta_pg.py);
                                       #   libpq's PGPASSWORD, ~/.pgpass work too
@@ -134,22 +135,6 @@ class Connections:
 
 
 @dataclass(frozen=True)
-class StorageConfig:
-    driver: str = "local"
-    endpoint: str | None = None
-    region: str = "us-east-1"
-    bucket: str = "registry"
-    access_key: str | None = None
-    secret_key: str | None = None
-    prefix: str = ""
-    redirect: bool = False
-    redirect_ttl: int = 1200
-    part_size: int = 8 * 1024 * 1024
-    connect_timeout: float = 3.0
-    read_timeout: float = 60.0
-
-
-@dataclass(frozen=True)
 class MetadataConfig:
     """Where the registry keeps its metadata: None — the store's SQLite database."""
 
@@ -171,6 +156,22 @@ class MetadataConfig:
             raise InvalidInput("gc_interval must be 0 or more seconds")
         if not 0 < self.lease_ttl < math.inf:
             raise InvalidInput("lease_ttl must be a number of seconds greater than 0")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    driver: str = "local"
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    bucket: str = "registry"
+    access_key: str | None = None
+    secret_key: str | None = None
+    prefix: str = ""
+    redirect: bool = False
+    redirect_ttl: int = 1200
+    part_size: int = 8 * 1024 * 1024
+    connect_timeout: float = 3.0
+    read_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -296,9 +297,22 @@ def load_config(path: Path | None, base: ServerConfig = ServerConfig()) -> Serve
                               base.limits.chunk_min_length),
     )
     storage = _storage(doc.get("storage", {}), where, base.storage)
-    metadata = _metadata(doc.get("metadata", {}), where, base.metadata)
-    return ServerConfig(host, port, tls_cert, tls_key, auth_cfg, limits, connections,
-                        storage=storage, metadata=metadata)
+    return ServerConfig(host, port, tls_cert, tls_key, auth_cfg, limits, connections, storage,
+                        _metadata(doc.get("metadata", {}), where, base.metadata))
+
+
+def _metadata(md: dict[str, Any], where: str, base: MetadataConfig) -> MetadataConfig:
+    """``[metadata]``: the database (server/metadata.py)."""
+    num = (int, float)
+    try:
+        return MetadataConfig(
+            url=_get(md, "url", str, where, base.url),
+            pool_size=_get(md, "pool_size", int, where, base.pool_size),
+            pool_wait=float(_get(md, "pool_wait", num, where, base.pool_wait)),
+            gc_interval=float(_get(md, "gc_interval", num, where, base.gc_interval)),
+            lease_ttl=float(_get(md, "lease_ttl", num, where, base.lease_ttl)))
+    except InvalidInput as e:
+        raise InvalidInput(f"{where}: {e}") from None
 
 
 def _storage(table: dict[str, Any], where: str, base: StorageConfig,
@@ -342,16 +356,3 @@ def _storage(table: dict[str, Any], where: str, base: StorageConfig,
         if not 1 <= cfg.redirect_ttl <= 7 * 86400:
             raise InvalidInput(f"{where}: redirect_ttl must be 1 s to 7 days")
     return cfg
-
-
-def _metadata(md: dict[str, Any], where: str, base: MetadataConfig) -> MetadataConfig:
-    num = (int, float)
-    try:
-        return MetadataConfig(
-            url=_get(md, "url", str, where, base.url),
-            pool_size=_get(md, "pool_size", int, where, base.pool_size),
-            pool_wait=float(_get(md, "pool_wait", num, where, base.pool_wait)),
-            gc_interval=float(_get(md, "gc_interval", num, where, base.gc_interval)),
-            lease_ttl=float(_get(md, "lease_ttl", num, where, base.lease_ttl)))
-    except InvalidInput as e:
-        raise InvalidInput(f"{where}: {e}") from None

@@ -32,7 +32,7 @@ ERROR_CODES = frozenset({
     "MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID",
     "NAME_UNKNOWN", "SIZE_INVALID", "UNAUTHORIZED", "DENIED", "UNSUPPORTED",
     "TOOMANYREQUESTS",
-    "UNAVAILABLE",      # 503: not in the spec's table; distribution's errcode.ErrorCodeUnavailable
+    "UNAVAILABLE",      # distribution's errcode.ErrorCodeUnavailable (503)
 })
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from lamina.errors import Unsupported
 from lamina.server.leases import LEASE_TTL
 from lamina.server.meta_pg import (
     CONNECT_TIMEOUT,
@@ -54,14 +55,16 @@ class ServeGcReport:
     live: int = 0
 
 
-def run(store: Store, db: Db, lease_ttl: float = LEASE_TTL, dry_run: bool = False,
-        wait: bool = True, blobs: BlobStorage | None = None) -> ServeGcReport:
-    """gc for the registry whatever its metadata: this module's on PostgreSQL, the
-    store's own (store/gc.py, the same rule in one SQLite transaction) on SQLite.
-    ``blobs``: the registry's blob storage when it is not the store's (S3), swept with
-    the same live set (PostgreSQL only, for now)."""
+def run(store: Store, storage: BlobStorage, db: Db, lease_ttl: float = LEASE_TTL,
+        dry_run: bool = False, wait: bool = True) -> ServeGcReport:
+    """gc for the registry whatever its metadata: this module's on PostgreSQL (over any
+    blob storage), the store's own (store/gc.py, the same rule in one SQLite
+    transaction) on SQLite."""
     if isinstance(db, PostgresDb):
-        return collect(store, db, lease_ttl, dry_run=dry_run, wait=wait, blobs=blobs)
+        return collect(store, storage, db, lease_ttl, dry_run=dry_run, wait=wait)
+    if storage.name != "local":
+        raise Unsupported("gc of blobs in S3 needs the registry's metadata in PostgreSQL "
+                          "([metadata] url): the store's SQLite gc sweeps local blobs only")
     from lamina.store.gc import collect as collect_store
 
     done = collect_store(store, dry_run=dry_run)
@@ -69,8 +72,8 @@ def run(store: Store, db: Db, lease_ttl: float = LEASE_TTL, dry_run: bool = Fals
                          done.ingest_removed)
 
 
-def collect(store: Store, db: PostgresDb, lease_ttl: float, dry_run: bool = False,
-            wait: bool = True, blobs: BlobStorage | None = None) -> ServeGcReport:
+def collect(store: Store, storage: BlobStorage, db: PostgresDb, lease_ttl: float,
+            dry_run: bool = False, wait: bool = True) -> ServeGcReport:
     """Mark from the database, sweep the blob storage.  ``wait=False``: give up at once
     if another gc is running (a scheduled turn)."""
     report = ServeGcReport()
@@ -89,14 +92,14 @@ def collect(store: Store, db: PostgresDb, lease_ttl: float, dry_run: bool = Fals
                 if not (row and row[0]):
                     report.ran = False
                     return report
-        _collect(store, db, lease_ttl, dry_run, report, blobs)
+        _collect(store, storage, db, lease_ttl, dry_run, report)
     finally:
         conn.close()        # and the lock with it
     return report
 
 
-def _collect(store: Store, db: PostgresDb, lease_ttl: float, dry_run: bool,
-             report: ServeGcReport, blobs: BlobStorage | None = None) -> None:
+def _collect(store: Store, storage: BlobStorage, db: PostgresDb, lease_ttl: float,
+             dry_run: bool, report: ServeGcReport) -> None:
     with db.transaction() as tx:
         dead = [int(r[0]) for r in tx.rows(
             "SELECT id FROM registry_replicas WHERE heartbeat < now() - make_interval("
@@ -126,29 +129,15 @@ def _collect(store: Store, db: PostgresDb, lease_ttl: float, dry_run: bool,
             edges.setdefault(str(parent), []).append(str(child))
     live = reachable(roots, edges)
     report.live = len(live)
-    for digest in list(store.blobs.list()):
+    for digest in list(storage.digests()):
         key = str(digest)
         if key in live:
             continue
-        try:
-            size = store.blobs.stored_size(digest)
-        except Exception:  # noqa: BLE001 - raced with another delete
-            size = 0
+        size = storage.size(digest) or 0
         if not dry_run:
-            store.blobs.delete(digest)
+            storage.delete(digest)
         report.blobs_removed.append(key)
         report.bytes_freed += size
-    if blobs is not None and blobs.name != "local":
-        # S3: the same live set; an upload writes its digest key only after its lease
-        # (storage/s3.py), so what is written after the mark is a root of the next one
-        for digest in list(blobs.digests()):
-            if str(digest) in live:
-                continue
-            size = blobs.size(digest) or 0
-            if not dry_run:
-                blobs.delete(digest)
-            report.blobs_removed.append(str(digest))
-            report.bytes_freed += size
     if not dry_run:
         with db.transaction() as tx:
             for (d,) in tx.rows("SELECT digest FROM layers"):
@@ -157,7 +146,8 @@ def _collect(store: Store, db: PostgresDb, lease_ttl: float, dry_run: bool,
             for parent in edges:
                 if parent not in live:
                     tx.execute("DELETE FROM refs WHERE parent=?", (parent,))
-    report.ingest_removed = _sweep_ingest(store, db, dry_run)
+    if storage.name == "local":     # S3: a session's parts go with its row (expiry)
+        report.ingest_removed = _sweep_ingest(store, db, dry_run)
 
 
 def _sweep_ingest(store: Store, db: PostgresDb, dry_run: bool) -> int:

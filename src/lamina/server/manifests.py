@@ -73,8 +73,8 @@ async def _resolve(reg: Registry, rq: Rq) -> tuple[str, str]:
 async def get_manifest(reg: Registry, rq: Rq) -> Reply:
     digest, media_type = await _resolve(reg, rq)
     raw = reg.manifest_bytes(digest)
-    if raw is None:
-        raw = await anyio.to_thread.run_sync(reg.stored_manifest_bytes, digest)
+    if raw is None and reg.manifest_blobs.name != "local":
+        raw = await anyio.to_thread.run_sync(reg.load_manifest, digest)
     if raw is None:
         raise manifest_unknown(rq.arg[:150])
     headers = {"content-type": media_type, "docker-content-digest": digest,
@@ -138,7 +138,7 @@ async def put_manifest(reg: Registry, rq: Rq) -> Reply:
         else:
             have = reg.state.members(rq.repo, child_keys)
         # a manifest's children are blobs (the blob storage's), an index's manifests
-        holds = reg.blobstore.has if isinstance(doc, Manifest) else reg.has_manifest
+        holds = reg.blobstore.has if isinstance(doc, Manifest) else reg.manifest_blobs.has
         for d in children:
             if d.urls and not holds(d.digest):
                 continue        # a foreign layer: served from its URLs, not from here
@@ -147,11 +147,8 @@ async def put_manifest(reg: Registry, rq: Rq) -> Reply:
                 raise RegistryHTTPError(400, "MANIFEST_BLOB_UNKNOWN",
                                         f"{what} {d.digest} is not in repository {rq.name}",
                                         {"digest": str(d.digest)})
-        if not reg.store.blobs.has(digest):
-            reg.store.blobs.put_bytes(raw, digest)
-        if reg.blobstore.name != "local" and not reg.blobstore.has(digest):
-            # also beside the blobs: replicas on other machines read it from there
-            reg.blobstore.put_bytes(digest, raw)
+        if not reg.manifest_blobs.has(digest):
+            reg.manifest_blobs.put_bytes(digest, raw)
         links = child_keys if isinstance(doc, Manifest) else []
         # One transaction: record, tag, membership, links, referrer and layer diff_ids
         # are all committed or none (a database lost half-way leaves nothing behind).

@@ -12,6 +12,13 @@ resumed from its row by the driver (local: re-hashing the ingest file; S3: the s
 hash state and parts).  On shared storage the row is the truth: a live session whose row
 moved on (another replica continued it) is dropped and resumed from the row.
 
+The row carries a generation, bumped by every request that moves the session (with
+shared metadata, server/meta_pg.py): a process goes on with the ingest (and running hash)
+it holds only while the row is still at the generation it wrote, and claims the session
+by a conditional update (``move_upload``); the closing PUT claims it by a conditional
+delete.  A process that loses that race, or finds the session moved while it wrote,
+drops its copy and answers BLOB_UPLOAD_UNKNOWN; the row is never lost.
+
 Each session has an ``asyncio.Lock``: requests on one session run one at a time, so a
 second PATCH racing the first sees the new offset and gets its 416.
 
@@ -249,10 +256,16 @@ class Uploads:
                 up.ingest.forget()
             else:
                 await anyio.to_thread.run_sync(up.ingest.abort)    # no-op after a commit
-                if not self.shared:
-                    await anyio.to_thread.run_sync(self.state.delete_upload, up.uuid)
-                else:
-                    await anyio.to_thread.run_sync(self.state.end_upload, up.uuid, up.gen)
+                await anyio.to_thread.run_sync(self._end, up)
+
+    def _end(self, up: Upload) -> None:
+        """Delete the session's row (blocking); with replicas only while it is still
+        this process's (an expired copy here must not end a session another replica
+        has moved on)."""
+        if self.shared:
+            self.state.end_upload(up.uuid, up.gen)
+        else:
+            self.state.delete_upload(up.uuid)
 
     async def drop(self, up: Upload) -> None:
         """Forget a session another replica has taken over, or whose copy here a storage
@@ -267,7 +280,7 @@ class Uploads:
         with contextlib.suppress(StorageUnavailable):
             await anyio.to_thread.run_sync(up.ingest.abort)
         with contextlib.suppress(Exception):
-            await anyio.to_thread.run_sync(self.state.delete_upload, up.uuid)
+            await anyio.to_thread.run_sync(self._end, up)
 
     async def expire(self) -> int:
         """End idle sessions (ours and rows left by a dead process); returns how many."""

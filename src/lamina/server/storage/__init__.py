@@ -129,13 +129,14 @@ class BlobStorage(Protocol):
     def close(self) -> None: ...
 
 
-def open_storage(cfg: StorageConfig, store: Store, replicas: bool = False) -> BlobStorage:
-    """The driver ``cfg`` names; ``replicas``: other processes share the metadata (and,
-    for the local driver, the store's directory)."""
+def open_storage(cfg: StorageConfig, store: Store, shared: bool = False) -> BlobStorage:
+    """The driver ``cfg`` names; ``shared``: replicas share the metadata
+    (server/meta_pg.py), so a local blob directory is shared too (a network file system,
+    or one machine's processes)."""
     if cfg.driver == "s3":
         from lamina.server.storage.s3 import S3Storage  # boto3 only where S3 is used
 
         return S3Storage(cfg)
     from lamina.server.storage.local import LocalStorage
 
-    return LocalStorage(store, replicas)
+    return LocalStorage(store, shared)

@@ -178,7 +178,10 @@ class LocalStorage:
         return LocalIngest(self.store, self.store.blobs.writer(), self.shared)
 
     def resume(self, uuid: str, state: str, offset: int) -> LocalIngest | None:
-        """Re-hash the ingest file into a fresh writer (None: gone, held or torn)."""
+        """Re-hash the ingest file into a fresh writer (None: gone, held or torn).
+        Shared (replicas): the writer that holds the file may be alive on another
+        replica, and a replica killed mid-request may have written past what its row
+        vouches for: take the first ``offset`` bytes, whoever holds the lock."""
         try:
             fd = os.open(state, os.O_RDONLY)
         except OSError:
