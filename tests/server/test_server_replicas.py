@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from lamina.errors import InvalidInput
 from lamina.server import load_config, schema
 from lamina.server.app import Registry
 from lamina.server.gc import collect
-from lamina.server.meta_pg import PostgresDb
+from lamina.server.meta_pg import LOCK_GC, LOCK_NS, PostgresDb
 from lamina.store import Store
 from lamina.store.gc import collect as store_collect
 
@@ -241,3 +242,45 @@ async def test_store_gc_keeps_off_a_registry_on_postgres(make_replicas: Any) -> 
                                             r": collect them with `lamina serve gc"):
         store_collect(a.store)
     assert _blobs(a.store) == before
+
+
+async def test_gc_lock_orders_protect_and_refuses_a_manifest_over_a_swept_blob(
+        make_replicas: Any) -> None:
+    """The two halves of the rule across processes: a protect waits while a gc holds
+    its lock (so a mark never misses a lease committed before it, and a sweep never
+    runs under one after it), and a manifest whose blob gc swept meanwhile is refused
+    with MANIFEST_BLOB_UNKNOWN — never committed over a missing blob."""
+    (a, b), _ = make_replicas()
+    db = a.state.db
+    assert isinstance(db, PostgresDb)
+    holder = psycopg.connect(db.url, autocommit=True)
+    try:
+        holder.execute("SELECT pg_advisory_lock(%s::integer, %s::integer)",
+                       (LOCK_NS, LOCK_GC))
+        done = threading.Event()
+
+        def protect() -> None:
+            b.lease.protect(["sha256:" + "0" * 64])
+            done.set()
+
+        t = threading.Thread(target=protect)
+        t.start()
+        assert not done.wait(1.0), "a protect went through while gc held its lock"
+    finally:
+        holder.close()          # gc ends: the lock goes with its connection
+    t.join(30)
+    assert done.is_set()
+    image = make_image(21)
+    async with one(a) as ca, one(b) as cb:
+        for blob in image.blobs():
+            await push_blob(ca, "swept/x", blob)
+        # the leases run out before the manifest comes (lease_ttl): gc takes the blobs
+        report = collect(a.store, a.blobstore, db, lease_ttl=0.001)
+        assert set(report.blobs_removed) >= {digest_of(x) for x in image.blobs()}
+        r = await cb.put("/v2/swept/x/manifests/v1", content=image.manifest,
+                         headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+        assert r.status_code == 400 and error_code(r) == "MANIFEST_BLOB_UNKNOWN", r.text
+        assert (await ca.get("/v2/swept/x/manifests/v1")).status_code == 404
+        # pushed again, the image commits and pulls
+        await push_image(cb, "swept/x", "v1", image)
+        await pull_verified(ca, "swept/x", "v1")
