@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from s3_fixture import bucket_keys, s3_client
@@ -28,7 +29,7 @@ from test_server_push_pull import (  # noqa: F401 - collected here again, on S3
 
 from ceph_s3 import Gateway
 from lamina.server import ServerConfig
-from lamina.server.config import StorageConfig
+from lamina.server.config import Limits, StorageConfig
 from lamina.server.storage import s3
 
 pytestmark = pytest.mark.anyio
@@ -86,3 +87,28 @@ async def test_key_prefix(make_client: Any, s3_storage: StorageConfig,
     hexd = digest_of(blob).split(":")[1]
     assert bucket_keys(s3_client(s3_gateway), s3_storage.bucket) == [
         f"reg/one/blobs/sha256/{hexd[:2]}/{hexd}"]
+
+
+async def test_expired_sessions_leave_nothing_in_the_bucket(make_client: Any,
+                                                            s3_storage: StorageConfig,
+                                                            s3_gateway: Gateway) -> None:
+    """An upload left behind — one part sent, a tail short of the next — expires: its
+    multipart upload is aborted and its tail objects removed, by the process that held
+    it or (here: it forgot them, as after a restart) from the rows alone."""
+    cfg = ServerConfig(limits=Limits(upload_ttl=1.0),
+                       storage=dataclasses.replace(s3_storage, part_size=5 * 1024 * 1024))
+    app, c = make_client(cfg)
+    client = s3_client(s3_gateway)
+    async with c:
+        for seed in (1, 2):
+            r = await c.post("/v2/s3/left/blobs/uploads/")
+            r = await c.patch(r.headers["location"],
+                              content=random_bytes(5 * 1024 * 1024 + 1000, seed))
+            assert r.status_code == 202
+        assert len(client.list_multipart_uploads(Bucket=s3_storage.bucket)["Uploads"]) == 2
+        assert len(bucket_keys(client, s3_storage.bucket, "_uploads/")) == 2   # the tails
+        app.uploads.forget()
+        await anyio.sleep(1.2)
+        assert await app.uploads.expire() == 2
+    assert bucket_keys(client, s3_storage.bucket) == []
+    assert client.list_multipart_uploads(Bucket=s3_storage.bucket).get("Uploads", []) == []

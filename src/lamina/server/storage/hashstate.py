@@ -3,8 +3,8 @@ one ``lamina serve`` replica be continued on another when its bytes already sit 
 parts, which no S3 can read back before the upload is completed.
 
 ``hashlib`` objects neither pickle nor expose their state, so this calls libcrypto's
-public one-shot-free interface (``SHA256_Init``/``Update``/``Final`` over the public
-``SHA256_CTX`` of ``<openssl/sha.h>``, deprecated in OpenSSL 3 but exported, and the same
+low-level interface through ctypes (``SHA256_Init``/``Update``/``Final`` over the public
+``SHA256_CTX`` of ``<openssl/sha.h>``; deprecated in OpenSSL 3 but exported, and the same
 assembly — SHA-NI where the CPU has it — that ``hashlib`` runs).  The saved state is the
 112-byte struct, valid between replicas on the same architecture (its words are in host
 byte order); ``restore`` refuses one of another size.  distribution does the same with
