@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-DEBS    := docker-registry skopeo umoci busybox-static bubblewrap pigz zstd chromium openssl git
+DEBS    := docker-registry skopeo umoci busybox-static bubblewrap pigz zstd chromium openssl git postgresql ceph-mon ceph-osd radosgw ceph-common
 BENCH_DEBS := buildah wrk podman
 STAMP   := $(VENV)/.installed
 

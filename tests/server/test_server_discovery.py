@@ -22,6 +22,7 @@ from server_helpers import (
 )
 
 pytestmark = pytest.mark.anyio
+REPLICA_PAIR = True      # conftest: each test also runs on two replicas over PostgreSQL
 KEY = "org.opencontainers.conformance.test"
 
 

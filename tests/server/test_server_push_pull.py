@@ -28,6 +28,7 @@ from server_helpers import (
 )
 
 pytestmark = pytest.mark.anyio
+REPLICA_PAIR = True      # conftest: each test also runs on two replicas over PostgreSQL
 DUMMY = digest_of(b"hello world")
 
 

@@ -1,5 +1,5 @@
-"""``lamina serve``: parse, build a ``ServerConfig``, call ``lamina.server.run.serve``.
-
+"""``lamina serve``: parse, build a ``ServerConfig``, call ``lamina.server.run.serve``;
+``lamina serve gc``: the registry's online gc (``lamina.server.gc.run``).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def register(app: Any, store_factory: Callable[[], Store]) -> None:
 def _register_click(app: click.Group, store_factory: Callable[[], Store]) -> None:
     path = click.Path(path_type=Path)
 
-    @app.command(help=_DOC)
+    @app.group(help=_DOC, invoke_without_command=True)
     @click.option("--root", type=path, help=_HELP["root"])
     @click.option("--addr", help=_HELP["addr"])
     @click.option("--config", type=path, help=_HELP["config"])
@@ -73,10 +73,53 @@ def _register_click(app: click.Group, store_factory: Callable[[], Store]) -> Non
                   help=_HELP["body_timeout"])
     @click.option("--idle-timeout", type=click.IntRange(1), help=_HELP["idle_timeout"])
     @click.option("--max-connections", type=click.IntRange(1), help=_HELP["max_connections"])
-    def serve(root: Path | None, addr: str | None, config: Path | None,
+    @click.pass_context
+    def serve(ctx: click.Context, /, root: Path | None, addr: str | None, config: Path | None,
               tls_cert: Path | None, tls_key: Path | None, log_level: str,
               no_access_log: bool, **connections: Any) -> None:
-        _serve(store_factory, root, addr, config, tls_cert, tls_key, log_level,
-               no_access_log, **connections)
+        if ctx.invoked_subcommand is None:
+            _serve(store_factory, root, addr, config, tls_cert, tls_key, log_level,
+                   no_access_log, **connections)
+
+    @serve.command("gc")
+    @click.option("--root", type=path, help=_HELP["root"])
+    @click.option("--config", type=path, help="The serve TOML file (its [metadata] section).")
+    @click.option("--dry-run", is_flag=True, default=False,
+                  help="Say what would be removed; remove nothing.")
+    @click.option("--json", "json_", is_flag=True, default=False, help="Print JSON.")
+    def serve_gc(root: Path | None, config: Path | None, dry_run: bool, json_: bool) -> None:
+        """Remove blobs no manifest of the registry reaches, while it serves (every
+        replica keeps taking pushes: what they are about to reference is leased)."""
+        from lamina.cli.format import human_size, print_json, say
+        from lamina.server.app import open_metadata
+        from lamina.server.config import load_config
+        from lamina.server.gc import run
+        from lamina.server.storage import open_storage
+
+        cfg = load_config(config)
+        store = Store(root) if root is not None else store_factory()
+        try:
+            db = open_metadata(store, cfg)
+            try:
+                storage = open_storage(cfg.storage, store, shared=db.shared)
+                try:
+                    report = run(store, storage, db, cfg.metadata.lease_ttl,
+                                 dry_run=dry_run)
+                finally:
+                    storage.close()
+            finally:
+                db.close()
+        finally:
+            store.close()
+        if json_:
+            print_json({"blobs_removed": report.blobs_removed,
+                        "bytes_freed": report.bytes_freed,
+                        "replicas_dead": report.replicas_dead,
+                        "leases_expired": report.leases_expired,
+                        "ingest_removed": report.ingest_removed})
+            return
+        verb = "would remove" if dry_run else "removed"
+        say(f"{verb} {len(report.blobs_removed)} blobs, {human_size(report.bytes_freed)}; "
+            f"{report.leases_expired} leases expired, {report.replicas_dead} dead replicas")
 
 

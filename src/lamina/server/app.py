@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import re
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -51,10 +52,12 @@ from lamina.server.auth import (
 from lamina.server.config import ServerConfig
 from lamina.server.errors import RegistryHTTPError
 from lamina.server.http import JSON, Reply, Rq, send_reply
-from lamina.server.leases import RollingLease
+from lamina.server.metadata import Db, MetadataUnavailable
 from lamina.server.names import check_name
 from lamina.server.ratelimit import RateLimiter
 from lamina.server.state import RegistryState
+from lamina.server.storage import BlobStorage, StorageUnavailable, open_storage
+from lamina.server.storage.local import LocalStorage
 from lamina.server.uploads import Uploads
 from lamina.store.store import Store
 
@@ -93,14 +96,24 @@ class Registry:
         self.store = store
         self.cfg = cfg
         self.own_store = own_store
-        self.state = RegistryState(store)
+        self.state = RegistryState(open_metadata(store, cfg))
         self.pages = web.Pages(store, cfg.limits.max_manifest_bytes)
-        self.lease = RollingLease(store.meta)
-        self.uploads = Uploads(store, self.state, self.lease, cfg.limits.upload_ttl,
+        self.lease = self.state.db.lease(cfg.metadata.lease_ttl)
+        self.blobstore = open_storage(cfg.storage, store, shared=self.state.db.shared)
+        # Manifests stay in the store with the SQLite metadata; with replicas they are
+        # in the shared blob storage, where every replica reads them.
+        self.manifest_blobs: BlobStorage = self.blobstore if self.state.db.shared \
+            else LocalStorage(store)
+        self.uploads = Uploads(self.blobstore, self.state, self.lease, cfg.limits.upload_ttl,
                                cfg.limits.max_blob_bytes)
         self.policy = Policy(cfg.auth)
         self.htpasswd = Htpasswd(cfg.auth.htpasswd) if cfg.auth.htpasswd else None
-        self.tokens = Tokens(cfg.auth.service, cfg.auth.token_ttl, cfg.auth.token_secret)
+        secret = cfg.auth.token_secret
+        if secret is None and self.state.db.shared and cfg.auth.enabled:
+            # Replicas sign with one key, kept in the shared database: a token one
+            # issues, every other accepts.
+            secret = self.state.setting("token_secret", secrets.token_hex(32))
+        self.tokens = Tokens(cfg.auth.service, cfg.auth.token_ttl, secret)
         self.limiter = RateLimiter(cfg.limits.rate, cfg.limits.burst) if cfg.limits.rate \
             else None
         self.manifest_lock = asyncio.Lock()
@@ -112,6 +125,8 @@ class Registry:
     # -- lifespan ----------------------------------------------------------------------
     async def startup(self) -> None:
         self._tasks.append(asyncio.create_task(self._expire_loop()))
+        if self.cfg.metadata.gc_interval > 0:
+            self._tasks.append(asyncio.create_task(self._gc_loop(self.cfg.metadata.gc_interval)))
 
     async def shutdown(self) -> None:
         for task in self._tasks:
@@ -121,6 +136,7 @@ class Registry:
         self._tasks.clear()
         self.uploads.forget()
         self.state.close()
+        self.blobstore.close()
         if self.own_store:
             self.store.close()
 
@@ -133,17 +149,44 @@ class Registry:
             except Exception:  # noqa: BLE001 - keep expiring; a busy store is transient
                 log.exception("expiring upload sessions failed")
 
+    async def _gc_loop(self, period: float) -> None:
+        """``[metadata] gc_interval``: online gc on a schedule.  Replicas each keep the
+        schedule; whoever finds another collecting skips its turn (server/gc.py)."""
+        from lamina.server.gc import run
+
+        while True:
+            await asyncio.sleep(period)
+            try:
+                report = await anyio.to_thread.run_sync(
+                    lambda: run(self.store, self.blobstore, self.state.db,
+                                self.cfg.metadata.lease_ttl, wait=False))
+            except Exception as e:  # noqa: BLE001 - a turn missed; the next one tries again
+                log.warning("scheduled gc failed: %s", e)
+                continue
+            if report.ran and report.blobs_removed:
+                log.info("gc removed %d blobs (%d bytes)", len(report.blobs_removed),
+                         report.bytes_freed)
+
     # -- helpers for handlers ------------------------------------------------------------
     def manifest_bytes(self, digest: str) -> bytes | None:
+        """A manifest's bytes from the cache or the local store (a quick file read, done
+        on the event loop); None as well when they are in S3 — ``load_manifest``, in a
+        worker thread, reads those."""
         raw = self._cache.get(digest)
-        if raw is not None:
+        if raw is not None or self.manifest_blobs.name != "local":
             return raw
+        return self.load_manifest(digest)
+
+    def load_manifest(self, digest: str) -> bytes | None:
+        """Blocking: a manifest's bytes from where manifests are kept (``manifest_blobs``:
+        the store with SQLite metadata, the shared blob storage with replicas)."""
         try:
-            with self.store.blobs.open_file(Digest.parse(digest)) as f:
-                raw = f.read(self.cfg.limits.max_manifest_bytes + 1)
+            raw = self.manifest_blobs.read_bytes(Digest.parse(digest),
+                                                 self.cfg.limits.max_manifest_bytes)
         except (OSError, LaminaError):
             return None
-        self.remember_manifest(digest, raw)
+        if raw is not None:
+            self.remember_manifest(digest, raw)
         return raw
 
     def remember_manifest(self, digest: str, raw: bytes) -> None:
@@ -319,6 +362,13 @@ class Registry:
             reply = await self._route(rq)
         except RegistryHTTPError as e:
             reply = Reply(e.status, {**e.headers, "content-type": JSON}, e.body())
+        except MetadataUnavailable as e:    # the database is away: fail now, not later
+            self.state.db.outage.down(str(e))
+            reply = Reply(503, {"content-type": JSON, "retry-after": "1"},
+                          RegistryHTTPError(503, "UNAVAILABLE", str(e)).body())
+        except StorageUnavailable as e:     # the object store is away (it logged that)
+            reply = Reply(503, {"content-type": JSON, "retry-after": "1"},
+                          RegistryHTTPError(503, "UNAVAILABLE", str(e)).body())
         except StoreBusy as e:      # another process holds the store: come back soon
             reply = Reply(429, {"content-type": JSON, "retry-after": "1"},
                           RegistryHTTPError(429, "TOOMANYREQUESTS", str(e)).body())
@@ -333,6 +383,9 @@ class Registry:
             log.exception("%s %s failed", method, scope.get("path"))
             reply = Reply(500, {"content-type": JSON},
                           b'{"errors":[{"code":"UNKNOWN","message":"internal error"}]}')
+        else:
+            if reply.status < 500:
+                self.state.db.outage.up()
         await send_reply(reply, send, method == "HEAD")
 
     async def _route(self, rq: Rq) -> Reply:
@@ -384,6 +437,21 @@ def _form(body: bytes) -> list[tuple[str, str]]:
     from urllib.parse import parse_qsl
 
     return parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+
+
+def open_metadata(store: Store, cfg: ServerConfig) -> Db:
+    """The metadata database ``cfg`` names: PostgreSQL, or the store's SQLite."""
+    if cfg.metadata.url is None:
+        from lamina.server.meta_sqlite import SqliteDb
+
+        return SqliteDb(store)
+    from lamina.server.meta_pg import PostgresDb
+    from lamina.store.gc import EXTERNAL_METADATA
+
+    db = PostgresDb(cfg.metadata.url, cfg.metadata.pool_size, cfg.metadata.pool_wait)
+    if store.meta.setting(EXTERNAL_METADATA) != db.where:
+        store.meta.set_setting(EXTERNAL_METADATA, db.where)     # `lamina gc` keeps off
+    return db
 
 
 def create_app(store: Store, cfg: ServerConfig = ServerConfig(),

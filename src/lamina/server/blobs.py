@@ -3,13 +3,12 @@ endpoints ``/v2/<name>/blobs/uploads/[<uuid>]`` (distribution-spec 1.1 "Pulling 
 "Pushing blobs", "Mounting a blob from another repository", "Deleting Blobs").
 
 A repository sees a blob only when it is linked to it (an upload, a mount, one of its
-manifests) and the bytes are in the store.  DELETE unlinks; the bytes go when gc finds
-nothing that reaches them.
+manifests) and the bytes are in the blob storage (server/storage/: the store's blobs/,
+or S3).  DELETE unlinks; the bytes go when gc finds nothing that reaches them.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from typing import TYPE_CHECKING
 
@@ -17,8 +16,9 @@ import anyio.to_thread
 
 from lamina.digest import Digest
 from lamina.server.errors import RegistryHTTPError, blob_unknown, digest_invalid
-from lamina.server.http import RangeFile, Reply, Rq, byte_range
+from lamina.server.http import Reply, Rq
 from lamina.server.names import check_name, parse_digest
+from lamina.server.storage import RangeNotSatisfiable
 from lamina.server.uploads import Upload
 
 if TYPE_CHECKING:
@@ -27,16 +27,14 @@ if TYPE_CHECKING:
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
 
 
-async def visible_path(reg: Registry, repo: str, digest: Digest) -> str | None:
-    """The store path of ``digest`` if ``repo`` may see it, else None.  A blob kept as
-    chunks has no file there (``get_blob`` reads it through its recipe)."""
+async def visible(reg: Registry, repo: str, digest: Digest) -> bool:
+    """Whether ``repo`` may see ``digest`` and its bytes are there."""
     key = str(digest)
     # Images that `lamina build`/`load`/`pull` tagged under this repository have no
     # links yet: adopt them, then look again.
     if not _sees(reg, repo, key) and not (await reg.adopt_repo(repo) and _sees(reg, repo, key)):
-        return None
-    path = str(reg.store.blobs.path(digest))
-    return path if os.path.isfile(path) or reg.store.blobs.chunks.has_recipe(digest) else None
+        return False
+    return await anyio.to_thread.run_sync(reg.blobstore.has, digest)
 
 
 def _sees(reg: Registry, repo: str, key: str) -> bool:
@@ -45,36 +43,43 @@ def _sees(reg: Registry, repo: str, key: str) -> bool:
 
 async def get_blob(reg: Registry, rq: Rq) -> Reply:
     digest = parse_digest(rq.arg)
-    path = await visible_path(reg, rq.repo, digest)
-    if path is None:
+    if not _sees(reg, rq.repo, str(digest)) and not (
+            await reg.adopt_repo(rq.repo) and _sees(reg, rq.repo, str(digest))):
         raise blob_unknown(str(digest))
-    source: str | RangeFile = path
-    try:
-        size = os.stat(path).st_size
-    except FileNotFoundError:
-        # Kept as chunks: served through its recipe, Range reads included (the file
-        # opens no chunk before the body is sent).
-        chunked = await anyio.to_thread.run_sync(reg.store.blobs.chunked, digest)
-        if chunked is None:
-            raise blob_unknown(str(digest)) from None
-        source, size = chunked, chunked.size
     headers = {"docker-content-digest": str(digest), "accept-ranges": "bytes",
                "content-type": "application/octet-stream",
                "etag": f'"{digest}"', "cache-control": "max-age=31536000"}
+    store = reg.blobstore
+    if store.name != "local" and reg.state.member(rq.repo, str(digest)) is not None \
+            and await anyio.to_thread.run_sync(reg.store.blobs.has, digest):
+        store = reg.manifest_blobs      # a manifest read as a blob: this store has it
     if rq.method == "HEAD":
+        size = await anyio.to_thread.run_sync(store.size, digest)
+        if size is None:
+            raise blob_unknown(str(digest))
         # A HEAD is how a pusher asks "do you have it?": protect the answer from gc
         # until the manifest that names the blob arrives (store/gc.py).
         await anyio.to_thread.run_sync(reg.lease.protect, [str(digest)])
         headers["content-length"] = str(size)
         return Reply(200, headers)
-    rng = byte_range(rq.headers.get("range"), size)
-    if rng is False:
-        return Reply(416, {"content-range": f"bytes */{size}"})
-    if rng is None or rng is True:
-        return Reply(200, headers, file=(source, 0, size))
-    start, length = rng
-    headers["content-range"] = f"bytes {start}-{start + length - 1}/{size}"
-    return Reply(206, headers, file=(source, start, length))
+    url = store.redirect_url(digest)
+    if url is not None:
+        # distribution's `redirect`: the bytes come from the object store itself; the
+        # client drops its Authorization for the other origin (RFC 9110 §15.4)
+        if not await anyio.to_thread.run_sync(store.has, digest):
+            raise blob_unknown(str(digest))
+        return Reply(307, {"location": url, "docker-content-digest": str(digest)})
+    try:
+        body = await anyio.to_thread.run_sync(store.open, digest, rq.headers.get("range"))
+    except RangeNotSatisfiable as e:
+        return Reply(416, {"content-range": f"bytes */{e.size}"})
+    if body is None:
+        raise blob_unknown(str(digest))
+    if not body.partial:
+        return Reply(200, headers, file=(body.source, 0, body.size))
+    end = body.start + body.length - 1
+    headers["content-range"] = f"bytes {body.start}-{end}/{body.size}"
+    return Reply(206, headers, file=(body.source, body.start, body.length))
 
 
 async def delete_blob(reg: Registry, rq: Rq) -> Reply:
@@ -129,12 +134,12 @@ async def _mount(reg: Registry, rq: Rq, digest: Digest) -> Reply | None:
     for repo in candidates:
         if repo == rq.repo or not reg.may(rq, repo, "pull"):
             continue
-        if await visible_path(reg, repo, digest) is None:
+        if not await visible(reg, repo, digest):
             continue
 
         def link() -> bool:
             reg.lease.protect([str(digest)])     # then look: gc cannot slip in between
-            if not reg.store.blobs.has(digest):
+            if not reg.blobstore.has(digest):
                 return False
             reg.state.link_blobs(rq.repo, [str(digest)])
             return True

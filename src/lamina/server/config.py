@@ -42,6 +42,28 @@ The file (``--config FILE``) is small; every key is optional::
     chunk_min_length = 1048576        # advertised as OCI-Chunk-Min-Length (not enforced;
                                       #   0: not advertised)
 
+    [storage]                         # where blob bytes live (server/storage/)
+    driver = "local"                  # "local": the store's blobs/; "s3": a bucket
+    endpoint = "http://127.0.0.1:7480"  # s3: default $AWS_ENDPOINT_URL (else AWS's own)
+    region = "us-east-1"              # default $AWS_REGION, $AWS_DEFAULT_REGION
+    bucket = "registry"               # created on start when missing
+    access_key = "…"                  # default $AWS_ACCESS_KEY_ID
+    secret_key = "…"                  # default $AWS_SECRET_ACCESS_KEY
+    prefix = ""                       # key prefix inside the bucket (rootdirectory)
+    redirect = false                  # blob GETs: 307 to a presigned URL on the store
+    redirect_ttl = 1200               # seconds a presigned URL stays valid
+    part_size = 8388608               # multipart part size (≥ 5 MiB, S3's minimum)
+
+    [metadata]                        # default: the store's own SQLite database
+    url = "postgresql://lamina@db:5432/registry"  # shared by every replica (meta_pg.py);
+                                      #   libpq's PGPASSWORD, ~/.pgpass work too
+    pool_size = 16                    # connections per replica
+    pool_wait = 3                     # seconds a request waits for a connection, then 503
+    gc_interval = 0                   # seconds between online gc runs (0: only
+                                      #   `lamina serve gc`); replicas take turns
+    lease_ttl = 7200                  # seconds a blob uploaded (or HEADed, mounted)
+                                      #   stays safe from gc before a manifest names it
+
 Without ``htpasswd`` there is no authentication: anyone may pull, push and delete, as
 with a default docker-registry.  With it and no ``[[access]]`` rules, every user may do
 everything; anonymous clients may pull only if ``anonymous_pull``.
@@ -50,8 +72,10 @@ everything; anonymous clients may pull only if ``anonymous_pull``.
 from __future__ import annotations
 
 import math
+import os
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +135,46 @@ class Connections:
 
 
 @dataclass(frozen=True)
+class MetadataConfig:
+    """Where the registry keeps its metadata: None — the store's SQLite database."""
+
+    url: str | None = None
+    pool_size: int = 16
+    pool_wait: float = 3.0
+    gc_interval: float = 0.0
+    lease_ttl: float = 7200.0
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
+            raise InvalidInput("metadata url must be postgresql://… (or left out for the "
+                               "store's SQLite database)")
+        if not 0 < self.pool_size < 1000:
+            raise InvalidInput("pool_size must be between 1 and 999")
+        if not 0 < self.pool_wait < math.inf:
+            raise InvalidInput("pool_wait must be a number of seconds greater than 0")
+        if not 0 <= self.gc_interval < math.inf:
+            raise InvalidInput("gc_interval must be 0 or more seconds")
+        if not 0 < self.lease_ttl < math.inf:
+            raise InvalidInput("lease_ttl must be a number of seconds greater than 0")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    driver: str = "local"
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    bucket: str = "registry"
+    access_key: str | None = None
+    secret_key: str | None = None
+    prefix: str = ""
+    redirect: bool = False
+    redirect_ttl: int = 1200
+    part_size: int = 8 * 1024 * 1024
+    connect_timeout: float = 3.0
+    read_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 5000
@@ -119,6 +183,8 @@ class ServerConfig:
     auth: AuthConfig = AuthConfig()
     limits: Limits = Limits()
     connections: Connections = Connections()
+    storage: StorageConfig = StorageConfig()
+    metadata: MetadataConfig = MetadataConfig()
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -162,7 +228,8 @@ def load_config(path: Path | None, base: ServerConfig = ServerConfig()) -> Serve
     except tomllib.TOMLDecodeError as e:
         raise InvalidInput(f"config {path} is not valid TOML: {e}") from None
     where = str(path)
-    unknown = set(doc) - {"server", "auth", "groups", "access", "limits"}
+    unknown = set(doc) - {"server", "auth", "groups", "access", "limits", "storage",
+                         "metadata"}
     if unknown:
         raise InvalidInput(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
 
@@ -229,4 +296,63 @@ def load_config(path: Path | None, base: ServerConfig = ServerConfig()) -> Serve
         chunk_min_length=_get(lim, "chunk_min_length", int, where,
                               base.limits.chunk_min_length),
     )
-    return ServerConfig(host, port, tls_cert, tls_key, auth_cfg, limits, connections)
+    storage = _storage(doc.get("storage", {}), where, base.storage)
+    return ServerConfig(host, port, tls_cert, tls_key, auth_cfg, limits, connections, storage,
+                        _metadata(doc.get("metadata", {}), where, base.metadata))
+
+
+def _metadata(md: dict[str, Any], where: str, base: MetadataConfig) -> MetadataConfig:
+    """``[metadata]``: the database (server/metadata.py)."""
+    num = (int, float)
+    try:
+        return MetadataConfig(
+            url=_get(md, "url", str, where, base.url),
+            pool_size=_get(md, "pool_size", int, where, base.pool_size),
+            pool_wait=float(_get(md, "pool_wait", num, where, base.pool_wait)),
+            gc_interval=float(_get(md, "gc_interval", num, where, base.gc_interval)),
+            lease_ttl=float(_get(md, "lease_ttl", num, where, base.lease_ttl)))
+    except InvalidInput as e:
+        raise InvalidInput(f"{where}: {e}") from None
+
+
+def _storage(table: dict[str, Any], where: str, base: StorageConfig,
+             env: Mapping[str, str] = os.environ) -> StorageConfig:
+    """``[storage]``; the S3 settings not in the file come from the AWS environment
+    variables every S3 tool reads (AWS CLI, boto3, distribution's s3-aws driver)."""
+    known = {f.name for f in fields(StorageConfig)}
+    unknown = set(table) - known
+    if unknown:
+        raise InvalidInput(f"{where}: unknown [storage] key(s) {', '.join(sorted(unknown))}")
+    driver = _get(table, "driver", str, where, base.driver)
+    if driver not in ("local", "s3"):
+        raise InvalidInput(f"{where}: storage driver {driver!r} is not one of local, s3")
+    num = (int, float)
+    cfg = StorageConfig(
+        driver=driver,
+        endpoint=_get(table, "endpoint", str, where, None)
+        or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or base.endpoint,
+        region=_get(table, "region", str, where, None)
+        or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or base.region,
+        bucket=_get(table, "bucket", str, where, base.bucket),
+        access_key=_get(table, "access_key", str, where, None)
+        or env.get("AWS_ACCESS_KEY_ID") or base.access_key,
+        secret_key=_get(table, "secret_key", str, where, None)
+        or env.get("AWS_SECRET_ACCESS_KEY") or base.secret_key,
+        prefix=_get(table, "prefix", str, where, base.prefix).strip("/"),
+        redirect=_get(table, "redirect", bool, where, base.redirect),
+        redirect_ttl=_get(table, "redirect_ttl", int, where, base.redirect_ttl),
+        part_size=_get(table, "part_size", int, where, base.part_size),
+        connect_timeout=float(_get(table, "connect_timeout", num, where,
+                                   base.connect_timeout)),
+        read_timeout=float(_get(table, "read_timeout", num, where, base.read_timeout)),
+    )
+    if cfg.prefix:
+        cfg = replace(cfg, prefix=cfg.prefix + "/")
+    if driver == "s3":
+        if not cfg.bucket:
+            raise InvalidInput(f"{where}: [storage] s3 needs a bucket")
+        if cfg.part_size < 5 * 1024 * 1024:
+            raise InvalidInput(f"{where}: part_size must be at least 5 MiB (S3's minimum)")
+        if not 1 <= cfg.redirect_ttl <= 7 * 86400:
+            raise InvalidInput(f"{where}: redirect_ttl must be 1 s to 7 days")
+    return cfg

@@ -18,7 +18,6 @@ recorded and answered with ``OCI-Subject``.
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING
 
 import anyio.to_thread
@@ -74,6 +73,8 @@ async def _resolve(reg: Registry, rq: Rq) -> tuple[str, str]:
 async def get_manifest(reg: Registry, rq: Rq) -> Reply:
     digest, media_type = await _resolve(reg, rq)
     raw = reg.manifest_bytes(digest)
+    if raw is None and reg.manifest_blobs.name != "local":
+        raw = await anyio.to_thread.run_sync(reg.load_manifest, digest)
     if raw is None:
         raise manifest_unknown(rq.arg[:150])
     headers = {"content-type": media_type, "docker-content-digest": digest,
@@ -136,24 +137,26 @@ async def put_manifest(reg: Registry, rq: Rq) -> Reply:
             have = reg.state.links(rq.repo, child_keys) | reg.state.members(rq.repo, child_keys)
         else:
             have = reg.state.members(rq.repo, child_keys)
+        # a manifest's children are blobs (the blob storage's), an index's manifests
+        holds = reg.blobstore.has if isinstance(doc, Manifest) else reg.manifest_blobs.has
         for d in children:
-            if d.urls and not reg.store.blobs.has(d.digest):
+            if d.urls and not holds(d.digest):
                 continue        # a foreign layer: served from its URLs, not from here
-            if str(d.digest) not in have or not reg.store.blobs.has(d.digest):
+            if str(d.digest) not in have or not holds(d.digest):
                 what = "blob" if isinstance(doc, Manifest) else "manifest"
                 raise RegistryHTTPError(400, "MANIFEST_BLOB_UNKNOWN",
                                         f"{what} {d.digest} is not in repository {rq.name}",
                                         {"digest": str(d.digest)})
-        if not reg.store.blobs.has(digest):
-            reg.store.blobs.put_bytes(raw, digest)
-        reg.store.meta.add_image(key, media_type, len(raw), child_keys,
-                                 store_tag(rq.repo, tag) if tag else None)
+        if not reg.manifest_blobs.has(digest):
+            reg.manifest_blobs.put_bytes(digest, raw)
         links = child_keys if isinstance(doc, Manifest) else []
-        reg.state.add_manifest(rq.repo, key, media_type, len(raw), links,
+        # One transaction: record, tag, membership, links, referrer and layer diff_ids
+        # are all committed or none (a database lost half-way leaves nothing behind).
+        reg.state.add_manifest(rq.repo, key, media_type, len(raw), child_keys, links,
+                               store_tag(rq.repo, tag) if tag else None,
                                str(doc.subject.digest) if doc.subject else None, referrer,
-                               time.time())
-        if isinstance(doc, Manifest):
-            record_layers(reg, doc)
+                               layers=layer_rows(reg, doc) if isinstance(doc, Manifest)
+                               else ())
 
     async with reg.manifest_lock:
         await anyio.to_thread.run_sync(record)
@@ -164,17 +167,21 @@ async def put_manifest(reg: Registry, rq: Rq) -> Reply:
     return Reply(201, headers)
 
 
-def record_layers(reg: Registry, doc: Manifest) -> None:
-    """Each layer's diff_id, from the config when it is an image config we hold (as
-    ``StoreTransport._record_layers``): what dedup and unpacking look layers up by."""
-    if doc.config.media_type not in mt.CONFIGS or not reg.store.blobs.has(doc.config.digest):
-        return
+def layer_rows(reg: Registry, doc: Manifest) -> list[tuple[str, str, str, int]]:
+    """Each layer's (digest, diff_id, media type, size), from the config when it is an
+    image config we hold (as ``StoreTransport._record_layers``): what dedup and
+    unpacking look layers up by."""
+    if doc.config.media_type not in mt.CONFIGS:
+        return []
+    raw = reg.blobstore.read_bytes(doc.config.digest, max(doc.config.size, 0))
+    if raw is None:
+        return []
     try:
-        config = parse_config(reg.store.blobs.read_bytes(doc.config.digest, doc.config.size))
+        config = parse_config(raw)
     except LaminaError:
-        return      # a registry stores what it is given; an odd config is not our business
-    for layer, diff_id in zip(doc.layers, config.diff_ids, strict=False):
-        reg.store.meta.add_layer(str(layer.digest), str(diff_id), layer.media_type, layer.size)
+        return []   # a registry stores what it is given; an odd config is not our business
+    return [(str(layer.digest), str(diff_id), layer.media_type, layer.size)
+            for layer, diff_id in zip(doc.layers, config.diff_ids, strict=False)]
 
 
 async def delete_manifest(reg: Registry, rq: Rq) -> Reply:
@@ -183,23 +190,14 @@ async def delete_manifest(reg: Registry, rq: Rq) -> Reply:
         if not TAG.fullmatch(ref):
             raise manifest_unknown(ref[:150])
         name = store_tag(rq.repo, ref)
-        if not await anyio.to_thread.run_sync(reg.store.meta.delete_tag, name):
+        if not await anyio.to_thread.run_sync(reg.state.delete_tag, name):
             raise manifest_unknown(ref)
         return Reply(202)
     digest = str(parse_digest(ref))
     await reg.adopt_repo(rq.repo)
 
-    def remove() -> bool:
-        if not reg.state.remove_manifest(rq.repo, digest):
-            return False
-        # No repository, tag or index holds it any more: drop the image record, and gc
-        # frees what only it reached.
-        if not reg.state.holders(digest):
-            reg.store.meta.delete_image(digest)
-        return True
-
     async with reg.manifest_lock:
-        held = await anyio.to_thread.run_sync(remove)
+        held = await anyio.to_thread.run_sync(reg.state.remove_manifest, rq.repo, digest)
     if not held:
         raise manifest_unknown(ref)
     return Reply(202)
@@ -223,8 +221,7 @@ def adopt(reg: Registry, repo: str, digest: str, media_type: str, depth: int = 0
             if reg.store.blobs.has(child.digest) and child.media_type in KNOWN_TYPES:
                 adopt(reg, repo, str(child.digest), child.media_type, depth + 1)
     referrer = _referrer(doc, raw, digest, doc.media_type) if doc.subject else None
-    reg.state.add_manifest(repo, digest, doc.media_type, len(raw), links,
-                           str(doc.subject.digest) if doc.subject else None, referrer,
-                           time.time())
+    reg.state.add_manifest(repo, digest, doc.media_type, len(raw), None, links, None,
+                           str(doc.subject.digest) if doc.subject else None, referrer)
 
 

@@ -1,52 +1,34 @@
-"""The registry's own tables, in the store's SQLite database (``meta.db``).
+"""Every query of the registry's metadata, written once for SQLite and PostgreSQL.
 
-The store already knows tags, image records and the content graph; a registry adds what
-the distribution API needs on top:
+The tables (schema.py); what they hold:
 
+  tags, images,     the content graph: ``docker.io/<repo>:<tag>`` → manifest digest,
+  refs, layers      manifest records (gc roots) and their edges to config, layers and
+                    index children (on SQLite the store's own tables, store/meta.py)
   server_manifests  repository ↔ manifest membership: a manifest pushed by digest only
-                    belongs to the repository it was pushed to (its image record is a
-                    gc root like any other); DELETE removes the membership.
+                    belongs to the repository it was pushed to; DELETE removes it.
   server_blobs      repository ↔ blob links: a repository sees only blobs linked to it by
                     an upload, a mount, or one of its manifests.  The bytes are stored
-                    once, in ``blobs/``, however many repositories link them.
-  server_uploads    upload sessions (for resuming after a restart, and expiry).
+                    once, however many repositories link them.
+  server_uploads    upload sessions: repository, ingest file, offset and a generation,
+                    so a restarted server, or another replica, continues them.
   server_referrers  subject digest → referrer manifest, per repository (referrers API).
 
-Writes go through ``store.meta`` (one serialised connection, IMMEDIATE transactions;
-callers run them in worker threads).  Reads on the hot paths use a second, read-only
-connection of this object's own: in WAL mode it never waits for a writer, so a ``lamina
-gc`` holding the write lock in another process never stalls the event loop.
+Each method runs on the ``Db`` (metadata.py) it was given: reads outside transactions,
+writes in one transaction each, so a manifest's record, tag, membership and links are
+committed together or not at all.  Writes block: call them from worker threads.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from lamina.errors import StoreError
+from lamina.server.metadata import Db, Row, Tx
 from lamina.server.names import split_store_tag, store_tag_range
-from lamina.store.store import Store
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS server_manifests(
-    repo TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL,
-    PRIMARY KEY(repo, digest)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS server_manifests_digest ON server_manifests(digest);
-CREATE TABLE IF NOT EXISTS server_blobs(
-    repo TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY(repo, digest)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS server_blobs_digest ON server_blobs(digest);
-CREATE TABLE IF NOT EXISTS server_uploads(
-    uuid TEXT PRIMARY KEY, repo TEXT NOT NULL, path TEXT NOT NULL, offset INTEGER NOT NULL,
-    started REAL NOT NULL, expires REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS server_referrers(
-    repo TEXT NOT NULL, subject TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL,
-    size INTEGER NOT NULL, artifact_type TEXT, annotations TEXT, created REAL NOT NULL,
-    PRIMARY KEY(repo, subject, digest)) WITHOUT ROWID;
-"""
 
 
 @dataclass(frozen=True)
@@ -57,6 +39,7 @@ class UploadRow:
     offset: int
     started: float
     expires: float
+    gen: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,31 +60,20 @@ class Referrer:
         return out
 
 
+_UPLOAD = 'SELECT uuid, repo, path, "offset", started, expires, gen FROM server_uploads'
+
+
 class RegistryState:
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.meta = store.meta
-        with self.meta.transaction() as db:
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
-        self._rd = sqlite3.connect(self.meta.path, isolation_level=None,
-                                   check_same_thread=False)
-        self._rd.execute("PRAGMA query_only=1")
-        self._rd.execute("PRAGMA busy_timeout=10000")
-        self._rd_lock = threading.Lock()
+    def __init__(self, db: Db) -> None:
+        self.db = db
 
     def close(self) -> None:
-        self._rd.close()
+        self.db.close()
 
-    # -- reads (read-only connection) -------------------------------------------------
-    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._rd_lock:
-            try:
-                return self._rd.execute(sql, args).fetchall()
-            except sqlite3.DatabaseError as e:
-                raise StoreError(f"store metadata: {e}") from None
+    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[Row]:
+        return self.db.rows(sql, args)
 
+    # -- reads ----------------------------------------------------------------------------
     def resolve_tag(self, repo: str, tag: str, store_name: str
                     ) -> tuple[str, str, int | None] | None:
         """(digest, media type, membership size or None) of ``repo:tag``."""
@@ -187,72 +159,131 @@ class RegistryState:
                          json.loads(n) if n else {}) for d, m, s, a, n in rows]
 
     def upload(self, uuid: str) -> UploadRow | None:
-        rows = self._q("SELECT uuid, repo, path, offset, started, expires FROM server_uploads "
-                       "WHERE uuid=?", (uuid,))
-        return UploadRow(*rows[0]) if rows else None
+        rows = self._q(_UPLOAD + " WHERE uuid=?", (uuid,))
+        return _upload_row(rows[0]) if rows else None
 
     def expired_uploads(self, now: float) -> list[UploadRow]:
-        rows = self._q("SELECT uuid, repo, path, offset, started, expires FROM server_uploads "
-                       "WHERE expires < ?", (now,))
-        return [UploadRow(*r) for r in rows]
+        return [_upload_row(r) for r in self._q(_UPLOAD + " WHERE expires < ?", (now,))]
 
-    # -- writes (store.meta; call from worker threads) -------------------------------
+    def upload_paths(self) -> set[str]:
+        """The files of every upload session (gc leaves them to expire)."""
+        return {str(r[0]) for r in self._q("SELECT path FROM server_uploads")}
+
+    def setting(self, key: str, default: str) -> str:
+        """The shared setting ``key``, set to ``default`` by whoever asks first (a
+        replica pair starting together agrees on one value)."""
+        with self.db.transaction() as tx:
+            tx.execute("INSERT INTO registry_settings VALUES(?,?) ON CONFLICT DO NOTHING",
+                       (key, default))
+            return str(tx.rows("SELECT value FROM registry_settings WHERE key=?", (key,))[0][0])
+
+    # -- writes ---------------------------------------------------------------------------
     def link_blobs(self, repo: str, digests: Iterable[str]) -> None:
-        with self.meta.transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO server_blobs VALUES(?,?)",
-                           [(repo, d) for d in digests])
+        with self.db.transaction() as tx:
+            _link(tx, repo, digests)
 
     def unlink_blob(self, repo: str, digest: str) -> bool:
-        with self.meta.transaction() as db:
-            return db.execute("DELETE FROM server_blobs WHERE repo=? AND digest=?",
-                              (repo, digest)).rowcount > 0
+        with self.db.transaction() as tx:
+            return tx.execute("DELETE FROM server_blobs WHERE repo=? AND digest=?",
+                              (repo, digest)) > 0
 
     def add_manifest(self, repo: str, digest: str, media_type: str, size: int,
-                     links: Iterable[str], subject: str | None = None,
-                     referrer: Referrer | None = None, now: float = 0.0) -> None:
-        """Membership, blob links and (with ``subject``) the referrer row, atomically."""
-        with self.meta.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO server_manifests VALUES(?,?,?,?)",
+                     children: Iterable[str] | None, links: Iterable[str],
+                     tag: str | None = None,
+                     subject: str | None = None, referrer: Referrer | None = None,
+                     now: float | None = None,
+                     layers: Iterable[tuple[str, str, str, int]] = ()) -> None:
+        """The image record and its edges to ``children`` (None: no record, as for a
+        manifest adopted from the store), the store tag ``tag``, membership in ``repo``,
+        blob links, (with ``subject``) the referrer row and ``layers`` (digest, diff_id,
+        media type, size), in one transaction.  An existing image record is kept (as
+        ``Metadata.add_image``)."""
+        now = time.time() if now is None else now
+        with self.db.transaction() as tx:
+            if children is not None:
+                tx.execute("INSERT INTO images VALUES(?,?,?,?) ON CONFLICT DO NOTHING",
+                           (digest, media_type, size, now))
+                tx.executemany("INSERT INTO refs VALUES(?,?) ON CONFLICT DO NOTHING",
+                               [(digest, c) for c in dict.fromkeys(children)])
+            if tag is not None:
+                tx.execute("INSERT INTO tags VALUES(?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                           "digest=excluded.digest, media_type=excluded.media_type, "
+                           "updated=excluded.updated", (tag, digest, media_type, now))
+            tx.execute("INSERT INTO server_manifests VALUES(?,?,?,?) ON CONFLICT(repo, digest) "
+                       "DO UPDATE SET media_type=excluded.media_type, size=excluded.size",
                        (repo, digest, media_type, size))
-            db.executemany("INSERT OR IGNORE INTO server_blobs VALUES(?,?)",
-                           [(repo, d) for d in links])
+            _link(tx, repo, links)
             if subject is not None and referrer is not None:
-                db.execute("INSERT OR IGNORE INTO server_referrers VALUES(?,?,?,?,?,?,?,?)",
+                tx.execute("INSERT INTO server_referrers VALUES(?,?,?,?,?,?,?,?) "
+                           "ON CONFLICT DO NOTHING",
                            (repo, subject, referrer.digest, referrer.media_type,
                             referrer.size, referrer.artifact_type,
                             json.dumps(referrer.annotations) if referrer.annotations
                             else None, now))
+            tx.executemany("INSERT INTO layers VALUES(?,?,?,?) ON CONFLICT(digest) DO UPDATE "
+                           "SET diff_id=excluded.diff_id, media_type=excluded.media_type, "
+                           "size=excluded.size", list(layers))
+
+    def delete_tag(self, name: str) -> bool:
+        with self.db.transaction() as tx:
+            return tx.execute("DELETE FROM tags WHERE name=?", (name,)) > 0
 
     def remove_manifest(self, repo: str, digest: str) -> bool:
         """Drop ``digest`` from ``repo``: membership, referrer rows and the repository's
-        tags pointing at it.  Returns whether the repository held it."""
+        tags pointing at it; then, when no repository, tag or index holds it any more,
+        its image record (gc frees what only it reached).  Returns whether the
+        repository held it."""
         lo, hi = store_tag_range(repo)
-        with self.meta.transaction() as db:
-            held = db.execute("DELETE FROM server_manifests WHERE repo=? AND digest=?",
-                              (repo, digest)).rowcount > 0
-            held |= db.execute("DELETE FROM tags WHERE name>=? AND name<? AND digest=?",
-                               (lo, hi, digest)).rowcount > 0
-            db.execute("DELETE FROM server_referrers WHERE repo=? AND digest=?",
+        with self.db.transaction() as tx:
+            held = tx.execute("DELETE FROM server_manifests WHERE repo=? AND digest=?",
+                              (repo, digest)) > 0
+            held |= tx.execute("DELETE FROM tags WHERE name>=? AND name<? AND digest=?",
+                               (lo, hi, digest)) > 0
+            tx.execute("DELETE FROM server_referrers WHERE repo=? AND digest=?",
                        (repo, digest))
+            if held and not tx.rows(
+                    "SELECT 1 WHERE EXISTS(SELECT 1 FROM server_manifests WHERE digest=?) "
+                    "OR EXISTS(SELECT 1 FROM tags WHERE digest=?) "
+                    "OR EXISTS(SELECT 1 FROM refs WHERE child=?)", (digest, digest, digest)):
+                tx.execute("DELETE FROM images WHERE digest=?", (digest,))
+                tx.execute("DELETE FROM refs WHERE parent=?", (digest,))
         return held
 
-    def holders(self, digest: str) -> bool:
-        """Whether any repository, tag or parent (an index) still holds ``digest``."""
-        rows = self.meta_query(
-            "SELECT 1 WHERE EXISTS(SELECT 1 FROM server_manifests WHERE digest=?) "
-            "OR EXISTS(SELECT 1 FROM tags WHERE digest=?) "
-            "OR EXISTS(SELECT 1 FROM refs WHERE child=?)", (digest, digest, digest))
-        return bool(rows)
-
-    def meta_query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        with self.meta.transaction() as db:
-            return db.execute(sql, args).fetchall()
-
     def put_upload(self, row: UploadRow) -> None:
-        with self.meta.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO server_uploads VALUES(?,?,?,?,?,?)",
-                       (row.uuid, row.repo, row.path, row.offset, row.started, row.expires))
+        with self.db.transaction() as tx:
+            tx.execute("INSERT INTO server_uploads(uuid, repo, path, \"offset\", started, "
+                       "expires, gen) VALUES(?,?,?,?,?,?,?) ON CONFLICT(uuid) DO UPDATE SET "
+                       "repo=excluded.repo, path=excluded.path, \"offset\"=excluded.\"offset\", "
+                       "started=excluded.started, expires=excluded.expires, gen=excluded.gen",
+                       (row.uuid, row.repo, row.path, row.offset, row.started, row.expires,
+                        row.gen))
+
+    def move_upload(self, row: UploadRow, seen: int) -> bool:
+        """Store ``row`` if the session is still at generation ``seen`` (nobody moved it
+        since this process read it); returns whether it was."""
+        with self.db.transaction() as tx:
+            return tx.execute("UPDATE server_uploads SET path=?, \"offset\"=?, expires=?, "
+                              "gen=? WHERE uuid=? AND gen=?",
+                              (row.path, row.offset, row.expires, row.gen, row.uuid,
+                               seen)) > 0
+
+    def end_upload(self, uuid: str, gen: int) -> bool:
+        """Delete the session's row if it is still at generation ``gen`` (the closing
+        PUT claims the session); returns whether it was."""
+        with self.db.transaction() as tx:
+            return tx.execute("DELETE FROM server_uploads WHERE uuid=? AND gen=?",
+                              (uuid, gen)) > 0
 
     def delete_upload(self, uuid: str) -> None:
-        with self.meta.transaction() as db:
-            db.execute("DELETE FROM server_uploads WHERE uuid=?", (uuid,))
+        with self.db.transaction() as tx:
+            tx.execute("DELETE FROM server_uploads WHERE uuid=?", (uuid,))
+
+
+def _link(tx: Tx, repo: str, digests: Iterable[str]) -> None:
+    tx.executemany("INSERT INTO server_blobs VALUES(?,?) ON CONFLICT DO NOTHING",
+                   [(repo, d) for d in dict.fromkeys(digests)])
+
+
+def _upload_row(r: Row) -> UploadRow:
+    return UploadRow(str(r[0]), str(r[1]), str(r[2]), int(r[3]), float(r[4]), float(r[5]),
+                     int(r[6]))

@@ -1,34 +1,47 @@
 """Blob upload sessions (distribution-spec 1.1 "Pushing blobs").
 
-A session is a ``BlobWriter`` in the store's ingest area: bytes are hashed as they are
-written, and ``finish`` checks the digest, registers the blob in the server's lease and
-commits it (fsync, rename) — the store's own commit protocol, so a crash never leaves a
-half blob under a real name and a blob pushed twice is stored once.
+A session is an ``Ingest`` of the blob storage (server/storage/): the bytes hashed as
+they are written, then at ``finish`` the digest checked, the blob registered in the
+server's lease and made visible — by the driver's own commit, so nothing unverified is
+ever visible under a digest and a blob pushed twice is stored once.
 
-Sessions live in memory (a running hash cannot be persisted: ``hashlib`` objects do not
-pickle) and in ``server_uploads`` (repository, ingest path, offset).  A session the
-process lost — the server restarted between two PATCHes — is resumed from its row by
-re-hashing the ingest file into a fresh writer, if the file is still there and as long
-as the row says.  The hash runs as sha256; a blob finished under another algorithm
-(sha512) is re-hashed once at ``finish``.
+Sessions live in memory (a running hash is in the process) and in ``server_uploads``
+(repository, the driver's state, offset).  A session the process lost — the server
+restarted between two PATCHes, or another replica on shared storage took it — is
+resumed from its row by the driver (local: re-hashing the ingest file; S3: the saved
+hash state and parts).  On shared storage the row is the truth: a live session whose row
+moved on (another replica continued it) is dropped and resumed from the row.
+
+The row carries a generation, bumped by every request that moves the session (with
+shared metadata, server/meta_pg.py): a process goes on with the ingest (and running hash)
+it holds only while the row is still at the generation it wrote, and claims the session
+by a conditional update (``move_upload``); the closing PUT claims it by a conditional
+delete.  A process that loses that race, or finds the session moved while it wrote,
+drops its copy and answers BLOB_UPLOAD_UNKNOWN; the row is never lost.
 
 Each session has an ``asyncio.Lock``: requests on one session run one at a time, so a
 second PATCH racing the first sees the new offset and gets its 416.
+
+Replicas (a shared metadata database, ``Db.shared``, or shared blob storage such as S3):
+any replica may continue a session.  The row carries a generation, bumped by every
+request that moves the session; a replica continues from the ingest (and running hash)
+it holds only while the row is still at the generation it last wrote, and otherwise
+resumes from the row — the local driver re-hashes the first ``offset`` bytes of the
+ingest file the row names, the S3 driver restores the saved hash state — and claims the
+session with a conditional update (``move_upload``).  A replica that loses that race,
+or finds the session moved while it wrote, forgets its copy and answers
+BLOB_UPLOAD_UNKNOWN; the row, which says where the session stands, is never lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import fcntl
-import os
+import dataclasses
 import secrets
-import sys
 import time
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import anyio.to_thread
@@ -36,37 +49,13 @@ import anyio.to_thread
 from lamina.digest import CHUNK, Digest
 from lamina.errors import IntegrityError
 from lamina.server.errors import RegistryHTTPError, digest_invalid, upload_unknown
-from lamina.server.leases import RollingLease
+from lamina.server.metadata import Lease
 from lamina.server.state import RegistryState, UploadRow
-from lamina.store.blobs import BlobWriter
-from lamina.store.store import Store
+from lamina.server.storage import BlobStorage, Ingest, SessionHeld, StorageUnavailable
 
 # Body bytes are gathered into writes of this size, each hashed and written in a worker
 # thread (hashlib and file writes release the GIL: two uploads use two cores).
 WRITE_SIZE = CHUNK
-# Every this many bytes, the kernel is asked to start writing the upload back to disk
-# (sync_file_range(SYNC_FILE_RANGE_WRITE): start, do not wait, keep the page cache), so
-# the fsync of the closing commit finds little left to flush — the durable commit then
-# costs about what docker-registry's non-durable one does.
-WRITEBACK_SIZE = 8 * CHUNK
-
-
-def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-
-    def start_writeback(fd: int, offset: int, length: int) -> None:
-        fn(fd, offset, length, 2)       # SYNC_FILE_RANGE_WRITE
-
-    return start_writeback
-
-
-_start_writeback = _load_sync_file_range() if sys.platform == "linux" else None
 
 
 def new_uuid() -> str:
@@ -84,34 +73,26 @@ def valid_uuid(text: str) -> bool:
 class Upload:
     uuid: str
     repo: str
-    writer: BlobWriter
+    ingest: Ingest
     started: float
     expires: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     done: bool = False
-    flushed: int = 0        # bytes already handed to the kernel's writeback
+    gen: int = 0            # the row's generation this process last wrote
 
     @property
     def offset(self) -> int:
-        return self.writer.count
+        return self.ingest.offset
 
     def write(self, data: bytes) -> None:
-        """Hash and write (blocking: in a worker thread), starting writeback as it goes."""
-        self.writer.write(data)
-        if _start_writeback is not None and self.offset - self.flushed >= WRITEBACK_SIZE:
-            self.writer.flush()
-            fd = os.open(self.writer.path, os.O_RDONLY)
-            try:
-                _start_writeback(fd, self.flushed, self.offset - self.flushed)
-            finally:
-                os.close(fd)
-            self.flushed = self.offset
+        """Hash and write (blocking: in a worker thread)."""
+        self.ingest.write(data)
 
 
 class Uploads:
-    def __init__(self, store: Store, state: RegistryState, lease: RollingLease,
+    def __init__(self, storage: BlobStorage, state: RegistryState, lease: Lease,
                  ttl: float, max_blob: int) -> None:
-        self.store = store
+        self.storage = storage
         self.state = state
         self.lease = lease
         self.ttl = ttl
@@ -122,17 +103,34 @@ class Uploads:
         return len(self._live)
 
     def _row(self, up: Upload) -> UploadRow:
-        return UploadRow(up.uuid, up.repo, str(up.writer.path), up.offset, up.started,
-                         up.expires)
+        return UploadRow(up.uuid, up.repo, up.ingest.state(), up.offset, up.started,
+                         up.expires, up.gen)
+
+    @property
+    def shared(self) -> bool:
+        return self.state.db.shared or self.storage.shared
+
+    def _save(self, up: Upload) -> None:
+        """Record where ``up`` stands (blocking): make its bytes resumable (the driver's
+        checkpoint), then, with replicas, move the row on only if nobody else has."""
+        up.ingest.checkpoint()
+        if not self.shared:
+            self.state.put_upload(self._row(up))
+            return
+        row = self._row(up)
+        if not self.state.move_upload(dataclasses.replace(row, gen=up.gen + 1), up.gen):
+            raise _moved(up.uuid)
+        up.gen += 1
 
     async def start(self, repo: str) -> Upload:
         def create() -> Upload:
             now = time.time()
-            up = Upload(new_uuid(), repo, self.store.blobs.writer(), now, now + self.ttl)
+            uuid = new_uuid()
+            up = Upload(uuid, repo, self.storage.ingest(uuid), now, now + self.ttl)
             try:
                 self.state.put_upload(self._row(up))
             except BaseException:
-                up.writer.abort()
+                up.ingest.abort()
                 raise
             return up
 
@@ -145,6 +143,12 @@ class Uploads:
         if not valid_uuid(uuid):
             raise upload_unknown(uuid[:64])
         up = self._live.get(uuid)
+        if up is not None and self.shared and not up.lock.locked():
+            row = await anyio.to_thread.run_sync(self.state.upload, uuid)
+            if row is None or row.gen != up.gen or row.path != up.ingest.state():
+                # Another replica moved (or ended) it: what this one holds is stale.
+                await self.drop(up)
+                up = None
         if up is None:
             up = await anyio.to_thread.run_sync(self._resume, uuid)
             if up is None:
@@ -162,32 +166,21 @@ class Uploads:
         if row is None:
             return None
         try:
-            fd = os.open(row.path, os.O_RDONLY)
-        except OSError:
-            self.state.delete_upload(uuid)
+            ingest = self.storage.resume(uuid, row.path, row.offset)
+        except SessionHeld:
             return None
-        try:
-            try:   # a live writer (another server on this store) holds it: not ours
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return None
-            if os.fstat(fd).st_size != row.offset:
+        if ingest is None:
+            if not self.shared:     # with replicas, the row may have just moved on
                 self.state.delete_upload(uuid)
-                os.unlink(row.path)
-                return None
-            writer = self.store.blobs.writer()
-            try:
-                with os.fdopen(os.dup(fd), "rb") as src:
-                    writer.copy_from(src)
-            except BaseException:
-                writer.abort()
-                raise
-            os.unlink(row.path)
-        finally:
-            os.close(fd)
-        now = time.time()
-        up = Upload(uuid, row.repo, writer, row.started, now + self.ttl)
-        self.state.put_upload(self._row(up))
+            return None
+        up = Upload(uuid, row.repo, ingest, row.started, time.time() + self.ttl,
+                    gen=row.gen + 1)
+        if not self.shared:
+            self.state.put_upload(self._row(up))
+        elif not self.state.move_upload(self._row(up), row.gen):
+            ingest.forget()         # another replica claimed it first
+            return None
+        ingest.claimed()
         return up
 
     async def append(self, up: Upload, body: AsyncIterator[bytes], expect: int | None) -> int:
@@ -221,53 +214,73 @@ class Uploads:
             # so the session stands at a larger offset, which GET reports for a resume.
             if buf:
                 await anyio.to_thread.run_sync(up.write, bytes(buf))
-            await anyio.to_thread.run_sync(self.state.put_upload, self._row(up))
+            await anyio.to_thread.run_sync(self._save, up)
+            raise
+        except StorageUnavailable:
+            # The storage failed mid-request: this copy of the session cannot be
+            # trusted, its row (the last checkpoint) can — the next request resumes it.
+            await self.drop(up)
             raise
         except BaseException:
             # A refused or failed chunk: the session cannot be trusted any more.
             await self.cancel(up)
             raise
         up.expires = time.time() + self.ttl
-        await anyio.to_thread.run_sync(self.state.put_upload, self._row(up))
+        try:
+            await anyio.to_thread.run_sync(self._save, up)
+        except (RegistryHTTPError, StorageUnavailable):
+            await self.drop(up)
+            raise
         return got
 
     async def finish(self, up: Upload, digest: Digest) -> None:
         """Check, protect and commit; the session ends either way."""
-        def commit() -> None:
-            writer = up.writer
-            size = writer.count
-            if digest.algorithm != "sha256":
-                writer.flush()
-                other = self.store.blobs.writer(digest.algorithm)
-                try:
-                    with open(writer.path, "rb") as src:
-                        other.copy_from(src)
-                except BaseException:
-                    other.abort()
-                    raise
-                writer.abort()
-                writer = other
-            elif writer.digest != digest:
-                raise IntegrityError(f"content has digest {writer.digest}")
-            self.lease.protect([str(digest)])   # before the rename: gc cannot take it
-            writer.commit(digest, size)
+        moved = False
+
+        def protect() -> None:
+            # verified; now claim the end, and keep gc off it until a manifest names it
+            nonlocal moved
+            if self.shared and not self.state.end_upload(up.uuid, up.gen):
+                moved = True
+                raise _moved(up.uuid)           # another replica has it now
+            self.lease.protect([str(digest)])
 
         up.done = True
         self._live.pop(up.uuid, None)
         try:
-            await anyio.to_thread.run_sync(commit)
+            await anyio.to_thread.run_sync(up.ingest.commit, digest, protect)
         except IntegrityError as e:
             raise digest_invalid(f"upload does not match {digest}: {e}", str(digest)) from None
         finally:
-            up.writer.abort()   # no-op after a commit
-            await anyio.to_thread.run_sync(self.state.delete_upload, up.uuid)
+            if moved:                           # theirs now: leave its bytes alone
+                up.ingest.forget()
+            else:
+                await anyio.to_thread.run_sync(up.ingest.abort)    # no-op after a commit
+                await anyio.to_thread.run_sync(self._end, up)
+
+    def _end(self, up: Upload) -> None:
+        """Delete the session's row (blocking); with replicas only while it is still
+        this process's (an expired copy here must not end a session another replica
+        has moved on)."""
+        if self.shared:
+            self.state.end_upload(up.uuid, up.gen)
+        else:
+            self.state.delete_upload(up.uuid)
+
+    async def drop(self, up: Upload) -> None:
+        """Forget a session another replica has taken over, or whose copy here a storage
+        failure spoiled (its row stays: the next request resumes from it)."""
+        up.done = True
+        self._live.pop(up.uuid, None)
+        up.ingest.forget()
 
     async def cancel(self, up: Upload) -> None:
         up.done = True
         self._live.pop(up.uuid, None)
-        up.writer.abort()
+        with contextlib.suppress(StorageUnavailable):
+            await anyio.to_thread.run_sync(up.ingest.abort)
         with contextlib.suppress(Exception):
-            await anyio.to_thread.run_sync(self.state.delete_upload, up.uuid)
+            await anyio.to_thread.run_sync(self._end, up)
 
     async def expire(self) -> int:
         """End idle sessions (ours and rows left by a dead process); returns how many."""
@@ -281,17 +294,8 @@ class Uploads:
         def stale_rows() -> int:
             count = 0
             for row in self.state.expired_uploads(now):
-                if row.uuid in self._live:
+                if row.uuid in self._live or not self.storage.drop(row.path):
                     continue
-                with contextlib.suppress(OSError):
-                    fd = os.open(row.path, os.O_RDONLY)
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        os.unlink(row.path)
-                    except BlockingIOError:
-                        continue
-                    finally:
-                        os.close(fd)
                 self.state.delete_upload(row.uuid)
                 count += 1
             return count
@@ -301,5 +305,10 @@ class Uploads:
     def forget(self) -> None:
         """Server shutdown: sessions stay resumable.  Their rows and ingest files are
         kept; the files' locks go with the process, after which ``_resume`` (or, once the
-        session has expired, gc's ingest sweep) takes them."""
+        session has expired, gc's ingest sweep or the expiry here) takes them."""
         self._live.clear()
+
+
+def _moved(uuid: str) -> RegistryHTTPError:
+    return RegistryHTTPError(404, "BLOB_UPLOAD_UNKNOWN",
+                             f"upload {uuid} was moved on by another request meanwhile")

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lamina.digest import Digest
-from lamina.errors import NoSpace
+from lamina.errors import InvalidInput, NoSpace
 from lamina.store import locks, pool, scratch
 from lamina.store.cachemounts import CacheMounts
 from lamina.store.containers import container_roots
@@ -78,6 +78,8 @@ class GcReport:
 
 
 SNAPSHOT_PREFIX = "snapshot:"
+# meta key: set when a registry keeps this store's blobs but its metadata elsewhere
+EXTERNAL_METADATA = "external_metadata"
 
 
 def _roots(db: sqlite3.Connection, dead_leases: Iterable[str], cache: bool) -> set[str]:
@@ -110,6 +112,12 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
     the same arguments would remove."""
     report = GcReport()
     meta = store.meta
+    owner = meta.setting(EXTERNAL_METADATA)
+    if owner is not None:
+        # A registry with its metadata elsewhere (lamina serve on PostgreSQL) keeps its
+        # blobs here: this database knows none of its manifests, so it would sweep them all.
+        raise InvalidInput(f"the blobs of {store.root} belong to a registry whose metadata "
+                           f"is in {owner}: collect them with `lamina serve gc --config …`")
     # A dry run removes no snapshot, so it counts the links their removal would drop.
     released: dict[tuple[int, int], int] = {}
     ended: dict[str, int | None] = {}   # with the abandoned locks gc now holds

@@ -269,6 +269,15 @@ class Metadata:
             except sqlite3.DatabaseError as e:
                 raise _store_error(e) from None
 
+    # -- settings (the meta table) -----------------------------------------------------
+    def setting(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key=?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES(?,?)", (key, value))
+
     # -- tags ------------------------------------------------------------------------
     def set_tag(self, name: str, digest: str, media_type: str) -> str | None:
         """Point ``name`` at ``digest``; returns the digest it pointed at before."""
