@@ -12,6 +12,58 @@ from lamina.cli.format import argument, flag, option
 
 
 def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
+    from lamina.cli.cmd_transfer import ca_option, insecure_flag
+
+    @app.command()
+    @argument("image", help="The image: a store reference, docker://REF, oci:DIR[:TAG].")
+    @option("--old-base", metavar="OLD",
+            help="The base IMAGE was built on (default: IMAGE's base annotations).")
+    @option("--new-base", metavar="NEW",
+            help="The base to put under it (default: the recorded base's name, now).")
+    @option("-t", "--tag", metavar="DEST",
+            help="Where the result goes, same forms as IMAGE (default: IMAGE itself).")
+    @option("--platform", help="OS/ARCH to pick from an index.")
+    @insecure_flag
+    @ca_option
+    @flag("-q", "--quiet", help="Print only the new digest.")
+    @flag("--json", "json_", help="Print the result as JSON.")
+    def rebase(image: str, old_base: str | None, new_base: str | None, tag: str | None,
+               platform: str | None, insecure: bool, ca_bundle: Any, quiet: bool,
+               json_: bool) -> None:
+        """Move IMAGE from its old base onto a new one: its own layers are kept (the same
+        blobs), the base's layers, history and inherited config are the new base's.
+        Inside one registry no layer moves: they are mounted."""
+        from lamina.build.rebase import RebaseOptions
+        from lamina.build.rebase import rebase as run_rebase
+        from lamina.cli.format import print_json, say
+        from lamina.image.manifest import Platform
+        from lamina.transport.registry import RegistryOptions
+
+        opts = RebaseOptions(image, old_base, new_base, tag,
+                             RegistryOptions(insecure=insecure, ca_bundle=ca_bundle),
+                             Platform.parse(platform) if platform else None)
+        with store_factory() as store:
+            r = run_rebase(store, opts)
+        if json_:
+            print_json({"digest": str(r.manifest.digest), "id": str(r.config.digest),
+                        "destination": r.destination.text, "names": list(r.names),
+                        "old_base": r.old_base, "new_base": r.new_base,
+                        "replaced_layers": r.replaced, "new_base_layers": r.inserted,
+                        "kept_layers": r.kept, "blobs_moved": r.moved,
+                        "blobs_mounted": r.mounted, "blobs_present": r.present})
+            return
+        if quiet:
+            say(str(r.manifest.digest))
+            return
+        say(f"Rebased {image} from {r.old_base} onto {r.new_base}")
+        say(f"Base: {r.replaced} layers replaced by {r.inserted}; {r.kept} layers of the "
+            "image kept (same blobs)")
+        mounted = f", {r.mounted} mounted" if r.mounted else ""
+        say(f"Blobs: {r.moved} written{mounted}, {r.present} already there")
+        for name in r.names:
+            say(f"Tagged {name}")
+        say(f"Digest: {r.manifest.digest}")
+
     @app.command()
     @argument("image", help="Image in the store.")
     @option("--from", "first", kind=int, metavar="N",
