@@ -11,44 +11,13 @@ from pathlib import Path
 import pytest
 
 from lamina_testing import Lamina, need, tree_listing
-
-BASE = "docker.io/library/base"
-CONTAINERFILE = """FROM {base}
-ENV APP=1
-COPY app.conf /etc/app.conf
-COPY main /app/main
-CMD ["/app/main"]
-"""
+from stack_images import BASE, build_app, make_bases
 
 
 @dataclass
 class Stack:
     lamina: Lamina
     work: Path
-
-
-def make_bases(work: Path) -> tuple[Path, Path]:
-    """Base v1 and v2: v2 changes a file the app does not touch (os-release) and one it
-    overwrites (app.conf), and adds one."""
-    v1, v2 = work / "v1", work / "v2"
-    for root, tag in ((v1, "v1"), (v2, "v2")):
-        (root / "etc").mkdir(parents=True)
-        (root / "bin").mkdir()
-        (root / "etc" / "os-release").write_text(f"base {tag}\n")
-        (root / "etc" / "app.conf").write_text(f"conf of base {tag}\n")
-        (root / "bin" / "sh").write_text("#!shell\n")
-    (v2 / "bin" / "tool").write_text("only in v2\n")
-    return v1, v2
-
-
-def build_app(lamina: Lamina, work: Path, base: str, tag: str) -> None:
-    ctx = work / "ctx"
-    if not ctx.exists():
-        ctx.mkdir()
-        (ctx / "app.conf").write_text("the app's own conf\n")
-        (ctx / "main").write_text("#!the app\n")
-    (ctx / f"Containerfile.{tag}").write_text(CONTAINERFILE.format(base=base))
-    lamina.run("build", "-f", ctx / f"Containerfile.{tag}", "-t", f"app:{tag}", ctx)
 
 
 @pytest.fixture(scope="module")

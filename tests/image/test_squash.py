@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from stack_helpers import Member, inodes, layer_members, write_layout
 
 from lamina_testing import Lamina, tree_listing
+from stack_images import Member, inodes, layer_members, write_layout
 
 LOWER: list[Member] = [
     ("a", "dir", None), ("a/x", "file", b"x1"), ("a/y", "file", b"y1"),

@@ -1,6 +1,7 @@
-"""Images made of hand-written layers (tars by Python's tarfile, an independent writer),
-as OCI layouts lamina loads: for squash and rebase tests that need whiteouts, opaque
-directories and hard links exactly where they want them."""
+"""Images for the rebase and squash tests: an app built on base v1 or v2, and images
+made of hand-written layers (tars by Python's tarfile, an independent writer) as OCI
+layouts lamina loads, with whiteouts, opaque directories and hard links exactly where a
+test wants them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ import stat
 import tarfile
 from pathlib import Path
 from typing import Any
+
+from lamina_testing import Lamina
+
+BASE = "docker.io/library/base"
+CONTAINERFILE = """FROM {base}
+ENV APP=1
+COPY app.conf /etc/app.conf
+COPY main /app/main
+CMD ["/app/main"]
+"""
 
 # (name, kind, payload): kind "file" (bytes), "dir" (None), "link" (hard link target),
 # "sym" (symlink target), "wh" (a whiteout file: name is the .wh. path), "opq" (name is
@@ -107,3 +118,27 @@ def inodes(root: Path) -> dict[str, frozenset[str]]:
                 groups.setdefault((st.st_dev, st.st_ino), set()).add(
                     os.path.relpath(p, root))
     return {p: frozenset(g) for g in groups.values() for p in g}
+
+
+def make_bases(work: Path) -> tuple[Path, Path]:
+    """Base v1 and v2: v2 changes a file the app does not touch (os-release) and one it
+    overwrites (app.conf), and adds one."""
+    v1, v2 = work / "v1", work / "v2"
+    for root, tag in ((v1, "v1"), (v2, "v2")):
+        (root / "etc").mkdir(parents=True)
+        (root / "bin").mkdir()
+        (root / "etc" / "os-release").write_text(f"base {tag}\n")
+        (root / "etc" / "app.conf").write_text(f"conf of base {tag}\n")
+        (root / "bin" / "sh").write_text("#!shell\n")
+    (v2 / "bin" / "tool").write_text("only in v2\n")
+    return v1, v2
+
+
+def build_app(lamina: Lamina, work: Path, base: str, tag: str) -> None:
+    ctx = work / "ctx"
+    if not ctx.exists():
+        ctx.mkdir()
+        (ctx / "app.conf").write_text("the app's own conf\n")
+        (ctx / "main").write_text("#!the app\n")
+    (ctx / f"Containerfile.{tag}").write_text(CONTAINERFILE.format(base=base))
+    lamina.run("build", "-f", ctx / f"Containerfile.{tag}", "-t", f"app:{tag}", ctx)
