@@ -140,3 +140,42 @@ def test_skopeo_and_umoci_read_a_rebased_image(stack: Stack) -> None:
                    capture_output=True)
     lam.run("unpack", "app:rebased", stack.work / "mine")
     assert tree_listing(bundle / "rootfs") == tree_listing(stack.work / "mine")
+
+
+def test_diff_history_and_web_pages_tell_the_rebase(stack: Stack) -> None:
+    import anyio
+    import httpx
+
+    from lamina.server import ServerConfig, create_app
+    from lamina.store import Store
+
+    lam = stack.lamina
+    lam.run("rebase", "app:v1", "--old-base", "base:v1", "--new-base", "base:v2",
+            "-t", "app:rebased")
+    diff = lam.run("diff", "app:v1", "app:rebased", "--json").json()
+    assert diff["relation"] == ("B is A rebased: layer 1 of A replaced by layer 1 of B; "
+                                "the top 2 layers kept (same bytes)")
+    text = lam.run("diff", "app:v1", "app:rebased").out
+    assert [line.split()[1] for line in text.splitlines()[3:6]] == ["≠", "~", "~"]
+    assert lam.run("diff", "app:v1", "app:fresh", "--json").json()["relation"] == (
+        "B is A on another base: layer 1 of A replaced by layer 1 of B; the top 2 layers "
+        "kept (same bytes)")
+    v1, v2 = doc(lam, "base:v1")["Digest"], doc(lam, "base:v2")["Digest"]
+    notes = [line for line in lam.run("history", "app:rebased").out.splitlines()
+             if line.startswith("Stack: ")]
+    assert notes == [f"Stack: base: {BASE}:v2@{v2}",
+                     f"Stack: rebased from {BASE}:v1@{v1} onto {BASE}:v2@{v2}"]
+    assert "Stack:" not in lam.run("history", "app:v1").out
+
+    async def page() -> str:
+        with Store(lam.root) as store:
+            app = create_app(store, ServerConfig())
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://registry.test") as c:
+                r = await c.get("/ui/r/library/app/-/image/rebased")
+                assert r.status_code == 200
+                return r.text
+
+    html = anyio.run(page)
+    assert html.count('class="stack-note"') == 2
+    assert f"rebased from {BASE}:v1@{v1} onto {BASE}:v2@{v2}" in html

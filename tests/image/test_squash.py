@@ -149,3 +149,17 @@ def test_squash_refuses_a_link_to_a_lower_file_the_range_changes(lamina: Lamina,
     assert res.code == 7 and "hard link 'l' names 'f'" in res.err, res.err
     assert lamina.blob_files() == before
     lamina.assert_consistent()
+
+
+def test_diff_and_history_tell_the_squash(loaded: Lamina) -> None:
+    loaded.run("squash", "test/img", "--from", "2", "-t", "test/sq")
+    diff = loaded.run("diff", "test/img", "test/sq", "--json").json()
+    assert diff["relation"] == "B is A with layers 2..4 squashed into layer 2"
+    # The same root; only which path of a hard-link group carries the bytes moved
+    # (the merged layer writes them at the first path in tar order).
+    assert diff["summary"]["added"]["count"] == diff["summary"]["removed"]["count"] == 0
+    assert {f["path"] for f in diff["files"]} == {"/h/l2", "/h/link"}
+    assert all("hardlink" in (f["a"]["type"], f["b"]["type"]) for f in diff["files"])
+    back = loaded.run("diff", "test/sq", "test/img", "--json").json()
+    assert back["relation"] == "A is B with layers 2..4 squashed into layer 2"
+    assert "Stack: squashed layers 2..4" in loaded.run("history", "test/sq").out

@@ -63,6 +63,7 @@ class ImageDiff:
     same_bytes_elsewhere: list[str]    # diff_ids both have above the divergence
     files: list[FileDiff] = field(default_factory=list)
     hashed: int = 0                    # files whose contents had to be read
+    relation: str | None = None        # B is A rebased / squashed (inspect/relation.py)
 
     def count(self, status: Status) -> int:
         return sum(1 for f in self.files if f.status == status)
@@ -73,7 +74,7 @@ class ImageDiff:
                    for f in self.files if f.status == status)
 
     def to_json(self) -> dict[str, Any]:
-        return {"shared_layers": self.shared_layers,
+        return {"shared_layers": self.shared_layers, "relation": self.relation,
                 "layers": [r.to_json() for r in self.layers],
                 "same_bytes_elsewhere": self.same_bytes_elsewhere,
                 "summary": {s: {"count": self.count(s), "bytes": self.bytes(s)}
@@ -164,4 +165,6 @@ def compare(source_a: ImageSource, image_a: ResolvedImage, source_b: ImageSource
             if sums_a.get(path) != sums_b.get(path):
                 files.append(FileDiff(path, "changed", va, vb, ("content",)))
         files.sort(key=lambda f: split_key(f.path))
-    return ImageDiff(shared, rows, elsewhere, files, hashed)
+    from lamina.inspect.relation import relation
+
+    return ImageDiff(shared, rows, elsewhere, files, hashed, relation(image_a, image_b))
