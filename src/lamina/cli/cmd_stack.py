@@ -55,13 +55,15 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
         if quiet:
             say(str(r.manifest.digest))
             return
+        from lamina.image.reference import Reference
+
         say(f"Rebased {image} from {r.old_base} onto {r.new_base}")
-        say(f"Base: {r.replaced} layers replaced by {r.inserted}; {r.kept} layers of the "
-            "image kept (same blobs)")
+        say(f"Base: {_n(r.replaced, 'layer')} replaced by {r.inserted}; "
+            f"{_n(r.kept, 'layer')} of the image kept (same blobs)")
         mounted = f", {r.mounted} mounted" if r.mounted else ""
         say(f"Blobs: {r.moved} written{mounted}, {r.present} already there")
         for name in r.names:
-            say(f"Tagged {name}")
+            say(f"Tagged {Reference.parse(name).familiar}")
         say(f"Digest: {r.manifest.digest}")
 
     @app.command()
@@ -103,7 +105,7 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
             return
         say(f"Squashed layers {result.first}..{result.last} into "
             f"{result.layer.digest.short} ({human_size(result.layer.size)}); "
-            f"{result.layers} layers now")
+            f"{_n(result.layers, 'layer')} now")
         for name in result.names:
             from lamina.image.reference import Reference
 
@@ -112,4 +114,5 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
         say(f"Image ID: {result.config.digest}")
 
 
-
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
