@@ -4,11 +4,12 @@ unpacking both (lamina's apply) and by reading the merged layer's own members.""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from lamina_testing import Lamina, tree_listing
+from lamina_testing import Lamina, need, tree_listing
 from stack_images import Member, inodes, layer_members, write_layout
 
 LOWER: list[Member] = [
@@ -163,3 +164,18 @@ def test_diff_and_history_tell_the_squash(loaded: Lamina) -> None:
     back = loaded.run("diff", "test/sq", "test/img", "--json").json()
     assert back["relation"] == "A is B with layers 2..4 squashed into layer 2"
     assert "Stack: squashed layers 2..4" in loaded.run("history", "test/sq").out
+
+
+def test_umoci_unpacks_a_squashed_image_to_the_same_root(loaded: Lamina,
+                                                          tmp_path: Path) -> None:
+    """umoci applies whiteouts and opaque markers in tar order, as Docker does: the
+    merged layer must be right for such readers too."""
+    umoci = need("umoci")
+    loaded.run("squash", "test/img", "--from", "2", "-t", "test/img:sq")
+    layout = tmp_path / "layout-out"
+    loaded.run("save", "test/img:sq", "-o", layout, "--format", "oci")
+    subprocess.run([umoci, "unpack", "--image", f"{layout}:sq", tmp_path / "bundle"],
+                   check=True, capture_output=True)
+    assert tree_listing(tmp_path / "bundle" / "rootfs") == _unpack(
+        loaded, "test/img", tmp_path / "mine")
+    assert inodes(tmp_path / "bundle" / "rootfs") == inodes(tmp_path / "mine")
