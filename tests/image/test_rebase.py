@@ -179,3 +179,24 @@ def test_diff_history_and_web_pages_tell_the_rebase(stack: Stack) -> None:
     html = anyio.run(page)
     assert html.count('class="stack-note"') == 2
     assert f"rebased from {BASE}:v1@{v1} onto {BASE}:v2@{v2}" in html
+
+
+def test_rebase_between_layouts_gives_the_store_result(stack: Stack) -> None:
+    lam, work = stack.lamina, stack.work
+    for ref, out in (("app:v1", "app"), ("base:v1", "b1"), ("base:v2", "b2")):
+        lam.run("save", ref, "-o", work / out, "--format", "oci")
+    res = lam.run("rebase", f"oci:{work / 'app'}:v1", "--old-base", f"oci:{work / 'b1'}:v1",
+                  "--new-base", f"oci:{work / 'b2'}:v2", "-t", f"oci:{work / 'out'}:rebased",
+                  "--json").json()
+    stored = lam.run("rebase", "app:v1", "--old-base", "base:v1", "--new-base", "base:v2",
+                     "-t", "app:rebased", "--json").json()
+    assert res["digest"] == stored["digest"]
+    index = json.loads((work / "out" / "index.json").read_text())
+    assert [m["annotations"] for m in index["manifests"]] == [
+        {"io.containerd.image.name": "docker.io/library/app:rebased",
+         "org.opencontainers.image.ref.name": "rebased"}]
+    # Without -t the layout's own entry is replaced, as crane rebase overwrites the tag.
+    lam.run("rebase", f"oci:{work / 'app'}:v1", "--old-base", f"oci:{work / 'b1'}:v1",
+            "--new-base", f"oci:{work / 'b2'}:v2")
+    index = json.loads((work / "app" / "index.json").read_text())
+    assert [m["digest"] for m in index["manifests"]] == [stored["digest"]]

@@ -163,7 +163,7 @@ def _destination(store: Store, image: _Side, opts: RebaseOptions,
         if name is None:
             return place, StoreTransport(store), []
     else:
-        name = image.opened.name if not opts.tag and place.kind == "docker" else None
+        name = image.opened.name   # a layout or archive names the entry after it
     sink, names = open_sink(place, store, opts.registry, name, opts.client,
                             mount_from=mount_from(place))
     return place, sink, names
