@@ -73,6 +73,7 @@ class _Node:
     lower_link: str | None = None     # a hard link to this path of the layers below
     hidden: bool = False              # what the layers below had here is gone
     opaque: bool = False              # what the layers below had under here is gone
+    implied: bool = False             # a directory apply made for an entry under it
 
     def child(self, name: str) -> _Node:
         node = self.children.get(name)
@@ -83,7 +84,7 @@ class _Node:
     def clear(self) -> None:
         self.children = {}
         self.entry = self.inode = self.lower_link = None
-        self.opaque = False
+        self.opaque = self.implied = False
 
 
 @dataclass(eq=False, slots=True)
@@ -91,6 +92,7 @@ class _Lower:
     """What the layers below the range leave visible: a name tree (None: not a dir)."""
 
     children: dict[str, _Lower] | None = None
+    symlink: bool = False
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -173,6 +175,9 @@ def _lower_tree(layers: Sequence[LayerStream]) -> _Lower:
             for name in parts[:-1]:
                 assert parent.children is not None
                 nxt = parent.children.get(name)
+                if nxt is not None and nxt.symlink:
+                    raise Unsupported(f"cannot squash: {shown(entry.name)} of a layer below "
+                                      "the range is written through a symlink")
                 if nxt is None or nxt.children is None:
                     nxt = parent.children[name] = _Lower({})
                 parent = nxt
@@ -182,7 +187,7 @@ def _lower_tree(layers: Sequence[LayerStream]) -> _Lower:
                 if old is None or old.children is None:
                     parent.children[parts[-1]] = _Lower({})
             else:
-                parent.children[parts[-1]] = _Lower(None)
+                parent.children[parts[-1]] = _Lower(None, entry.type == tf.SYM)
     return root
 
 
@@ -196,9 +201,43 @@ def _lower_find(root: _Lower, parts: list[str]) -> _Lower | None:
 
 
 # -- merging -----------------------------------------------------------------------------
+_LINKS = (tf.SYM, tf.LNK)
+
+
 class _Merge:
-    def __init__(self) -> None:
+    def __init__(self, lower: _Lower | None) -> None:
         self.root = _Node()
+        self.lower = lower
+
+    def check_parents(self, parts: list[str], name: str, this_layer: dict[str, str]) -> None:
+        """Refuse an entry whose parent path goes through a symlink (of the range, or of
+        the layers below that the range left in place): apply follows it and writes
+        elsewhere, which a merge by path cannot follow.  No layer writer makes such
+        entries (they name real paths); ``Unsupported``, one line."""
+        node: _Node | None = self.root
+        below = self.lower
+        for i, comp in enumerate(parts[:-1]):
+            where = "/".join(parts[:i + 1])
+            covered = node is not None and (node.hidden or node.opaque)
+            node = node.children.get(comp) if node is not None else None
+            below = None if covered or below is None or below.children is None \
+                else below.children.get(comp)
+            made = this_layer.get(where)     # earlier in this layer's tar: it decides
+            if made is None and node is not None and node.entry is not None:
+                made = node.entry.type
+            if made is not None:
+                if made in _LINKS:   # a hard link as a parent can only be one to a symlink
+                    raise Unsupported(f"cannot squash: {shown(name)} is written through "
+                                      f"the symlink {shown(where)}")
+                if made != tf.DIR:
+                    return      # under a file: apply refuses it with the layer itself
+                continue
+            if node is not None and node.hidden:
+                below = None
+            if below is not None and below.symlink:
+                raise Unsupported(f"cannot squash: {shown(name)} is written through the "
+                                  f"symlink {shown(where)} of a layer below")
+
 
     def find(self, parts: list[str]) -> _Node | None:
         node: _Node | None = self.root
@@ -215,6 +254,11 @@ class _Merge:
         return node
 
     def apply(self, entries: list[tuple[list[str], TarEntry, int]], fd: int) -> None:
+        seen: dict[str, str] = {}           # in tar order, as apply meets them
+        for parts, entry, _ in entries:
+            self.check_parents(parts, entry.name, seen)
+            if not parts[-1].startswith(PREFIX):
+                seen["/".join(parts)] = entry.type
         for kind, parts, entry, offset in _phases(entries):
             if kind == "meta":
                 continue
@@ -230,7 +274,11 @@ class _Merge:
                 self._entry(parts, entry, offset, fd)
 
     def _entry(self, parts: list[str], entry: TarEntry, offset: int, fd: int) -> None:
-        n = self.node(parts)
+        parent = self.root
+        for name in parts[:-1]:
+            parent = parent.child(name)
+            parent.implied = True     # apply makes missing parents (0755)
+        n = parent.child(parts[-1])
         if entry.type == tf.DIR:
             if n.entry is not None and n.entry.type != tf.DIR:
                 n.clear()       # a file of the range replaced: ``hidden`` stays set
@@ -298,7 +346,7 @@ def _rows(prefix: str, node: _Node, below: _Lower | None) -> list[_Row]:
             if lower is not None:    # deletes something of the layers below: stays
                 wh = whiteout_name(name)
                 keyed.append((os.fsencode(wh), ("marker", _join(prefix, wh), None, None)))
-            if child.children:       # put back under the deleted name by a later layer
+            if child.children or child.implied:   # made again under the deleted name
                 keyed.append((os.fsencode(name), ("node", path, child, None)))
             continue
         keyed.append((os.fsencode(name), ("node", path, child, lower)))
@@ -326,7 +374,11 @@ def _emit(merge: _Merge, lower: _Lower | None) -> Iterator[Entry]:
             continue
         e = node.entry
         if e is None:
-            pass                             # a parent the range did not list itself
+            # A parent the range did not list itself: apply made it for an entry under
+            # it.  Where nothing below provides it (any more) and nothing under it is
+            # left to make it again, the merged layer must say so; apply's 0755.
+            if node.implied and (below is None or below.children is None):
+                yield Entry(path, tf.DIR, 0o755, 0, 0, 0)
         elif node.inode is not None:
             ino = node.inode.entry
             first = firsts.get(id(node.inode))
@@ -365,7 +417,7 @@ def squash_layers(below: Sequence[LayerStream], merged: Sequence[LayerStream],
     """Write to ``out`` one layer that does what ``merged`` (bottom first) did on top of
     ``below``; spool files go to ``spool_dir`` and are gone on return."""
     lower = _lower_tree(below) if below else None
-    merge = _Merge()
+    merge = _Merge(lower)
     with contextlib.ExitStack() as stack:
         for i, layer in enumerate(merged):
             fd = os.open(spool_dir / f"squash-{os.getpid()}-{i}.tar",
