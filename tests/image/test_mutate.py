@@ -46,3 +46,29 @@ def test_entrypoint_owns_cmd_and_values_that_differ_are_own() -> None:
     assert out["WorkingDir"] == "/srv"                  # differs from OLD: set by someone
     no_history = rebase_runtime({**OLD, "Cmd": None, "Entrypoint": ["/app"]}, OLD, NEW, [])
     assert no_history["Cmd"] is None                    # differs from OLD's ["sh"]
+
+
+def test_new_manifest_keeps_the_family_of_the_image() -> None:
+    """A Docker manifest names Docker layer types (the same bytes relabelled); a layer
+    with no Docker twin (zstd) makes the manifest its OCI twin, as skopeo converts."""
+    from lamina.digest import Digest
+    from lamina.image import mediatypes as mt
+    from lamina.image.config import build_config
+    from lamina.image.manifest import Descriptor, Platform, build_manifest
+    from lamina.image.mutate import new_manifest
+
+    def desc(media_type: str, n: int) -> Descriptor:
+        return Descriptor(media_type, Digest.from_bytes(bytes([n])), n + 1)
+
+    config = build_config([], [], Platform("amd64", "linux"))
+    docker = build_manifest(desc(mt.DOCKER_CONFIG, 0), [desc(mt.DOCKER_LAYER_GZIP, 1)],
+                            mt.DOCKER_MANIFEST, {"keep": "me"})
+    m = new_manifest(docker, config, [desc(mt.OCI_LAYER_GZIP, 2), desc(mt.DOCKER_LAYER_GZIP, 1)],
+                     {"org.opencontainers.image.base.name": "x"})
+    assert m.media_type == mt.DOCKER_MANIFEST and m.config.media_type == mt.DOCKER_CONFIG
+    assert [d.media_type for d in m.layers] == [mt.DOCKER_LAYER_GZIP] * 2
+    assert dict(m.annotations) == {"keep": "me", "org.opencontainers.image.base.name": "x"}
+    z = new_manifest(docker, config, [desc(mt.OCI_LAYER_ZSTD, 3), desc(mt.DOCKER_LAYER_GZIP, 1)])
+    assert z.media_type == mt.OCI_MANIFEST and z.config.media_type == mt.OCI_CONFIG
+    assert [d.media_type for d in z.layers] == [mt.OCI_LAYER_ZSTD, mt.OCI_LAYER_GZIP]
+    assert z.config.digest == config.digest and z.layers[1].digest == m.layers[1].digest
