@@ -64,8 +64,9 @@ def sha256(data: bytes) -> str:
 
 def write_layout(root: Path, layers: list[list[Member]], name: str = "test/img:latest",
                  history: list[dict[str, Any]] | None = None,
-                 config_extra: dict[str, Any] | None = None) -> Path:
-    """An OCI layout of one image with these layers (gzip), tagged ``name``."""
+                 config_extra: dict[str, Any] | None = None, as_index: bool = False) -> Path:
+    """An OCI layout of one image with these layers (gzip), tagged ``name`` (with
+    ``as_index``: an image index naming it for linux/amd64)."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(parents=True)
 
@@ -92,10 +93,17 @@ def write_layout(root: Path, layers: list[list[Member]], name: str = "test/img:l
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                            "digest": cdigest, "size": csize}, "layers": descs}
     mdigest, msize = put(json.dumps(manifest).encode())
+    top = "application/vnd.oci.image.manifest.v1+json"
+    if as_index:
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                 "manifests": [{"mediaType": top, "digest": mdigest, "size": msize,
+                                "platform": {"architecture": "amd64", "os": "linux"}}]}
+        top = index["mediaType"]
+        mdigest, msize = put(json.dumps(index).encode())
     (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     (root / "index.json").write_text(json.dumps({
         "schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdigest,
+            "mediaType": top, "digest": mdigest,
             "size": msize, "annotations": {"io.containerd.image.name": name,
                                            "org.opencontainers.image.ref.name": "latest"}}]}))
     return root

@@ -200,3 +200,13 @@ def test_rebase_between_layouts_gives_the_store_result(stack: Stack) -> None:
             "--new-base", f"oci:{work / 'b2'}:v2")
     index = json.loads((work / "app" / "index.json").read_text())
     assert [m["digest"] for m in index["manifests"]] == [stored["digest"]]
+
+
+def test_rebase_of_an_index_needs_a_platform(lamina: Lamina, tmp_path: Path) -> None:
+    from stack_images import write_layout
+
+    lamina.run("load", write_layout(tmp_path / "layout", [[("f", "file", b"x")]],
+                                    as_index=True))
+    res = lamina.fail("rebase", "test/img", "--old-base", "a", "--new-base", "b")
+    assert res.code == 3 and res.err.splitlines() == [
+        "lamina: test/img is an index: rebase one platform's image with --platform OS/ARCH"]

@@ -191,6 +191,11 @@ def rebase(store: Store, opts: RebaseOptions) -> RebaseResult:
     try:
         image = _open(store, image_place, opts, opts.platform)
         sides.append(image)
+        if image.image.index is not None and opts.platform is None:
+            # crane refuses too: the result is one platform's image, and writing it over
+            # the index's name would drop the others.
+            raise InvalidInput(f"{opts.image} is an index: rebase one platform's image "
+                               "with --platform OS/ARCH")
         plat = opts.platform or image.image.config.platform
         old_place, new_place = _base_places(image, opts)
         old = _open(store, old_place, opts, plat)
