@@ -15,7 +15,7 @@ the other (times printed for information, alternating per variant):
 * skopeo: ``skopeo copy docker://…:vK oci:DIR:vK`` into one layout (blobs shared by digest).
 
 Printed: lamina's store (``lamina df --json`` storage.physical: whole blobs, recipes, each
-chunk once; and the blocks ``du`` counts under blobs/, chunks/, recipes/), the unique
+chunk once; and the blocks ``du`` counts under blobs/, packs/, chunks/, recipes/), the unique
 compressed content (each layer blob cut at its TOC's frames, every distinct frame counted
 once by its bytes, plus every manifest and config), and the ``oci:`` layout's blobs.
 """
@@ -140,7 +140,8 @@ def main() -> int:
                 run(cmd, env=env if tool == "lamina" else None)
                 seconds[tool] += time.perf_counter() - start
         df = json.loads(run([lamina, "df", "--json"], env=env))["storage"]
-        lam_blocks, lam_size = du([store / "blobs", store / "chunks", store / "recipes"])
+        lam_blocks, lam_size = du([store / "blobs", store / "packs", store / "chunks",
+                                   store / "recipes"])
         oci_blocks, oci_size = du([layout / "blobs"])
         unique, layers, frames = unique_content(registry, "bench/disk", tags)
         mb = 1e6

@@ -10,12 +10,13 @@ file's payload: ~2,000 files in 100 MB gives ~50 KB).  Alternating whole, chunks
 chunks, ... (bench/README.md), each run in a fresh store:
 
     put       a BlobWriter filled from the file, finished (digest checked) and published:
-              whole = fsync + rename; chunks = every span a chunk file (fsynced, renamed)
-              plus the recipe
+              whole = fsync + rename; chunks = every span hashed, the new ones in one
+              pack (all new here: the ingest file itself is linked in) plus its index
+              and the recipe
     read      the blob read through ``BlobStore.open`` and verified (sha256 of the whole),
               as push, save and unpack read it; the page cache is warm for both
     raw read  the same without hashing, in 1 MiB reads (``open_file``): the reassembly cost
-              alone; the peer is ``cat`` of the blob file (whole) or of the chunk files in
+              alone; the peer is ``cat`` of the blob file (whole) or of the pack files in
               recipe order (chunks), into a pipe
     range     1,000 reads of 64 KiB at random offsets (``pread``, as ``lamina serve``
               answers Range requests)
@@ -96,8 +97,9 @@ def read_raw(store: BlobStore, digest: Digest) -> None:
 
 def cat_peer(store: BlobStore, digest: Digest) -> None:
     chunked = store.chunked(digest)
-    files = [str(store.path(digest))] if chunked is None else \
-        [str(store.chunks.chunk_path(d)) for d, _ in chunked.recipe.chunks]
+    files = [str(store.path(digest))] if chunked is None else list(dict.fromkeys(
+        str(where.path) for d, _ in chunked.recipe.chunks
+        if (where := store.chunks.locate(d)) is not None))
     # xargs splits a long list the way a shell would have to
     with subprocess.Popen(["xargs", "-0", "cat"], stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE) as proc:

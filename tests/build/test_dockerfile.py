@@ -7,6 +7,7 @@ import pytest
 from lamina.build.dockerfile import (
     INSTRUCTIONS,
     Containerfile,
+    Heredoc,
     Instruction,
     exec_or_shell,
     healthcheck,
@@ -18,7 +19,7 @@ from lamina.build.dockerfile import (
     parse_key_values,
     split_words,
 )
-from lamina.errors import InvalidInput, Unsupported
+from lamina.errors import InvalidInput
 
 
 def only(text: str) -> Instruction:
@@ -235,8 +236,8 @@ def test_every_instruction_is_covered() -> None:
         ("COPY --parents --exclude=*.tmp a b", {"parents": "true", "exclude": "*.tmp"}),
         ('COPY --chown="a b" x y', {"chown": "a b"}),
         (
-            "ADD --checksum=sha256:abc --keep-git-dir=TRUE u /d",
-            {"checksum": "sha256:abc", "keep-git-dir": "true"},
+            f"ADD --checksum=sha256:{'ab' * 32} --keep-git-dir=TRUE u /d",
+            {"checksum": f"sha256:{'ab' * 32}", "keep-git-dir": "true"},
         ),
         ("ADD --chown=1:1 a /d", {"chown": "1:1"}),
         (
@@ -399,21 +400,80 @@ def test_error_path_is_the_given_name() -> None:
         parse("X\n", path="sub/Dockerfile.dev")
 
 
+HEREDOC_FILE = """\
+# syntax=docker/dockerfile:1.7
+# check=skip=all
+FROM a
+RUN <<EOF
+echo $HOME
+# a body line, not a comment \\
+EOF
+RUN <<A cat /dev/stdin && <<-"B" cat > /x
+hello
+A
+\tworld $X
+\t\tB
+COPY --chmod=755 <<EOF /a << 'F' /
+x
+EOF
+y
+F
+RUN 3<<EOF cat /dev/fd/3 \\
+    && true
+three
+EOF
+ONBUILD RUN <<X
+echo hi
+X
+LABEL after=1
+"""
+
+
+def test_heredocs() -> None:
+    """Here-Documents: bodies after the whole line, in the order the words open them;
+    `<<-` strips tabs from the terminator (and the body where used); a quoted delimiter
+    turns expansion off; `<< EOF` is one word (BuildKit's lexer)."""
+    cf = parse(HEREDOC_FILE)
+    run1, run2, copy, run3, onbuild, label = cf.stages[0].instructions
+    assert (run1.args, run1.line) == (("<<EOF",), 4)
+    assert run1.heredocs == (Heredoc("EOF", "echo $HOME\n# a body line, not a comment \\\n"),)
+    assert run2.heredocs == (Heredoc("A", "hello\n"),
+                             Heredoc("B", "\tworld $X\n", chomp=True, expand=False))
+    assert run2.heredocs[1].body == "world $X\n"
+    assert copy.heredocs == (Heredoc("EOF", "x\n"), Heredoc("F", "y\n", expand=False))
+    assert split_words(copy) == ["<<EOF", "/a", "<< 'F'", "/"]
+    assert run3.args == ("3<<EOF cat /dev/fd/3     && true",)
+    assert run3.heredocs == (Heredoc("EOF", "three\n", fd=3),)
+    # ONBUILD keeps the trigger with its body, as BuildKit stores it; it parses again.
+    assert onbuild.args == ("RUN <<X\necho hi\nX",)
+    assert parse_instruction(onbuild.args[0]).heredocs == (Heredoc("X", "echo hi\n"),)
+    assert (label.cmd, label.line) == ("LABEL", 25)
+    assert cf.notes == ("Containerfile:1: note: ignoring '# syntax=docker/dockerfile:1.7': "
+                        "lamina parses the file with its own Dockerfile frontend",)
+
+
 @pytest.mark.parametrize(
-    "line",
+    ("text", "message"),
     [
-        "RUN <<EOF",
-        "RUN cat <<-EOT > /x",
-        "RUN python3 <<'PY'",
-        "COPY <<EOF /etc/x",
-        'ADD <<"EOF" /x',
-        "RUN 3<<EOF cat /dev/fd/3",
-        "ONBUILD RUN <<EOF",
+        ("FROM a\nRUN <<EOF\necho hi\n", "Containerfile:2: unterminated heredoc"),
+        ("FROM a\nRUN <<A <<B\na\nA\nb\n", "Containerfile:2: unterminated heredoc"),
+        ("FROM a\nCOPY <<EOF <<B\nx\nEOF\ny\nB\n",
+         "Containerfile:2: COPY cannot accept a heredoc as a dest"),
+        ("FROM a\nCOPY --chmod=9 x /y\n", "Containerfile:2: invalid --chmod=9: an octal"),
+        ("FROM a\nADD --chmod=70000 x /y\n", "Containerfile:2: invalid --chmod=70000"),
+        ("FROM a\nADD --checksum=md5:00 http://h/x /y\n",
+         "Containerfile:2: invalid --checksum=md5:00"),
     ],
 )
-def test_heredocs_are_unsupported(line: str) -> None:
-    with pytest.raises(Unsupported, match="^Containerfile:3: heredocs"):
-        parse(f"FROM a\n\n{line}\necho hi\nEOF\n")
+def test_bad_heredocs_and_copy_flags(text: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=f"^{message}"):
+        parse(text)
+
+
+def test_heredoc_terminator_is_the_whole_line() -> None:
+    # "EOF " is body, not the end; a tab before the terminator only ends a <<- doc.
+    ins = only("RUN <<EOF\nEOF \n\tEOF\nEOF\n")
+    assert ins.heredocs[0].content == "EOF \n\tEOF\n"
 
 
 @pytest.mark.parametrize(

@@ -295,6 +295,56 @@ def test_delta_pull_of_skopeo_chunked_layers(lamina: Lamina, registry: DockerReg
     _assert_fsck_clean(other)
 
 
+def test_skopeo_zeros_chunks_pull_and_delta_pull(lamina: Lamina, registry: DockerRegistry,
+                                                tmp_path: Path) -> None:
+    """skopeo writes a run of >= 1 KiB zeros as a chunk of type "zeros" (a tiny frame of
+    compressed zeros): lamina pulls such a layer, delta-pulls its v2 reusing the frames
+    (``pull --json`` says how much), and unpacks the file with its zeros back."""
+    import random
+
+    skopeo = need("skopeo")
+    rnd = random.Random(5)
+    sparse = rnd.randbytes(65536) + bytes(1 << 20) + rnd.randbytes(65536)
+    refs = []
+    for tag, text in (("v1", "one\n"), ("v2", "two\n")):
+        tree = tmp_path / f"z{tag}"
+        tree.mkdir()
+        (tree / "sparse.bin").write_bytes(sparse)
+        (tree / "a.txt").write_text(text)
+        lamina.run("import", f"zs/src:{tag}", tree)
+        layout = tmp_path / f"oci-z{tag}"
+        lamina.run("save", "--format", "oci", "-o", layout, f"zs/src:{tag}")
+        dest = f"{registry.host}/delta/zeros:{tag}"
+        subprocess.run([skopeo, "copy", "--dest-tls-verify=false", "--dest-compress-format",
+                        "zstd:chunked", f"oci:{layout}:{tag}", f"docker://{dest}"],
+                       check=True, capture_output=True)
+        refs.append(dest)
+    other = Lamina(tmp_path / "other", tmp_path)
+    first = other.run("pull", "--json", refs[0]).json()
+    assert [x["status"] for x in first["layers"]] == ["pulled"]
+    layer = _layer(other, refs[0])
+    with Store(other.root) as store:
+        blob = store.blobs.read_bytes(Digest.parse(str(layer["digest"])))
+    annotations = layer["annotations"]
+    assert isinstance(annotations, dict)
+    toc = read_toc(lambda off, n: blob[off:off + n], annotations, len(blob))
+    assert toc is not None
+    assert [c.chunk_type for e in toc.entries if e.name == "sparse.bin"
+            for c in e.chunks].count("zeros") == 1
+    before = sum(wire_bytes(registry, "delta/zeros").values())
+    second = other.run("pull", "--json", refs[1]).json()
+    moved = sum(wire_bytes(registry, "delta/zeros").values()) - before
+    (entry,) = second["layers"]
+    v2 = _layer(other, refs[1])
+    assert entry["digest"] == v2["digest"] and entry["status"] == "delta"
+    assert second["reused_bytes"] == entry["reused"] > 0.9 * int(str(v2["size"]))
+    assert moved < int(str(v2["size"])) - entry["reused"] + 8192   # + manifest, config
+    other.run("unpack", refs[1], tmp_path / "out")
+    assert (tmp_path / "out" / "sparse.bin").read_bytes() == sparse
+    assert (tmp_path / "out" / "a.txt").read_text() == "two\n"
+    _assert_fsck_clean(other)
+
+
 def test_kill_9_during_a_delta_pull_leaves_a_consistent_store(
         lamina: Lamina, fake: FakeRegistry, tmp_path: Path) -> None:
     """SIGKILL while the delta pull fetches its ranges (the fake dribbles them): the store

@@ -41,8 +41,28 @@ def cut(size: int, every: int) -> list[tuple[int, int]]:
 
 
 def chunk_files(store: Store) -> set[str]:
-    d = store.root / "chunks" / "sha256"
-    return {f"sha256:{n}" for n in os.listdir(d)} if d.is_dir() else set()
+    """Every chunk the store holds, packed or loose."""
+    return {str(d) for d in store.blobs.chunks.chunks()}
+
+
+def packs(store: Store) -> dict[str, int]:
+    """Pack name -> its size (store/packs.py)."""
+    d = store.root / "packs"
+    return {p.stem: p.stat().st_size for p in d.glob("*.pack")} if d.is_dir() else {}
+
+
+def index_bytes(store: Store) -> int:
+    return sum(p.stat().st_size for p in (store.root / "packs").glob("*.idx"))
+
+
+def damage_chunk(store: Store, digest: Digest, at: int) -> None:
+    where = store.blobs.chunks.locate(digest)
+    assert where is not None
+    with open(where.path, "r+b") as f:
+        f.seek(where.offset + at)
+        byte = f.read(1)[0]
+        f.seek(where.offset + at)
+        f.write(bytes([byte ^ 0x01]))
 
 
 def chunked_blob(store: Store, data: bytes, spans: list[tuple[int, int]]) -> Digest:
@@ -114,7 +134,9 @@ def test_shared_spans_are_stored_once(store: Store) -> None:
     recipes = sum(store.blobs.stored_size(x) for x in (da, db))
     assert (space.blobs, space.chunked, space.chunks) == (2, 2, 3)
     assert space.logical == len(a) + len(b)
-    assert space.physical == 150_000 + recipes
+    # one pack each: a's whole file (adopted), b's new span only; plus their indexes
+    assert sorted(packs(store).values()) == [30_000, 120_000]
+    assert space.physical == 150_000 + recipes + index_bytes(store)
     assert space.ratio > 1.5
     assert store.blobs.read_bytes(da) == a and store.blobs.read_bytes(db) == b
 
@@ -132,11 +154,12 @@ def test_deleting_one_blob_keeps_the_others_chunks(store: Store) -> None:
     dry = collect(store, dry_run=True)
     report = collect(store)
     assert str(la) in report.blobs_removed and not store.blobs.has(la)
-    # only a's own chunk went: the common one is b's too
-    assert (report.chunks_removed, report.chunk_bytes_freed) == (1, 1000)
+    # a's own chunk is dead, but its pack (a's whole file) is mostly b's common chunk:
+    # it stays until at least half of it is dead (store/gc.py _sweep_packs)
+    assert (report.chunks_removed, report.chunk_bytes_freed) == (0, 0)
     assert (dry.chunks_removed, dry.chunk_bytes_freed, dry.bytes_freed) == \
-        (1, 1000, report.bytes_freed)
-    assert len(chunk_files(store)) == 2
+        (0, 0, report.bytes_freed)
+    assert len(chunk_files(store)) == 3 and len(packs(store)) == 2
     assert store.blobs.read_bytes(lb) == common + b"b" * 2000
     assert check(store).clean
 
@@ -145,26 +168,31 @@ def test_gc_removes_orphan_chunks_and_counts_bytes(store: Store) -> None:
     data = data_of(40_000, 6)
     d = chunked_blob(store, data, cut(len(data), 10_000))   # named by no root
     keep = put_image(store, [b"kept layer"], tag="keep")
-    assert len(chunk_files(store)) == 4
+    assert len(chunk_files(store)) == 4 and len(packs(store)) == 1
+    idx = index_bytes(store)
     report = collect(store)
     assert str(d) in report.blobs_removed
-    assert (report.chunks_removed, report.chunk_bytes_freed) == (4, 40_000)
-    recipe_bytes = report.bytes_freed - 40_000
+    assert (report.chunks_removed, report.chunk_bytes_freed) == (4, 40_000 + idx)
+    recipe_bytes = report.bytes_freed - 40_000 - idx
     assert 0 < recipe_bytes < 1000       # the recipe itself, not the blob's logical size
     assert not chunk_files(store) and store.blobs.has(keep.layers[0])
-    assert list(store.blobs.chunks.recipes()) == []
+    assert list(store.blobs.chunks.recipes()) == [] and not packs(store)
+    assert not any((store.root / "packs").iterdir())
 
 
 def test_a_lease_keeps_a_chunk_a_planner_is_about_to_reuse(store: Store) -> None:
     data = data_of(20_000, 7)
     d = chunked_blob(store, data, [(0, 15_000), (15_000, 5_000)])
-    chunk = store.blobs.chunks.read_recipe(d).chunks[0][0]
+    chunk = store.blobs.chunks.read_recipe(d).chunks[1][0]
     with store.lease() as lease:
         lease.add(chunk)
         report = collect(store)
+        # the pack was three quarters dead: rewritten with the leased chunk alone
         assert str(d) in report.blobs_removed and report.chunks_removed == 1
-        assert store.blobs.chunks.has_chunk(chunk)
-    assert collect(store).chunks_removed == 1
+        assert store.blobs.chunks.has_chunk(chunk) and list(packs(store).values()) == [5_000]
+        with store.blobs.chunks.open_chunk(chunk) as r:
+            assert r.read() == data[15_000:]
+    assert collect(store).chunks_removed == 1 and not packs(store)
 
 
 def test_fsck_names_every_blob_using_a_damaged_chunk(store: Store, tmp_path: Path) -> None:
@@ -175,10 +203,7 @@ def test_fsck_names_every_blob_using_a_damaged_chunk(store: Store, tmp_path: Pat
     store.blobs.put_chunked(la, store.blobs.path(la), [(0, 30_000), (30_000, 500)])
     store.blobs.put_chunked(lb, store.blobs.path(lb), [(0, 700), (700, 30_000)])
     shared = Digest("sha256", hashlib.sha256(common).hexdigest())
-    path = store.blobs.chunks.chunk_path(shared)
-    damaged = bytearray(path.read_bytes())
-    damaged[12_345] ^= 0x01
-    path.write_bytes(bytes(damaged))
+    damage_chunk(store, shared, 12_345)
 
     report = check(store)
     assert report.chunks_checked == 3
@@ -204,7 +229,7 @@ def test_a_missing_chunk_is_one_clear_error(store: Store) -> None:
     data = data_of(9_000, 9)
     d = chunked_blob(store, data, cut(len(data), 3_000))
     gone = store.blobs.chunks.read_recipe(d).chunks[1][0]
-    store.blobs.chunks.chunk_path(gone).unlink()
+    store.blobs.chunks.forget_chunk(gone)
     with pytest.raises(IntegrityError, match=f"chunk {gone} is missing"):
         store.blobs.read_bytes(d)
     assert str(d) in check(store).corrupt
@@ -225,7 +250,8 @@ def test_bad_spans_and_wrong_content_name_nothing(store: Store, tmp_path: Path) 
         store.blobs.put_chunked(other, wrong, cut(10_000, 4_000))
     assert not store.blobs.has(other) and not ingest_names(store)
     assert store.blobs.read_bytes(d) == data
-    assert collect(store).chunks_removed == 3     # written, named by no recipe: gc's
+    # hashed before anything is written: nothing for gc either
+    assert not packs(store) and collect(store).chunks_removed == 0
 
 
 def test_put_chunked_is_idempotent_and_converts_a_whole_blob(store: Store) -> None:
@@ -251,6 +277,8 @@ def test_store_sink_publishes_as_chunks_when_given_spans(store: Store) -> None:
     sink._settle()
     assert store.blobs.chunks.has_recipe(desc.digest) and not store.blobs.path(desc.digest).exists()
     assert len(chunk_files(store)) == 4 and not ingest_names(store)
+    # the verified ingest file itself became the pack: one file, no copy
+    assert list(packs(store).values()) == [64_000]
     assert store.blobs.read_bytes(desc.digest) == data
     # a stream that lies is refused before any recipe exists
     bad = Descriptor(mt.OCI_LAYER, Digest.from_bytes(b"x" * 10), 10)
@@ -292,7 +320,8 @@ def stop(*args, **kw):
     sys.stdin.readline()         # "pause": go on when told
     write_recipe(*args, **kw)
 if stop_in == "commit":
-    chunks.ChunkStore._commit = stop
+    from lamina.store import packs
+    packs.PackWriter.commit = stop
 else:
     chunks.ChunkStore._write_recipe = stop
 spans = [(o, min(4000, 20000 - o)) for o in range(0, 20000, 4000)]
@@ -319,8 +348,9 @@ def test_killed_writer_leaves_a_consistent_store(store: Store, tmp_path: Path,
     assert not store.blobs.has(d)
     if stop_in == "recipe":
         assert len(chunk_files(store)) == 5 and not ingest_names(store)
+        idx = index_bytes(store)
     else:
-        assert not chunk_files(store) and len(ingest_names(store)) == 5
+        assert not chunk_files(store) and len(ingest_names(store)) == 1   # the pack
         old = time.time() - 3600   # gc leaves young ingest files alone (create-then-lock gap)
         for name in ingest_names(store):
             os.utime(store.root / "ingest" / name, (old, old))
@@ -329,10 +359,10 @@ def test_killed_writer_leaves_a_consistent_store(store: Store, tmp_path: Path,
     assert fsck["clean"] and fsck["chunks_checked"] == len(chunk_files(store))
     report = lam.run("gc", "--json").json()
     if stop_in == "recipe":
-        assert (report["chunks_removed"], report["chunk_bytes_freed"]) == (5, 20_000)
+        assert (report["chunks_removed"], report["chunk_bytes_freed"]) == (5, 20_000 + idx)
     else:
-        assert report["ingest_removed"] == 5 and report["bytes_freed"] == 20_000
-    assert not chunk_files(store) and not ingest_names(store)
+        assert report["ingest_removed"] == 1 and report["bytes_freed"] == 20_000
+    assert not chunk_files(store) and not ingest_names(store) and not packs(store)
     # and a retry completes
     store.blobs.put_chunked(d, src, cut(20_000, 4_000))
     assert store.blobs.read_bytes(d) == data

@@ -14,6 +14,9 @@ import json
 from typing import Any
 
 VERSION = "lamina-build-cache-v1"
+# The parent of a ``COPY --link`` step's key: no state below it, so the key (and the
+# layer) is the same over any base.
+LINK = hashlib.sha256(f"{VERSION}\nLINK".encode()).hexdigest()
 
 
 def base_key(identity: str) -> str:

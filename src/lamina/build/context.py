@@ -19,6 +19,9 @@ from lamina.build.ignore import IgnoreMatcher
 from lamina.errors import NotFound
 from lamina.pathmatch import glob_regex as _glob_regex
 
+# (the --exclude matcher, the path its patterns are relative to)
+_Excl = tuple[IgnoreMatcher | None, str]
+
 
 def has_magic(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
@@ -102,16 +105,20 @@ class SourceTree:
     def host_path(self, rel: str) -> Path:
         return self.root / rel if rel else self.root
 
-    def digest(self, rels: list[str]) -> str:
+    def digest(self, rels: list[str], exclude: IgnoreMatcher | None = None,
+               tops: list[str] | None = None) -> str:
         """sha256 over each source's subtree: names, types, modes, owners, link targets,
-        content.  Mtimes are left out on purpose."""
+        content.  Mtimes are left out on purpose.  What ``exclude`` (``COPY
+        --exclude``) matches below a source's top (the source itself, or ``tops``) is
+        left out too: it is not copied, so it must not change the key."""
         h = hashlib.sha256()
-        for rel in rels:
+        for i, rel in enumerate(rels):
             h.update(f"source {rel}\n".encode())
-            self._digest_one(h, rel, rel)
+            top = tops[i] if tops is not None else rel
+            self._digest_one(h, rel, rel, (exclude, top))
         return h.hexdigest()
 
-    def _digest_one(self, h: hashlib._Hash, rel: str, label: str) -> None:
+    def _digest_one(self, h: hashlib._Hash, rel: str, label: str, excl: _Excl) -> None:
         path = self.host_path(rel)
         st = os.lstat(path)
         h.update(f"{label}\0{stat.S_IFMT(st.st_mode)}\0{stat.S_IMODE(st.st_mode)}\0"
@@ -124,8 +131,15 @@ class SourceTree:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
         elif stat.S_ISDIR(st.st_mode):
+            matcher, top = excl
             for child in sorted(os.listdir(path)):
                 crel = f"{rel}/{child}" if rel else child
                 if self.skip(str(self.host_path(crel))):
                     continue
-                self._digest_one(h, crel, f"{label}/{child}")
+                if matcher is not None:
+                    below = posixpath.relpath(crel, top) if top else crel
+                    if matcher.matches(below) and not (
+                            stat.S_ISDIR(os.lstat(self.host_path(crel)).st_mode)
+                            and matcher.may_match_inside(below)):
+                        continue
+                self._digest_one(h, crel, f"{label}/{child}", excl)

@@ -10,6 +10,9 @@ the reference is silent:
 - exec form is a JSON array of strings; anything that is not valid JSON is shell form
   ("Shell and exec form"); a JSON array holding a non-string is an error;
 - ``--name=value`` flags at the start of the arguments, checked per instruction;
+- here-documents ("Here-Documents") after RUN, COPY and ADD in shell form: each
+  ``<<WORD`` in the line takes the lines after it up to ``WORD`` (BuildKit's
+  parser.go ``heredocsFromLine``); :class:`Heredoc` keeps the body as written;
 - every error names the file and line: ``Containerfile:7: unknown instruction: COPPY``.
 
 Arguments are kept as written: nothing is expanded here.  The executor expands with
@@ -23,24 +26,29 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from lamina.build.expand import expand
-from lamina.errors import InvalidInput, Unsupported
+from lamina.build.runmounts import parse_mount, parse_network
+from lamina.errors import InvalidInput
 
 __all__ = [
     "INSTRUCTIONS",
     "Containerfile",
     "Healthcheck",
+    "Heredoc",
     "Instruction",
     "Stage",
     "exec_or_shell",
     "healthcheck",
+    "heredoc_word",
     "parse",
     "parse_arg",
     "parse_args",
+    "check_checksum",
+    "parse_chmod",
     "parse_duration",
     "parse_instruction",
     "parse_key_values",
@@ -90,9 +98,35 @@ _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 _DIRECTIVES = frozenset({"escape", "syntax", "check"})
 # BuildKit's stage name rule ("FROM": AS name).
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9\-_.]*$")
-# A heredoc word ("Here-Documents"): <<EOF, <<-EOF, 2<<"EOF".
-_HEREDOC = re.compile(r"^\d*<<-?[^<]+$")
+# A heredoc word ("Here-Documents"): <<EOF, <<-EOF, 2<<"EOF", << EOF (BuildKit's
+# parser.go reHeredoc: optional fd digits, an optional "-", blanks, then the word).
+_HEREDOC = re.compile(r"^(\d*)<<(-?)\s*([^<]*)$")
+_HEREDOC_ABLE = frozenset({"RUN", "COPY", "ADD"})
 _BLANKS = re.compile(r"[\t\v\f\r ]+")
+
+
+@dataclass(frozen=True)
+class Heredoc:
+    """One here-document of an instruction ("Here-Documents").
+
+    ``content`` is the body exactly as written, each line with its ``\\n``, the
+    terminator line left out.  ``chomp`` is ``<<-`` (leading tabs are stripped from
+    the body where it is used, and from the terminator line when looking for it);
+    ``expand`` is False when any part of the word was quoted (``<<"EOF"``,
+    ``<<'EOF'``): COPY then writes the body without expanding ``$VAR``.
+    """
+
+    name: str
+    content: str
+    chomp: bool = False
+    expand: bool = True
+    fd: int = 0
+
+    @property
+    def body(self) -> str:
+        """The content as used: with ``<<-``, without the leading tabs of each line
+        (BuildKit's ``ChompHeredocContent``)."""
+        return re.sub(r"(?m)^\t+", "", self.content) if self.chomp else self.content
 
 
 @dataclass(frozen=True)
@@ -118,6 +152,8 @@ class Instruction:
     all_flags: tuple[tuple[str, str], ...] = ()
     # The file's escape character (``# escape=``), for splitting and expanding args.
     escape: str = "\\"
+    # The here-documents the line opens, in order (RUN, COPY, ADD in shell form).
+    heredocs: tuple[Heredoc, ...] = ()
 
     @property
     def location(self) -> str:
@@ -157,6 +193,9 @@ class Containerfile:
     # Things a user should hear about that are not errors (empty continuation lines,
     # MAINTAINER), one line each; the CLI prints them.
     warnings: tuple[str, ...] = field(default=())
+    # What lamina does differently from what the file asks, said once (a ``# syntax=``
+    # frontend it does not load); the CLI prints them on stderr.
+    notes: tuple[str, ...] = field(default=())
 
     def find_stage(self, name_or_index: str) -> Stage | None:
         """The stage named so (names are lower-case), else the one with that number."""
@@ -182,13 +221,17 @@ class Containerfile:
 class _Logical:
     text: str  # continuations joined, comment lines dropped
     line: int  # 1-based first line
+    heredocs: tuple[Heredoc, ...] = ()
 
 
-def _directives(lines: Sequence[str], path: str) -> str:
+def _directives(lines: Sequence[str], path: str, notes: list[str] | None = None) -> str:
     """The escape character from the parser directives at the top ("Parser directives").
 
     Directives end at the first line that is not one: an instruction, a blank line, a
-    plain comment or an unknown directive (which is then just a comment).
+    plain comment or an unknown directive (which is then just a comment).  ``syntax``
+    names a frontend image BuildKit would load to parse the file; lamina parses every
+    file itself, so it is accepted with a note in ``notes``.  ``check`` configures
+    BuildKit's linter, which lamina does not have: accepted silently.
     """
     escape = "\\"
     seen: set[str] = set()
@@ -206,6 +249,9 @@ def _directives(lines: Sequence[str], path: str) -> str:
                     f"{path}:{number}: invalid escape character {value!r}: use \\ or `"
                 )
             escape = value
+        elif key == "syntax" and notes is not None:
+            notes.append(f"{path}:{number}: note: ignoring '# syntax={value}': lamina parses "
+                         "the file with its own Dockerfile frontend")
     return escape
 
 
@@ -225,7 +271,8 @@ def _is_comment(raw: str) -> bool:
     return raw.lstrip().startswith("#")
 
 
-def _logical_lines(lines: Sequence[str], escape: str, warnings: list[str]) -> Iterator[_Logical]:
+def _logical_lines(lines: Sequence[str], escape: str, warnings: list[str],
+                   path: str = "Containerfile") -> Iterator[_Logical]:
     i = 0
     while i < len(lines):
         first = i + 1
@@ -249,7 +296,114 @@ def _logical_lines(lines: Sequence[str], escape: str, warnings: list[str]) -> It
             text += part
         if empty_line:
             warnings.append(f"line {first}: empty continuation line (Docker will refuse these)")
-        yield _Logical(text, first)
+        heredocs: list[Heredoc] = []
+        if "<<" in text and _may_hold_heredocs(text, escape):
+            # BuildKit (parser.go Parse): the bodies follow the whole logical line, one
+            # after the other in the order the words open them; body lines are raw
+            # (no comments, no continuations).
+            for fd, chomp, name, expand_body in _heredoc_words(text):
+                body: list[str] = []
+                while True:
+                    if i >= len(lines) or (i == len(lines) - 1 and not lines[i]):
+                        raise InvalidInput(f"{path}:{first}: unterminated heredoc: no line "
+                                           f"{name!r} ends the one opened here")
+                    raw = lines[i]
+                    i += 1
+                    if (raw.lstrip("\t") if chomp else raw) == name:
+                        break
+                    body.append(raw + "\n")
+                heredocs.append(Heredoc(name, "".join(body), chomp, expand_body, fd))
+        yield _Logical(text, first, tuple(heredocs))
+
+
+def _may_hold_heredocs(text: str, escape: str) -> bool:
+    """RUN, COPY, ADD (also as an ONBUILD trigger) in shell form (parser.go
+    ``canContainHeredoc``: not for the JSON form)."""
+    word, rest = _keyword(text.strip())
+    if word.upper() == "ONBUILD":
+        word, rest = _keyword(rest.strip())
+    if word.upper() not in _HEREDOC_ABLE:
+        return False
+    rest = _split_flags(rest, escape)[1].strip()
+    if rest.startswith("["):
+        try:
+            value, _ = json.JSONDecoder().raw_decode(rest)
+        except ValueError:
+            return True
+        return not isinstance(value, list)
+    return True
+
+
+def _heredoc_words(text: str) -> list[tuple[int, bool, str, bool]]:
+    """(fd, chomp, name, expand) for each heredoc word of a line, in order.  Words
+    split as BuildKit's ``heredocsFromLine`` does, always with ``\\`` as the escape."""
+    out = []
+    for word in _line_words(text, "\\"):
+        found = heredoc_word(word)
+        if found is not None:
+            out.append(found)
+    return out
+
+
+def _line_words(text: str, escape: str) -> list[str]:
+    """:func:`_words`, with ``<<`` and the blanks after it joined to the next word (the
+    lexer's ``processPossibleHeredoc``: ``<< EOF`` is one heredoc word)."""
+    words = _words(text, escape)
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if re.fullmatch(r"\d*<<", word) and i + 1 < len(words):
+            word = f"{word} {words[i + 1]}"
+            i += 1
+        out.append(word)
+        i += 1
+    return out
+
+
+def heredoc_word(word: str) -> tuple[int, bool, str, bool] | None:
+    """``(fd, chomp, name, expand)`` if ``word`` opens a heredoc (``<<EOF``,
+    ``<<-"EOF"``, ``3<<EOF``), else None (BuildKit's ``ParseHeredoc``).  ``name`` has
+    its quotes removed; ``expand`` is False if any part of it was quoted."""
+    m = _HEREDOC.match(word)
+    if not m or not m.group(3):
+        return None
+    name, quoted = _unquote(m.group(3))
+    if name is None:
+        return None
+    return int(m.group(1) or 0), m.group(2) == "-", name, not quoted
+
+
+def _unquote(word: str) -> tuple[str | None, bool]:
+    """The one word ``word`` stands for, quotes and escapes removed, and whether a quote
+    was removed; (None, False) when it is not exactly one non-empty word."""
+    out: list[str] = []
+    quote = ""
+    quoted = False
+    pos = 0
+    while pos < len(word):
+        ch = word[pos]
+        pos += 1
+        if quote:
+            if ch == quote:
+                quote = ""
+            elif ch == "\\" and quote == '"' and pos < len(word) and word[pos] in '"\\$':
+                out.append(word[pos])
+                pos += 1
+            else:
+                out.append(ch)
+        elif ch in "'\"":
+            quote, quoted = ch, True
+        elif ch == "\\" and pos < len(word):
+            out.append(word[pos])
+            pos += 1
+        elif ch.isspace():
+            return None, False
+        else:
+            out.append(ch)
+    if quote or not out:
+        return None, False
+    return "".join(out), quoted
 
 
 # --- one instruction ----------------------------------------------------------------
@@ -380,18 +534,12 @@ def _words(text: str, escape: str) -> list[str]:
     return words
 
 
-def _check_heredoc(cmd: str, rest: str, ctx: _Context) -> None:
-    # "Here-Documents" are for RUN, COPY and ADD in shell form.
-    if cmd in ("RUN", "COPY", "ADD") and any(_HEREDOC.match(w) for w in _words(rest, ctx.escape)):
-        raise Unsupported(f"{ctx.path}:{ctx.line}: heredocs (<<EOF) are not supported yet")
-
-
 def _suggest(word: str) -> str:
     close = difflib.get_close_matches(word.upper(), sorted(INSTRUCTIONS), n=1, cutoff=0.75)
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _instruction(text: str, ctx: _Context) -> Instruction:
+def _instruction(text: str, ctx: _Context, heredocs: tuple[Heredoc, ...] = ()) -> Instruction:
     stripped = text.strip()
     word, rest = _keyword(stripped)
     cmd = word.upper()
@@ -406,12 +554,11 @@ def _instruction(text: str, ctx: _Context) -> Instruction:
         array = _json_args(rest, cmd, ctx)
         if array is not None:
             args, json_form = tuple(array), True
-        else:
-            _check_heredoc(cmd, rest, ctx)
     elif cmd == "HEALTHCHECK":
         args, json_form = _healthcheck_args(rest, bool(raw_flags), ctx)
     elif cmd == "ONBUILD":
-        args = (_onbuild_trigger(text, rest, ctx),)
+        args = (_onbuild_trigger(text, rest, ctx, heredocs),)
+        heredocs = ()
     ins = Instruction(
         cmd=cmd,
         args=args,
@@ -422,6 +569,7 @@ def _instruction(text: str, ctx: _Context) -> Instruction:
         path=ctx.path,
         all_flags=all_flags,
         escape=ctx.escape,
+        heredocs=heredocs if cmd in _HEREDOC_ABLE and not json_form else (),
     )
     _validate(ins, ctx)
     return ins
@@ -454,7 +602,7 @@ def _healthcheck_args(rest: str, has_flags: bool, ctx: _Context) -> tuple[tuple[
     return ("CMD", command), False
 
 
-def _onbuild_trigger(text: str, rest: str, ctx: _Context) -> str:
+def _onbuild_trigger(text: str, rest: str, ctx: _Context, heredocs: tuple[Heredoc, ...]) -> str:
     # "ONBUILD": any instruction but ONBUILD itself, FROM and MAINTAINER.
     if not rest:
         raise ctx.error("ONBUILD needs an instruction to run in the child build")
@@ -464,7 +612,11 @@ def _onbuild_trigger(text: str, rest: str, ctx: _Context) -> str:
         raise ctx.error("chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")
     if nested in ("FROM", "MAINTAINER"):
         raise ctx.error(f"{nested} isn't allowed as an ONBUILD trigger")
-    _instruction(trigger, ctx)
+    _instruction(trigger, ctx, heredocs)
+    # The trigger keeps its here-documents as written, each body then its terminator
+    # (BuildKit instructions/parse.go parseOnBuild), so that it parses again as it was.
+    for doc in heredocs:
+        trigger += f"\n{doc.content}{doc.name}"
     return trigger
 
 
@@ -478,8 +630,12 @@ def _validate(ins: Instruction, ctx: _Context) -> None:
     elif cmd == "ARG":
         _arg_words(ins)
     elif cmd in ("COPY", "ADD"):
-        if len(split_words(ins)) < 2:
+        words = split_words(ins)
+        if len(words) < 2:
             raise ctx.error(f"{cmd} needs a source and a destination")
+        if not ins.json_form and heredoc_word(words[-1]) is not None:
+            raise ctx.error(f"{cmd} cannot accept a heredoc as a destination")
+        _copy_flags(ins, ctx)
     elif cmd == "FROM":
         _from_words(ins, ctx)
     elif cmd == "SHELL":
@@ -497,6 +653,55 @@ def _validate(ins: Instruction, ctx: _Context) -> None:
         raise ctx.error("VOLUME can not be an empty string")
     if cmd == "HEALTHCHECK":
         healthcheck(ins)
+    if cmd == "RUN":
+        _run_flags(ins, ctx)
+
+
+def _run_flags(ins: Instruction, ctx: _Context) -> None:
+    """RUN's --mount and --network, checked now so that a typo fails before any step
+    runs; a value holding a variable is checked by the executor once expanded."""
+    try:
+        for text in ins.flag_values("mount"):
+            if "$" not in text:
+                parse_mount(text)
+        network = ins.flags.get("network")
+        if network is not None and "$" not in network:
+            parse_network(network)
+    except InvalidInput as err:
+        raise ctx.error(err.message) from None
+
+
+def _copy_flags(ins: Instruction, ctx: _Context) -> None:
+    """COPY/ADD flag values that are wrong whatever the build: refused before anything
+    is built (BuildKit checks them when it converts the file, before it solves)."""
+    # A value holding $ is checked after expansion, by the executor.
+    chmod = ins.flags.get("chmod")
+    if chmod is not None and "$" not in chmod and parse_chmod(chmod) is None:
+        raise ctx.error(f"invalid --chmod={chmod}: an octal mode from 0 to 7777 expected")
+    checksum = ins.flags.get("checksum")
+    if checksum is not None and "$" not in checksum:
+        check_checksum(checksum, ctx.error)
+
+
+def check_checksum(value: str, error: Callable[[str], InvalidInput]) -> None:
+    """ADD --checksum: a digest BuildKit's ``digest.Parse`` takes, or a git commit."""
+    if not _CHECKSUM.fullmatch(value):
+        raise error(f"invalid --checksum={value}: sha256:<64 hex digits> (or a git commit) "
+                    "expected")
+
+
+# A git commit may be given by a prefix of 7 or more hex digits.
+_CHECKSUM = re.compile(r"sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128}"
+                       r"|[0-9a-f]{7,40}")
+
+
+def parse_chmod(text: str) -> int | None:
+    """An octal ``--chmod`` value (0 to 07777, BuildKit's range), or None if it is not
+    one.  A ``$VAR`` in it is expanded first by the caller."""
+    if not re.fullmatch(r"[0-7]{1,5}", text):
+        return None
+    mode = int(text, 8)
+    return mode if mode <= 0o7777 else None
 
 
 def _from_words(ins: Instruction, ctx: _Context) -> tuple[str, str | None]:
@@ -520,18 +725,23 @@ def _from_words(ins: Instruction, ctx: _Context) -> tuple[str, str | None]:
 def parse_instruction(
     text: str, path: str = "Containerfile", line: int = 1, escape: str = "\\"
 ) -> Instruction:
-    """One instruction from its text, e.g. an ONBUILD trigger run in a child build."""
+    """One instruction from its text, e.g. an ONBUILD trigger run in a child build (its
+    here-documents, if any, on the lines after it, as ONBUILD keeps them)."""
     ctx = _Context(path, line, escape, [])
     if not text.strip():
         raise ctx.error("empty instruction")
-    return _instruction(text, ctx)
+    logical = list(_logical_lines(text.split("\n"), escape, [], path))
+    if len(logical) != 1:
+        raise ctx.error("expected one instruction")
+    return _instruction(logical[0].text, ctx, logical[0].heredocs)
 
 
 def parse(text: str, path: str = "Containerfile") -> Containerfile:
     """Parse a Containerfile; :class:`InvalidInput` naming file and line if it is bad."""
     text = text.removeprefix("\ufeff")
     lines = [raw.rstrip("\r\n") for raw in text.split("\n")]
-    escape = _directives(lines, path)
+    notes: list[str] = []
+    escape = _directives(lines, path, notes)
     warnings: list[str] = []
     global_args: list[Instruction] = []
     stages: list[Stage] = []
@@ -546,9 +756,9 @@ def parse(text: str, path: str = "Containerfile") -> Containerfile:
         stages.append(Stage(len(stages), name, base, platform, head, tuple(current)))
 
     names: dict[str, int] = {}
-    for logical in _logical_lines(lines, escape, warnings):
+    for logical in _logical_lines(lines, escape, warnings, path):
         ctx = _Context(path, logical.line, escape, warnings)
-        ins = _instruction(logical.text, ctx)
+        ins = _instruction(logical.text, ctx, logical.heredocs)
         if ins.cmd == "FROM":
             close_stage()
             head, current = ins, []
@@ -575,6 +785,7 @@ def parse(text: str, path: str = "Containerfile") -> Containerfile:
         global_args=tuple(global_args),
         stages=tuple(stages),
         warnings=tuple(f"{path}: {w}" for w in warnings),
+        notes=tuple(notes),
     )
 
 
@@ -591,6 +802,8 @@ def split_words(ins: Instruction) -> list[str]:
     """
     if ins.json_form:
         return list(ins.args)
+    if ins.heredocs:
+        return _line_words(ins.args[0], ins.escape)
     return _words(ins.args[0], ins.escape)
 
 

@@ -26,22 +26,37 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lamina.build import cache as cachekeys
+from lamina.build import stepmounts
+from lamina.build.buildsecrets import SecretSource, SSHSource
 from lamina.build.context import SourceTree
+from lamina.build.copyplan import CopyRequest, plan_copy
 from lamina.build.dockerfile import (
     Containerfile,
     Instruction,
     Stage,
+    check_checksum,
     exec_or_shell,
     healthcheck,
+    heredoc_word,
     parse,
     parse_args,
+    parse_chmod,
     parse_key_values,
     split_words,
 )
 from lamina.build.expand import expand, expand_words
-from lamina.build.fsops import CopyAttrs, add_into, container_path, copy_into, lookup_owner
+from lamina.build.fsops import container_path
+from lamina.build.heredoc import PIPES, inline_sources, run_command
+from lamina.build.runmounts import MountSpec, parse_mount, parse_network
 from lamina.digest import Digest
-from lamina.errors import InvalidInput, LaminaError, NotFound, Unsupported
+from lamina.errors import (
+    IntegrityError,
+    InvalidInput,
+    LaminaError,
+    NotFound,
+    TransportError,
+    Unsupported,
+)
 from lamina.image import mediatypes as mt
 from lamina.image.config import History, build_config, rfc3339
 from lamina.image.manifest import (
@@ -101,6 +116,9 @@ class BuildOptions:
     snapshotter: Literal["auto", "overlay", "walk"] = "auto"
     network: Literal["none", "host"] = "none"
     on_event: Callable[[BuildEvent], None] | None = None
+    # RUN --mount=type=secret / type=ssh, by id (build/buildsecrets.py)
+    secrets: Mapping[str, SecretSource] = field(default_factory=dict)
+    ssh: Mapping[str, SSHSource] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -211,6 +229,8 @@ class _Builder:
         except (UnicodeDecodeError, IsADirectoryError) as e:
             raise InvalidInput(f"{path}: cannot read: {e}") from None
         self.file = parse(text, str(path.name))
+        for note in self.file.notes:
+            self.emit("note", note)
         for warning in self.file.warnings:
             self.emit("warning", f"[Warning] {warning}")
         self.context = SourceTree.for_context(opts.context, path)
@@ -277,8 +297,7 @@ class _Builder:
             if dep is not None and dep.index < stage.index:
                 visit(dep)
             for ins in stage.instructions:
-                src = ins.flags.get("from")
-                if ins.cmd in ("COPY", "ADD") and src is not None:
+                for src in self._from_flags(ins):
                     dep = self._stage_ref(src)
                     if dep is not None:
                         if dep.index >= stage.index:
@@ -288,6 +307,23 @@ class _Builder:
 
         visit(target)
         return sorted(needed)
+
+    def _from_flags(self, ins: Instruction) -> list[str]:
+        """The stages or images an instruction reads: COPY/ADD --from, and the ``from``
+        of RUN's mounts (expanded with the global ARGs; a bad mount fails later, at
+        its step)."""
+        if ins.cmd in ("COPY", "ADD") and "from" in ins.flags:
+            return [ins.flags["from"]]
+        if ins.cmd != "RUN":
+            return []
+        found = []
+        for text in ins.flag_values("mount"):
+            with contextlib.suppress(LaminaError):
+                spec = parse_mount(text, lambda v: expand(v, self.global_args,
+                                                          self.file.escape))  # type: ignore[union-attr]
+                if spec.from_:
+                    found.append(spec.from_)
+        return found
 
     # -- one stage ----------------------------------------------------------------------
     def _next_step(self, ins: Instruction) -> None:
@@ -306,6 +342,12 @@ class _Builder:
                 self._instruction(state, ins)
             except BuildError:
                 raise
+            except (TransportError, IntegrityError, Unsupported) as e:
+                # Not the Containerfile's fault (a server, the bytes it sent, a missing
+                # tool): the error keeps its kind, and says which step met it.
+                if e.message.startswith(f"{ins.path}:"):
+                    raise
+                raise e.context(f"{ins.location}: {ins.cmd}") from None
             except LaminaError as e:
                 raise self.fail(ins, e.message) from None
         return state
@@ -508,8 +550,8 @@ class _Builder:
         return ResolvedImage(manifest.descriptor(), manifest, config)
 
     @contextlib.contextmanager
-    def _rootfs(self, state: _State) -> Iterator[Rootfs]:
-        rootfs = open_rootfs(self.store, self.source, self._image_now(state),
+    def _rootfs(self, state: _State, empty: bool = False) -> Iterator[Rootfs]:
+        rootfs = open_rootfs(self.store, self.source, None if empty else self._image_now(state),
                              self.opts.snapshotter)
         try:
             if state.pending_workdir:
@@ -546,10 +588,15 @@ class _Builder:
 
     def _layer_step(self, state: _State, ins: Instruction, created_by: str,
                     material: Mapping[str, Any],
-                    work: Callable[[Rootfs], None]) -> None:
-        key = cachekeys.step_key(state.key, {"ins": ins.cmd, **material,
-                                             "workdir_pending": state.pending_workdir,
-                                             "compression": self.opts.compression})
+                    work: Callable[[Rootfs], None], link: bool = False) -> None:
+        """One layer-making step.  ``link`` (``COPY --link``): the work is done in an
+        empty root filesystem, not over the layers below, and the cache key leaves the
+        state below out, so a changed base keeps this layer and its cache entry
+        (BuildKit: a copy onto scratch, merged with MergeOp)."""
+        key = cachekeys.step_key(cachekeys.LINK if link else state.key,
+                                 {"ins": ins.cmd, **material,
+                                  "workdir_pending": state.pending_workdir,
+                                  "compression": self.opts.compression})
         rec = self._cached(key)
         if rec is not None:
             desc = Descriptor(rec.media_type, Digest.parse(rec.layer), rec.size,
@@ -560,7 +607,7 @@ class _Builder:
             self.emit("cache", "---> Using cache")
         else:
             media_type = mt.layer_media_type(self.opts.compression)
-            with self._rootfs(state) as rootfs:
+            with self._rootfs(state, empty=link) as rootfs:
                 work(rootfs)
                 # The changeset reads file contents from the rootfs: write the layer
                 # before it is unmounted.
@@ -576,7 +623,8 @@ class _Builder:
                                                   self.now))
             made = self.now
             self.new_layers += 1
-        state.key = key
+        # After a linked layer the state still depends on everything below it.
+        state.key = cachekeys.step_key(state.key, {"link": key}) if link else key
         state.pending_workdir = None
         state.layers.append(desc)
         state.diff_ids.append(diff_id)
@@ -586,30 +634,73 @@ class _Builder:
                   digest=str(desc.digest), size=desc.size)
 
     def _do_run(self, state: _State, ins: Instruction) -> None:
-        unsupported = set(ins.flags) - {"network"}
+        unsupported = set(ins.flags) - {"network", "mount"}
         if unsupported:
             raise Unsupported(f"RUN --{sorted(unsupported)[0]} is not supported yet")
-        network = ins.flags.get("network", self.opts.network)
+        # "RUN --network": default is the build's own (--network of lamina build).
+        network = parse_network(self._x(state, ins.flags.get("network", "default")))
         if network == "default":
             network = self.opts.network
-        if network not in ("none", "host"):
-            raise self.fail(ins, f"unsupported network mode {network!r} (none or host)")
         argv = exec_or_shell(ins, state.shell)
+        mounts: tuple[tuple[Path, str, bool], ...] = ()
+        script = None
+        if ins.heredocs:
+            command = run_command(ins, state.shell)
+            argv, script = command.argv, command.script
         # Build args are in RUN's environment (not the image's): reference "ARG".
         env = {**state.args, **state.env}
         user = str(state.config.get("User") or "0:0")
         workdir = state.workdir
+        specs = self._mounts(state, ins, workdir)
+        sources = self._mount_sources(state, ins)
         created_by = "RUN " + (_json(argv) if ins.json_form else " ".join(argv))
         material = {"argv": argv, "env": sorted(env.items()), "user": user,
                     "workdir": workdir, "network": network}
+        if specs:
+            # The mounts' specifications and bound content; never a secret's bytes nor
+            # a cache mount's files (build/stepmounts.py).
+            material["mounts"] = stepmounts.key_material(specs, sources)
+        if script is not None:
+            # A heredoc script is not in argv: its bytes are (reference: the heredoc's
+            # content is part of the instruction).
+            material["script"] = [script.name, script.digest]
+            host = script.write(self.tmp / f"heredoc-{self.step}", self.epoch or self.now)
+            mounts = ((host, f"{PIPES}/{script.name}", True),)
 
         def work(rootfs: Rootfs) -> None:
-            self._run_process(ins, rootfs, argv, env, user, workdir, network)
+            with stepmounts.prepare(specs, sources) as prepared:
+                self._run_process(ins, rootfs, argv, {**env, **prepared.env}, user, workdir,
+                                  network, (*mounts, *prepared.binds), tuple(prepared.tmpfs))
 
         self._layer_step(state, ins, created_by, material, work)
 
+    def _mounts(self, state: _State, ins: Instruction, workdir: str) -> list[MountSpec]:
+        specs: list[MountSpec] = []
+        ssh = 0
+        for text in ins.flag_values("mount"):
+            spec = parse_mount(text, lambda v: self._x(state, v), ssh)
+            ssh += spec.type == "ssh"
+            specs.append(spec)
+        return stepmounts.absolute(specs, workdir)
+
+    def _mount_sources(self, state: _State, ins: Instruction) -> stepmounts.MountSources:
+        trees: dict[str, SourceTree] = {}
+
+        def tree(name: str) -> SourceTree:
+            # Once per step: an image's root is unpacked anew by each _tree_from.
+            if name not in trees:
+                trees[name] = self._tree_from(state, ins, name)
+            return trees[name]
+
+        return stepmounts.MountSources(
+            store_root=self.store.root, scratch=self.tmp, tree=tree,
+            secrets=self.opts.secrets, ssh=self.opts.ssh,
+            on_wait=lambda message: self.emit("warning", message))
+
     def _run_process(self, ins: Instruction, rootfs: Rootfs, argv: list[str],
-                     env: dict[str, str], user: str, workdir: str, network: str) -> None:
+                     env: dict[str, str], user: str, workdir: str, network: str,
+                     mounts: tuple[tuple[Path, str, bool], ...] = (),
+                     tmpfs: tuple[tuple[str, int | None, int], ...] = ()) -> None:
         tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL)
         read_fd, write_fd = os.pipe()
 
@@ -624,6 +715,7 @@ class _Builder:
         reader.start()
         try:
             spec = ProcessSpec(rootfs=rootfs.path, argv=argv, env=env, cwd=workdir, user=user,
+                               mounts=mounts, tmpfs=tmpfs,
                                network=network)  # type: ignore[arg-type]
             devnull = os.open(os.devnull, os.O_RDONLY)
             try:
@@ -638,17 +730,12 @@ class _Builder:
             raise self.fail(ins, f"{_json(argv)} returned a non-zero code: {status}"
                             + (f"; last output:\n{last}" if last else ""))
 
-    def _copy_sources(self, state: _State, ins: Instruction) -> tuple[SourceTree, list[str]]:
-        # BuildKit expands each word on its own (a value with spaces stays one path).
-        words = [self._x(state, w) for w in split_words(ins)]
-        if len(words) < 2:
-            raise self.fail(ins, "requires at least two arguments: source(s) and destination")
-        tree = self._source_tree(state, ins)
-        return tree, words
-
     def _source_tree(self, state: _State, ins: Instruction) -> SourceTree:
-        src = ins.flags.get("from")
-        if src is None:
+        return self._tree_from(state, ins, ins.flags.get("from", ""))
+
+    def _tree_from(self, state: _State, ins: Instruction, src: str) -> SourceTree:
+        """The context (``src`` empty), or the root of a stage or image."""
+        if not src:
             assert self.context is not None
             return self.context
         src = self._x(state, src)
@@ -678,44 +765,58 @@ class _Builder:
         return root
 
     def _copy_like(self, state: _State, ins: Instruction, add: bool) -> None:
-        # --link changes how BuildKit stores a layer, not what is in it: accepted.
-        allowed = {"from", "chown", "chmod", "link"} if not add else {"chown", "chmod", "link"}
+        allowed = ({"chown", "chmod", "link", "checksum", "keep-git-dir", "exclude"} if add
+                   else {"from", "chown", "chmod", "link", "parents", "exclude"})
         unsupported = set(ins.flags) - allowed
         if unsupported:
             raise Unsupported(f"{ins.cmd} --{sorted(unsupported)[0]} is not supported yet")
-        tree, words = self._copy_sources(state, ins)
-        *srcs, dest_word = words
-        if add and any("://" in s for s in srcs):
-            raise Unsupported("ADD from a URL is not supported (no network during builds)")
-        rels: list[str] = []
-        for s in srcs:
-            rels.extend(tree.match(s))
-        dest = container_path(state.workdir, dest_word)
-        chown = self._x(state, ins.flags["chown"]) if "chown" in ins.flags else None
-        chmod_text = ins.flags.get("chmod")
-        chmod = None
-        if chmod_text is not None:
-            try:
-                chmod = int(chmod_text, 8)
-            except ValueError:
-                raise self.fail(ins, f"invalid --chmod {chmod_text!r}: octal expected") from None
-        digest = tree.digest(rels)
-        source_id = ins.flags.get("from") or "context"
+        req = self._copy_request(state, ins)
+        plan = plan_copy(req, lambda: self._source_tree(state, ins),
+                         self.tmp / f"copy-{self.step}", self.epoch or self.now)
+        dest = container_path(state.workdir, req.dest_word)
+        material = {"dest": dest, **plan.material}
+        link = ins.flags.get("link") == "true"
+        if link and req.chmod is not None:
+            # BuildKit links a COPY only without --chmod (convert_copy.go: `cfg.link &&
+            # cfg.chmod == ""`); with it the copy is made over the layers below.
+            link = False
         created_by = f"{ins.cmd} " + " ".join(
-            [f"--{k}={v}" for k, v in ins.all_flags] + [*srcs, dest_word])
-        material = {"sources": rels, "from": source_id, "digest": digest, "dest": dest,
-                    "chown": chown, "chmod": chmod_text}
+            [f"--{k}" if k in ("link", "parents") and v == "true" else f"--{k}={v}"
+             for k, v in ins.all_flags]
+            + plan.shown + [req.dest_word])
 
         def work(rootfs: Rootfs) -> None:
-            owner = lookup_owner(rootfs.path, chown) if chown else None
-            attrs = CopyAttrs(owner, chmod)
-            hosts = [tree.host_path(r) for r in rels]
-            if add:
-                add_into(rootfs.path, hosts, dest, attrs, tree.skip)
-            else:
-                copy_into(rootfs.path, hosts, dest, attrs, tree.skip)
+            plan.copy(rootfs.path, dest)
 
-        self._layer_step(state, ins, created_by, material, work)
+        self._layer_step(state, ins, created_by, material, work, link=link)
+
+    def _copy_request(self, state: _State, ins: Instruction) -> CopyRequest:
+        """COPY/ADD's words and flags, expanded (BuildKit expands each word on its own: a
+        value with spaces stays one path); heredoc words become inline files."""
+        words = split_words(ins)
+        if len(words) < 2:
+            raise self.fail(ins, "requires at least two arguments: source(s) and destination")
+        *srcs, dest = words
+        inline = inline_sources(ins, srcs, state.expand_env) if ins.heredocs else []
+        paths = [self._x(state, w) for w in srcs
+                 if ins.json_form or not ins.heredocs or heredoc_word(w) is None]
+        flags = {k: self._x(state, v) for k, v in ins.flags.items()}
+        chmod = None
+        if "chmod" in flags:
+            chmod = parse_chmod(flags["chmod"])
+            if chmod is None:
+                raise self.fail(ins, f"invalid --chmod={flags['chmod']}: an octal mode from "
+                                "0 to 7777 expected")
+        if "checksum" in flags:
+            check_checksum(flags["checksum"], lambda why: self.fail(ins, why))
+        keep = flags.get("keep-git-dir")
+        return CopyRequest(
+            cmd=ins.cmd, sources=paths, inline=inline, dest_word=self._x(state, dest),
+            chown=flags.get("chown"), chmod=chmod,
+            excludes=[self._x(state, v) for v in ins.flag_values("exclude")],
+            parents=flags.get("parents") == "true", checksum=flags.get("checksum"),
+            keep_git_dir=None if keep is None else keep == "true",
+            source_id=flags.get("from", "context"))
 
     def _do_copy(self, state: _State, ins: Instruction) -> None:
         self._copy_like(state, ins, add=False)

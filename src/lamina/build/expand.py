@@ -38,7 +38,7 @@ from collections.abc import Mapping
 
 from lamina.errors import InvalidInput
 
-__all__ = ["expand", "expand_words"]
+__all__ = ["expand", "expand_heredoc", "expand_words"]
 
 # POSIX special parameters (XCU 2.5.2); BuildKit reads them as one-character names.
 _SPECIAL = frozenset("@*#?-$!0")
@@ -50,6 +50,13 @@ def expand(word: str, env: Mapping[str, str], escape: str = "\\") -> str:
     Whitespace is kept as written: ``/my  dir`` stays one value (BuildKit ProcessWord).
     """
     return _Lexer(word, env, escape).run().text()
+
+
+def expand_heredoc(body: str, env: Mapping[str, str]) -> str:
+    """A COPY here-document's body with ``$VAR`` expanded: quotes are plain characters
+    and ``\\`` escapes the next one (BuildKit dispatch ``ExpandRaw``: a lexer with
+    ``SkipProcessQuotes`` and the default escape, whatever ``# escape=`` says)."""
+    return _Lexer(body, env, "\\", quotes=False).run().text()
 
 
 def expand_words(text: str, env: Mapping[str, str], escape: str = "\\") -> list[str]:
@@ -107,9 +114,11 @@ class _Result:
 
 
 class _Lexer:
-    def __init__(self, source: str, env: Mapping[str, str], escape: str) -> None:
+    def __init__(self, source: str, env: Mapping[str, str], escape: str,
+                 quotes: bool = True) -> None:
         if escape not in ("\\", "`"):
             raise ValueError(f"escape must be \\ or `, not {escape!r}")
+        self.quotes = quotes
         self.src = source
         self.env = env
         self.esc = escape
@@ -134,9 +143,9 @@ class _Lexer:
             if stop and ch == stop:
                 self.pos += 1
                 return out
-            if ch == "'":
+            if ch == "'" and self.quotes:
                 out.raw(self.single_quoted())
-            elif ch == '"':
+            elif ch == '"' and self.quotes:
                 out.raw(self.double_quoted())
             elif ch == "$":
                 out.expansion(self.dollar())

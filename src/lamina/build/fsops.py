@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from lamina.build.ignore import IgnoreMatcher
 from lamina.errors import InvalidInput, NotFound
 from lamina.layer import ApplyOptions, apply_layer
 from lamina.run.sandbox import resolve_in_root as sandbox_resolve
 
 
 def resolve_in_root(root: Path, path: str, create_dirs: bool = False,
-                    follow_last: bool = True, owner: Owner | None = None) -> Path:
+                    follow_last: bool = True, owner: Owner | None = None,
+                    mode: int | None = None) -> Path:
     """The host path of container ``path`` under ``root``, symlinks followed inside the
     root only (run.sandbox.resolve_in_root: the process's view).  ``create_dirs`` makes
     the missing parent directories (0755 whatever the umask, owned by ``owner``, else
@@ -39,7 +41,7 @@ def resolve_in_root(root: Path, path: str, create_dirs: bool = False,
             current = current / part
             try:
                 os.mkdir(current, 0o755)
-                _made_dir(current, owner)
+                _made_dir(current, owner, mode)
             except FileExistsError:
                 if not current.is_dir():
                     raise InvalidInput(f"{path}: {current.relative_to(root)} is not a "
@@ -56,18 +58,19 @@ class Owner:
     gid: int
 
 
-def _made_dir(path: Path, owner: Owner | None) -> None:
+def _made_dir(path: Path, owner: Owner | None, mode: int | None = None) -> None:
     """A directory COPY/ADD had to create for its destination (missing parents, or the
-    destination itself): 0755, owned by the ``--chown`` user when there is one, as
-    BuildKit makes it (tonistiigi/fsutil copy/mkdir.go ``MkdirAll`` chowns each directory
-    it creates; copy.go ``Copy``/``prepareTargetDir`` call it for the destination's
-    parents and for a directory's destination)."""
-    os.chmod(path, 0o755)
+    destination itself): 0755 (the ``--chmod`` mode if given), owned by the ``--chown``
+    user when there is one, as BuildKit makes it (tonistiigi/fsutil copy/mkdir.go
+    ``MkdirAll`` chowns each directory it creates; copy.go ``Copy``/``prepareTargetDir``
+    call it for the destination's parents and for a directory's destination, with
+    ``CopyInfo.Mode`` as the permission when set)."""
+    os.chmod(path, 0o755 if mode is None else mode)
     if owner is not None and os.geteuid() == 0:
         os.lchown(path, owner.uid, owner.gid)
 
 
-def _ensure_dir(path: Path, owner: Owner | None) -> None:
+def _ensure_dir(path: Path, owner: Owner | None, mode: int | None = None) -> None:
     """``path`` (its parent exists) as a directory, made as ``_made_dir`` says if missing."""
     try:
         os.mkdir(path, 0o755)
@@ -76,7 +79,7 @@ def _ensure_dir(path: Path, owner: Owner | None) -> None:
             raise InvalidInput(f"cannot copy into {path.name}: it is not a directory in the "
                                "image") from None
         return
-    _made_dir(path, owner)
+    _made_dir(path, owner, mode)
 
 
 def _read_db(root: Path, name: str) -> list[list[str]]:
@@ -182,31 +185,83 @@ def _copy_entry(src: str, dst: str, attrs: CopyAttrs, skip: Skip = _never) -> No
     # sockets, fifos and devices in a build context are skipped, as Docker does
 
 
+def excluding(skip: Skip, exclude: IgnoreMatcher | None, top: Path) -> Skip:
+    """``skip``, and also what ``COPY --exclude`` patterns match, relative to the source
+    ``top`` (fsutil copy.go matches them against the path below the source; the source
+    itself is never excluded).  An excluded directory that a ``!`` pattern may reach into
+    is walked, as fsutil does."""
+    if exclude is None:
+        return skip
+    base = os.fspath(top)
+
+    def check(host: str) -> bool:
+        if skip(host):
+            return True
+        rel = os.path.relpath(host, base)
+        if rel == "." or rel.startswith("../") or not exclude.matches(rel):
+            return False
+        return not (os.path.isdir(host) and not os.path.islink(host)
+                    and exclude.may_match_inside(rel))
+
+    return check
+
+
 def copy_into(root: Path, sources: list[Path], dest: str, attrs: CopyAttrs,
-              skip: Skip = _never) -> None:
+              skip: Skip = _never, exclude: IgnoreMatcher | None = None) -> None:
     """Docker's COPY placement rules (Dockerfile reference, "COPY"):
     a directory source copies its *contents*; with several sources, or a destination
     ending in ``/``, or an existing directory, files land inside ``dest``; otherwise a
     single file source becomes ``dest``."""
     dest_is_dir = dest.endswith("/") or len(sources) > 1
-    target = resolve_in_root(root, dest, create_dirs=True, owner=attrs.owner)
+    target = resolve_in_root(root, dest, create_dirs=True, owner=attrs.owner,
+                             mode=attrs.mode)
     if not dest_is_dir and target.is_dir() and not sources[0].is_dir():
         dest_is_dir = True
     if len(sources) > 1 and not dest.endswith("/"):
         raise InvalidInput(f"when using COPY with more than one source file, the destination "
                            f"must be a directory and end with a /: {dest}")
     for src in sources:
+        skip_src = excluding(skip, exclude, src)
         if src.is_dir() and not src.is_symlink():
-            _ensure_dir(target, attrs.owner)
+            _ensure_dir(target, attrs.owner, attrs.mode)
             with os.scandir(src) as it:
                 for entry in sorted(it, key=lambda e: e.name):
-                    _copy_entry(entry.path, str(target / entry.name), attrs, skip)
+                    _copy_entry(entry.path, str(target / entry.name), attrs, skip_src)
             continue
         if dest_is_dir:
-            _ensure_dir(target, attrs.owner)
-            _copy_entry(str(src), str(target / src.name), attrs, skip)
+            _ensure_dir(target, attrs.owner, attrs.mode)
+            _copy_entry(str(src), str(target / src.name), attrs, skip_src)
         else:
-            _copy_entry(str(src), str(target), attrs, skip)
+            _copy_entry(str(src), str(target), attrs, skip_src)
+
+
+def copy_parents(root: Path, base: Path, rels: list[str], dest: str, attrs: CopyAttrs,
+                 skip: Skip = _never, exclude: IgnoreMatcher | None = None) -> None:
+    """``COPY --parents``: each ``rels`` path (relative to ``base``, the source root or
+    the part before a ``/./`` pivot) lands at ``dest/<rel>``; the directories on the way
+    are copied from the source's (mode, owner per --chown, mtime) where the image lacks
+    them (fsutil copy.go ``createParentDirs``), existing ones are kept."""
+    target = resolve_in_root(root, dest.rstrip("/") + "/", create_dirs=True,
+                             owner=attrs.owner, mode=attrs.mode)
+    _ensure_dir(target, attrs.owner, attrs.mode)
+    check = excluding(skip, exclude, base)
+    for rel in rels:
+        parts = [p for p in rel.split("/") if p]
+        src_dir, dst_dir = base, target
+        for part in parts[:-1]:
+            src_dir, dst_dir = src_dir / part, dst_dir / part
+            if os.path.isdir(dst_dir) and not os.path.islink(dst_dir):
+                continue
+            _clear(str(dst_dir), for_dir=False)
+            os.mkdir(dst_dir, 0o755)
+            _set_attrs(str(dst_dir), os.stat(src_dir), attrs, False)
+        src = base / rel if parts else base
+        if not parts:  # the whole base: its contents
+            with os.scandir(src) as it:
+                for entry in sorted(it, key=lambda e: e.name):
+                    _copy_entry(entry.path, str(target / entry.name), attrs, check)
+        elif not check(str(src)):
+            _copy_entry(str(src), str(dst_dir / parts[-1]), attrs, check)
 
 
 def _archive_stream(path: Path) -> BinaryIO | None:
@@ -233,7 +288,7 @@ def _archive_stream(path: Path) -> BinaryIO | None:
 
 
 def add_into(root: Path, sources: list[Path], dest: str, attrs: CopyAttrs,
-             skip: Skip = _never) -> None:
+             skip: Skip = _never, exclude: IgnoreMatcher | None = None) -> None:
     """ADD: like COPY, but a local tar archive is unpacked into ``dest`` (a directory)."""
     plain: list[Path] = []
     for src in sources:
@@ -243,15 +298,15 @@ def add_into(root: Path, sources: list[Path], dest: str, attrs: CopyAttrs,
             continue
         with stream:
             target = resolve_in_root(root, dest if dest.endswith("/") else dest + "/",
-                                     create_dirs=True, owner=attrs.owner)
-            _ensure_dir(target, attrs.owner)
+                                     create_dirs=True, owner=attrs.owner, mode=attrs.mode)
+            _ensure_dir(target, attrs.owner, attrs.mode)
             # An archive's own owners are kept (as Docker does) unless --chown; its
             # ".wh." names are plain files here, not whiteouts.
             apply_layer(stream, target, options=ApplyOptions(whiteouts=False))
             if attrs.owner is not None or attrs.mode is not None:
                 _reown(target, attrs)
     if plain:
-        copy_into(root, plain, dest, attrs, skip)
+        copy_into(root, plain, dest, attrs, skip, exclude)
 
 
 def _reown(top: Path, attrs: CopyAttrs) -> None:

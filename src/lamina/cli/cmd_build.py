@@ -26,19 +26,27 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
     @option("--platform", help="OS/ARCH of the base image.")
     @option("--network", default="none", help="Network for RUN: none or host.")
     @option("--snapshotter", default="auto", help="auto, overlay or walk.")
+    @option("--secret", multiple=True,
+            help="id=ID[,src=FILE|,env=VAR]: a secret for RUN --mount=type=secret "
+                 "(repeatable; never stored).")
+    @option("--ssh", multiple=True,
+            help="ID[=SOCKET]: an ssh agent for RUN --mount=type=ssh (default: "
+                 "$SSH_AUTH_SOCK; repeatable).")
     @flag("-q", "--quiet", help="Print only the image id.")
     @flag("--json", "json_", help="Print the result as JSON.")
     def build(context: Path, file: Path | None, tag: tuple[str, ...],
               build_arg: tuple[str, ...], target: str | None, no_cache: bool,
               compression: str, platform: str | None, network: str, snapshotter: str,
-              quiet: bool, json_: bool) -> None:
+              secret: tuple[str, ...], ssh: tuple[str, ...], quiet: bool,
+              json_: bool) -> None:
         """Build an image from a Containerfile, one layer per RUN, COPY and ADD."""
         import os
 
+        from lamina.build.buildsecrets import parse_secret, parse_ssh
         from lamina.build.executor import BuildEvent, BuildOptions
         from lamina.build.executor import build as run_build
         from lamina.build.importer import source_date_epoch
-        from lamina.cli.format import out, print_json
+        from lamina.cli.format import err, out, print_json
         from lamina.errors import InvalidInput
         from lamina.image.manifest import Platform
         from lamina.layer.options import COMPRESSIONS
@@ -59,7 +67,9 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
                 raise InvalidInput(f"unknown {name} {value!r}: choose {', '.join(allowed)}")
 
         def on_event(event: BuildEvent) -> None:
-            if quiet or json_:
+            if event.kind == "note" and not quiet:
+                err.print(event.text, markup=False)  # stderr: --json output stays JSON
+            if quiet or json_ or event.kind == "note":
                 return
             if event.kind == "step" or event.kind == "output":
                 out.print(event.text, markup=False)
@@ -74,7 +84,9 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
             source_date_epoch=source_date_epoch(),
             platform=Platform.parse(platform) if platform else None,
             snapshotter=snapshotter, network=network,  # type: ignore[arg-type]
-            on_event=on_event)
+            on_event=on_event,
+            secrets={s.id: s for s in map(parse_secret, secret or ())},
+            ssh={s.id: s for s in map(parse_ssh, ssh or ())})
         with store_factory() as store:
             result = run_build(store, opts)
         if json_:

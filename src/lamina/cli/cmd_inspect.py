@@ -272,6 +272,11 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         table(["CACHE ID", "LAYER", "SIZE", "IN USE", "CREATED BY"],
               [[_short(c.key), _short(c.layer), human_size(c.size),
                 "yes" if c.in_use else "no", _trunc(c.created_by, 50)] for c in usage.cache])
+        if usage.cache_mounts:
+            out.print("\nBuild cache mounts:\n")
+            table(["CACHE MOUNT ID", "INSTANCE", "FILES", "SIZE", "IN USE"],
+                  [[m.id, str(m.instance), str(m.files), human_size(m.size),
+                    "yes" if m.in_use else "no"] for m in usage.cache_mounts])
 
     # -- diff -------------------------------------------------------------------------
     @app.command()

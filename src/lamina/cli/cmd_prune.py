@@ -13,6 +13,7 @@ from lamina.cli.format import Group, flag
 
 if TYPE_CHECKING:
     from lamina.inspect.remove import PruneReport
+    from lamina.store.gc import GcReport
     from lamina.store.store import Store
 
 FORCE_HELP = "Do not prompt for confirmation."
@@ -30,7 +31,7 @@ def _confirm(lines: list[str], force: bool) -> bool:
 
 
 def _show(report: PruneReport) -> None:
-    from lamina.cli.format import human_size, say
+    from lamina.cli.format import say
 
     if report.untagged or report.deleted:
         say("Deleted Images:")
@@ -39,10 +40,18 @@ def _show(report: PruneReport) -> None:
         for digest in report.deleted:
             say(f"deleted: {digest}")
         say("")
-    if report.gc.cache_removed:
-        say(f"Deleted build cache objects: {report.gc.cache_removed}")
+    _show_gc(report.gc)
+
+
+def _show_gc(gc: GcReport) -> None:
+    from lamina.cli.format import human_size, say
+
+    if gc.cache_removed or gc.cache_mounts_removed:
+        say(f"Deleted build cache objects: {gc.cache_removed}")
+        for ident in gc.cache_mounts_removed:
+            say(f"deleted cache mount: {ident}")
         say("")
-    say(f"Total reclaimed space: {human_size(report.gc.bytes_freed)}")
+    say(f"Total reclaimed space: {human_size(gc.bytes_freed)}")
 
 
 def _open_to_free() -> Store:
@@ -98,3 +107,23 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         with _open_to_free() as store:
             sweep_stale(store)  # as `lamina gc`: container dirs and mounts of killed runs
             _show(prune_images(store, all_images=all_images, cache=all_images))
+
+    @app.group(cls=Group, no_args_is_help=True)
+    def builder() -> None:
+        """Manage the build cache (builder prune)."""
+
+    @builder.command("prune")
+    @flag("-a", "--all", "everything",
+          help="Remove all build cache, not only the layers no image uses.")
+    @flag("-f", "--force", help=FORCE_HELP)
+    def builder_prune(everything: bool, force: bool) -> None:
+        """Remove build cache: every cache mount (RUN --mount=type=cache) no build is
+        using, and cached layers no image uses (with -a, all cached layers)."""
+        from lamina.store.gc import prune_build
+
+        what = ("This will remove all build cache." if everything
+                else "This will remove all dangling build cache.")
+        if not _confirm([what], force):
+            return
+        with _open_to_free() as store:
+            _show_gc(prune_build(store, everything))

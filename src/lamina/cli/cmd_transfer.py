@@ -56,6 +56,9 @@ class Printer:
         self.kinds: dict[str, Any] = {}
         self.bar: Progress | None = None
         self.tasks: dict[str, TaskID] = {}
+        # per layer pulled: how it arrived (for --json): "exists", "pulled" or "delta"
+        # with the bytes taken from the store
+        self.layers: dict[str, dict[str, Any]] = {}
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Printer]:
@@ -101,6 +104,12 @@ class Printer:
             return
         short = desc.digest.short
         with self.lock:
+            if event.kind in ("exists", "done"):
+                self.layers[str(desc.digest)] = {
+                    "digest": str(desc.digest), "size": desc.size,
+                    "status": "exists" if event.kind == "exists" else
+                              "delta" if event.reused else "pulled",
+                    "reused": desc.size if event.kind == "exists" else event.reused}
             if self.mode == "pull":
                 text = {"exists": "Already exists", "start": "Pulling fs layer",
                         "done": "Pull complete"}.get(event.kind)
@@ -177,8 +186,13 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
                 "again to resume", sys.stderr)
             raise
         if json_:
+            layers = list(printer.layers.values())
             print_json({"reference": str(r), "digest": str(result.descriptor.digest),
-                        "downloaded": result.moved, "already_present": result.present})
+                        "downloaded": result.moved, "already_present": result.present,
+                        # layer bytes that did not cross the wire: layers already here
+                        # and the frames a delta pull took from the store
+                        "reused_bytes": sum(x["reused"] for x in layers),
+                        "layers": layers})
             return
         if quiet:
             say(r.familiar)

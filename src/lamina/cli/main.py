@@ -141,27 +141,36 @@ def load(path: Path, name: str | None, json_: bool) -> None:
 @app.command()
 @argument("refs", nargs=-1, required=True, help="Images to save.")
 @option("-o", "--output", kind=Path, required=True, help="Where to write.")
-@option("--format", "format_", default="docker-archive",
-        help="docker-archive (default), docker-oci-archive, oci-archive or oci (a directory).")
+@option("--format", "format_",
+        help="docker-archive (default), docker-oci-archive, oci-archive (the default "
+             "with --exclude) or oci (a directory).")
 @option("--platform", help="OS/ARCH to pick from an index.")
+@option("--exclude", multiple=True,
+        help="Leave out the layers the reader has: an inventory file (`lamina inventory` "
+             "there) or an image of this store; repeatable.")
 @dest_format_option
 @dest_level_option
-def save(refs: tuple[str, ...], output: Path, format_: str, platform: str | None,
-         dest_format: str | None, dest_level: int | None) -> None:
+def save(refs: tuple[str, ...], output: Path, format_: str | None, platform: str | None,
+         exclude: tuple[str, ...], dest_format: str | None, dest_level: int | None) -> None:
     """Save images to a docker archive, an OCI archive or an OCI layout directory."""
     from lamina.cli.cmd_transfer import conversion
     from lamina.errors import InvalidInput
     from lamina.image.manifest import Platform
     from lamina.transport.archive import FORMATS, save_images
 
+    format_ = format_ or ("oci-archive" if exclude else "docker-archive")
     if format_ not in FORMATS:
         raise InvalidInput(f"unknown format {format_!r}: choose one of {', '.join(FORMATS)}")
     from lamina.cli.progress import blob_progress
 
     with _store() as store, blob_progress("Saving") as on_event:
-        save_images(store, list(refs), output, format_,  # type: ignore[arg-type]
-                    Platform.parse(platform) if platform else None, on_event,
-                    conversion(dest_format, dest_level))
+        saved = save_images(store, list(refs), output, format_,  # type: ignore[arg-type]
+                            Platform.parse(platform) if platform else None, on_event,
+                            conversion(dest_format, dest_level), exclude)
+    if exclude:
+        n = len(saved.omitted)
+        say(f"Left out {n} layer{'' if n == 1 else 's'} the reader has "
+            f"({human_size(sum(d.size for d in saved.omitted))})", sys.stderr)
 
 
 # -- unpack / export -------------------------------------------------------------------
@@ -357,7 +366,8 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
                     "cache_removed": report.cache_removed,
                     "chunks_removed": report.chunks_removed,
                     "chunk_bytes_freed": report.chunk_bytes_freed,
-                    "pool_removed": report.pool_removed, "dry_run": dry_run})
+                    "pool_removed": report.pool_removed,
+                    "cache_mounts_removed": report.cache_mounts_removed, "dry_run": dry_run})
         return
     verb = "Would remove" if dry_run else "Removed"
     for d in report.blobs_removed:
@@ -365,6 +375,8 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
     for d in report.damaged_recipes:
         out.print(f"blob {d}: its recipe is damaged; no chunk removed (run `lamina fsck`)")
     chunks = f"{report.chunks_removed} chunks, " if report.chunks_removed else ""
+    mounts = len(report.cache_mounts_removed)
+    chunks += f"{mounts} cache mount{'s' * (mounts != 1)}, " if mounts else ""
     out.print(f"{verb} {len(report.blobs_removed)} blobs, {chunks}"
               f"{len(report.snapshots_removed)} snapshots, {report.cache_removed} cache entries, "
               f"{report.ingest_removed + report.temp_removed} temporary files; "
@@ -417,7 +429,8 @@ def fsck(repair: bool, json_: bool) -> None:
 # imports inside its command functions, so every run imports only what it uses.
 _COMMAND_MODULES = ("lamina.cli.cmd_run", "lamina.cli.cmd_build", "lamina.cli.cmd_transfer",
                     "lamina.cli.cmd_inspect", "lamina.cli.cmd_serve", "lamina.cli.cmd_prune",
-                    "lamina.cli.cmd_completion", "lamina.cli.cmd_stack")
+                    "lamina.cli.cmd_completion", "lamina.cli.cmd_airgap",
+                    "lamina.cli.cmd_stack")
 
 
 def _register_more() -> None:

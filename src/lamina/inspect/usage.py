@@ -27,6 +27,9 @@ Summary rows (TYPE, TOTAL, ACTIVE, SIZE, RECLAIMABLE):
                  by a snapshot; size = each file once; reclaimable = what gc removes
     Build cache  entries; active = whose layer an image uses; size = their distinct
                  layers; reclaimable = the layers no image uses (``gc --cache`` frees them)
+    Build cache mounts  directories of ``RUN --mount=type=cache`` (store/cachemounts.py),
+                 one per instance; active = held by a running build; size = their files;
+                 reclaimable = the rest (``builder prune`` and ``gc --cache`` free them)
     Temporary files  entries of the store's tmp/ (work areas of builds, runs, snapshot
                  extraction, imports); active = of a live process; reclaimable = those of
                  killed processes (``lamina gc`` removes them)
@@ -50,6 +53,7 @@ from lamina.errors import LaminaError
 from lamina.image.reference import Reference
 from lamina.store import pool, scratch
 from lamina.store.blobs import BlobSpace
+from lamina.store.cachemounts import CacheMountInfo, CacheMounts
 from lamina.store.gc import collect, reachable
 from lamina.store.store import Store
 from lamina.transport.local import StoreTransport
@@ -118,13 +122,17 @@ class Usage:
     cache: list[CacheUsage] = field(default_factory=list)
     storage: BlobSpace = field(default_factory=lambda: BlobSpace(0, 0, 0, 0, 0))
     snapshot_space: SnapshotSpace = SnapshotSpace(0, 0, 0)
+    cache_mounts: list[CacheMountInfo] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"summary": [r.to_json() for r in self.summary],
                 "storage": self.storage.to_json(),
                 "images": [r.to_json() for r in self.images],
                 "build_cache": [r.to_json() for r in self.cache],
-                "snapshot_space": self.snapshot_space.to_json()}
+                "snapshot_space": self.snapshot_space.to_json(),
+                "cache_mounts": [{"id": m.id, "instance": m.instance, "size": m.size,
+                                  "files": m.files, "in_use": m.in_use}
+                                 for m in self.cache_mounts]}
 
 
 def _size(store: Store, digest: str, sizes: dict[str, int]) -> int:
@@ -174,6 +182,7 @@ def disk_usage(store: Store) -> Usage:
             users[b] = users.get(b, 0) + 1
 
     report = collect(store, dry_run=True)
+    mounts = CacheMounts(store.root).instances()
     space = store.blobs.space()
     temp = scratch.usage(store.root / "tmp")
     gone_snapshots = set(report.snapshots_removed)
@@ -212,6 +221,8 @@ def disk_usage(store: Store) -> Usage:
                  sum(_size(store, layer, sizes) for layer in cache_layers),
                  sum(_size(store, layer, sizes) for layer, used in cache_layers.items()
                      if not used)),
+        UsageRow("Build cache mounts", len(mounts), sum(1 for m in mounts if m.in_use),
+                 sum(m.size for m in mounts), sum(m.size for m in mounts if not m.in_use)),
         UsageRow("Temporary files", temp.count, temp.count - temp.reclaimable_count,
                  temp.size, temp.reclaimable_size),
     ]
@@ -247,4 +258,5 @@ def disk_usage(store: Store) -> Usage:
                                      size - shared, layers))
     images.sort(key=lambda r: (r.repository, r.tag, r.digest))
     cache_rows.sort(key=lambda c: (c.created_by, c.key))
-    return Usage(summary, images, cache_rows, storage=space, snapshot_space=snap_space)
+    return Usage(summary, images, cache_rows, storage=space, snapshot_space=snap_space,
+                 cache_mounts=mounts)

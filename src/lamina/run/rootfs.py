@@ -4,9 +4,11 @@ Two ways to make one, with one contract (``Rootfs``) and identical changesets:
 
 ``overlay`` (root, overlayfs)
     The image's snapshots (run/snapshots.py: one directory per layer, shared by every
-    image with that stack) are the read-only ``lowerdir``; a fresh ``upperdir`` in the
-    store's tmp area takes every write.  Opening costs one mount, whatever the image's
-    size, and ``changes()`` walks only the upper dir (layer/overlay.py): O(changes).
+    image with that stack; the bottom of a stack deeper than one mount takes merged
+    into one, ``Snapshotter.stack``) are the read-only ``lowerdir``; a fresh
+    ``upperdir`` in the store's tmp area takes every write.  Opening costs one mount,
+    whatever the image's size, and ``changes()`` walks only the upper dir
+    (layer/overlay.py): O(changes).
 ``walk`` (anyone)
     The layers are applied into ``base``, ``base`` is copied (``cp -a``: owners, modes,
     times, xattrs, hard links, devices as root) to ``work``, and ``changes()`` is
@@ -319,7 +321,7 @@ class OverlayRootfs(_Base):
             if image is not None and image.manifest.layers:
                 lease = self._new_lease()
                 owner = image.digest if store.meta.get_image(image.digest) else None
-                self.lowers = Snapshotter(store).ensure(
+                self.lowers = Snapshotter(store).stack(
                     source, image.manifest.layers, image.config.diff_ids, owner=owner,
                     lease_id=lease)
             else:

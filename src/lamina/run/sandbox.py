@@ -63,6 +63,8 @@ DEFAULT_CAPS: dict[str, int] = {
     "CAP_MKNOD": 27, "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31,
 }
 
+_TMPFS = "tmpfs:"   # the host "path" of a tmpfs mount (_with_tmpfs)
+
 SandboxKind = Literal["auto", "bwrap", "unshare"]
 Network = Literal["none", "host"]
 
@@ -72,8 +74,9 @@ class ProcessSpec:
     """One process to run.  ``user`` is the image config's form: ``name``, ``uid``,
     ``uid:gid``, ``name:group`` (names looked up in the rootfs' /etc/passwd and
     /etc/group; empty means root).  ``mounts`` are (host path, container path,
-    read_only) bind mounts.  ``env`` is the whole environment (PATH defaults to
-    Docker's, HOME to the user's home)."""
+    read_only) bind mounts; ``tmpfs`` fresh tmpfs mounts; all of them are mounted
+    parents first.  ``env``
+    is the whole environment (PATH defaults to Docker's, HOME to the user's home)."""
 
     rootfs: Path
     argv: list[str]
@@ -83,6 +86,8 @@ class ProcessSpec:
     mounts: tuple[tuple[Path, str, bool], ...] = ()
     network: Network = "none"
     hostname: str = "lamina"
+    # (container path, size in bytes or None, mode): a fresh tmpfs there
+    tmpfs: tuple[tuple[str, int | None, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -287,6 +292,19 @@ for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/
                      ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
     os.symlink(target, dev + "/" + link)
 for host, ctr, ro in spec["mounts"]:
+    if host.startswith("tmpfs:"):  # a tmpfs: "tmpfs:<size>:<mode>" (_with_tmpfs)
+        size, mode = host[6:].split(":")
+        mount("tmpfs", root + ctr, "tmpfs", NOSUID | NODEV,
+              "mode=%s" % mode + (",size=%s" % size if size != "0" else ""))
+        continue
+    if not os.path.lexists(root + ctr):
+        # Under a tmpfs mounted just now, or below the /dev just made (a RUN heredoc
+        # script at /dev/pipes/NAME): the stub made in the rootfs is hidden there.
+        os.makedirs(os.path.dirname(root + ctr), exist_ok=True)
+        if os.path.isdir(host):
+            os.mkdir(root + ctr)
+        else:
+            os.close(os.open(root + ctr, os.O_WRONLY | os.O_CREAT, 0o644))
     mount(host, root + ctr, None, BIND | REC)
     if ro:
         mount(None, root + ctr, None, REMOUNT | BIND | RDONLY)
@@ -404,6 +422,11 @@ def _bwrap_argv(spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str, s
             args += ["--cap-add", cap]
     args += ["--bind", os.fspath(spec.rootfs), "/", "--proc", "/proc", "--dev", "/dev"]
     for host, ctr, ro in mounts:
+        if host.startswith(_TMPFS):   # "tmpfs:<size>:<mode>" (_with_tmpfs)
+            size, mode = host.removeprefix(_TMPFS).split(":")
+            args += [*(["--size", size] if size != "0" else []), "--perms", mode,
+                     "--tmpfs", ctr]
+            continue
         args += ["--ro-bind" if ro else "--bind", host, ctr]
     args += ["--hostname", spec.hostname, "--chdir", cwd, "--", *spec.argv]
     return args
@@ -508,6 +531,7 @@ def run_process(spec: ProcessSpec, stdin: int | None = None, stdout: int | None 
             if not os.path.exists(host):
                 raise NotFound(f"mount source {host} does not exist")
             mounts.append((os.fspath(host), stubs.ensure(ctr, os.path.isdir(host)), ro))
+        mounts = _with_tmpfs(mounts, spec.tmpfs, stubs)
         if spec.network == "host":
             for name in ("/etc/resolv.conf", "/etc/hosts"):
                 ctr_path = resolve_in_root(root, name)
@@ -518,6 +542,22 @@ def run_process(spec: ProcessSpec, stdin: int | None = None, stdout: int | None 
         return _spawn(kind, spec, user, mounts, cwd, env, (stdin, stdout, stderr), proxy)
     finally:
         stubs.remove()
+
+
+def _with_tmpfs(mounts: list[tuple[str, str, bool]],
+                tmpfs: tuple[tuple[str, int | None, int], ...],
+                stubs: _Stubs) -> list[tuple[str, str, bool]]:
+    """``mounts`` and the tmpfs ones (host ``tmpfs:<size in bytes, 0 for none>:<octal
+    mode>``: host paths are absolute, so the two cannot be confused), sorted parents
+    first as Docker sorts a container's mounts (daemon/volumes.go sortMounts), so a bind
+    inside a tmpfs (a cache mount under a tmpfs one) is not hidden by it."""
+    out = list(mounts)
+    for ctr, size, mode in tmpfs:
+        if not ctr.startswith("/"):
+            raise InvalidInput(f"mount target {ctr!r} must be an absolute path")
+        out.append((f"{_TMPFS}{size or 0}:{mode:o}", stubs.ensure(ctr, True), False))
+    out.sort(key=lambda m: m[1].rstrip("/").count("/"))   # stable: same depth keeps order
+    return out
 
 
 def _stdin_copy(stdin: int | None) -> tuple[int | None, int]:

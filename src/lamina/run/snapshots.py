@@ -31,16 +31,31 @@ the inode; ``lamina unpack`` and the walk snapshotter apply layers without the p
 What the pool shows: a file's link count in a mount counts every snapshot that shares
 it, and two identical files show the same inode number (as in an ostree checkout).
 
+Deep stacks (``stack``): one overlay mount takes at most ``MAX_LOWERS`` lower dirs
+(measured on Linux 6.18 with 4 KiB pages: 222 fit in the mount data as /proc/self/fd
+names, and the kernel refuses more than 500 in any case, "too many lower directories,
+limit is 500", fs/overlayfs OVL_MAX_STACK).  A deeper image gets a *merged* snapshot of
+its bottom layers: the flattened tree of that prefix (whiteouts applied, so none left),
+keyed by ``merged_id(chain id of the prefix)`` -- a digest of its own, because the chain
+id already names the per-layer snapshot of the prefix's top layer.  It is a snapshot
+like any other for gc (an owner edge or a lease keeps it), fsck and df.  The prefix is cut
+at a multiple of ``MERGE_STEP`` layers, so images that grow by a few layers per release
+(or that share a deep base) share one merged snapshot instead of each making its own.
+Its files come from the same file pool, so merging costs directory entries, not data,
+for every file a per-layer snapshot already holds.
+
 Needs root: whiteouts are device nodes and opaque markers ``trusted.*`` xattrs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from lamina.digest import Digest
@@ -59,6 +74,32 @@ _OVERLAY_XATTRS = "trusted.overlay."
 # Files up to this size are hashed in memory before they are written, so one the pool
 # has costs a link and no write; bigger ones are hashed while written and replaced.
 _INLINE_LIMIT = 256 * 1024
+# The lower dirs of one overlay mount, at most: under the 222 that fit as /proc/self/fd
+# names in one page of mount data (run/rootfs.py), well under the kernel's 500.
+MAX_LOWERS = 200
+# A merged prefix is a multiple of this many layers (see the module docstring).
+MERGE_STEP = 100
+
+
+def merge_point(layers: int, max_lowers: int = MAX_LOWERS, step: int = MERGE_STEP) -> int:
+    """How many bottom layers of a ``layers``-deep image go into one merged snapshot so
+    that it and the rest fit in ``max_lowers`` lower dirs: 0 when all fit; else the
+    smallest multiple of ``step`` that leaves at most ``max_lowers - 1`` on top."""
+    if layers <= max_lowers:
+        return 0
+    over = layers - (max_lowers - 1)
+    return -(-over // step) * step
+
+
+def merged_id(chain_id: Digest) -> Digest:
+    """The key of the merged snapshot of the stack ``chain_id`` names."""
+    return Digest("sha256", hashlib.sha256(f"lamina-merged-1 {chain_id}".encode()).hexdigest())
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise StoreError("overlay snapshots need root (whiteouts are device nodes); "
+                         "use the walk snapshotter")
 
 
 def snapshot_key(chain_id: Digest | str) -> str:
@@ -146,37 +187,71 @@ class Snapshotter:
         """
         if len(layers) != len(diff_ids):
             raise StoreError(f"{len(layers)} layers but {len(diff_ids)} diff_ids")
-        if os.geteuid() != 0:
-            raise StoreError("overlay snapshots need root (whiteouts are device nodes); "
-                             "use the walk snapshotter")
+        return self._ensure(source, layers, diff_ids, 0, owner, lease_id)
+
+    def stack(self, source: ImageSource, layers: Sequence[Descriptor],
+              diff_ids: Sequence[Digest], owner: str | None = None,
+              lease_id: str | None = None, max_lowers: int = MAX_LOWERS) -> list[Path]:
+        """The lower dirs of one overlay mount of the image, bottom to top: every
+        layer's snapshot (``ensure``) when there are at most ``max_lowers``, else the
+        merged snapshot of the bottom ``merge_point`` layers, then the snapshots of
+        the rest.  ``owner`` and ``lease_id`` as for ``ensure``."""
+        cut = merge_point(len(layers), max_lowers)
+        if cut == 0:
+            return self.ensure(source, layers, diff_ids, owner, lease_id)
+        if len(layers) != len(diff_ids):
+            raise StoreError(f"{len(layers)} layers but {len(diff_ids)} diff_ids")
+        _need_root()
+        chains = chain_ids(diff_ids)
+        key = merged_id(chains[cut - 1])
+        meta = self.store.meta
+        if lease_id is not None:   # before looking, as ensure does
+            meta.add_lease_resource(lease_id, snapshot_key(key))
+        if not (self.path(key).is_dir() and meta.has_snapshot(str(key))):
+            self._merge(source, layers[:cut], diff_ids[:cut], chains[cut - 1], key)
+        if owner is not None:
+            meta.add_refs(owner, [snapshot_key(key)])
+        return [self.path(key), *self._ensure(source, layers, diff_ids, cut, owner, lease_id)]
+
+    def _ensure(self, source: ImageSource, layers: Sequence[Descriptor],
+                diff_ids: Sequence[Digest], start: int, owner: str | None,
+                lease_id: str | None) -> list[Path]:
+        """``ensure`` for the layers from ``start`` up (their chain ids are the whole
+        stack's)."""
+        _need_root()
         chains = chain_ids(diff_ids)
         meta = self.store.meta
         if lease_id is not None:
-            for chain in chains:
-                meta.add_lease_resource(lease_id, snapshot_key(chain))
+            meta.add_lease_resources(lease_id, [snapshot_key(c) for c in chains[start:]])
         out: list[Path] = []
-        parent: Digest | None = None
-        for layer, diff_id, chain in zip(layers, diff_ids, chains, strict=True):
+        parent: Digest | None = chains[start - 1] if start else None
+        for layer, diff_id, chain in zip(layers[start:], diff_ids[start:], chains[start:],
+                                         strict=True):
             path = self.path(chain)
             if not (path.is_dir() and meta.has_snapshot(str(chain))):
                 self._extract(source, layer, diff_id, chain, parent)
             out.append(path)
             parent = chain
         if owner is not None:
-            meta.add_refs(owner, [snapshot_key(c) for c in chains])
+            meta.add_refs(owner, [snapshot_key(c) for c in chains[start:]])
         return out
 
     def retain(self, owner: str, diff_ids: Sequence[Digest]) -> None:
-        """Let image ``owner`` keep the snapshots of its layers that exist (a build
-        calls this once it has recorded an image whose stack it ran on)."""
-        keys = [snapshot_key(c) for c in chain_ids(diff_ids)
-                if self.store.meta.has_snapshot(str(c))]
+        """Let image ``owner`` keep the snapshots of its layers that exist, and its
+        merged snapshot (a build calls this once it has recorded an image whose stack
+        it ran on)."""
+        chains = chain_ids(diff_ids)
+        cut = merge_point(len(chains))
+        candidates = chains + ([merged_id(chains[cut - 1])] if cut else [])
+        keys = [snapshot_key(c) for c in candidates if self.store.meta.has_snapshot(str(c))]
         if keys:
             self.store.meta.add_refs(owner, keys)
 
-    def _extract(self, source: ImageSource, layer: Descriptor, diff_id: Digest,
-                 chain: Digest, parent: Digest | None) -> None:
-        final = self.path(chain)
+    @contextlib.contextmanager
+    def _fresh_dir(self, key: Digest) -> Iterator[Path]:
+        """A fresh directory that becomes snapshot ``key`` when the block ends without
+        an error (a rename: atomic), and is removed on any."""
+        final = self.path(key)
         try:
             self.tmp_root.mkdir(exist_ok=True)
             final.parent.mkdir(exist_ok=True)
@@ -185,27 +260,53 @@ class Snapshotter:
                              f"{e.strerror or e}") from None
         # Owned by this process (store/scratch.py): a killed extraction is gc's to remove.
         work = scratch.make_dir(self.tmp_root, "snap-")
-        tmp = work.path
         try:
             # The layer root is the merged root's directory when nothing above it has
             # one: make it what an unpacked root is, not mkdtemp's 0700.
-            os.chmod(tmp, 0o755)
-            with source.open_blob(layer) as reader:
+            os.chmod(work.path, 0o755)
+            yield work.path
+            try:
+                os.rename(work.path, final)
+            except OSError as e:
+                # Another ensure renamed the same key first (same bytes): keep theirs.
+                # A leftover from a crash between rename and the record is complete
+                # too (rename is the last step), so it is just recorded.
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise StoreError(f"cannot store snapshot {key.short}: "
+                                     f"{e.strerror or e}") from None
+        finally:
+            work.remove()
+
+    def _extract(self, source: ImageSource, layer: Descriptor, diff_id: Digest,
+                 chain: Digest, parent: Digest | None) -> None:
+        try:
+            with self._fresh_dir(chain) as tmp, source.open_blob(layer) as reader:
                 applied = apply_layer(reader, tmp, expected_diff_id=diff_id,
                                       options=self.apply_options)
                 reader.verify()
-            try:
-                os.rename(tmp, final)
-            except OSError as e:
-                # Another ensure renamed the same chain id first (same bytes): keep
-                # theirs.  A leftover from a crash between rename and the record is
-                # complete too (rename is the last step), so it is just recorded.
-                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise StoreError(f"cannot store snapshot {chain.short}: "
-                                     f"{e.strerror or e}") from None
         except LaminaError as e:
             raise e.context(f"snapshot of layer {layer.digest.short}") from None
-        finally:
-            work.remove()
         self.store.meta.add_snapshot(str(chain), None if parent is None else str(parent),
                                      str(diff_id), applied.uncompressed_size)
+
+    def _merge(self, source: ImageSource, layers: Sequence[Descriptor],
+               diff_ids: Sequence[Digest], chain: Digest, key: Digest) -> None:
+        """Make the merged snapshot ``key``: ``layers`` applied in order into one
+        tree, deleting what their whiteouts name (nothing lies below the bottom of a
+        stack, so none are kept), each layer checked as ``_extract`` checks it."""
+        options = replace(self.apply_options, whiteout_format="delete")
+        total = 0
+        with self._fresh_dir(key) as tmp:
+            for i, (layer, diff_id) in enumerate(zip(layers, diff_ids, strict=True), 1):
+                try:
+                    with source.open_blob(layer) as reader:
+                        applied = apply_layer(reader, tmp, expected_diff_id=diff_id,
+                                              options=options)
+                        reader.verify()
+                except LaminaError as e:
+                    raise e.context(f"merged snapshot of {len(layers)} layers: layer {i} "
+                                    f"({layer.digest.short})") from None
+                total += applied.uncompressed_size
+        # parent: the stack it flattens; diff_id: not a layer's, so that no layer size
+        # is ever read from this row (meta.unpacked_sizes).
+        self.store.meta.add_snapshot(str(key), str(chain), f"merged:{chain}", total)

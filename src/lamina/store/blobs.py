@@ -113,13 +113,13 @@ class _BlockWriter:
     ``take`` a free buffer, fill it, ``give`` it back with its length (short = the
     last); ``close`` waits for every write and raises the first failure."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, direct: bool = True) -> None:
         # A descriptor of its own (same open file, so O_DIRECT set on either holds for
         # both): if the filling thread is interrupted and the writer's file is closed
         # while writes are still queued, they cannot land in whatever file reuses the
         # number.  Closed by the thread when it ends.
         self.fd = os.dup(fd)
-        self.direct = _set_direct(self.fd, True)
+        self.direct = direct and _set_direct(self.fd, True)
         self.error: BaseException | None = None
         self._maps = [mmap.mmap(-1, DIRECT_CHUNK) for _ in range(2)]
         self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
@@ -195,8 +195,12 @@ class BlobWriter:
 
     def __init__(self, blobs: BlobStore, algorithm: str = "sha256",
                  verified_by: VerifyingReader | None = None,
-                 resume: Digest | None = None) -> None:
+                 resume: Digest | None = None, reread: bool = False) -> None:
         self._blobs = blobs
+        # ``reread``: the bytes will be read back before publish (a zstd:chunked layer,
+        # hashed span by span into chunks): keep them in the page cache, no O_DIRECT.
+        # Read back from the disk they cost a cold pull more than the hashing did.
+        self._reread = reread
         # A writer fed from a VerifyingReader need not hash the same bytes again: the
         # reader checks them, and commit() requires its verdict (CRAFT: no second pass).
         self._verified_by = verified_by
@@ -309,7 +313,7 @@ class BlobWriter:
                     progress(self.count)
             return
         self._file.flush()
-        writer = _BlockWriter(self._file.fileno())
+        writer = _BlockWriter(self._file.fileno(), direct=not self._reread)
         ok = False
         try:
             while True:
@@ -379,7 +383,9 @@ class BlobWriter:
         if spans is not None:
             try:
                 self._file.flush()
-                self._blobs.chunks.publish(digest, self._file, spans, verified=True)
+                # The ingest file is removed just after: it may become the pack itself.
+                self._blobs.chunks.publish(digest, self._file, spans, verified=True,
+                                           adoptable=self.path)
             finally:
                 self.abort()
             self._blobs.drop_whole(digest)
@@ -505,7 +511,9 @@ class BlobStore:
             except FileNotFoundError:
                 raise NotFound(f"blob {digest}: no file {source}") from None
             with f:
-                recipe = self.chunks.publish(digest, f, spans, verified)
+                # The store's own whole copy goes just after: it may become the pack.
+                recipe = self.chunks.publish(digest, f, spans, verified, adoptable=(
+                    source if source == self.path(digest) else None))
         else:
             recipe = self.chunks.publish(digest, source, spans, verified)
         self.drop_whole(digest)
@@ -525,8 +533,8 @@ class BlobStore:
         return data
 
     def writer(self, algorithm: str = "sha256", verified_by: VerifyingReader | None = None,
-               resume: Digest | None = None) -> BlobWriter:
-        return BlobWriter(self, algorithm, verified_by, resume)
+               resume: Digest | None = None, reread: bool = False) -> BlobWriter:
+        return BlobWriter(self, algorithm, verified_by, resume, reread)
 
     def put_bytes(self, data: bytes, expected: Digest | None = None) -> Digest:
         if expected is None and self.has(d := Digest.from_bytes(data)):
@@ -556,12 +564,8 @@ class BlobStore:
                     continue   # deleted meanwhile, or damaged (fsck says which)
                 chunked += 1
             blobs += 1
-        chunks = 0
-        for digest in self.chunks.chunks():
-            with contextlib.suppress(FileNotFoundError):
-                physical += self.chunks.chunk_path(digest).stat().st_size
-                chunks += 1
-        return BlobSpace(blobs, chunked, chunks, logical, physical)
+        chunks, chunk_bytes = self.chunks.physical()
+        return BlobSpace(blobs, chunked, chunks, logical, physical + chunk_bytes)
 
     def delete(self, digest: Digest) -> bool:
         """Remove a blob, whole file and recipe; its chunks go when gc finds no recipe

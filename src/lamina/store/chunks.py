@@ -6,41 +6,45 @@ not have (casync/desync keep a chunk store plus one index per blob the same way;
 containers/storage, lamina keeps the exact frames, so the blob keeps its digest and
 every reader still gets its original bytes).  Layout, beside ``blobs/``::
 
-    chunks/sha256/<hex>     one chunk: the bytes of one span of some blob
+    packs/<name>.pack       chunks back to back, and
+    packs/<name>.idx        where each lies (store/packs.py: the bulk form)
+    chunks/sha256/<hex>     one chunk in a file of its own (stores of lamina before
+                            packs; still read, swept and checked)
     chunks/lock             flock: writers shared, gc's chunk sweep exclusive
     recipes/sha256/<hex>    the blob <hex>: its size and its chunks in order (JSON)
 
-The store never parses layers: the caller says where the blob splits (``spans``, the
-byte ranges at frame boundaries, from ``layer/``).  Crash safety, in order:
+A recipe names chunks by digest, never by place: gc may rewrite a pack (dropping the
+chunks no recipe names) without touching a recipe.  The store never parses layers: the
+caller says where the blob splits (``spans``, the byte ranges at frame boundaries, from
+``layer/``).  Crash safety, in order:
 
-1. the whole blob was verified (a ``BlobWriter.finish``, or hashed here while chunking:
-   ``publish`` of an unverified file, a ``ChunkSink``);
-2. each chunk is written to ``ingest/`` under an flock, fsynced, renamed into
-   ``chunks/``, the directory fsynced; a chunk already there is not written again;
+1. the whole blob was verified (a ``BlobWriter.finish``, or hashed here before anything
+   is written: ``publish`` of an unverified file; a ``ChunkSink`` checks it after its
+   pack is durable, before the recipe);
+2. the chunks the store lacks go into one pack, fsynced, renamed into ``packs/`` and
+   then given its index (the pack's commit point); a chunk already stored is not
+   written again;
 3. only then the recipe, the same way: a recipe never names a chunk not on disk;
 4. then the whole-blob file (the ingest file, or a blob being converted) goes.
 
-Killed between 2 and 3, the new chunks belong to no recipe: gc removes them as it
-removes the ingest files of dead writers.  Steps 2-3 run under a *shared* flock of
-``chunks/lock`` and gc's chunk sweep under an *exclusive* one, so gc never takes a chunk
-a writer has just found present (or just renamed) before its recipe names it.  Nothing
-here touches the metadata while holding that lock (gc holds the metadata's write lock
-while it waits for it).
+Killed between 2 and 3, the new pack belongs to no recipe: gc removes it as it removes
+the ingest files of dead writers (a pack without its index too).  Steps 2-3 run under a
+*shared* flock of ``chunks/lock`` and gc's chunk sweep under an *exclusive* one, so gc
+never takes a chunk a writer has just found present (or just packed) before its recipe
+names it.  Nothing here touches the metadata while holding that lock (gc holds the
+metadata's write lock while it waits for it).
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import io
 import json
 import os
-import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -48,12 +52,13 @@ from typing import Any, BinaryIO
 from lamina.digest import CHUNK, Digest, VerifyingReader
 from lamina.errors import IntegrityError, InvalidInput, NotFound
 from lamina.store.files import disk_error, fsync_dir
+from lamina.store.packs import Location, PackEntry, PackSet, PackWriter, adopt, write_index
 
 RECIPE_FORMAT = "lamina-recipe-v1"
 MAX_RECIPE_BYTES = 64 << 20   # a recipe is ~80 bytes a chunk: a million chunks fit
-_IN_MEMORY = 4 << 20          # spans up to this are read once; longer ones hashed first
-_BATCH = 128                  # temp chunk files open at once (one descriptor each)
-_FSYNC_THREADS = 4            # parallel fsyncs: the file system batches their journal
+_IN_MEMORY = 4 << 20          # a long span is hashed this much at a time
+_READ_BUFFER = 8 << 20        # spans are read through a buffer this large
+_OPEN_PACKS = 8               # pack descriptors a reader keeps open
 
 
 @dataclass(frozen=True)
@@ -104,22 +109,6 @@ def check_spans(spans: Sequence[tuple[int, int]], size: int) -> list[tuple[int, 
     return out
 
 
-_SYNCFS: list[Callable[[int], int] | None] = []   # looked up on first use
-
-
-def _syncfs(fd: int) -> bool:
-    """Flush the file system holding ``fd`` (every file written on it) to disk; False
-    where syncfs is not available or fails (the caller fsyncs each file instead)."""
-    if not _SYNCFS:
-        fn: Callable[[int], int] | None = None
-        if sys.platform == "linux":
-            with contextlib.suppress(OSError, AttributeError):
-                fn = ctypes.CDLL(None, use_errno=True).syncfs   # libc's, in the process
-        _SYNCFS.append(fn)
-    fn = _SYNCFS[0]
-    return fn is not None and fn(fd) == 0
-
-
 def _pread_full(fd: int, n: int, offset: int) -> bytes:
     parts: list[bytes] = []
     while n > 0:
@@ -132,11 +121,36 @@ def _pread_full(fd: int, n: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-class _Temp:
-    """A chunk (or recipe) being written: ``ingest/chunk-<random>``, locked like any
-    ingest file (gc removes it once its writer is gone)."""
 
-    def __init__(self, ingest: Path, digest: Digest, kind: str = "chunk") -> None:
+def _hash_spans(fd: int, spans: list[tuple[int, int]], whole: Any
+                ) -> list[tuple[Digest, int]]:
+    """Each span's sha256 (and the whole file's into ``whole``); ``spans`` cover the
+    file in order (``check_spans``).  Read sequentially through one large buffer: a
+    chunked layer has thousands of spans, and a read(2) each cost a cold pull more than
+    the hashing did on a busy machine (bench_delta)."""
+    out: list[tuple[Digest, int]] = []
+    end = spans[-1][0] + spans[-1][1] if spans else 0
+    with io.BufferedReader(_Slice(os.dup(fd), 0, end), _READ_BUFFER) as f:
+        for _, length in spans:
+            h = hashlib.sha256()
+            left = length
+            while left:
+                piece = f.read(min(_IN_MEMORY, left))
+                if not piece:
+                    raise IntegrityError("the source of a chunked blob ended early")
+                h.update(piece)
+                if whole is not None:
+                    whole.update(piece)
+                left -= len(piece)
+            out.append((Digest("sha256", h.hexdigest()), length))
+    return out
+
+
+class _Temp:
+    """A recipe being written: ``ingest/recipe-<random>``, locked like any ingest file
+    (gc removes it once its writer is gone)."""
+
+    def __init__(self, ingest: Path, digest: Digest, kind: str = "recipe") -> None:
         self.digest = digest
         self.path = ingest / f"{kind}-{os.urandom(8).hex()}"
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -168,6 +182,33 @@ class _Temp:
                 self.path.unlink()
 
 
+class _Slice(io.RawIOBase):
+    """``length`` bytes of a file from ``offset``, read as a stream (a packed chunk)."""
+
+    def __init__(self, path: str | int, offset: int, length: int) -> None:
+        """``path``: a file name, or a descriptor the slice then owns."""
+        super().__init__()
+        self._fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._at = offset
+        self._end = offset + length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")[:max(0, self._end - self._at)]
+        if not view:
+            return 0
+        n = os.preadv(self._fd, [view], self._at)
+        self._at += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
 class ChunkStore:
     """The chunk and recipe areas of a store (used through ``BlobStore``)."""
 
@@ -175,33 +216,75 @@ class ChunkStore:
         self.chunk_dir = root / "chunks"
         self.recipe_dir = root / "recipes"
         self.ingest_dir = ingest_dir
+        self.packs = PackSet(root / "packs")
         self._chunk_root = str(self.chunk_dir)
 
     # -- names --------------------------------------------------------------------------
     def chunk_path(self, digest: Digest) -> Path:
+        """Where a loose chunk (one file of its own) would be."""
         return self.chunk_dir / digest.algorithm / digest.encoded
 
     def recipe_path(self, blob: Digest) -> Path:
         return self.recipe_dir / blob.algorithm / blob.encoded
 
-    def chunk_name(self, digest: Digest) -> str:
-        """``chunk_path`` as a string, without pathlib's cost (a read opens thousands)."""
-        return f"{self._chunk_root}/{digest.algorithm}/{digest.encoded}"
+    def locate(self, digest: Digest, fresh: bool = False) -> Location | None:
+        """Where the chunk's bytes are: in a pack, or a loose file; None if nowhere.
+        ``fresh``: a reader that must find it looks at the pack directory again."""
+        where = self.packs.locate(digest, fresh)
+        if where is not None:
+            return where
+        name = f"{self._chunk_root}/{digest.algorithm}/{digest.encoded}"
+        try:
+            return Location(name, 0, os.stat(name).st_size)
+        except FileNotFoundError:
+            return None
 
     def has_chunk(self, digest: Digest) -> bool:
-        return self.chunk_path(digest).is_file()
+        return self.locate(digest) is not None
+
+    def _stored(self, digest: Digest, loose: bool) -> bool:
+        """``has_chunk`` for a writer under the lock that refreshed the packs first;
+        ``loose``: whether the store has loose chunks at all."""
+        if self.packs.known(digest) is not None:
+            return True
+        return loose and os.path.exists(
+            f"{self._chunk_root}/{digest.algorithm}/{digest.encoded}")
+
+    def _has_loose(self) -> bool:
+        return os.path.isdir(f"{self._chunk_root}/sha256")
 
     def has_recipe(self, blob: Digest) -> bool:
         return self.recipe_path(blob).is_file()
 
     def open_chunk(self, digest: Digest) -> VerifyingReader:
         """A chunk's bytes, checked against its name at end of stream."""
+        where = self.locate(digest, fresh=True)
+        if where is None:
+            raise NotFound(f"chunk {digest} not in the store")
         try:
-            f = open(self.chunk_path(digest), "rb")
+            raw = _Slice(where.path, where.offset, where.length)
         except FileNotFoundError:
             raise NotFound(f"chunk {digest} not in the store") from None
-        return VerifyingReader(f, digest, os.fstat(f.fileno()).st_size, what="stored chunk",
-                               at_rest=True)
+        return VerifyingReader(raw, digest, where.length, what="stored chunk", at_rest=True)
+
+    def read_chunk(self, digest: Digest, length: int) -> bytes:
+        """A stored chunk's bytes (not checked: the caller hashes them), which must be
+        ``length`` long."""
+        for fresh in (False, True):
+            where = self.locate(digest, fresh)
+            if where is None:
+                continue
+            if where.length != length:
+                raise InvalidInput(f"stored chunk {digest} is not {length} bytes")
+            try:
+                fd = os.open(where.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue     # its pack was rewritten by gc meanwhile: look again
+            try:
+                return _pread_full(fd, length, where.offset)
+            finally:
+                os.close(fd)
+        raise NotFound(f"chunk {digest} not in the store")
 
     def read_recipe(self, blob: Digest) -> Recipe:
         """NotFound when ``blob`` is not kept as chunks."""
@@ -227,8 +310,21 @@ class ChunkStore:
                 except Exception:  # noqa: BLE001 - stray files are not chunks
                     continue
 
-    def chunks(self) -> Iterator[Digest]:
+    def loose(self) -> Iterator[Digest]:
+        """The chunks kept one file each."""
         return self.names(self.chunk_dir)
+
+    def chunks(self) -> Iterator[Digest]:
+        """Every stored chunk, once (packed or loose)."""
+        seen: set[Digest] = set()
+        for entries in self.packs.packs().values():
+            for e in entries:
+                if e.digest not in seen:
+                    seen.add(e.digest)
+                    yield e.digest
+        for digest in self.loose():
+            if digest not in seen:
+                yield digest
 
     def recipes(self) -> Iterator[Digest]:
         return self.names(self.recipe_dir)
@@ -241,7 +337,7 @@ class ChunkStore:
         return True
 
     def delete_chunk(self, digest: Digest) -> int:
-        """Remove a chunk; its bytes (0 if it was not there)."""
+        """Remove a loose chunk; its bytes (0 if it was not there)."""
         path = self.chunk_path(digest)
         try:
             size = path.stat().st_size
@@ -249,6 +345,42 @@ class ChunkStore:
         except FileNotFoundError:
             return 0
         return size
+
+    def forget_chunk(self, digest: Digest) -> None:
+        """Make a (damaged) chunk absent: its loose file goes and every pack index stops
+        naming it (its bytes go when gc next rewrites the pack)."""
+        self.delete_chunk(digest)
+        for name, entries in self.packs.packs().items():
+            if any(e.digest == digest for e in entries):
+                write_index(self.packs.pack_dir, name,
+                            [e for e in entries if e.digest != digest])
+        self.packs.packs()
+
+    def remove_pack(self, name: str) -> None:
+        """Index first: a pack without one is no longer read, then debris."""
+        for path in (self.packs.index_path(name), self.packs.pack_path(name)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self.packs.removed(name)
+
+    def repack(self, name: str, keep: Sequence[PackEntry]) -> str:
+        """Rewrite pack ``name`` holding only ``keep`` (its live chunks); the new name.
+        Under the exclusive lock (gc): no reader resolves a chunk to the old pack once
+        its index is gone, and one that did retries (``read_chunk``, ``ChunkedFile``)."""
+        src = os.open(self.packs.pack_path(name), os.O_RDONLY | os.O_CLOEXEC)
+        w = PackWriter(self.ingest_dir)
+        try:
+            for e in keep:
+                w.copy(e.digest, src, e.offset, e.length)
+            new = w.commit(self.packs.pack_dir)
+        except BaseException:
+            w.drop()
+            raise
+        finally:
+            os.close(src)
+        self.packs.added(new, w.entries)
+        self.remove_pack(name)
+        return new
 
     # -- the lock gc and writers share --------------------------------------------------
     @contextlib.contextmanager
@@ -273,109 +405,58 @@ class ChunkStore:
 
     # -- writing ------------------------------------------------------------------------
     def publish(self, blob: Digest, source: BinaryIO, spans: Sequence[tuple[int, int]],
-                verified: bool) -> Recipe:
+                verified: bool, adoptable: Path | None = None) -> Recipe:
         """Store ``source`` (a regular file holding the blob ``blob``) as chunks plus a
         recipe; idempotent.  ``verified``: the caller checked the whole digest already;
-        else it is hashed here while chunking and nothing is named on a mismatch."""
-        size = os.fstat(source.fileno()).st_size
+        else it is hashed here first and nothing is written on a mismatch.
+        ``adoptable``: ``source``'s path, a store file its owner removes afterwards; if
+        every chunk is new it becomes the pack itself (a link, no copy)."""
+        fd = source.fileno()
+        size = os.fstat(fd).st_size
         cut = check_spans(spans, size)
         with self.locked(exclusive=False):
             if self.has_recipe(blob):
                 return self.read_recipe(blob)
             whole = None if verified else blob.hasher()
-            entries = self._write_chunks(source.fileno(), cut, whole)
+            entries = _hash_spans(fd, cut, whole)
             if whole is not None and whole.hexdigest() != blob.encoded:
-                # The chunks written stay unnamed by any recipe: gc's to remove (another
-                # writer may already have found one of them and be about to name it).
                 raise IntegrityError(f"blob {blob}: content has digest "
                                      f"{blob.algorithm}:{whole.hexdigest()} (corrupt or wrong "
                                      "blob); not stored as chunks")
-            recipe = Recipe(blob, size, tuple(entries))
-            self._write_recipe(recipe)
+            new: list[PackEntry] = []
+            seen: set[Digest] = set()
+            self.packs.refresh()
+            loose = self._has_loose()
+            for (digest, length), (offset, _) in zip(entries, cut, strict=True):
+                if digest not in seen and not self._stored(digest, loose):
+                    new.append(PackEntry(digest, offset, length))
+                seen.add(digest)
+            try:
+                if new:
+                    self._pack(fd, new, adoptable if len(new) == len(cut) else None)
+                recipe = Recipe(blob, size, tuple(entries))
+                self._write_recipe(recipe)
+            except OSError as e:
+                raise disk_error(e, f"the chunks of blob {blob}") from None
         return recipe
 
-    def _write_chunks(self, fd: int, spans: list[tuple[int, int]],
-                      whole: Any) -> list[tuple[Digest, int]]:
-        entries: list[tuple[Digest, int]] = []
-        batch: list[_Temp] = []
-        seen: set[Digest] = set()
-        (self.chunk_dir / "sha256").mkdir(parents=True, exist_ok=True)
-        wrote = False
+    def _pack(self, fd: int, new: list[PackEntry], adoptable: Path | None) -> None:
+        """Pack the spans ``new`` of the file ``fd``: the file itself when it is all
+        new (``adoptable``), else a copy of those spans."""
+        if adoptable is not None:
+            with contextlib.suppress(OSError):    # another file system, no links: copy
+                self.packs.added(adopt(self.packs.pack_dir, adoptable, new),
+                                 new)
+                return
+        w = PackWriter(self.ingest_dir)
         try:
-            for offset, length in spans:
-                data = _pread_full(fd, length, offset) if length <= _IN_MEMORY else None
-                digest = self._hash_span(fd, offset, length, data, whole)
-                entries.append((digest, length))
-                if digest in seen or self.has_chunk(digest):
-                    seen.add(digest)
-                    continue
-                seen.add(digest)
-                temp = _Temp(self.ingest_dir, digest)
-                batch.append(temp)
-                if data is not None:
-                    temp.write(data)
-                else:
-                    self._copy_span(fd, temp, offset, length)
-                if len(batch) >= _BATCH:
-                    self._commit(batch)
-                    batch, wrote = [], True
-            if batch:
-                self._commit(batch)
-                batch, wrote = [], True
-            if wrote:
-                fsync_dir(self.chunk_dir / "sha256")
-        except OSError as e:
-            raise disk_error(e, "the chunks of a blob") from None
-        finally:
-            for temp in batch:
-                temp.drop()
-        return entries
-
-    @staticmethod
-    def _hash_span(fd: int, offset: int, length: int, data: bytes | None, whole: Any) -> Digest:
-        h = hashlib.sha256()
-        if data is not None:
-            h.update(data)
-            if whole is not None:
-                whole.update(data)
-            return Digest.from_hasher(h)
-        end = offset + length
-        while offset < end:
-            piece = _pread_full(fd, min(CHUNK << 2, end - offset), offset)
-            h.update(piece)
-            if whole is not None:
-                whole.update(piece)
-            offset += len(piece)
-        return Digest.from_hasher(h)
-
-    @staticmethod
-    def _copy_span(fd: int, temp: _Temp, offset: int, length: int) -> None:
-        """A long span, copied in the kernel where it can (copy_file_range: no trip
-        through Python, a reflink on file systems that share extents)."""
-        done = 0
-        while done < length:
-            try:
-                n = os.copy_file_range(fd, temp.fd, length - done, offset + done)
-            except OSError:
-                n = 0
-            if n <= 0:
-                break
-            done += n
-        while done < length:
-            temp.write(_pread_full(fd, min(CHUNK << 2, length - done), offset + done))
-            done += min(CHUNK << 2, length - done)
-
-    def _commit(self, batch: list[_Temp]) -> None:
-        """Make a batch durable, then name each; a chunk another writer named meanwhile
-        is the same bytes.  One ``syncfs(2)`` for the batch where there is one (Linux):
-        a chunked layer has a frame per file, and an fsync each cost ~1.3 ms of a pull's
-        time per frame here, one syncfs per 128 a tenth of that; else the fsyncs run in
-        parallel (the journal commits them together)."""
-        if not _syncfs(batch[0].fd):
-            with ThreadPoolExecutor(min(_FSYNC_THREADS, len(batch))) as pool:
-                list(pool.map(lambda t: os.fsync(t.fd), batch))
-        for temp in batch:
-            temp.rename(self.chunk_path(temp.digest))
+            for e in new:
+                w.copy(e.digest, fd, e.offset, e.length)
+            name = w.commit(self.packs.pack_dir)
+        except BaseException:
+            w.drop()
+            raise
+        self.packs.added(name, w.entries)
 
     def _write_recipe(self, recipe: Recipe) -> None:
         final = self.recipe_path(recipe.blob)
@@ -411,77 +492,77 @@ class ChunkStore:
                 used.setdefault(str(chunk), []).append(str(blob))
         return used, damaged
 
+    def physical(self) -> tuple[int, int]:
+        """Distinct chunks, and the bytes of every pack, pack index and loose chunk."""
+        count = len(set(self.chunks()))
+        size = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.packs.pack_dir):
+                with contextlib.suppress(FileNotFoundError):
+                    size += entry.stat().st_size
+        for digest in self.loose():
+            with contextlib.suppress(FileNotFoundError):
+                size += self.chunk_path(digest).stat().st_size
+        return count, size
+
 
 class ChunkSink:
     """A blob stored as chunks while it is assembled span by span, in order (a delta
     pull, transport/delta.py), with no whole copy written and read back: a span already
-    stored is named (``stored``), a new one written once (``add``), and the whole blob
-    hashed once on the way.  The order of ``publish`` above holds: the shared lock from
-    the first chunk to the recipe, every chunk durable before ``finish`` checks the
-    whole digest, and only then the recipe.  Killed or refused midway, the new chunks
-    belong to no recipe: gc's, as above.  Touches no metadata (the lock is held)."""
+    stored is named (``stored``), a new one appended to one pack (``add``), and the whole
+    blob hashed once on the way.  The order of ``publish`` above holds: the shared lock
+    from the first chunk to the recipe, the pack durable before ``finish`` checks the
+    whole digest, and only then the recipe.  Killed or refused midway, the new pack
+    belongs to no recipe: gc's, as above.  Touches no metadata (the lock is held)."""
 
     def __init__(self, chunks: ChunkStore, blob: Digest) -> None:
         self._chunks = chunks
         self.blob = blob
         self._whole = blob.hasher()
         self._entries: list[tuple[Digest, int]] = []
-        self._batch: list[_Temp] = []
         self._seen: set[Digest] = set()
-        self._wrote = False
+        self._pack: PackWriter | None = None
         self.count = 0
         self._lock: int | None = chunks.lock(exclusive=False)
-        (chunks.chunk_dir / "sha256").mkdir(parents=True, exist_ok=True)
+        chunks.packs.refresh()
+        self._loose = chunks._has_loose()
 
     def stored(self, digest: Digest, length: int) -> None:
         """A span that is the stored chunk ``digest`` (leased by the caller): hashed
         into the whole digest, which checks it, never written again."""
-        try:
-            with open(self._chunks.chunk_name(digest), "rb") as f:
-                data = f.read(length + 1)
-        except FileNotFoundError:
-            raise NotFound(f"chunk {digest} not in the store") from None
-        if len(data) != length:
-            raise InvalidInput(f"stored chunk {digest} is not {length} bytes")
+        data = self._chunks.read_chunk(digest, length)
         self._whole.update(data)
         self._seen.add(digest)
         self._entries.append((digest, length))
         self.count += length
 
     def add(self, data: bytes | memoryview) -> None:
-        """A span of new bytes: written as a chunk unless one holds them already."""
+        """A span of new bytes: packed unless a chunk holds them already."""
         self._whole.update(data)
         self.count += len(data)
         digest = Digest.from_hasher(hashlib.sha256(data))
         self._entries.append((digest, len(data)))
-        if digest in self._seen or self._chunks.has_chunk(digest):
+        if digest in self._seen or self._chunks._stored(digest, self._loose):
             self._seen.add(digest)
             return
         self._seen.add(digest)
-        try:
-            temp = _Temp(self._chunks.ingest_dir, digest)
-            self._batch.append(temp)
-            temp.write(data)
-            if len(self._batch) >= _BATCH:
-                self._flush()
-        except OSError as e:
-            raise disk_error(e, "the chunks of a blob") from None
-
-    def _flush(self) -> None:
-        if self._batch:
-            self._chunks._commit(self._batch)
-            self._batch, self._wrote = [], True
+        if self._pack is None:
+            self._pack = PackWriter(self._chunks.ingest_dir)
+        self._pack.add(digest, data)
 
     def finish(self, size: int) -> Recipe:
-        """Make the chunks durable, check the whole blob's size and digest, then write
-        its recipe and let go of the lock; IntegrityError (nothing named) on a mismatch."""
+        """Make the new chunks durable, check the whole blob's size and digest, then
+        write its recipe and let go of the lock; IntegrityError (nothing named) on a
+        mismatch."""
         try:
-            try:
-                self._flush()
-                if self._wrote:
-                    fsync_dir(self._chunks.chunk_dir / "sha256")
-            except OSError as e:
-                raise disk_error(e, "the chunks of a blob") from None
+            if self._pack is not None:
+                pack, self._pack = self._pack, None
+                try:
+                    name = pack.commit(self._chunks.packs.pack_dir)
+                except BaseException:
+                    pack.drop()
+                    raise
+                self._chunks.packs.added(name, pack.entries)
             got = Digest.from_hasher(self._whole)
             if self.count != size or got != self.blob:
                 raise IntegrityError(f"blob {self.blob}: content has digest {got} and "
@@ -500,10 +581,10 @@ class ChunkSink:
         return self.blob
 
     def abort(self) -> None:
-        """Drop chunks not yet named and let go of the lock (idempotent)."""
-        for temp in self._batch:
-            temp.drop()
-        self._batch = []
+        """Drop a pack not yet committed and let go of the lock (idempotent)."""
+        if self._pack is not None:
+            self._pack.drop()
+            self._pack = None
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -512,8 +593,8 @@ class ChunkSink:
 class ChunkedFile(io.RawIOBase):
     """A blob kept as chunks, read as one file: ``read``/``readinto``/``seek`` and
     ``pread`` at any offset give its original bytes.  Not a real file: no ``fileno``
-    (a push cannot sendfile(2) it; the bytes stream instead).  Chunks are opened as the
-    reads reach them, one descriptor at a time."""
+    (a push cannot sendfile(2) it; the bytes stream instead).  Packs are opened as the
+    reads reach them (a few descriptors kept), a loose chunk one at a time."""
 
     def __init__(self, chunks: ChunkStore, recipe: Recipe) -> None:
         super().__init__()
@@ -525,8 +606,7 @@ class ChunkedFile(io.RawIOBase):
             self._starts.append(at)
             at += n
         self._pos = 0
-        self._fd = -1
-        self._fd_index = -1
+        self._fds: dict[str, int] = {}
 
     @property
     def size(self) -> int:
@@ -579,7 +659,8 @@ class ChunkedFile(io.RawIOBase):
             digest, length = self.recipe.chunks[i]
             within = offset - self._starts[i]
             want = min(len(view) - filled, length - within)
-            got = os.preadv(self._chunk_fd(i), [view[filled:filled + want]], within)
+            fd, base = self._open(digest, length)
+            got = os.preadv(fd, [view[filled:filled + want]], base + within)
             if got <= 0:
                 raise IntegrityError(f"blob {self.recipe.blob}: chunk {digest} is shorter "
                                      "than its recipe says (run `lamina fsck`)")
@@ -587,23 +668,34 @@ class ChunkedFile(io.RawIOBase):
             offset += got
         return filled
 
-    def _chunk_fd(self, i: int) -> int:
-        if i != self._fd_index:
-            self._close_fd()
-            digest = self.recipe.chunks[i][0]
-            try:
-                self._fd = os.open(self._chunks.chunk_name(digest), os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                raise IntegrityError(f"blob {self.recipe.blob}: chunk {digest} is missing from "
-                                     "the store (run `lamina fsck`)") from None
-            self._fd_index = i
-        return self._fd
+    def _open(self, digest: Digest, length: int) -> tuple[int, int]:
+        """A descriptor holding the chunk, and the chunk's offset in it."""
+        for fresh in (False, True):
+            where = self._chunks.locate(digest, fresh)
+            if where is None:
+                continue
+            if where.length != length:
+                raise IntegrityError(f"blob {self.recipe.blob}: chunk {digest} is "
+                                     f"{where.length} bytes, its recipe says {length} "
+                                     "(run `lamina fsck`)")
+            fd = self._fds.get(where.path)
+            if fd is None:
+                try:
+                    fd = os.open(where.path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue     # gc rewrote its pack meanwhile: look again
+                if len(self._fds) >= _OPEN_PACKS:
+                    self._close_fds()
+                self._fds[where.path] = fd
+            return fd, where.offset
+        raise IntegrityError(f"blob {self.recipe.blob}: chunk {digest} is missing from "
+                             "the store (run `lamina fsck`)")
 
-    def _close_fd(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd, self._fd_index = -1, -1
+    def _close_fds(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def close(self) -> None:
-        self._close_fd()
+        self._close_fds()
         super().close()

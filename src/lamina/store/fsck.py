@@ -60,6 +60,13 @@ def _check_chunks(store: Store, report: FsckReport, repair: bool) -> None:
     remove it (its blobs are corrupt too, and go with the corrupt blobs)."""
     chunks = store.blobs.chunks
     digests = list(chunks.chunks())
+    for name, why in sorted(chunks.packs.damaged.items()):
+        report.dangling.append(why)
+        if repair:
+            # What it held is unreadable anyway: the blobs needing it are found corrupt
+            # below and go with the corrupt blobs.
+            chunks.remove_pack(name)
+            report.repaired.append(f"removed pack {name} (its index was damaged)")
     report.chunks_checked = len(digests)
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         results = list(pool.map(lambda d: _check_chunk(store, d), digests))
@@ -70,7 +77,7 @@ def _check_chunks(store: Store, report: FsckReport, repair: bool) -> None:
     for digest in bad:
         report.corrupt_chunks[str(digest)] = sorted(used.get(str(digest), []))
         if repair:
-            chunks.delete_chunk(digest)
+            chunks.forget_chunk(digest)
             report.repaired.append(f"removed corrupt chunk {digest}")
 
 

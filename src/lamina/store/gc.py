@@ -7,6 +7,10 @@ cache.  Mark and sweep run inside one IMMEDIATE SQLite transaction, so no writer
 add a root or lease resource between them; a writer that registers a blob in its lease
 *before* checking whether the blob exists can therefore never have it swept from under it.
 
+Build cache mounts (cachemounts.py) are no blobs: they belong to the build cache, so
+``cache=True`` removes every one no build holds now, as ``docker builder prune`` does;
+``prune_build`` is ``lamina builder prune``.
+
 Chunks (chunks.py) are reached through the recipes of the blobs that stay, or named in a
 live lease (a delta pull that is about to reuse them): the rest go, with their rows in
 ``chunk_contents``.  The chunk sweep holds the chunk lock exclusively, so no writer is
@@ -24,7 +28,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,8 +36,11 @@ from typing import TYPE_CHECKING
 from lamina.digest import Digest
 from lamina.errors import NoSpace
 from lamina.store import locks, pool, scratch
+from lamina.store.cachemounts import CacheMounts
+from lamina.store.packs import index_size
 
 if TYPE_CHECKING:
+    from lamina.store.chunks import ChunkStore
     from lamina.store.store import Store
 
 
@@ -64,6 +71,7 @@ class GcReport:
     damaged_recipes: list[str] = field(default_factory=list)   # no chunk swept then
     pool_removed: int = 0     # pool entries no snapshot links any more (store/pool.py)
     pool_bytes_freed: int = 0
+    cache_mounts_removed: list[str] = field(default_factory=list)  # ids (cachemounts.py)
 
 
 SNAPSHOT_PREFIX = "snapshot:"
@@ -171,6 +179,34 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
     report.temp_removed, temp_bytes = scratch.sweep(store.root / "tmp", dry_run=dry_run)
     report.pool_removed, report.pool_bytes_freed = pool.sweep(store.root, dry_run, released)
     report.bytes_freed += ingest_bytes + temp_bytes + report.pool_bytes_freed
+    if cache:
+        _prune_mounts(store, report, dry_run)
+    return report
+
+
+def _prune_mounts(store: Store, report: GcReport, dry_run: bool) -> None:
+    removed, freed = CacheMounts(store.root).prune(dry_run)
+    report.cache_mounts_removed = [m.id for m in removed]
+    report.bytes_freed += freed
+
+
+def prune_build(store: Store, everything: bool = False) -> GcReport:
+    """``lamina builder prune``: every cache mount no build holds, and the build-cache
+    entries whose layer no image uses (Docker's "dangling" build cache), then what gc
+    then finds unreachable; ``everything``: all build-cache entries (``-a``)."""
+    if everything:
+        return collect(store, cache=True)
+    with store.meta.transaction() as db:
+        roots = {str(r[0]) for r in db.execute("SELECT digest FROM tags")}
+        roots.update(str(r[0]) for r in db.execute("SELECT digest FROM images"))
+        live = reachable(roots, _edges(db))
+        dangling = [str(key) for key, layer in db.execute(
+            "SELECT key, layer FROM build_cache").fetchall() if str(layer) not in live]
+        for key in dangling:
+            db.execute("DELETE FROM build_cache WHERE key=?", (key,))
+    report = collect(store)
+    report.cache_removed = len(dangling)
+    _prune_mounts(store, report, dry_run=False)
     return report
 
 
@@ -184,6 +220,7 @@ def _sweep_chunks(store: Store, db: sqlite3.Connection, live: set[str], gone: se
         # before its first chunk): nothing to sweep, and nothing to create on a full disk.
         return
     with chunks.locked(exclusive=True):
+        chunks.packs.refresh()     # finds a damaged pack index before anything is swept
         kept = [d for d in chunks.recipes() if str(d) not in gone]
         used, damaged = chunks.users(kept)
         report.damaged_recipes = damaged
@@ -194,10 +231,11 @@ def _sweep_chunks(store: Store, db: sqlite3.Connection, live: set[str], gone: se
                 if not dry_run:
                     path.unlink()
                 report.bytes_freed += size
-        # A damaged recipe hides which chunks its blob needs: sweep none (fsck names it).
-        for digest in [] if damaged else list(chunks.chunks()):
-            key = str(digest)
-            if key in used or key in live:
+        # A damaged recipe (or pack index) hides which chunks are needed or where they
+        # are: sweep none (fsck names it).
+        keep = used.keys() | live
+        for digest in [] if damaged or chunks.packs.damaged else list(chunks.loose()):
+            if str(digest) in keep:
                 continue
             try:
                 size = chunks.chunk_path(digest).stat().st_size
@@ -205,13 +243,55 @@ def _sweep_chunks(store: Store, db: sqlite3.Connection, live: set[str], gone: se
                 continue
             if not dry_run:
                 chunks.delete_chunk(digest)
-            report.chunks_removed += 1
-            report.chunk_bytes_freed += size
-            report.bytes_freed += size
+            _count_chunks(report, 1, size)
+        if not (damaged or chunks.packs.damaged):
+            _sweep_packs(chunks, keep, report, dry_run)
     if not dry_run:
         for (chunk,) in db.execute("SELECT DISTINCT chunk FROM chunk_contents").fetchall():
             if not chunks.has_chunk(Digest.parse(str(chunk))):
                 db.execute("DELETE FROM chunk_contents WHERE chunk=?", (chunk,))
+
+
+def _count_chunks(report: GcReport, count: int, size: int) -> None:
+    report.chunks_removed += count
+    report.chunk_bytes_freed += size
+    report.bytes_freed += size
+
+
+def _sweep_packs(chunks: ChunkStore, keep: Collection[str], report: GcReport,
+                 dry_run: bool) -> None:
+    """A pack no recipe needs goes whole; one that is at least half dead is rewritten
+    with only its live chunks (so a store never holds more than ~2x what its recipes
+    need); a pack without an index is a crashed writer's (the index is written last)."""
+    listed = chunks.packs.packs()
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(chunks.packs.pack_dir):
+            name = entry.name.removesuffix(".pack")
+            if entry.name.endswith(".pack") and name not in listed \
+                    and name not in chunks.packs.damaged:
+                with contextlib.suppress(FileNotFoundError):
+                    size = entry.stat().st_size
+                    if not dry_run:
+                        chunks.remove_pack(name)
+                    _count_chunks(report, 0, size)
+    for name, entries in listed.items():
+        live = [e for e in entries if str(e.digest) in keep]
+        if len(live) == len(entries):
+            continue
+        try:
+            size = chunks.packs.pack_path(name).stat().st_size + index_size(len(entries))
+        except FileNotFoundError:
+            continue
+        dead = len(entries) - len(live)
+        if not live:
+            if not dry_run:
+                chunks.remove_pack(name)
+            _count_chunks(report, dead, size)
+        elif 2 * sum(e.length for e in live) <= size:
+            if not dry_run:
+                chunks.repack(name, live)
+            _count_chunks(report, dead,
+                          size - sum(e.length for e in live) - index_size(len(live)))
 
 
 def _ended_leases(store: Store, db: sqlite3.Connection) -> dict[str, int | None]:

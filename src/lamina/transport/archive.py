@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
-from lamina.errors import InvalidInput, InvalidReference, LaminaError
+from lamina.digest import VerifyingReader
+from lamina.errors import InvalidInput, InvalidReference, LaminaError, NotFound
 from lamina.image.manifest import Descriptor, Platform
 from lamina.image.reference import Reference
 from lamina.store.store import Store
-from lamina.transport.base import ImageSink, ImageSource, NamedImage
+from lamina.transport.base import ImageSink, ImageSource, NamedImage, Progress
 from lamina.transport.compressing import Conversion, converting_sink
 from lamina.transport.copy import CopyEvent, CopyOptions, copy_image
 from lamina.transport.docker_archive import (
@@ -26,6 +27,12 @@ from lamina.transport.docker_archive import (
     is_docker_archive,
 )
 from lamina.transport.filetree import open_tree
+from lamina.transport.inventory import (
+    INCREMENTAL_ANNOTATION,
+    ExcludingSink,
+    excluded_blobs,
+    missing_blobs,
+)
 from lamina.transport.local import StoreTransport
 from lamina.transport.oci_layout import (
     CONTAINERD_NAME,
@@ -123,6 +130,54 @@ def _image_id(store_source: StoreTransport, desc: Descriptor) -> str | None:
         return None  # an index without this platform: no single image id
 
 
+def _check_complete(source: OciLayoutSource, sink: StoreTransport,
+                    plan: list[tuple[NamedImage, str | None]], path: Path) -> None:
+    """Refuse, before anything is written, a layout whose images need a blob that is
+    neither in it nor in the store (an incremental save for another store)."""
+    for named, ref in plan:
+        gaps = missing_blobs(source, named.descriptor, source.has_blob, sink.has_blob)
+        if not gaps:
+            continue
+        desc, what = gaps[0]
+        image = Reference.parse(ref).familiar if ref else str(named.descriptor.digest)
+        more = f" (and {len(gaps) - 1} more)" if len(gaps) > 1 else ""
+        why = ("; it was saved for a store that has it (save --exclude)"
+               if source.index.annotations.get(INCREMENTAL_ANNOTATION) else "")
+        raise NotFound(f"{path}: blob {desc.digest}, {what} of {image}, is neither in the "
+                       f"archive nor in the store{more}{why}: nothing loaded")
+
+
+class _ManifestsLast:
+    """A sink that passes blobs on at once and holds the manifests back until
+    ``replay``: a load records no image before every blob of the archive is checked."""
+
+    def __init__(self, sink: StoreTransport) -> None:
+        self.sink = sink
+        self.accepts_index = sink.accepts_index
+        self.held: list[tuple[Descriptor, bytes, list[str] | None]] = []
+
+    def has_blob(self, desc: Descriptor) -> bool:
+        return self.sink.has_blob(desc)
+
+    def put_blob(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
+                 progress: Progress | None = None) -> None:
+        self.sink.put_blob(desc, stream, progress)
+
+    def put_manifest(self, desc: Descriptor, raw: bytes, names: list[str] | None) -> None:
+        self.held.append((desc, raw, names))
+
+    def replay(self) -> None:
+        held, self.held = self.held, []
+        for desc, raw, names in held:
+            self.sink.put_manifest(desc, raw, names)
+
+    def close(self) -> None:
+        self.replay()
+
+    def abort(self) -> None:
+        self.sink.abort()
+
+
 def load_archive(store: Store, path: Path, name: str | None = None,
                  on_event: Callable[[CopyEvent], None] | None = None) -> list[Loaded]:
     """Copy every image of an archive or layout into the store, all platforms."""
@@ -152,9 +207,16 @@ def load_archive(store: Store, path: Path, name: str | None = None,
                 familiar = Reference.parse(ref).familiar
                 raise InvalidInput(f"{path}: two images would both be named {familiar}"
                                    + (" (give --name without a tag)" if name else ""))
-        for named, ref in plan:
-            top = sink.stored(copy_image(source, named.descriptor, sink, [ref] if ref else [],
-                                         opts))
+        if isinstance(source, OciLayoutSource):
+            _check_complete(source, sink, plan, path)
+        # Every blob of every image first, then the manifests (which name images): a
+        # corrupt blob anywhere in the archive leaves no image of it tagged.
+        deferred = _ManifestsLast(sink)
+        tops = [copy_image(source, named.descriptor, deferred, [ref] if ref else [], opts)
+                for named, ref in plan]
+        deferred.replay()
+        for (_, ref), written in zip(plan, tops, strict=True):
+            top = sink.stored(written)
             loaded.append(Loaded(ref, top, _image_id(sink, top)))
         sink.close()
     except BaseException:
@@ -165,20 +227,42 @@ def load_archive(store: Store, path: Path, name: str | None = None,
     return loaded
 
 
+@dataclass(frozen=True)
+class Saved:
+    images: list[Descriptor]        # what was written at the top of each image
+    omitted: list[Descriptor]       # layers left out (--exclude: the far side has them)
+
+
 def save_images(store: Store, refs: Sequence[str], path: Path, fmt: Format,
                 platform: Platform | None = None,
                 on_event: Callable[[CopyEvent], None] | None = None,
-                conversion: Conversion | None = None) -> list[Descriptor]:
+                conversion: Conversion | None = None, exclude: Sequence[str] = ()) -> Saved:
     """Write the named store images into one archive or layout; ``conversion``: the
-    layers' compression there (``save --dest-compress-format``), else as stored."""
+    layers' compression there (``save --dest-compress-format``), else as stored.
+    ``exclude``: inventory files or store images whose layers the reader already has;
+    those are left out (an incremental layout, transport/inventory.py)."""
     if not refs:
         raise InvalidInput("save needs at least one image")
     if conversion is not None and fmt == "docker-archive":
         raise InvalidInput("docker-archive layers are written uncompressed: "
                            "--dest-compress-format needs an OCI format")
+    if exclude and fmt in ("docker-archive", "docker-oci-archive"):
+        # docker load opens every layer its manifest.json names; an archive without
+        # some of them is refused, whatever the daemon already holds.
+        raise InvalidInput(f"a {fmt} cannot leave layers out (docker load refuses one "
+                           "whose layers are missing): --exclude needs --format "
+                           "oci-archive or oci")
+    if exclude and conversion is not None:
+        raise InvalidInput("--exclude leaves out layers as the far side holds them: it "
+                           "cannot be combined with --dest-compress-format")
     source = StoreTransport(store)
     resolved = [(source.resolve(r), r) for r in refs]  # all names checked before writing
+    excluded = excluded_blobs(store, source, exclude) if exclude else set()
     sink = open_sink(path, fmt)
+    excluding: ExcludingSink | None = None
+    if exclude:
+        assert isinstance(sink, OciLayoutSink)
+        sink = excluding = ExcludingSink(sink, excluded)
     if conversion is not None:
         sink = converting = converting_sink(sink, store, conversion)
     out = []
@@ -200,8 +284,8 @@ def save_images(store: Store, refs: Sequence[str], path: Path, fmt: Format,
     except BaseException:
         sink.abort()
         raise
-    return out
+    return Saved(out, list(excluding.omitted.values()) if excluding is not None else [])
 
 
-__all__ = ["FORMATS", "CopyEvent", "Format", "Loaded", "load_archive", "open_archive",
-           "open_sink", "save_images"]
+__all__ = ["FORMATS", "CopyEvent", "Format", "Loaded", "Saved", "load_archive",
+           "open_archive", "open_sink", "save_images"]

@@ -172,8 +172,12 @@ class StoreTransport:
         # A stream that can start midway (a registry's, by Range) is worth resuming if
         # this pull is cut off: the writer's ingest file is then named for the blob.
         resumable = verified is not None and hasattr(verified.raw, "start_at")
+        # A layer with a chunked TOC is read back to be cut into chunks: keep it cached.
+        reread = spans is None and mt.is_layer(desc.media_type) and any(
+            k.endswith("zstd-chunked.manifest-position") for k in desc.annotations or ())
         w = self.store.blobs.writer(desc.digest.algorithm, verified_by=verified,
-                                    resume=desc.digest if resumable else None)
+                                    resume=desc.digest if resumable else None,
+                                    reread=reread)
         try:
             w.fill_from(stream, None if progress is None
                         else (lambda done: progress(done, desc.size)))

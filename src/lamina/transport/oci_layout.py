@@ -96,6 +96,10 @@ class OciLayoutSource:
                     return d
         raise NotFound(f"{self.tree.where}: no image named {name!r}")
 
+    def has_blob(self, desc: Descriptor) -> bool:
+        """Whether the layout holds the blob (an incremental save leaves layers out)."""
+        return self.tree.exists(blob_name(desc))
+
     def open_blob(self, desc: Descriptor) -> VerifyingReader:
         try:
             f = self.tree.open(blob_name(desc))
@@ -121,6 +125,8 @@ class OciLayoutSink:
     def __init__(self, writer: TreeWriter, existing: list[Descriptor] | None = None) -> None:
         self.writer = writer
         self.entries: list[Descriptor] = list(existing or [])
+        # index.json's own annotations (an incremental save marks what it left out)
+        self.annotations: dict[str, str] = {}
 
     @classmethod
     def to_dir(cls, path: Path) -> OciLayoutSink:
@@ -192,7 +198,8 @@ class OciLayoutSink:
 
     def close(self) -> None:
         self.writer.add_bytes(LAYOUT_FILE, json.dumps(LAYOUT_VERSION).encode())
-        self.writer.add_bytes("index.json", build_index(self.entries).raw)
+        self.writer.add_bytes("index.json",
+                              build_index(self.entries, annotations=self.annotations).raw)
         self.writer.finish()
 
     def abort(self) -> None:
