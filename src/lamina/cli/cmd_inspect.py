@@ -17,6 +17,7 @@ import click
 from lamina.cli.format import argument, flag, option
 
 if TYPE_CHECKING:
+    from lamina.inspect.compare import LayerRow
     from lamina.inspect.sources import OpenedImage
     from lamina.inspect.tree import Change, LayerChanges, TreeRow, Version
     from lamina.store.store import Store
@@ -103,6 +104,7 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         uncompressed (as Docker's SIZE; N/A for a registry's layer not in the store),
         COMPRESSED the blob as stored and moved."""
         from lamina.cli.format import human_age, human_size, print_json, table
+        from lamina.inspect.relation import stack_notes
         from lamina.inspect.sizes import unpacked_sizes
         from lamina.inspect.summary import history as history_rows
         from lamina.transport.local import StoreTransport
@@ -117,6 +119,7 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
             sizes = unpacked_sizes(img.source, m.layers, img.image.config.diff_ids, store,
                                    count=not remote)
             rows = history_rows(img.image, sizes)
+            notes = stack_notes(img.image)
         if json_:
             print_json([r.to_json() for r in rows])
             return
@@ -125,6 +128,12 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
                 human_age(r.created), _trunc(r.created_by, 45, no_trunc),
                 "N/A" if r.unpacked_size is None else human_size(r.unpacked_size),
                 human_size(r.size), r.comment] for r in rows])
+        if notes:   # what rebase and squash recorded (the base, the moves, the merges)
+            from lamina.cli.format import say
+
+            say("")
+            for note in notes:
+                say(f"Stack: {note}")
 
     # -- layers -----------------------------------------------------------------------
     @app.command()
@@ -290,12 +299,17 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         where = (f"they diverge at layer {result.shared_layers + 1}"
                  if result.shared_layers < n else "all layers are the same")
         out.print(f"Layers: {result.shared_layers} shared, {where}", markup=False)
+        if result.relation:
+            out.print(result.relation, markup=False)
 
         def side(x: tuple[str, str, str] | None) -> str:
             return "-" if x is None else f"{_short(x[0])}  {_trunc(x[2], 40)}"
 
+        def sign(r: LayerRow) -> str:   # "~": the same bytes on another stack
+            return "=" if r.shared else ("~" if r.a and r.b and r.a[1] == r.b[1] else "≠")
+
         table(["LAYER", "", "A", "B"],
-              [[str(r.position + 1), "=" if r.shared else "≠", side(r.a),
+              [[str(r.position + 1), sign(r), side(r.a),
                 "(shared)" if r.shared else side(r.b)] for r in result.layers])
         if result.same_bytes_elsewhere:
             out.print(f"Same layer bytes above the divergence: "

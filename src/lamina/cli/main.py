@@ -438,7 +438,7 @@ def fsck(repair: bool, json_: bool) -> None:
 _COMMAND_MODULES = ("lamina.cli.cmd_run", "lamina.cli.cmd_build", "lamina.cli.cmd_transfer",
                     "lamina.cli.cmd_inspect", "lamina.cli.cmd_serve", "lamina.cli.cmd_prune",
                     "lamina.cli.cmd_completion", "lamina.cli.cmd_airgap",
-                    "lamina.cli.cmd_containers")
+                    "lamina.cli.cmd_containers", "lamina.cli.cmd_stack")
 
 
 def _register_more() -> None:

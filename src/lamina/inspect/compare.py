@@ -63,6 +63,7 @@ class ImageDiff:
     same_bytes_elsewhere: list[str]    # diff_ids both have above the divergence
     files: list[FileDiff] = field(default_factory=list)
     hashed: int = 0                    # files whose contents had to be read
+    relation: str | None = None        # B is A rebased / squashed (inspect/relation.py)
 
     def count(self, status: Status) -> int:
         return sum(1 for f in self.files if f.status == status)
@@ -73,7 +74,7 @@ class ImageDiff:
                    for f in self.files if f.status == status)
 
     def to_json(self) -> dict[str, Any]:
-        return {"shared_layers": self.shared_layers,
+        return {"shared_layers": self.shared_layers, "relation": self.relation,
                 "layers": [r.to_json() for r in self.layers],
                 "same_bytes_elsewhere": self.same_bytes_elsewhere,
                 "summary": {s: {"count": self.count(s), "bytes": self.bytes(s)}
@@ -94,6 +95,29 @@ def _differ(a: Version, b: Version) -> list[str]:
     if a.link != b.link:
         out.append("link")
     return out
+
+
+def _link_resolver(an: Analysis) -> Callable[[Version], Version]:
+    """A hard link stands for the file it names, as the layers had it when the link was
+    made (the latest version of the target at or below the link's layer): which path of
+    a group carries the bytes is the writer's choice (a squash moves it to the first in
+    tar order), not a difference in the root."""
+    by_layer = [{c.path: c.version for c in lc.changes if c.version is not None}
+                for lc in an.layers]
+
+    def resolve(v: Version) -> Version:
+        for _ in range(8):              # a link to a link, a few deep at most
+            if v.type != "hardlink":
+                return v
+            target = "/" + v.link.lstrip("/")
+            found = next((by_layer[i][target] for i in range(v.layer, -1, -1)
+                          if target in by_layer[i]), None)
+            if found is None:
+                return v
+            v = found
+        return v
+
+    return resolve
 
 
 def compare_layers(a: ResolvedImage, b: ResolvedImage) -> tuple[int, list[LayerRow], list[str]]:
@@ -130,8 +154,9 @@ def compare(source_a: ImageSource, image_a: ResolvedImage, source_b: ImageSource
 
     root_a = dict(an_a.root.walk())
     root_b = dict(an_b.root.walk())
+    res_a, res_b = _link_resolver(an_a), _link_resolver(an_b)
     files: list[FileDiff] = []
-    to_hash: list[tuple[str, Version, Version]] = []
+    to_hash: list[tuple[str, Version, Version, Version, Version]] = []
     for path in sorted(root_a.keys() | root_b.keys(), key=split_key):
         in_a, in_b = path in root_a, path in root_b
         va, vb = root_a.get(path), root_b.get(path)
@@ -140,28 +165,33 @@ def compare(source_a: ImageSource, image_a: ResolvedImage, source_b: ImageSource
         elif in_b and not in_a:
             files.append(FileDiff(path, "added", None, vb))
         elif va is not None and vb is not None:
-            fields = _differ(va, vb)
+            ra, rb = res_a(va), res_b(vb)
+            fields = _differ(ra, rb)
             if fields:
                 files.append(FileDiff(path, "changed", va, vb, tuple(fields)))
-            elif va.is_file and ida[va.layer] != idb[vb.layer]:
-                to_hash.append((path, va, vb))
+            elif ra.is_file and ida[ra.layer] != idb[rb.layer]:
+                to_hash.append((path, va, vb, ra, rb))
 
     hashed = 0
     if to_hash:
         want_a: dict[int, set[str]] = {}
         want_b: dict[int, set[str]] = {}
-        for path, va, vb in to_hash:
-            want_a.setdefault(va.layer, set()).add(path)
-            want_b.setdefault(vb.layer, set()).add(path)
-        sums_a: dict[str, str] = {}
-        sums_b: dict[str, str] = {}
+        for _, _, _, ra, rb in to_hash:
+            want_a.setdefault(ra.layer, set()).add(ra.path)
+            want_b.setdefault(rb.layer, set()).add(rb.path)
+        sums_a: dict[tuple[int, str], str] = {}
+        sums_b: dict[tuple[int, str], str] = {}
         for layer, paths in sorted(want_a.items()):
-            sums_a.update(hash_files(source_a, image_a.manifest.layers[layer], paths))
+            for p, d in hash_files(source_a, image_a.manifest.layers[layer], paths).items():
+                sums_a[layer, p] = d
         for layer, paths in sorted(want_b.items()):
-            sums_b.update(hash_files(source_b, image_b.manifest.layers[layer], paths))
+            for p, d in hash_files(source_b, image_b.manifest.layers[layer], paths).items():
+                sums_b[layer, p] = d
         hashed = len(to_hash)
-        for path, va, vb in to_hash:
-            if sums_a.get(path) != sums_b.get(path):
+        for path, va, vb, ra, rb in to_hash:
+            if sums_a.get((ra.layer, ra.path)) != sums_b.get((rb.layer, rb.path)):
                 files.append(FileDiff(path, "changed", va, vb, ("content",)))
         files.sort(key=lambda f: split_key(f.path))
-    return ImageDiff(shared, rows, elsewhere, files, hashed)
+    from lamina.inspect.relation import relation
+
+    return ImageDiff(shared, rows, elsewhere, files, hashed, relation(image_a, image_b))

@@ -40,6 +40,13 @@ def commit_changeset(store: Store, lease: Lease, changes: Changeset | Path,
     else:
         cs = changes
         produce = lambda out: write_changeset(cs, out, options)  # noqa: E731
+    return commit_layer(store, lease, produce, options, media_type)
+
+
+def commit_layer(store: Store, lease: Lease, produce: Callable[[Writable], TarInfo],
+                 options: LayerOptions, media_type: str) -> StoredLayer:
+    """Store the layer ``produce(out)`` writes (any tar writer of this room: a
+    changeset, a tree, squashed layers) and record digest ↔ diff_id."""
     cmap: ChunkMap | None = None
     with store.blobs.writer() as w:
         info = produce(w)

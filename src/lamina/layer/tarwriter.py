@@ -50,6 +50,28 @@ class TarInfo:
     spans: tuple[tuple[int, int], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One entry written as given (``write_entries``: a tar made from other tars, e.g.
+    layer/squash.py): ``name`` relative to the root, no leading or trailing '/';
+    ``type`` a tarformat flag; a regular file's ``size`` bytes are read from ``fd`` at
+    ``offset``.  The mtime is clamped to ``source_date_epoch`` like any other."""
+
+    name: str
+    type: str
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    size: int = 0
+    linkname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+    fd: int = -1
+    offset: int = 0
+
+
 class _Sink(Protocol):
     """Where the tar writer puts its bytes: ``_Blocks`` (one compressed stream) or
     ``chunkedwriter.ChunkedBlocks`` (a frame per file payload)."""
@@ -288,6 +310,18 @@ class _TarWriter:
             self.header(name, perm, st.st_uid, st.st_gid, 0, mtime, b"6", xattrs=xattrs)
         # Sockets and anything else have no tar representation; diff_trees skips them.
 
+    def put(self, e: Entry) -> None:
+        name = os.fsencode(e.name) + (b"/" if e.type == tf.DIR else b"")
+        mtime = e.mtime if self._sde is None else min(e.mtime, self._sde)
+        is_reg = e.type == tf.REG
+        self.header(name, e.mode, e.uid, e.gid, e.size if is_reg else 0, mtime,
+                    e.type.encode(), os.fsencode(e.linkname), e.devmajor, e.devminor,
+                    list(e.xattrs) or None)
+        if is_reg and e.size:
+            os.lseek(e.fd, e.offset, os.SEEK_SET)
+            self._blocks.read_from(e.fd, e.size, e.name)
+            self._blocks.skip(tf.pad_len(e.size))
+
     def close(self) -> None:
         # End of archive: two zero blocks (ustar), nothing more.
         self._blocks.skip(2 * tf.BLOCK)
@@ -302,22 +336,32 @@ def write_changeset(cs: Changeset, out: Writable, options: LayerOptions) -> TarI
     return _write(cs.upper, cs.changes, out, options)
 
 
-def _write(upper: Path, changes: Iterable[Change], out: Writable, options: LayerOptions) -> TarInfo:
+def write_entries(entries: Iterable[Entry], out: Writable, options: LayerOptions) -> TarInfo:
+    """A layer of ``entries`` exactly as given, in the order given (the caller sorts)."""
+    return _write(None, entries, out, options)
+
+
+def _write(upper: Path | None, changes: Iterable[Change | Entry], out: Writable,
+           options: LayerOptions) -> TarInfo:
     blocks: _Sink
     if options.compression == "zstd:chunked":
         blocks = ChunkedBlocks(out, options)
     else:
         blocks = _Blocks(compressor(out, options))
     writer = _TarWriter(blocks, options.source_date_epoch)
-    root = os.fspath(upper)
+    root = "" if upper is None else os.fspath(upper)
     try:
         for change in changes:
             try:
-                writer.add(root, change)
+                if isinstance(change, Entry):
+                    writer.put(change)
+                else:
+                    writer.add(root, change)
             except OSError as exc:
                 # The tree changed under us or cannot be read: say which path.
+                where = change.name if isinstance(change, Entry) else f"{root}/{change.path}"
                 raise InvalidInput(
-                    f"cannot add {root}/{change.path} to a layer: {exc.strerror or exc}"
+                    f"cannot add {where} to a layer: {exc.strerror or exc}"
                 ) from exc
         writer.close()
         diff_id = blocks.finish()

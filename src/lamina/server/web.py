@@ -49,6 +49,7 @@ from lamina.image import mediatypes as mt
 from lamina.image.config import ImageConfig, parse_config
 from lamina.image.manifest import Descriptor, Index, Manifest, current_platform, parse
 from lamina.inspect.graph import SHARED_FILL, UNIQUE_FILL, build_drawing, render_svg
+from lamina.inspect.relation import stack_notes
 from lamina.inspect.summary import history
 from lamina.inspect.tree import LayerCache, analyze, change_tree, read_entries
 from lamina.layer.tarreader import TarEntry
@@ -543,6 +544,9 @@ async def _image(reg: Registry, rq: Rq, repo: str, ref: str) -> str:
               ("platform", h(str(cfg.platform))),
               ("size", f"{human_size(info.size)} ({info.size} bytes) in "
                        f"{len(info.manifest.layers)} layers")]
+    # What rebase and squash recorded: the base, each move, each merge.
+    facts += [("stack", f"<span class=\"stack-note\">{h(note)}</span>")
+              for note in stack_notes(image)]
     rows = []
     # history() is newest first; layers are numbered from 1 at the bottom
     hist = history(image)
