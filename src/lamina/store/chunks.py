@@ -45,6 +45,7 @@ import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -58,6 +59,7 @@ RECIPE_FORMAT = "lamina-recipe-v1"
 MAX_RECIPE_BYTES = 64 << 20   # a recipe is ~80 bytes a chunk: a million chunks fit
 _IN_MEMORY = 4 << 20          # a long span is hashed this much at a time
 _READ_BUFFER = 8 << 20        # spans are read through a buffer this large
+_PARALLEL_FROM = 16 << 20     # blobs this large are hashed on two threads
 _OPEN_PACKS = 8               # pack descriptors a reader keeps open
 
 
@@ -124,13 +126,29 @@ def _pread_full(fd: int, n: int, offset: int) -> bytes:
 
 def _hash_spans(fd: int, spans: list[tuple[int, int]], whole: Any
                 ) -> list[tuple[Digest, int]]:
-    """Each span's sha256 (and the whole file's into ``whole``); ``spans`` cover the
-    file in order (``check_spans``).  Read sequentially through one large buffer: a
+    """``_hash_run`` over ``spans``; a large blob already verified whole (``whole`` None)
+    in two halves on two threads (hashlib lets go of the GIL): the second pass of a cold
+    pull's chunked layer, ~100 ms for 55 MB on one core here."""
+    if whole is not None or len(spans) < 64 or spans[-1][0] < _PARALLEL_FROM:
+        return _hash_run(fd, spans, whole)
+    half = len(spans) // 2
+    with ThreadPoolExecutor(2, thread_name_prefix="lamina-hash") as pool:
+        first = pool.submit(_hash_run, fd, spans[:half], None)
+        second = _hash_run(fd, spans[half:], None)
+        return first.result() + second
+
+
+def _hash_run(fd: int, spans: list[tuple[int, int]], whole: Any
+              ) -> list[tuple[Digest, int]]:
+    """Each span's sha256 (and the whole file's into ``whole``); ``spans`` are
+    consecutive (``check_spans``).  Read sequentially through one large buffer: a
     chunked layer has thousands of spans, and a read(2) each cost a cold pull more than
     the hashing did on a busy machine (bench_delta)."""
     out: list[tuple[Digest, int]] = []
-    end = spans[-1][0] + spans[-1][1] if spans else 0
-    with io.BufferedReader(_Slice(os.dup(fd), 0, end), _READ_BUFFER) as f:
+    if not spans:
+        return out
+    start, end = spans[0][0], spans[-1][0] + spans[-1][1]
+    with io.BufferedReader(_Slice(os.dup(fd), start, end - start), _READ_BUFFER) as f:
         for _, length in spans:
             h = hashlib.sha256()
             left = length
