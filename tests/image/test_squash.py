@@ -217,3 +217,20 @@ def test_squash_docker_archive_into_an_oci_archive(lamina: Lamina, tmp_path: Pat
     check.run("load", tmp_path / "flat.tar")
     assert _unpack(check, "test/img:flat", tmp_path / "a") == _unpack(
         lamina, "test/img", tmp_path / "b")
+
+
+def test_squash_between_places_refuses_a_corrupt_blob(lamina: Lamina, tmp_path: Path) -> None:
+    """A layer whose tar is right but whose blob is not the one the manifest names
+    (bytes after the gzip stream): refused by the blob's size and digest, one line,
+    nothing written."""
+    layout = write_layout(tmp_path / "layout", [LOWER, *RANGE])
+    index = json.loads((layout / "index.json").read_text())
+    top = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((layout / "blobs" / "sha256" / top).read_text())
+    blob = layout / "blobs" / "sha256" / manifest["layers"][2]["digest"].split(":")[1]
+    with open(blob, "ab") as f:
+        f.write(b"\0" * 16)
+    res = lamina.fail("squash", f"oci:{layout}", "--from", "2", "-t", f"oci:{tmp_path / 'o'}")
+    assert res.code == 4 and len(res.err.splitlines()) == 1, res.err
+    assert manifest["layers"][2]["digest"] in res.err
+    assert not (tmp_path / "o").exists() and not lamina.blob_files()
