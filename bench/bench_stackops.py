@@ -25,6 +25,8 @@ Python's tarfile (cached under /var/tmp/lamina-bench/stackops).  Timed:
 
 * ``lamina squash --all`` (flatten; the image loaded into a fresh store, untimed) and
   ``lamina squash --from 26`` (the top half);
+* ``lamina squash oci:LAYOUT --all -t oci:OUT`` (layout to layout, as umoci works; an
+  empty store runs it), whose layer must be the store flatten's, byte for byte;
 * umoci's flatten: ``umoci unpack`` of the image, then ``umoci new`` + ``umoci insert``
   of the unpacked root as the one layer of a new image (umoci has no squash; this is the
   flatten its commands make).
@@ -269,8 +271,9 @@ def squash_bench(lamina: str, env: dict[str, str], fifty: Path, runs: int,
     def lenv(store: Path) -> dict[str, str]:
         return {**env, "LAMINA_ROOT": str(store)}
 
+    between = "lamina squash oci: --all -t oci:"
     times: dict[str, list[float]] = {"lamina squash --all": [], "lamina squash --from 26": [],
-                                     "umoci unpack + new + insert": []}
+                                     between: [], "umoci unpack + new + insert": []}
     store = WORK / "squash-0"
     for i in range(runs):
         store = WORK / f"squash-{i}"
@@ -280,6 +283,10 @@ def squash_bench(lamina: str, env: dict[str, str], fifty: Path, runs: int,
         times["lamina squash --from 26"].append(timed(lambda s=store: run(  # type: ignore[misc]
             [lamina, "squash", "bench/fifty", "--from", "26", "-t", "bench/half"],
             env=lenv(s))))
+        out = WORK / f"flat-oci-{i}"
+        times[between].append(timed(lambda o=out, i=i: run(  # type: ignore[misc]
+            [lamina, "squash", f"oci:{fifty}", "--all", "-t", f"oci:{o}:flat"],
+            env=lenv(WORK / f"runner-{i}"))))
         layout = WORK / f"umoci-{i}"
         shutil.copytree(fifty, layout)
         bundle = WORK / f"bundle-{i}"
@@ -294,7 +301,14 @@ def squash_bench(lamina: str, env: dict[str, str], fifty: Path, runs: int,
     peer = {"umoci flatten": times["umoci unpack + new + insert"]}
     print(median_line("lamina squash --all", times["lamina squash --all"], peer))
     print(median_line("lamina squash --from 26", times["lamina squash --from 26"], {}))
+    print(median_line(between, times[between], peer))
     print(median_line("umoci unpack + new + insert", times["umoci unpack + new + insert"], {}))
+    flat = json.loads(run([lamina, "inspect", "bench/flat"], env=lenv(store)))
+    out = WORK / f"flat-oci-{runs - 1}"
+    top = json.loads((out / "index.json").read_text())["manifests"][0]["digest"]
+    manifest = json.loads((out / "blobs" / "sha256" / top.split(":")[1]).read_text())
+    same_layer = manifest["layers"] == flat[0]["Manifest"]["layers"]
+    print(f"  layout-to-layout flatten wrote the store flatten's layer: {same_layer}")
     run([lamina, "unpack", "bench/flat", str(shm / "flat")], env=lenv(store))
     run([lamina, "unpack", "bench/half", str(shm / "half")], env=lenv(store))
     mine, half = contents(shm / "flat"), contents(shm / "half")
@@ -303,7 +317,7 @@ def squash_bench(lamina: str, env: dict[str, str], fifty: Path, runs: int,
     run([lamina, "unpack", "bench/fifty", str(shm / "orig")], env=lenv(store))
     orig = contents(shm / "orig")
     theirs = contents(WORK / f"bundle-{runs - 1}" / "rootfs")
-    ok = mine == orig == half == theirs
+    ok = mine == orig == half == theirs and same_layer
     print(f"  flattened and half-squashed trees equal the original's and umoci's: {ok} "
           f"({len(orig)} entries)")
     return ok

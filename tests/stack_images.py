@@ -31,6 +31,36 @@ CMD ["/app/main"]
 Member = tuple[str, str, Any]
 
 
+# The squash tests' image: a lower layer, then a range with adds, overwrites, deletes,
+# opaque dirs and hard links.
+LOWER: list[Member] = [
+    ("a", "dir", None), ("a/x", "file", b"x1"), ("a/y", "file", b"y1"),
+    ("o", "dir", None), ("o/1", "file", b"one"), ("o/2", "file", b"two"),
+    ("keep", "file", b"keep1"), ("lowdel", "file", b"lower, deleted above"),
+    ("r", "dir", None), ("r/f", "file", b"under r"),
+    ("shared", "file", b"a file the range links to"),
+]
+RANGE: list[list[Member]] = [
+    [   # 2: adds, an overwrite, a whiteout of a lower file, an opaque dir, hard links
+        ("h", "dir", None), ("h/orig", "file", b"orig"), ("h/link", "link", "h/orig"),
+        ("keep", "file", b"keep2"), ("n", "dir", None), ("n/new1", "file", b"new1"),
+        ("o", "dir", None), ("o", "opq", None), ("o/3", "file", b"three"),
+        ("tmp", "file", b"added, then deleted"), (".wh.lowdel", "wh", None),
+        ("lnk", "link", "shared"),
+    ],
+    [   # 3: a delete inside the range, an overwrite under a hard link, a dir made a file
+        (".wh.tmp", "wh", None), ("h", "dir", None), ("h/orig", "file", b"changed"),
+        ("h/l2", "link", "h/link"), ("r", "file", b"r is a file now"),
+        ("sym", "sym", "a/x"),
+    ],
+    [   # 4: the file a dir again, a delete of something the range added, more files
+        ("r", "dir", None), ("r/g", "file", b"new r"), ("n", "dir", None),
+        ("n/.wh.new1", "wh", None), ("a", "dir", None), ("a/z", "file", b"z"),
+        ("o", "dir", None), ("o/4", "file", b"four"), ("a/.wh.y", "wh", None),
+    ],
+]
+
+
 def layer_tar(members: list[Member], mtime: int = 1600000000) -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:

@@ -6,38 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lamina_testing import Lamina, need, tree_listing
-from stack_images import Member, inodes, layer_members, write_layout
-
-LOWER: list[Member] = [
-    ("a", "dir", None), ("a/x", "file", b"x1"), ("a/y", "file", b"y1"),
-    ("o", "dir", None), ("o/1", "file", b"one"), ("o/2", "file", b"two"),
-    ("keep", "file", b"keep1"), ("lowdel", "file", b"lower, deleted above"),
-    ("r", "dir", None), ("r/f", "file", b"under r"),
-    ("shared", "file", b"a file the range links to"),
-]
-RANGE: list[list[Member]] = [
-    [   # 2: adds, an overwrite, a whiteout of a lower file, an opaque dir, hard links
-        ("h", "dir", None), ("h/orig", "file", b"orig"), ("h/link", "link", "h/orig"),
-        ("keep", "file", b"keep2"), ("n", "dir", None), ("n/new1", "file", b"new1"),
-        ("o", "dir", None), ("o", "opq", None), ("o/3", "file", b"three"),
-        ("tmp", "file", b"added, then deleted"), (".wh.lowdel", "wh", None),
-        ("lnk", "link", "shared"),
-    ],
-    [   # 3: a delete inside the range, an overwrite under a hard link, a dir made a file
-        (".wh.tmp", "wh", None), ("h", "dir", None), ("h/orig", "file", b"changed"),
-        ("h/l2", "link", "h/link"), ("r", "file", b"r is a file now"),
-        ("sym", "sym", "a/x"),
-    ],
-    [   # 4: the file a dir again, a delete of something the range added, more files
-        ("r", "dir", None), ("r/g", "file", b"new r"), ("n", "dir", None),
-        ("n/.wh.new1", "wh", None), ("a", "dir", None), ("a/z", "file", b"z"),
-        ("o", "dir", None), ("o/4", "file", b"four"), ("a/.wh.y", "wh", None),
-    ],
-]
+from stack_images import LOWER, RANGE, inodes, layer_members, write_layout
 
 
 @pytest.fixture
@@ -191,3 +165,72 @@ def test_diff_compares_a_hard_link_as_the_file_it_names(lamina: Lamina,
     diff = lamina.run("diff", "test/a", "test/b", "--json").json()
     assert [(f["path"], f["changed"]) for f in diff["files"]] == [("/l", ["content"])]
     assert lamina.run("diff", "test/a", "test/c", "--json").json()["files"] == []
+
+
+# -- between places ---------------------------------------------------------------------
+def test_squash_between_layouts_equals_the_store_squash(make_lamina: Any,
+                                                        tmp_path: Path) -> None:
+    layout = write_layout(tmp_path / "layout", [LOWER, *RANGE])
+    store = make_lamina("store")
+    store.run("load", layout)
+    ref = store.run("squash", "test/img", "--from", "2", "-t", "test/sq", "--json").json()
+    runner = make_lamina("runner")
+    out = tmp_path / "out"
+    res = runner.run("squash", f"oci:{layout}", "--from", "2", "-t", f"oci:{out}:sq",
+                     "--json").json()
+    # The same merged layer, config and manifest as the store's squash (determinism).
+    assert (res["layer"], res["diff_id"], res["id"], res["digest"]) == (
+        ref["layer"], ref["diff_id"], ref["id"], ref["digest"])
+    assert res["tags"] == ["docker.io/test/img:sq"] and res["destination"] == f"oci:{out}:sq"
+    # The layer below the range, the merged layer, the config: 3 blobs, plus the manifest.
+    assert (res["blobs_moved"], res["blobs_present"]) == (3, 0)
+    assert len(list((out / "blobs" / "sha256").iterdir())) == 4
+    assert not runner.blob_files()      # nothing of it stayed in the store that ran it
+    check = make_lamina("check")
+    check.run("load", out)
+    assert _unpack(check, "test/img:sq", tmp_path / "u-out") == _unpack(
+        store, "test/sq", tmp_path / "u-store") == _unpack(store, "test/img", tmp_path / "u")
+    assert inodes(tmp_path / "u-out") == inodes(tmp_path / "u")
+
+
+def test_squash_of_a_layout_without_dest_rewrites_its_entry(lamina: Lamina,
+                                                            tmp_path: Path) -> None:
+    """As rebase (and crane): without -t the result takes IMAGE's own place and name."""
+    layout = write_layout(tmp_path / "layout", [LOWER, *RANGE])
+    res = lamina.run("squash", f"oci:{layout}", "--last", "2", "--json").json()
+    index = json.loads((layout / "index.json").read_text())
+    assert [(m["digest"], m["annotations"]["io.containerd.image.name"])
+            for m in index["manifests"]] == [(res["digest"], "docker.io/test/img:latest")]
+    lamina.run("load", layout)
+    assert lamina.run("inspect", "test/img").json()[0]["Id"] == res["id"]
+
+
+def test_squash_docker_archive_into_an_oci_archive(lamina: Lamina, tmp_path: Path) -> None:
+    layout = write_layout(tmp_path / "layout", [LOWER, *RANGE])
+    lamina.run("load", layout)
+    lamina.run("save", "test/img", "-o", tmp_path / "img.tar")
+    ref = lamina.run("squash", "test/img", "--all", "-t", "test/flat", "--json").json()
+    res = lamina.run("squash", f"docker-archive:{tmp_path / 'img.tar'}", "--all", "-t",
+                     f"oci-archive:{tmp_path / 'flat.tar'}:flat", "--json").json()
+    assert res["layer"] == ref["layer"] and res["layers"] == 1
+    check = Lamina(tmp_path / "check", tmp_path)
+    check.run("load", tmp_path / "flat.tar")
+    assert _unpack(check, "test/img:flat", tmp_path / "a") == _unpack(
+        lamina, "test/img", tmp_path / "b")
+
+
+def test_squash_between_places_refuses_a_corrupt_blob(lamina: Lamina, tmp_path: Path) -> None:
+    """A layer whose tar is right but whose blob is not the one the manifest names
+    (bytes after the gzip stream): refused by the blob's size and digest, one line,
+    nothing written."""
+    layout = write_layout(tmp_path / "layout", [LOWER, *RANGE])
+    index = json.loads((layout / "index.json").read_text())
+    top = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((layout / "blobs" / "sha256" / top).read_text())
+    blob = layout / "blobs" / "sha256" / manifest["layers"][2]["digest"].split(":")[1]
+    with open(blob, "ab") as f:
+        f.write(b"\0" * 16)
+    res = lamina.fail("squash", f"oci:{layout}", "--from", "2", "-t", f"oci:{tmp_path / 'o'}")
+    assert res.code == 4 and len(res.err.splitlines()) == 1, res.err
+    assert manifest["layers"][2]["digest"] in res.err
+    assert not (tmp_path / "o").exists() and not lamina.blob_files()

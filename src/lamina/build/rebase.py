@@ -25,12 +25,12 @@ the store.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lamina.digest import Digest, Readable, VerifyingReader
+from lamina.build.placeio import Reach, Side, open_output, open_side, plain_name
+from lamina.digest import Digest
 from lamina.errors import InvalidInput, InvalidReference
 from lamina.image.manifest import Descriptor, Platform
 from lamina.image.mutate import (
@@ -42,11 +42,8 @@ from lamina.image.mutate import (
 )
 from lamina.image.reference import Reference
 from lamina.store.store import Store
-from lamina.transport.base import ImageSink, ImageSource
-from lamina.transport.local import StoreTransport
-from lamina.transport.places import Opened, Place, open_sink, open_source, parse_place
-from lamina.transport.registry import BlobPush, RegistryOptions, RegistrySink
-from lamina.transport.resolve import ResolvedImage, resolve_image
+from lamina.transport.places import Place, parse_place
+from lamina.transport.registry import BlobPush, RegistryOptions
 
 
 @dataclass(frozen=True)
@@ -77,59 +74,11 @@ class RebaseResult:
     mounted: int = 0                 # of ``moved``: mounted from another repository
 
 
-@dataclass
-class _Side:
-    place: Place
-    opened: Opened
-    image: ResolvedImage
-
-    @property
-    def source(self) -> ImageSource:
-        return self.opened.source
-
-    def label(self) -> str:
-        """name@digest of the top descriptor (an index's digest when it was one)."""
-        name = self.opened.name or _plain(self.place)
-        return f"{name.split('@', 1)[0]}@{self.opened.descriptor.digest}"
+def _reach(opts: RebaseOptions) -> Reach:
+    return Reach(opts.registry, opts.client, opts.on_push)
 
 
-def _plain(place: Place) -> str:
-    """The name of a place without its scheme: ``docker://r/x:1`` is ``r/x:1``."""
-    if place.ref is not None:
-        return str(place.ref)
-    return place.text
-
-
-class _Lazy:
-    """A blob opened on its first read: a registry sink tries a mount first, and a
-    mount that works must not have made the source start sending the layer."""
-
-    def __init__(self, opener: Callable[[], VerifyingReader]) -> None:
-        self._opener = opener
-        self._reader: VerifyingReader | None = None
-
-    def read(self, n: int = -1, /) -> bytes:
-        if self._reader is None:
-            self._reader = self._opener()
-        return self._reader.read(n)
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-
-
-def _open(store: Store, place: Place, opts: RebaseOptions,
-          platform: Platform | None) -> _Side:
-    opened = open_source(place, store, opts.registry, opts.client)
-    try:
-        image = resolve_image(opened.source, opened.descriptor, platform)
-    except BaseException:
-        opened.source.close()
-        raise
-    return _Side(place, opened, image)
-
-
-def _base_places(image: _Side, opts: RebaseOptions) -> tuple[Place, Place]:
+def _base_places(image: Side, opts: RebaseOptions) -> tuple[Place, Place]:
     notes = image.image.manifest.annotations
     recorded = notes.get(BASE_NAME)
     scheme = "docker://" if image.place.kind == "docker" else ""
@@ -152,44 +101,12 @@ def _base_places(image: _Side, opts: RebaseOptions) -> tuple[Place, Place]:
     return parse_place(old_text), parse_place(new_text)
 
 
-def _destination(store: Store, image: _Side, opts: RebaseOptions,
-                 mount_from: Callable[[Place], Callable[[Descriptor], str | None]]
-                 ) -> tuple[Place, ImageSink, list[str]]:
-    """Where the result goes, the sink, and the names to give it there: ``-t``, else
-    IMAGE's own place and name (an image named by digest or id stays unnamed)."""
-    place = parse_place(opts.tag) if opts.tag else image.place
-    if place.kind == "store":
-        name = place.name if opts.tag else image.opened.name
-        if name is None:
-            return place, StoreTransport(store), []
-    else:
-        name = image.opened.name   # a layout or archive names the entry after it
-    sink, names = open_sink(place, store, opts.registry, name, opts.client,
-                            mount_from=mount_from(place))
-    return place, sink, names
-
-
-def _mount_finder(dest: Place, sides: dict[Digest, _Side], store: Store
-                  ) -> Callable[[Descriptor], str | None]:
-    from lamina.transport.places import mount_finder
-
-    fallback = mount_finder(store, dest.ref) if dest.ref is not None else None
-
-    def find(desc: Descriptor) -> str | None:
-        side = sides.get(desc.digest)
-        if side is not None and side.place.ref is not None and dest.ref is not None and \
-                side.place.ref.registry == dest.ref.registry:
-            return side.place.ref.repository
-        return fallback(desc) if fallback is not None else None
-
-    return find
-
-
 def rebase(store: Store, opts: RebaseOptions) -> RebaseResult:
     image_place = parse_place(opts.image)
-    sides: list[_Side] = []
+    sides: list[Side] = []
+    reach = _reach(opts)
     try:
-        image = _open(store, image_place, opts, opts.platform)
+        image = open_side(store, image_place, reach, opts.platform)
         sides.append(image)
         if image.image.index is not None and opts.platform is None:
             # crane refuses too: the result is one platform's image, and writing it over
@@ -198,9 +115,9 @@ def rebase(store: Store, opts: RebaseOptions) -> RebaseResult:
                                "with --platform OS/ARCH")
         plat = opts.platform or image.image.config.platform
         old_place, new_place = _base_places(image, opts)
-        old = _open(store, old_place, opts, plat)
+        old = open_side(store, old_place, reach, plat)
         sides.append(old)
-        new = _open(store, new_place, opts, plat)
+        new = open_side(store, new_place, reach, plat)
         sides.append(new)
         return _rebase(store, opts, image, old, new)
     finally:
@@ -208,8 +125,8 @@ def rebase(store: Store, opts: RebaseOptions) -> RebaseResult:
             side.source.close()
 
 
-def _rebase(store: Store, opts: RebaseOptions, image: _Side, old: _Side,
-            new: _Side) -> RebaseResult:
+def _rebase(store: Store, opts: RebaseOptions, image: Side, old: Side,
+            new: Side) -> RebaseResult:
     check_based_on(image.image.config, old.image.config, opts.image,
                    opts.old_base or old.label())
     comment = f"rebased from {old.label()} onto {new.label()}"
@@ -217,60 +134,21 @@ def _rebase(store: Store, opts: RebaseOptions, image: _Side, old: _Side,
     n_old = len(old.image.manifest.layers)
     own = list(image.image.manifest.layers[n_old:])
     layers = [*new.image.manifest.layers, *own]
-    base_name = new.opened.name or _plain(new.place)
+    base_name = new.opened.name or plain_name(new.place)
     manifest = new_manifest(image.image.manifest, config, layers, {
         BASE_NAME: base_name, BASE_DIGEST: str(new.opened.descriptor.digest)})
     # Where each blob comes from: the new base's layers from NEW, the rest from IMAGE.
-    origin: dict[Digest, _Side] = {d.digest: image for d in own}
+    origin: dict[Digest, Side] = {d.digest: image for d in own}
     origin.update({d.digest: new for d in new.image.manifest.layers})
-    dest, sink, names = _destination(store, image, opts,
-                                     lambda place: _mount_finder(place, origin, store))
-    if isinstance(sink, RegistrySink) and opts.on_push is not None:
-        sink.on_blob = opts.on_push
-    counts = {"moved": 0, "present": 0}
+    out = open_output(store, image, parse_place(opts.tag) if opts.tag else None,
+                      _reach(opts), origin)
     try:
         for desc in manifest.layers:
-            _put(sink, desc, origin[desc.digest].source, counts)
-        config_desc = manifest.config
-        if sink.has_blob(config_desc):
-            counts["present"] += 1
-        else:
-            sink.put_blob(config_desc, VerifyingReader(io.BytesIO(config.raw),
-                                                       config_desc.digest, config_desc.size))
-            counts["moved"] += 1
-        sink.put_manifest(manifest.descriptor(), manifest.raw, names)
-        sink.close()
+            out.put(desc, origin[desc.digest].source)
+        out.finish(manifest, config)
     except BaseException:
-        sink.abort()
+        out.sink.abort()
         raise
-    mounted = 0
-    if isinstance(sink, RegistrySink):
-        mounted = sum(1 for p in sink.results.values() if p.kind == "mounted")
-        if dest.ref is not None:
-            store.meta.add_blob_sources(dest.ref.registry, dest.ref.repository,
-                                        [str(d.digest) for d in manifest.blobs()]
-                                        + [str(manifest.digest)])
-    return RebaseResult(dest, tuple(names), manifest.descriptor(), manifest.config,
+    return RebaseResult(out.place, tuple(out.names), manifest.descriptor(), manifest.config,
                         old.label(), new.label(), n_old, len(new.image.manifest.layers),
-                        len(own), counts["moved"], counts["present"], mounted)
-
-
-def _put(sink: ImageSink, desc: Descriptor, source: ImageSource,
-         counts: dict[str, int]) -> None:
-    if sink.has_blob(desc):
-        counts["present"] += 1
-        return
-    stream: Readable
-    if isinstance(sink, RegistrySink):
-        stream = _Lazy(lambda: source.open_blob(desc))
-    else:
-        stream = source.open_blob(desc)
-    try:
-        sink.put_blob(desc, stream)  # type: ignore[arg-type]
-    finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
-    counts["moved"] += 1
-
-
+                        len(own), out.moved, out.present, out.mounted)

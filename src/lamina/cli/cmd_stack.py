@@ -67,45 +67,65 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
         say(f"Digest: {r.manifest.digest}")
 
     @app.command()
-    @argument("image", help="Image in the store.")
+    @argument("image", help="The image: a store reference, docker://REF, oci:DIR[:TAG], "
+                            "oci-archive:PATH[:TAG], docker-archive:PATH.")
     @option("--from", "first", kind=int, metavar="N",
             help="Merge layer N (1 = the bottom) and every layer above it.")
     @option("--last", kind=int, metavar="K", help="Merge the top K layers.")
     @flag("--all", "all_layers", help="Merge every layer: flatten the image to one layer.")
-    @option("-t", "--tag", multiple=True,
-            help="Name the result NAME[:TAG] (repeatable; default: IMAGE's own name).")
+    @option("-t", "--tag", multiple=True, metavar="DEST",
+            help="Name the result NAME[:TAG] in the store (repeatable), or write it to one "
+                 "place, same forms as IMAGE (default: IMAGE's own name and place).")
     @option("--compression", default="gzip",
             help="gzip, zstd, zstd:chunked or none, for the merged layer.")
     @option("--level", kind=int, help="Compression level.")
+    @option("--platform", help="OS/ARCH to pick from an index (IMAGE not in the store).")
+    @insecure_flag
+    @ca_option
     @flag("--json", "json_", help="Print the result as JSON.")
     def squash(image: str, first: int | None, last: int | None, all_layers: bool,
                tag: tuple[str, ...], compression: str, level: int | None,
-               json_: bool) -> None:
+               platform: str | None, insecure: bool, ca_bundle: Any, json_: bool) -> None:
         """Merge consecutive layers into one; history entries are kept (the merged ones
         marked empty), whiteouts of lower layers survive, the same layers give the same
-        bytes."""
+        bytes.  Between places only the merged layer is new: the others are copied as
+        blobs (mounted inside one registry)."""
+        from lamina.build.placeio import Reach
         from lamina.build.squash import SquashOptions, squash_image
         from lamina.cli.format import human_size, print_json, say
         from lamina.errors import InvalidInput
+        from lamina.image.manifest import Platform
         from lamina.layer.options import COMPRESSIONS
+        from lamina.transport.registry import RegistryOptions
 
         if compression not in COMPRESSIONS:
             raise InvalidInput(f"unknown compression {compression!r}: "
                                f"choose {', '.join(COMPRESSIONS)}")
         opts = SquashOptions(first=first, last=last, all_layers=all_layers,
                              compression=compression, level=level,  # type: ignore[arg-type]
-                             tags=tag)
+                             tags=tag, reach=Reach(RegistryOptions(insecure=insecure,
+                                                                   ca_bundle=ca_bundle)),
+                             platform=Platform.parse(platform) if platform else None)
         with store_factory() as store:
             result = squash_image(store, image, opts)
+        dest = result.destination
         if json_:
-            print_json({"digest": str(result.manifest.digest), "id": str(result.config.digest),
-                        "layer": str(result.layer.digest), "diff_id": str(result.diff_id),
-                        "squashed": [result.first, result.last], "layers": result.layers,
-                        "tags": list(result.names)})
+            doc = {"digest": str(result.manifest.digest), "id": str(result.config.digest),
+                   "layer": str(result.layer.digest), "diff_id": str(result.diff_id),
+                   "squashed": [result.first, result.last], "layers": result.layers,
+                   "tags": list(result.names)}
+            if dest is not None:
+                doc.update({"destination": dest.text, "blobs_moved": result.moved,
+                            "blobs_mounted": result.mounted, "blobs_present": result.present})
+            print_json(doc)
             return
         say(f"Squashed layers {result.first}..{result.last} into "
             f"{result.layer.digest.short} ({human_size(result.layer.size)}); "
             f"{_n(result.layers, 'layer')} now")
+        if dest is not None:
+            mounted = f", {result.mounted} mounted" if result.mounted else ""
+            say(f"Wrote to {dest.text}: blobs {result.moved} written{mounted}, "
+                f"{result.present} already there")
         for name in result.names:
             from lamina.image.reference import Reference
 

@@ -131,6 +131,11 @@ def _read_layer(layer: LayerStream, spool: int | None
                                      f"expected {layer.diff_id}")
         finally:
             source.close()
+        # The blob's own digest too (a layer from a registry or an archive): gzip may
+        # end before the blob does, so what is left is read and the check made here.
+        verify = getattr(raw, "verify", None)
+        if verify is not None:
+            verify()
     return out
 
 

@@ -46,6 +46,19 @@ def read_index(tree: FileTree) -> Index:
     return doc
 
 
+def _names(entry: Descriptor, ref: Reference) -> bool:
+    """Whether an index entry is named ``ref``: its full name as a reference (an entry
+    written ``test/img:latest`` is ``docker.io/test/img:latest``, as ``resolve`` reads
+    it), else its bare ref.name as the tag."""
+    full = entry.annotations.get(CONTAINERD_NAME)
+    if full is None:
+        return entry.annotations.get(REF_NAME) in (str(ref), ref.tag)
+    try:
+        return Reference.parse(full) == ref
+    except InvalidInput:        # not a reference: only the same text names it
+        return full == str(ref)
+
+
 def _looks_like_ref(text: str) -> bool:
     return any(c in text for c in ":/@")
 
@@ -169,11 +182,7 @@ class OciLayoutSink:
             if ref.tag:
                 annotations[REF_NAME] = ref.tag
             entry = plain.with_annotations(annotations)
-            self.entries = [e for e in self.entries
-                            if e.annotations.get(CONTAINERD_NAME, e.annotations.get(REF_NAME))
-                            not in (str(ref),)
-                            and not (e.annotations.get(CONTAINERD_NAME) is None
-                                     and e.annotations.get(REF_NAME) == ref.tag)]
+            self.entries = [e for e in self.entries if not _names(e, ref)]
             self.entries.append(entry)
         self._disambiguate()
 
