@@ -6,12 +6,13 @@ import contextlib
 import signal
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lamina.cli.format import argument, flag, option
 from lamina.cli.limits import expansion_option
+from lamina.cli.run_sandbox import sandbox_options, sandbox_run_options
 
 if TYPE_CHECKING:
     from lamina.store.store import Store
@@ -54,17 +55,17 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     @option("-w", "--workdir", help="Working directory.")
     @option("-u", "--user", help="USER: name, uid, uid:gid or name:group.")
     @option("-v", "--volume", multiple=True, help="Bind mount HOST:CONTAINER[:ro].")
-    @option("--network", default="none", help="none (only lo) or host.")
     @option("--commit", metavar="REF",
             help="Save what the command changed as a new layer, tagged REF.")
     @option("--compression", default="gzip",
             help="Layer compression for --commit: gzip, zstd, zstd:chunked or none.")
     @option("--snapshotter", default="auto", help="auto, overlay (root) or walk (anyone).")
+    @sandbox_options
     @expansion_option
     def run(image: str, command: tuple[str, ...], rm: bool, interactive: bool, tty: bool,
             stop_signal: str | None, stop_timeout: int, env: tuple[str, ...],
-            workdir: str | None, user: str | None, volume: tuple[str, ...], network: str,
-            commit: str | None, compression: str, snapshotter: str) -> None:
+            workdir: str | None, user: str | None, volume: tuple[str, ...],
+            commit: str | None, compression: str, snapshotter: str, **sandbox: Any) -> None:
         """Run a command in an image's root filesystem, sandboxed, in the foreground.
 
         lamina's signals go to the command (SIGTERM as the image's STOPSIGNAL, then
@@ -81,8 +82,6 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
                               "container, issue 12); -i alone keeps stdin attached")
         if stop_timeout < 0:
             raise InvalidInput(f"--stop-timeout must not be negative: {stop_timeout}")
-        if network not in ("none", "host"):
-            raise InvalidInput(f"unknown network {network!r}: choose none or host")
         if compression not in COMPRESSIONS:
             raise InvalidInput(f"unknown compression {compression!r}: "
                                f"choose {', '.join(COMPRESSIONS)}")
@@ -91,11 +90,12 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
                                "choose auto, overlay or walk")
         opts = RunOptions(
             image=image, command=list(command or []), env=list(env or []), workdir=workdir,
-            user=user, volumes=list(volume or []), network=network,  # type: ignore[arg-type]
+            user=user, volumes=list(volume or []),
             rm=True, commit=commit, snapshotter=snapshotter,  # type: ignore[arg-type]
             compression=compression,  # type: ignore[arg-type]
             source_date_epoch=source_date_epoch() if commit else None,
-            stop_signal=stop_signal, stop_timeout=stop_timeout)
+            stop_signal=stop_signal, stop_timeout=stop_timeout,
+            **sandbox_run_options(sandbox, lambda line: err.print(line, markup=False)))
         with store_factory() as store, _interruptible():
             result = run_container(store, opts)
         if commit:

@@ -276,6 +276,9 @@ RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC, PRIVATE, SLAVE = (
 root = spec["root"]
 mount(None, "/", None, REC | PRIVATE)
 mount(root, root, None, BIND | REC)
+# nodev, as bwrap's binds are: a device node made inside (CAP_MKNOD, as in Docker) must
+# not open the host's device; Docker's device cgroup refuses it the same way.
+mount(None, root, None, REMOUNT | BIND | NODEV)
 mount("proc", root + "/proc", "proc", NOSUID | NODEV | NOEXEC)
 dev = root + "/dev"
 mount("tmpfs", dev, "tmpfs", NOSUID | NOEXEC, "mode=755,size=65536k")
@@ -290,8 +293,7 @@ for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/
     os.symlink(target, dev + "/" + link)
 for host, ctr, ro in spec["mounts"]:
     mount(host, root + ctr, None, BIND | REC)
-    if ro:
-        mount(None, root + ctr, None, REMOUNT | BIND | RDONLY)
+    mount(None, root + ctr, None, REMOUNT | BIND | NODEV | (RDONLY if ro else 0))
 for path in spec["masked"]:   # Docker's masked paths: a read-only empty tmpfs or /dev/null
     if os.path.isdir(root + path):
         mount("tmpfs", root + path, "tmpfs", RDONLY | NOSUID | NODEV | NOEXEC, "size=0")
