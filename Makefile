@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-DEBS    := docker-registry skopeo umoci busybox-static bubblewrap pigz zstd chromium openssl
+DEBS    := docker-registry skopeo umoci busybox-static bubblewrap pigz zstd chromium openssl gcc libc6-dev libseccomp2
 BENCH_DEBS := buildah wrk
 STAMP   := $(VENV)/.installed
 

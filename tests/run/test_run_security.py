@@ -46,17 +46,6 @@ DENIED = ["unshare:denied", "mount:denied", "keys-masked:1", "keys-bytes:0",
           "keyctl: Operation not permitted", "Seccomp:2"]
 
 
-@pytest.fixture(scope="session")
-def probe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A static probe for the syscalls busybox cannot make (add_key, keyctl, a UDP
-    server), compiled here."""
-    gcc = need("gcc")
-    out = tmp_path_factory.mktemp("probe")
-    src = Path(__file__).parent / "data" / "sec_probe.c"
-    subprocess.run([gcc, "-static", "-O1", "-o", str(out / "sec_probe"), str(src)], check=True)
-    return out
-
-
 @pytest.fixture
 def walk_rootfs(seeded: Lamina) -> Iterator[Path]:
     need_root()

@@ -5,7 +5,7 @@ The container has a network namespace of its own with only ``lo`` (``--network
 private``; ``none`` is the same namespace with nothing published).  lamina binds each
 host port itself, before the container starts, so a port already taken is one clear
 error and nothing runs.  Once the sandbox's init exists, a forwarder process (this
-module run as ``python -I -m lamina.run.portfwd``) is given the bound sockets and
+module's ``main`` in ``python -I -S``) is given the bound sockets and
 descriptors of the init's namespaces; it enters the container's network namespace (and
 first its user namespace, when lamina is not root: only there may it join the network
 namespace), so every socket it makes from then on is *inside* the container, while the
@@ -46,6 +46,7 @@ _UDP_IDLE = 90.0
 _FIND_INIT_FOR = 10.0
 
 Proto = Literal["tcp", "udp"]
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclass(frozen=True)
@@ -168,8 +169,12 @@ class Publisher:
                 return   # the sandbox is gone already
             spec = {"net": net, "user": user,
                     "ports": [[s.fileno(), m.container_port, m.proto] for m, s in self.sockets]}
+            # -I -S: nothing from the environment or site-packages; this module needs
+            # only the standard library and is found where this copy of lamina lives.
+            boot = (f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
+                    "from lamina.run.portfwd import main; sys.exit(main(sys.argv))")
             self.forwarder = subprocess.Popen(
-                [sys.executable, "-I", "-m", "lamina.run.portfwd", json.dumps(spec)],
+                [sys.executable, "-I", "-S", "-c", boot, json.dumps(spec)],
                 pass_fds=(*fds, *(s.fileno() for _, s in self.sockets)),
                 stdin=subprocess.DEVNULL, close_fds=True)
         finally:
