@@ -2,12 +2,19 @@
 
 What every process gets, whichever way it is started: its own mount, PID, IPC and UTS
 namespaces (and network namespace, with only ``lo`` up, unless ``network="host"``),
-the rootfs as ``/`` (pivot_root: the host's tree is not reachable), a fresh ``/proc``,
-a minimal ``/dev`` (null zero full random urandom tty, pts, shm), the requested bind
-mounts, the hostname, the environment given and nothing else, Docker's default
-capability set (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP,
-NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP), and death when
-lamina dies.  ``/tmp`` is the image's: it belongs to the rootfs and its changes.
+the rootfs as ``/`` (pivot_root: the host's tree is not reachable; nodev), a fresh
+``/proc``, a minimal ``/dev`` (null zero full random urandom tty, pts, shm), the
+requested bind mounts, the hostname, the environment given and nothing else, and death
+when lamina dies.  ``/tmp`` is the image's: it belongs to the rootfs and its changes.
+
+Confinement (``ProcessSpec.security``, lamina.run.security) is Docker's by default:
+its capability set (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP,
+NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP; root only), its
+default seccomp profile (lamina.run.seccomp: ``unshare``, ``mount``, ``keyctl``… return
+EPERM), its masked /proc paths (``/proc/keys``, ``/proc/timer_list``… read empty) and
+read-only ones (``/proc/sys``, ``/proc/sysrq-trigger``…).  ``--privileged`` lifts all
+of it.  The sandbox's PID 1 shows no host path (``bwrap --args N -- CMD`` or
+``lamina-init …``): bwrap's options reach it through a memfd, the init's spec too.
 
 Two ways to start it:
 
@@ -544,7 +551,10 @@ def run_process(spec: ProcessSpec, stdin: int | None = None, stdout: int | None 
     docstring).  ``stdin``/``stdout``/``stderr`` are file descriptors (or
     ``subprocess.DEVNULL``/``PIPE``-style constants); None inherits lamina's.  With
     ``proxy``, lamina's signals go to the process as ``docker run`` passes them
-    (``lamina.run.signals``); without, the sandbox shares lamina's process group."""
+    (``lamina.run.signals``); without, the sandbox shares lamina's process group.
+    ``on_start`` is called with the sandbox's process once it started (published ports
+    join its network namespace then: lamina.run.portfwd); if it raises, the sandbox is
+    killed."""
     if not spec.argv:
         raise InvalidInput("no command to run")
     root = Path(spec.rootfs)

@@ -1,0 +1,187 @@
+"""What the sandbox's hardening costs: container start-up with and without Docker's
+seccomp filter and with ``-p``, against bubblewrap alone and ``podman run``.
+
+    sudo .venv/bin/python bench/bench_sandbox.py [--runs N | --quick]
+
+One busybox image (examples/seed's "os" snapshot) is imported into a fresh store, saved
+as a docker archive and loaded into a podman store of its own (vfs, crun; when podman
+is installed).  Then, alternating the cases round after round (BENCHMARKING.md), the
+wall time of one whole ``true`` container is taken:
+
+    lamina                  lamina run IMAGE true  (seccomp default profile, masks)
+    lamina unconfined       lamina run --security-opt seccomp=unconfined IMAGE true
+    lamina -p               lamina run -p 127.0.0.1::80 IMAGE true  (forwarder started)
+    bwrap                   bwrap over the unpacked tree, the same namespaces, no filter
+    bwrap + seccomp         the same with lamina's compiled filter (--seccomp FD)
+    podman                  podman run --rm --network none IMAGE true
+    podman -p               podman run --rm -p 127.0.0.1::80 IMAGE true
+
+and the per-syscall cost of the filter: ``dd bs=1 count=N`` (2 syscalls per byte) under
+bwrap with no filter, libseccomp's linear program and its binary tree (what lamina
+loads).  The compile time of both (libseccomp, in-process) is printed too.  Medians;
+ratios are ``peer / lamina`` (> 1: lamina faster).  Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from lamina.run.seccomp import compile_profile, default_profile
+from lamina.run.security import DEFAULT_CAPS
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = Path("/var/tmp/lamina-bench/sandbox")
+DD_BYTES = 200_000
+
+
+def run(cmd: list[str], **kw: object) -> str:
+    proc = subprocess.run(cmd, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return str(proc.stdout)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--quick", action="store_true", help="one run of each")
+    args = ap.parse_args()
+    runs = 1 if args.quick else args.runs
+    if os.geteuid() != 0:
+        print("bench_sandbox needs root (skipped)")
+        return 0
+    lamina = str(Path(sys.executable).parent / "lamina")
+    bwrap = shutil.which("bwrap")
+    podman = shutil.which("podman")
+    if bwrap is None:
+        sys.exit("bwrap is not installed (apt-get install bubblewrap)")
+
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    store = WORK / "store"
+    env = {**os.environ, "LAMINA_ROOT": str(store), "SOURCE_DATE_EPOCH": "1700000000"}
+    snapshots = WORK / "snapshots"
+    run([str(REPO / "examples/seed/make-snapshots.sh"), str(snapshots)])
+    run([lamina, "import", "bench/busybox", "os"], env=env, cwd=snapshots)
+    tree = snapshots / "os"
+
+    n_compile = 1 if args.quick else 20
+    programs: dict[str, bytes] = {}
+    compile_ms: dict[str, float] = {}
+    for kind, optimize in (("tree", True), ("linear", False)):
+        t0 = time.perf_counter()
+        for _ in range(n_compile):
+            programs[kind] = compile_profile(default_profile(), DEFAULT_CAPS, optimize)
+        compile_ms[kind] = (time.perf_counter() - t0) / n_compile * 1000
+        (WORK / f"{kind}.bpf").write_bytes(programs[kind])
+
+    pod: list[str] = []
+    if podman:
+        pod = [podman, "--root", str(WORK / "podman"), "--runroot", str(WORK / "podman-run"),
+               "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
+               "--events-backend", "none"]
+        archive = WORK / "busybox.tar"
+        run([lamina, "save", "bench/busybox", "-o", str(archive)], env=env)
+        run([*pod, "load", "-q", "-i", str(archive)])
+        probe = subprocess.run([*pod, "run", "--rm", "--network", "none", "bench/busybox",
+                                "/bin/busybox", "true"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            # Seen here: crun's setrlimit(RLIMIT_NOFILE/NPROC) is refused in a root
+            # without CAP_SYS_RESOURCE, whatever --ulimit says.
+            print(f"podman cannot run containers here: {probe.stderr.strip()}")
+            pod = []
+
+    bwrap_args = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc",
+                  "--unshare-uts", "--unshare-net", "--unshare-cgroup-try", "--bind",
+                  str(tree), "/", "--proc", "/proc", "--dev", "/dev", "--hostname", "x"]
+
+    def lam(*opts: str) -> Callable[[], object]:
+        return lambda: run([lamina, "run", *opts, "bench/busybox", "/bin/busybox", "true"],
+                           env=env)
+
+    def bw(program: str | None, *cmd: str) -> Callable[[], object]:
+        cmd = cmd or ("/bin/busybox", "true")
+
+        def go() -> object:
+            if program is None:
+                return run([*bwrap_args, *cmd])
+            fd = os.open(WORK / f"{program}.bpf", os.O_RDONLY)
+            try:
+                return run([*bwrap_args, "--seccomp", str(fd), *cmd], pass_fds=(fd,))
+            finally:
+                os.close(fd)
+        return go
+
+    dd = ("/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=1", f"count={DD_BYTES}")
+
+    cases: dict[str, Callable[[], object]] = {
+        "lamina": lam(),
+        "lamina unconfined": lam("--security-opt", "seccomp=unconfined"),
+        "lamina -p": lam("-p", "127.0.0.1::80"),
+        "bwrap": bw(None),
+        "bwrap + seccomp": bw("tree"),
+    }
+    if pod:
+        cases["podman"] = lambda: run([*pod, "run", "--rm", "--network", "none",
+                                       "bench/busybox", "/bin/busybox", "true"])
+        cases["podman -p"] = lambda: run([*pod, "run", "--rm", "-p", "127.0.0.1::80",
+                                          "bench/busybox", "/bin/busybox", "true"])
+    cases["dd, no filter"] = bw(None, *dd)
+    cases["dd, linear filter"] = bw("linear", *dd)
+    cases["dd, tree filter"] = bw("tree", *dd)
+    for fn in cases.values():   # warm caches (snapshots, podman's storage) once
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(runs):
+        for name, fn in cases.items():
+            times[name].append(timed(fn))
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\ncontainer start-up, `true` (median of {runs}; cases alternate)")
+    for name in cases:
+        if not name.startswith("dd"):
+            print(f"  {name:20s} {med[name] * 1000:7.1f} ms")
+    print("\nratios")
+    print(f"  seccomp's cost in lamina run   {med['lamina'] / med['lamina unconfined']:.2f}x"
+          f" ({(med['lamina'] - med['lamina unconfined']) * 1000:+.1f} ms)")
+    print(f"  -p's cost in lamina run        {med['lamina -p'] / med['lamina']:.2f}x"
+          f" ({(med['lamina -p'] - med['lamina']) * 1000:+.1f} ms)")
+    print(f"  lamina / bwrap alone           {med['lamina'] / med['bwrap']:.2f}x")
+    print(f"  bwrap + seccomp / bwrap        {med['bwrap + seccomp'] / med['bwrap']:.2f}x")
+    if pod:
+        print(f"  podman / lamina                {med['podman'] / med['lamina']:.2f}x")
+        print(f"  podman -p / lamina -p          {med['podman -p'] / med['lamina -p']:.2f}x")
+    else:
+        print("  podman: not installed or cannot run here (apt-get install podman)")
+    print(f"\nfilter cost per syscall (bwrap, dd bs=1: {2 * DD_BYTES} syscalls; "
+          f"no filter {med['dd, no filter']:.3f} s)")
+    for kind in ("linear", "tree"):
+        per_call = (med[f"dd, {kind} filter"] - med["dd, no filter"]) / (2 * DD_BYTES) * 1e9
+        print(f"  {kind:6s} {len(programs[kind]) // 8:5d} BPF instructions: {per_call:5.0f} ns"
+              f"  (compiled in {compile_ms[kind]:.1f} ms)")
+    tree = med["dd, tree filter"] - med["dd, no filter"]
+    if tree > 0:
+        linear = med["dd, linear filter"] - med["dd, no filter"]
+        print(f"  linear / tree cost: {linear / tree:.1f}x")
+    shutil.rmtree(WORK, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory():
+        sys.exit(main())
