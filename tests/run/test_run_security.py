@@ -103,6 +103,28 @@ def test_capability_rules_of_the_profile_follow_the_capabilities(walk_rootfs: Pa
     assert "Seccomp:0" in lines
 
 
+def test_the_i386_abi_is_filtered_too(walk_rootfs: Path, probe_dir: Path) -> None:
+    """unshare(CLONE_NEWUSER) through int 0x80 (the i386 table, where unshare is 310, not
+    272) is refused like the 64-bit call: the filter covers the ABIs Docker's archMap
+    names (a filter for x86_64 alone would kill the probe instead)."""
+    spec_for = {
+        "default": security_from_options(),
+        "unconfined": security_from_options(security_opts=["seccomp=unconfined"])}
+    got = {}
+    for name, sec in spec_for.items():
+        spec = ProcessSpec(walk_rootfs, ["sh", "-c", "/probe/sec_probe unshare32; echo rc=$?"],
+                           {}, mounts=((probe_dir, "/probe", True),), security=sec)
+        with tempfile.TemporaryFile() as out:
+            run_process(spec, stdout=out.fileno(), stderr=subprocess.DEVNULL)
+            out.seek(0)
+            got[name] = out.read().decode().splitlines()
+    if got["unconfined"][0] == "unshare32: no ia32":
+        assert os.uname().machine != "x86_64" or got["default"][0] == "unshare32: no ia32"
+        return
+    assert got["unconfined"] == ["unshare32: ok", "rc=0"]
+    assert got["default"] == ["unshare32: Operation not permitted", "rc=1"]
+
+
 def test_a_profile_file_in_dockers_format(walk_rootfs: Path, tmp_path: Path) -> None:
     profile = tmp_path / "profile.json"
     profile.write_text(json.dumps({

@@ -3,6 +3,9 @@
  *   sec_probe add_key     add a key to the process keyring   ("add_key: ok" or the error)
  *   sec_probe keyctl      ask for the session keyring's id   ("keyctl: ok" or the error)
  *   sec_probe udp-echo N  answer every datagram on 0.0.0.0:N with "echo:" + it, forever
+ *   sec_probe unshare32   unshare(CLONE_NEWUSER) through the i386 ABI (int 0x80), which
+ *                         a filter for x86_64 alone would not see  ("unshare32: ..."; or
+ *                         "unshare32: no ia32" where the kernel lacks it)
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -30,6 +33,27 @@ int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "keyctl") == 0)
         return report("keyctl", syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */,
                                         -3 /* KEY_SPEC_SESSION_KEYRING */, 1));
+    if (argc >= 2 && strcmp(argv[1], "unshare32") == 0) {
+#if defined(__x86_64__)
+        long pid;   /* i386 getpid is 20: -ENOSYS without IA32 emulation */
+        __asm__ volatile("int $0x80" : "=a"(pid) : "a"(20L) : "memory");
+        if (pid != (long)getpid()) {
+            printf("unshare32: no ia32\n");
+            return 0;
+        }
+        long rc;    /* i386 unshare is 310 */
+        __asm__ volatile("int $0x80" : "=a"(rc) : "a"(310L), "b"(0x10000000L) : "memory");
+        if (rc < 0) {
+            printf("unshare32: %s\n", strerror((int)-rc));
+            return 1;
+        }
+        printf("unshare32: ok\n");
+        return 0;
+#else
+        printf("unshare32: no ia32\n");
+        return 0;
+#endif
+    }
     if (argc >= 3 && strcmp(argv[1], "udp-echo") == 0) {
         int s = socket(AF_INET, SOCK_DGRAM, 0);
         struct sockaddr_in addr = {0};
