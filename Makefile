@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 DEBS    := docker-registry skopeo umoci busybox-static bubblewrap pigz zstd chromium openssl gcc libc6-dev libseccomp2
-BENCH_DEBS := buildah wrk podman
+BENCH_DEBS := buildah wrk podman runc
 STAMP   := $(VENV)/.installed
 
 .PHONY: install debs test test-latest update-constraints demo lint bench clean

@@ -4,8 +4,8 @@ seccomp filter and with ``-p``, against bubblewrap alone and ``podman run``.
     sudo .venv/bin/python bench/bench_sandbox.py [--runs N | --quick]
 
 One busybox image (examples/seed's "os" snapshot) is imported into a fresh store, saved
-as a docker archive and loaded into a podman store of its own (vfs, crun; when podman
-is installed).  Then, alternating the cases round after round (BENCHMARKING.md), the
+as a docker archive and loaded into a podman store of its own (vfs; when podman is
+installed).  Then, alternating the cases round after round (BENCHMARKING.md), the
 wall time of one whole ``true`` container is taken:
 
     lamina                  lamina run IMAGE true  (seccomp default profile, masks)
@@ -13,7 +13,7 @@ wall time of one whole ``true`` container is taken:
     lamina -p               lamina run -p 127.0.0.1::80 IMAGE true  (forwarder started)
     bwrap                   bwrap over the unpacked tree, the same namespaces, no filter
     bwrap + seccomp         the same with lamina's compiled filter (--seccomp FD)
-    podman                  podman run --rm --network none IMAGE true
+    podman                  podman run --rm --network none IMAGE true  (runc when installed)
     podman -p               podman run --rm -p 127.0.0.1::80 IMAGE true
 
 and the per-syscall cost of the filter: ``dd bs=1 count=N`` (2 syscalls per byte) under
@@ -41,6 +41,9 @@ from lamina.run.security import DEFAULT_CAPS
 REPO = Path(__file__).resolve().parents[1]
 WORK = Path("/var/tmp/lamina-bench/sandbox")
 DD_BYTES = 200_000
+# Podman raises RLIMIT_NOFILE/NPROC for root by default, which a root without
+# CAP_SYS_RESOURCE (this machine's) may not: ask for low limits instead.
+POD_RUN = ["--rm", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 
 
 def run(cmd: list[str], **kw: object) -> str:
@@ -95,14 +98,15 @@ def main() -> int:
         pod = [podman, "--root", str(WORK / "podman"), "--runroot", str(WORK / "podman-run"),
                "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
                "--events-backend", "none"]
+        # crun (podman's default) refuses this machine's hybrid cgroup layout; runc runs.
+        if shutil.which("runc"):
+            pod += ["--runtime", "runc"]
         archive = WORK / "busybox.tar"
         run([lamina, "save", "bench/busybox", "-o", str(archive)], env=env)
         run([*pod, "load", "-q", "-i", str(archive)])
-        probe = subprocess.run([*pod, "run", "--rm", "--network", "none", "bench/busybox",
+        probe = subprocess.run([*pod, "run", *POD_RUN, "--network", "none", "bench/busybox",
                                 "/bin/busybox", "true"], capture_output=True, text=True)
         if probe.returncode != 0:
-            # Seen here: crun's setrlimit(RLIMIT_NOFILE/NPROC) is refused in a root
-            # without CAP_SYS_RESOURCE, whatever --ulimit says.
             print(f"podman cannot run containers here: {probe.stderr.strip()}")
             pod = []
 
@@ -137,9 +141,9 @@ def main() -> int:
         "bwrap + seccomp": bw("tree"),
     }
     if pod:
-        cases["podman"] = lambda: run([*pod, "run", "--rm", "--network", "none",
+        cases["podman"] = lambda: run([*pod, "run", *POD_RUN, "--network", "none",
                                        "bench/busybox", "/bin/busybox", "true"])
-        cases["podman -p"] = lambda: run([*pod, "run", "--rm", "-p", "127.0.0.1::80",
+        cases["podman -p"] = lambda: run([*pod, "run", *POD_RUN, "-p", "127.0.0.1::80",
                                           "bench/busybox", "/bin/busybox", "true"])
     cases["dd, no filter"] = bw(None, *dd)
     cases["dd, linear filter"] = bw("linear", *dd)
