@@ -377,6 +377,8 @@ if child == 0:
         os.write(2, ("exec: %s: %s\n" % (json.dumps(argv[0]), e.strerror)).encode())
         os._exit(code)
 os.close(status)
+if spec["seccomp_fd"] >= 0:
+    os.close(spec["seccomp_fd"])
 def forward(n, _f):
     # The command may be gone already (reaped just before): nothing to pass on.
     try:
