@@ -18,7 +18,8 @@ wall time of one whole ``true`` container is taken:
 
 and the per-syscall cost of the filter: ``dd bs=1 count=N`` (2 syscalls per byte) under
 bwrap with no filter, libseccomp's linear program and its binary tree (what lamina
-loads).  The compile time of both (libseccomp, in-process) is printed too.  Medians;
+loads), and — without timing noise — how many BPF instructions each program runs per
+syscall (emulated).  The compile time of both (libseccomp, in-process) is printed too.  Medians;
 ratios are ``peer / lamina`` (> 1: lamina faster).  Needs root.
 """
 
@@ -28,6 +29,7 @@ import argparse
 import os
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -51,6 +53,45 @@ def run(cmd: list[str], **kw: object) -> str:
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
     return str(proc.stdout)
+
+
+def bpf_steps(prog: bytes, nr: int, arch: int = 0xC000003E) -> tuple[int, int]:
+    """(instructions executed, verdict) of a classic BPF seccomp program for syscall
+    ``nr`` with zero arguments: what the kernel walks for it, without timing noise."""
+    ins = [struct.unpack("<HBBI", prog[i:i + 8]) for i in range(0, len(prog), 8)]
+    data = struct.pack("<iIQ6Q", nr, arch, 0, *([0] * 6))   # struct seccomp_data
+    a = x = 0
+    mem = [0] * 16
+    pc = n = 0
+    while True:
+        code, jt, jf, k = ins[pc]
+        n += 1
+        pc += 1
+        src = x if code & 0x08 else k
+        if code == 0x20:                       # ld [k]
+            a = struct.unpack_from("<I", data, k)[0]
+        elif code in (0x00, 0x01):             # ld #k / ldx #k
+            a, x = (k, x) if code == 0x00 else (a, k)
+        elif code in (0x60, 0x61):             # ld M[k] / ldx M[k]
+            a, x = (mem[k], x) if code == 0x60 else (a, mem[k])
+        elif code in (0x02, 0x03):             # st / stx
+            mem[k] = a if code == 0x02 else x
+        elif code in (0x06, 0x16):             # ret #k / ret a
+            return n, k if code == 0x06 else a
+        elif code == 0x05:                     # ja
+            pc += k
+        elif code & 0x07 == 0x05:              # jeq / jgt / jge / jset
+            op = code & 0xF0
+            hit = {0x10: a == src, 0x20: a > src, 0x30: a >= src, 0x40: a & src != 0}[op]
+            pc += jt if hit else jf
+        elif code & 0x07 == 0x04:              # alu
+            ops = {0x00: a + src, 0x10: a - src, 0x40: a | src, 0x50: a & src,
+                   0x60: a << src, 0x70: a >> src}
+            a = ops[code & 0xF0] & 0xFFFFFFFF
+        elif code in (0x07, 0x87):             # tax / txa
+            a, x = (a, a) if code == 0x07 else (x, x)
+        else:
+            raise ValueError(f"BPF opcode {code:#x} not emulated")
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -183,6 +224,15 @@ def main() -> int:
         per_low = (low[f"dd, {kind} filter"] - low["dd, no filter"]) / (2 * DD_BYTES) * 1e9
         print(f"  {kind:6s} {len(programs[kind]) // 8:5d} BPF instructions: {per_med:5.0f} ns"
               f" ({per_low:5.0f} ns)  compiled in {compile_ms[kind]:.1f} ms")
+    if os.uname().machine == "x86_64":
+        print("\ninstructions the kernel runs per syscall (emulated; x86_64 numbers)")
+        calls = {"read": 0, "write": 1, "execve": 59, "futex": 202, "openat": 257,
+                 "newfstatat": 262, "clone": 56}
+        for kind in ("linear", "tree"):
+            each = [bpf_steps(programs[kind], nr)[0] for nr in range(460)]
+            named = ", ".join(f"{k} {bpf_steps(programs[kind], nr)[0]}"
+                              for k, nr in calls.items())
+            print(f"  {kind:6s} mean {statistics.mean(each):5.1f}, max {max(each):3d}; {named}")
     shutil.rmtree(WORK, ignore_errors=True)
     return 0
 

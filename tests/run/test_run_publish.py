@@ -79,12 +79,14 @@ def _until(what: str, attempt: object) -> object:
             time.sleep(0.1)
 
 
-def test_busybox_httpd_is_served_to_the_host(seeded: Lamina,
+@pytest.mark.parametrize("user", ["root", "www-data"])   # bwrap; unshare + init
+def test_busybox_httpd_is_served_to_the_host(seeded: Lamina, user: str,
                                              started: list[subprocess.Popen[str]]) -> None:
     need_root()
     need("bwrap")
-    proc, port = _start(seeded, started, "-p", "127.0.0.1::80", "demo/a",
-                        "httpd", "-f", "-p", "80", "-h", "/var/www/html")
+    inside = 80 if user == "root" else 8080   # www-data has no NET_BIND_SERVICE
+    proc, port = _start(seeded, started, "-p", f"127.0.0.1::{inside}", "-u", user, "demo/a",
+                        "httpd", "-f", "-p", str(inside), "-h", "/var/www/html")
 
     def fetch() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5) as r:
