@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from run_helpers import assert_no_leftovers
+from test_run_nonroot import nobody_store  # noqa: F401  (the fixture)
 
 from lamina.errors import InvalidInput, Unsupported
 from lamina.run.portfwd import PortMapping, parse_port
@@ -163,3 +164,35 @@ def _is_forwarder(pid: str) -> bool:
             return b"lamina.run.portfwd import main" in f.read()
     except OSError:
         return False
+
+
+def test_rootless_publish_and_confinement(
+        nobody_store: tuple[Lamina, list[str]]) -> None:  # noqa: F811  (the fixture)
+    """Not root: the forwarder joins the sandbox's user namespace to enter its network
+    namespace; the container's root has Docker's capabilities there (port 80 binds) and
+    the same seccomp filter."""
+    _lam, cmd = nobody_store
+    res = subprocess.run([*cmd, "run", "demo/a", "sh", "-c",
+                          "busybox unshare -U true 2>/dev/null && echo unshare:ok; "
+                          "busybox grep -E '^(Seccomp|CapEff):' /proc/self/status"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["CapEff:", "00000000a80425fb", "Seccomp:", "2"]
+    proc = subprocess.Popen([*cmd, "run", "-p", "127.0.0.1::80", "demo/a", "httpd", "-f",
+                             "-p", "80", "-h", "/var/www/html"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        found = re.fullmatch(r"80/tcp -> 127\.0\.0\.1:(\d+)\n", line)
+        assert found, line
+
+        def fetch() -> str:
+            url = f"http://127.0.0.1:{found.group(1)}/index.html"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return str(r.read().decode())
+
+        assert _until("rootless httpd", fetch) == PAGE_A
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
