@@ -196,3 +196,30 @@ def test_rootless_publish_and_confinement(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+def test_a_forwarder_that_cannot_enter_says_why(tmp_path: Path) -> None:
+    """The forwarder reports on its ready pipe; lamina stops the run with that line
+    rather than publish ports leading nowhere (here: a 'namespace' that is a file)."""
+    import json
+    import sys
+
+    not_ns = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    ready_r, ready_w = os.pipe()
+    try:
+        spec = {"net": not_ns, "user": -1, "ready": ready_w, "ports": []}
+        proc = subprocess.Popen([sys.executable, "-c", "import sys; from lamina.run.portfwd "
+                                 "import main; sys.exit(main(sys.argv))", json.dumps(spec)],
+                                pass_fds=(not_ns, ready_w))
+        os.close(ready_w)
+        ready_w = -1
+        with os.fdopen(ready_r, "rb") as f:
+            ready_r = -1
+            said = f.read().decode()
+        assert proc.wait(timeout=20) == 1
+    finally:
+        for fd in (not_ns, ready_r, ready_w):
+            if fd >= 0:
+                os.close(fd)
+    assert said == ("the forwarder cannot enter the container's network namespace: "
+                    "Invalid argument")

@@ -167,7 +167,9 @@ class Publisher:
                     fds.append(user)
             except FileNotFoundError:
                 return   # the sandbox is gone already
-            spec = {"net": net, "user": user,
+            ready_r, ready_w = os.pipe()
+            fds += [ready_r, ready_w]
+            spec = {"net": net, "user": user, "ready": ready_w,
                     "ports": [[s.fileno(), m.container_port, m.proto] for m, s in self.sockets]}
             # -I -S: nothing from the environment or site-packages; this module needs
             # only the standard library and is found where this copy of lamina lives.
@@ -175,8 +177,19 @@ class Publisher:
                     "from lamina.run.portfwd import main; sys.exit(main(sys.argv))")
             self.forwarder = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", boot, json.dumps(spec)],
-                pass_fds=(*fds, *(s.fileno() for _, s in self.sockets)),
+                pass_fds=(*(fd for fd in (net, user, ready_w) if fd >= 0),
+                          *(s.fileno() for _, s in self.sockets)),
                 stdin=subprocess.DEVNULL, close_fds=True)
+            os.close(ready_w)
+            fds.remove(ready_w)
+            # Wait for "in": a forwarder that cannot enter the namespaces says why, and
+            # the run stops rather than publishing ports that lead nowhere.
+            with os.fdopen(ready_r, "rb") as f:
+                fds.remove(ready_r)
+                answer = f.read().decode(errors="replace")
+            if answer != "in":
+                self.close()
+                raise LaminaError(f"cannot publish ports: {answer or 'the forwarder died'}")
         finally:
             for fd in fds:
                 os.close(fd)
@@ -273,12 +286,14 @@ def main(argv: list[str]) -> int:
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG: go when lamina goes
     if os.getppid() == 1:
         return 0
+    ready = spec["ready"]
     # Still one thread here: joining a user namespace requires it (setns(2)).
     for fd, flag in ((spec["user"], CLONE_NEWUSER), (spec["net"], CLONE_NEWNET)):
         if fd >= 0 and libc.setns(fd, flag) != 0:
             err = ctypes.get_errno()
-            sys.stderr.write(f"lamina: port forwarder: cannot enter the container's "
-                             f"namespace: {os.strerror(err)}\n")
+            os.write(ready, f"the forwarder cannot enter the container's "
+                            f"{'user' if flag == CLONE_NEWUSER else 'network'} namespace: "
+                            f"{os.strerror(err)}".encode())
             return 1
         if fd >= 0:
             os.close(fd)
@@ -288,6 +303,8 @@ def main(argv: list[str]) -> int:
         target = _serve_tcp if proto == "tcp" else _serve_udp
         threading.Thread(target=target, args=(sock, port), daemon=True).start()
     signal.signal(signal.SIGTERM, lambda n, f: os._exit(0))
+    os.write(ready, b"in")
+    os.close(ready)
     while True:
         signal.pause()
 
