@@ -156,8 +156,9 @@ def main() -> int:
                   str(tree), "/", "--proc", "/proc", "--dev", "/dev", "--hostname", "x"]
 
     def lam(*opts: str) -> Callable[[], object]:
-        return lambda: run([lamina, "run", *opts, "bench/busybox", "/bin/busybox", "true"],
-                           env=env)
+        # --rm: a run is a kept container now (#12), as podman run --rm removes its own.
+        return lambda: run([lamina, "run", "--rm", *opts, "bench/busybox", "/bin/busybox",
+                            "true"], env=env)
 
     def bw(program: str | None, *cmd: str) -> Callable[[], object]:
         cmd = cmd or ("/bin/busybox", "true")

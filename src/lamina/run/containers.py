@@ -30,6 +30,7 @@ from lamina.run.ctrlog import timestamp
 from lamina.run.monitor import (
     LOCK,
     Notify,
+    compiled_filter,
     container_dir,
     health_settings,
     open_rootfs,
@@ -399,7 +400,8 @@ def exec_in(store: Store, rec: ContainerRecord, opts: ExecOptions) -> int:
     if opts.tty:
         env.setdefault("TERM", "xterm")
     spec = exec_spec(rec.pid, opts.argv, env, cwd, user,
-                     Security.from_record(settings.get("security")), tty=opts.tty)
+                     Security.from_record(settings.get("security")), tty=opts.tty,
+                     compiled=compiled_filter(store, rec))
     if opts.tty:
         master, slave = open_pair(Path(container_ptmx(rec.pid)))
         try:

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 LOCK = "monitor.lock"
 LOG = "ctr.log"
+SECCOMP = "seccomp.bpf"   # the container's filter, compiled once, for exec to load
 _FIND_FOR = 10.0   # seconds the monitor waits for a started sandbox's command to exist
 
 
@@ -102,6 +103,14 @@ def open_rootfs(store: Store, rec: ContainerRecord) -> ContainerRootfs:
 
 def container_dir(store: Store, cid: str) -> Path:
     return store.root / "containers" / cid
+
+
+def compiled_filter(store: Store, rec: ContainerRecord) -> bytes | None:
+    """The seccomp filter the monitor compiled for ``rec`` (None: not there)."""
+    try:
+        return (container_dir(store, rec.id) / SECCOMP).read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _process_spec(rec: ContainerRecord, root: Path, pts: Path | None) -> ProcessSpec:
@@ -161,6 +170,9 @@ def serve(store: Store, rec: ContainerRecord, detached: bool, notify: Notify,
     started = False
     try:
         ctr.mount()
+        bpf = Security.from_record(spec.get("security")).seccomp_filter()
+        if bpf is not None:
+            (ctr.dir / SECCOMP).write_bytes(bpf)
         pts: Path | None = None
         master = -1
         stdio: tuple[int | None, int | None, int | None] = (None, None, None)

@@ -38,12 +38,14 @@ _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def exec_spec(pid: int, argv: Sequence[str], env: dict[str, str], cwd: str,
-              user: ResolvedUser, security: Security, tty: bool = False) -> dict[str, Any]:
+              user: ResolvedUser, security: Security, tty: bool = False,
+              compiled: bytes | None = None) -> dict[str, Any]:
     """What ``enter`` needs to run ``argv`` in the namespaces of host process ``pid``,
     confined as the container's own process is (``security``: its capabilities, seccomp
     filter, no_new_privs — as runc exec applies the container's); with ``tty``, its
-    stdin is made its controlling terminal."""
-    bpf = security.seccomp_filter()
+    stdin is made its controlling terminal.  ``compiled``: the filter as the monitor
+    compiled it (saves compiling it again), else it is compiled here."""
+    bpf = compiled if compiled is not None else security.seccomp_filter()
     return {"pid": pid, "argv": list(argv), "env": env, "cwd": cwd, "uid": user.uid,
             "gid": user.gid, "groups": list(user.groups), "tty": tty,
             "caps": security.cap_numbers, "no_new_privs": security.no_new_privileges,
