@@ -6,7 +6,9 @@ seccomp filter and capability set)."""
 from __future__ import annotations
 
 import os
+import re
 import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from run_helpers import assert_no_leftovers
+from test_run_nonroot import nobody_store  # noqa: F401  (the fixture)
 
 from lamina_testing import Lamina, need_root
 
@@ -115,3 +118,28 @@ def test_exec_is_confined_as_the_container_is(lam: Lamina) -> None:
     doc = lam.run("inspect", "nocaps").json()[0]["HostConfig"]
     assert doc["CapDrop"] is not None and "CAP_CHOWN" in doc["CapDrop"]
     assert lam.run("inspect", "priv").json()[0]["HostConfig"]["Privileged"] is True
+
+
+def test_rootless_detached_container_publishes_and_exec_is_confined(
+        nobody_store: tuple[Lamina, list[str]]) -> None:  # noqa: F811  (the fixture)
+    """Not root: the detached monitor forwards from the sandbox's user namespace, and
+    exec, which joins that namespace, loads the container's filter there."""
+    _lam, cmd = nobody_store
+
+    def lamina(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120,
+                              check=False)
+
+    res = lamina("run", "-d", "--name", "r", "-p", "127.0.0.1::80", "demo/a", *HTTPD)
+    try:
+        assert res.returncode == 0, res.stderr
+        found = re.fullmatch(r"80/tcp -> 127\.0\.0\.1:(\d+)\n", res.stderr)
+        assert found, res.stderr
+        assert _fetch(int(found.group(1))) == PAGE_A
+        res = lamina("exec", "r", "busybox", "unshare", "-U", "true")
+        assert res.returncode != 0 and "Operation not permitted" in res.stderr, res
+        res = lamina("exec", "r", "sh", "-c", "echo ok; grep Seccomp: /proc/self/status")
+        assert res.stdout.split() == ["ok", "Seccomp:", "2"], res
+    finally:
+        assert lamina("rm", "-f", "r").returncode == 0
+    assert _forwarders() == []

@@ -78,6 +78,14 @@ def _load_seccomp(libc: ctypes.CDLL, prog: bytes) -> None:
         _fail("load the seccomp filter: " + os.strerror(ctypes.get_errno()))
 
 
+def _setgroups_denied() -> bool:
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() == "deny"
+    except OSError:
+        return False
+
+
 def enter(spec: dict[str, Any]) -> NoReturn:
     """Enter the namespaces, fork, exec (see the module docstring); exits with the
     command's status.  Runs in a process of its own: it never returns."""
@@ -122,7 +130,13 @@ def enter(spec: dict[str, Any]) -> NoReturn:
                 _fail("no_new_privs: " + os.strerror(ctypes.get_errno()))
             if spec["seccomp"] is not None:
                 _load_seccomp(libc, bytes.fromhex(spec["seccomp"]))
-            os.setgroups(spec["groups"])
+            try:
+                os.setgroups(spec["groups"])
+            except PermissionError:
+                # A user namespace whose setgroups is "deny" (bwrap's rootless one,
+                # user_namespaces(7)): the groups stay, as runc leaves them there.
+                if not _setgroups_denied():
+                    raise
             os.setgid(spec["gid"])
             os.setuid(spec["uid"])
         except OSError as e:
