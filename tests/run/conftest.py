@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,14 @@ def fresh(seed: Path, tmp_path: Path) -> Lamina:
     """An empty store of the test's own (for counting snapshots and extractions)."""
     need("bwrap")
     return Lamina(tmp_path / "store", seed)
+
+
+@pytest.fixture(scope="session")
+def probe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A static probe for the syscalls busybox cannot make (add_key, keyctl, a UDP
+    server), compiled here."""
+    gcc = need("gcc")
+    out = tmp_path_factory.mktemp("probe")
+    src = Path(__file__).parent / "data" / "sec_probe.c"
+    subprocess.run([gcc, "-static", "-O1", "-o", str(out / "sec_probe"), str(src)], check=True)
+    return out

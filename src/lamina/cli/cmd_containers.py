@@ -47,12 +47,17 @@ def run_kept(store_factory: Callable[[], Store], opts: Any) -> int | None:
     foreground; with ``-d`` the id is printed and None returned."""
     from lamina.cli.cmd_run import _interruptible
     from lamina.cli.format import err, say
-    from lamina.run.containers import create, run_attached, run_detached
+    from lamina.run.containers import create, publish_ports, run_attached, run_detached
     from lamina.run.signals import SignalProxy
 
     with store_factory() as store:
-        with _interruptible():
-            created = create(store, opts)
+        publisher = publish_ports(opts)
+        try:
+            with _interruptible():
+                created = create(store, opts, publisher)
+        except BaseException:
+            publisher.close()
+            raise
         if opts.detach:
             failed = run_detached(store, created)
             say(created.record.id)
@@ -96,7 +101,7 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     def ps(all_: bool, quiet: bool, no_trunc: bool, json_: bool) -> None:
         """List containers: running ones, or all with -a."""
         from lamina.cli.format import human_age, print_json, say, table
-        from lamina.run.containers import inspect_document, listing
+        from lamina.run.containers import inspect_document, listing, ports_column
         from lamina.run.ctrlog import timestamp
 
         with store_factory() as store:
@@ -110,7 +115,8 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
             return
         table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"],
               [[r.id if no_trunc else r.short_id, r.image, _command(r, no_trunc),
-                human_age(timestamp(r.created)), _status(r), "", r.name] for r in recs])
+                human_age(timestamp(r.created)), _status(r),
+                ports_column(r) if r.state == "running" else "", r.name] for r in recs])
 
     @app.command()
     @argument("container")

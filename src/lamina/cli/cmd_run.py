@@ -6,13 +6,14 @@ import contextlib
 import signal
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lamina.cli.cmd_containers import container_options
 from lamina.cli.format import argument, flag, option
 from lamina.cli.limits import expansion_option
+from lamina.cli.run_sandbox import sandbox_options, sandbox_run_options
 
 if TYPE_CHECKING:
     from lamina.store.store import Store
@@ -55,19 +56,20 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     @option("-w", "--workdir", help="Working directory.")
     @option("-u", "--user", help="USER: name, uid, uid:gid or name:group.")
     @option("-v", "--volume", multiple=True, help="Bind mount HOST:CONTAINER[:ro].")
-    @option("--network", default="none", help="none (only lo) or host.")
     @option("--commit", metavar="REF",
             help="Save what the command changed as a new layer, tagged REF.")
     @option("--compression", default="gzip",
             help="Layer compression for --commit: gzip, zstd, zstd:chunked or none.")
     @option("--snapshotter", default="auto", help="auto, overlay (root) or walk (anyone).")
+    @sandbox_options
     @expansion_option
     def run(image: str, command: tuple[str, ...], rm: bool, interactive: bool, tty: bool,
             stop_signal: str | None, stop_timeout: int, env: tuple[str, ...],
-            workdir: str | None, user: str | None, volume: tuple[str, ...], network: str,
+            workdir: str | None, user: str | None, volume: tuple[str, ...],
             commit: str | None, compression: str, snapshotter: str, detach: bool,
             name: str | None, entrypoint: str | None, hostname: str | None, read_only: bool,
-            tmpfs: tuple[str, ...], env_file: tuple[str, ...], init: bool) -> None:
+            tmpfs: tuple[str, ...], env_file: tuple[str, ...], init: bool,
+            **sandbox: Any) -> None:
         """Run a command in an image's root filesystem, sandboxed: a container.
 
         In the foreground lamina's signals go to the command (SIGTERM as the image's
@@ -92,8 +94,6 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
                               "combined with -d, -t or --name (use lamina commit CONTAINER)")
         if stop_timeout < 0:
             raise InvalidInput(f"--stop-timeout must not be negative: {stop_timeout}")
-        if network not in ("none", "host"):
-            raise InvalidInput(f"unknown network {network!r}: choose none or host")
         if compression not in COMPRESSIONS:
             raise InvalidInput(f"unknown compression {compression!r}: "
                                f"choose {', '.join(COMPRESSIONS)}")
@@ -103,8 +103,7 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         env_all = [item for path in env_file for item in read_env_file(Path(path))]
         opts = RunOptions(
             image=image, command=list(command or []), env=env_all + list(env or []),
-            workdir=workdir,
-            user=user, volumes=list(volume or []), network=network,  # type: ignore[arg-type]
+            workdir=workdir, user=user, volumes=list(volume or []),
             commit=commit, snapshotter=snapshotter,  # type: ignore[arg-type]
             compression=compression,  # type: ignore[arg-type]
             source_date_epoch=source_date_epoch() if commit else None,
@@ -112,7 +111,8 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
             entrypoint=entrypoint, tty=tty, interactive=interactive, read_only=read_only,
             tmpfs=list(tmpfs), init=init, rm=True if commit else rm,
             # A kept container's default host name is its short id (Docker's).
-            hostname=hostname or ("lamina" if commit else ""))
+            hostname=hostname or ("lamina" if commit else ""),
+            **sandbox_run_options(sandbox, lambda line: err.print(line, markup=False)))
         if not commit:
             code = run_kept(store_factory, opts)
             if code is not None:

@@ -26,10 +26,10 @@ import os
 import shlex
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lamina.digest import Digest
 from lamina.errors import InvalidInput, InvalidReference, Unsupported
@@ -40,13 +40,19 @@ from lamina.image.reference import Reference
 from lamina.layer import Changeset, LayerOptions
 from lamina.layer.commit import commit_changeset
 from lamina.layer.options import Compression
+from lamina.run.portfwd import PortMapping, Publisher, parse_port
 from lamina.run.rootfs import SnapshotterMode, open_rootfs
-from lamina.run.sandbox import Network, ProcessSpec, SandboxKind, run_process
+from lamina.run.sandbox import ProcessSpec, SandboxKind, run_process, sandbox_network
+from lamina.run.security import Security
 from lamina.run.signals import SignalProxy, parse_signal
 from lamina.run.snapshots import Snapshotter
 from lamina.store.store import Store
 from lamina.transport.local import StoreTransport, record_image
 from lamina.transport.resolve import ResolvedImage, resolve_image
+
+# none: a network namespace of its own with only lo; private: the same, with the ports
+# of ``-p`` forwarded from the host (lamina.run.portfwd); host: the host's network.
+RunNetwork = Literal["none", "private", "host"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ class RunOptions:
     workdir: str | None = None
     user: str | None = None
     volumes: list[str] = field(default_factory=list)
-    network: Network = "none"
+    network: RunNetwork = "none"
     rm: bool = True
     commit: str | None = None
     snapshotter: SnapshotterMode = "auto"
@@ -90,6 +96,9 @@ class RunOptions:
     read_only: bool = False
     tmpfs: list[str] = field(default_factory=list)
     init: bool = False
+    security: Security = Security()
+    ports: list[str] = field(default_factory=list)   # -p forms (lamina.run.portfwd)
+    on_published: Callable[[list[PortMapping]], None] | None = None   # host ports bound
 
 
 @dataclass(frozen=True)
@@ -166,12 +175,17 @@ def run_container(store: Store, opts: RunOptions) -> RunResult:
         source.close()
     s = process_settings(image.config.container_config, opts)
     proxy = SignalProxy(s.stop_signal, opts.stop_timeout) if opts.sig_proxy else None
-    with open_rootfs(store, source, image, opts.snapshotter) as rootfs:
+    ports = port_mappings(opts)
+    # Bound before anything else is made: a port in use stops the run at once.
+    with Publisher(ports) as publisher, \
+            open_rootfs(store, source, image, opts.snapshotter) as rootfs:
+        if opts.on_published is not None and publisher.published:
+            opts.on_published(publisher.published)
         spec = ProcessSpec(rootfs=rootfs.path, argv=s.argv, env=s.env, cwd=s.workdir,
-                           user=s.user, mounts=s.mounts, network=opts.network,
-                           hostname=opts.hostname)
+                           user=s.user, mounts=s.mounts, network=sandbox_network(opts.network),
+                           hostname=opts.hostname, security=opts.security)
         code = run_process(spec, opts.stdin, opts.stdout, opts.stderr, sandbox=opts.sandbox,
-                           proxy=proxy)
+                           proxy=proxy, on_start=publisher.start if ports else None)
         if commit_ref is None or code != 0:
             return RunResult(code)
         changes = rootfs.changes(opts.source_date_epoch)
@@ -180,6 +194,16 @@ def run_container(store: Store, opts: RunOptions) -> RunResult:
         desc = commit_changes(store, image, changes, commit_ref, created_by,
                               opts.source_date_epoch, opts.compression)
     return RunResult(code, desc, str(commit_ref))
+
+
+def port_mappings(opts: RunOptions) -> list[PortMapping]:
+    """``opts.ports`` parsed; ``-p`` needs the private network (the default with it)."""
+    ports = [parse_port(p) for p in opts.ports]
+    if ports and opts.network != "private":
+        raise InvalidInput(f"-p publishes ports of a private network, not of --network "
+                           f"{opts.network}" + (" (the host's ports are the container's)"
+                                               if opts.network == "host" else ""))
+    return ports
 
 
 @dataclass(frozen=True)

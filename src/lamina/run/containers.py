@@ -30,6 +30,7 @@ from lamina.run.ctrlog import timestamp
 from lamina.run.monitor import (
     LOCK,
     Notify,
+    compiled_filter,
     container_dir,
     health_settings,
     open_rootfs,
@@ -39,8 +40,10 @@ from lamina.run.monitor import (
     take_lock,
 )
 from lamina.run.nsexec import Entered, container_ptmx, exec_spec
+from lamina.run.portfwd import PortMapping, Publisher
 from lamina.run.pty import foreground, open_pair
 from lamina.run.sandbox import resolve_user
+from lamina.run.security import DEFAULT_CAPS, Security
 from lamina.store.containers import ContainerRecord, Containers
 from lamina.store.store import Store
 
@@ -120,10 +123,23 @@ def _random_name(table: Containers) -> str:
 class Created:
     record: ContainerRecord
     lock_fd: int          # the monitor lock, held until the monitor takes it over
+    publisher: Publisher  # the host ports of -p, bound; the monitor forwards them
 
 
-def create(store: Store, opts: RunOptions) -> Created:
-    """Make the container ``opts`` describe (record, rootfs), not started yet."""
+def publish_ports(opts: RunOptions) -> Publisher:
+    """Bind the host ports of ``opts.ports`` (``-p``), said to ``opts.on_published``:
+    the first thing a run does, so a port in use is one error and nothing is made."""
+    from lamina.run.container import port_mappings
+
+    publisher = Publisher(port_mappings(opts))
+    if opts.on_published is not None and publisher.published:
+        opts.on_published(publisher.published)
+    return publisher
+
+
+def create(store: Store, opts: RunOptions, publisher: Publisher) -> Created:
+    """Make the container ``opts`` describe (record, rootfs), not started yet;
+    ``publisher`` holds its published ports (``publish_ports``)."""
     from lamina.image.config import chain_ids
     from lamina.run.container import process_settings
     from lamina.run.ctrfs import ContainerRootfs
@@ -154,7 +170,10 @@ def create(store: Store, opts: RunOptions) -> Created:
         spec: dict[str, Any] = {
             "argv": settings.argv, "env": settings.env, "cwd": settings.workdir,
             "user": settings.user, "hostname": opts.hostname or cid[:12],
-            "network": opts.network,
+            "network": opts.network, "security": opts.security.to_record(),
+            # [container port, host port, host ip, proto]: host ports as bound
+            "ports": [[m.container_port, m.host_port, m.host_ip, m.proto]
+                      for m in publisher.published],
             "volumes": [[os.fspath(h), c, ro] for h, c, ro in settings.mounts],
             "tmpfs": tmpfs, "read_only": opts.read_only, "tty": opts.tty,
             "interactive": opts.interactive, "init": opts.init, "rm": opts.rm,
@@ -187,7 +206,7 @@ def create(store: Store, opts: RunOptions) -> Created:
             ContainerRootfs(directory, "walk").remove()
             table.delete(cid)
             raise
-        return Created(rec, lock_fd)
+        return Created(rec, lock_fd, publisher)
     finally:
         source.close()
 
@@ -195,15 +214,19 @@ def create(store: Store, opts: RunOptions) -> Created:
 def run_attached(store: Store, created: Created, proxy: SignalProxy | None) -> int:
     """Run the container in the foreground, lamina its monitor; its exit status."""
     try:
-        return serve(store, created.record, False, Notify(None), proxy)
+        return serve(store, created.record, False, Notify(None), proxy, created.publisher)
     finally:
         os.close(created.lock_fd)
+        created.publisher.close()
 
 
 def run_detached(store: Store, created: Created) -> int | None:
     """Start the container under a monitor of its own; None once it runs, or the
     status of a command that could not start (its message is in the log)."""
-    return start_detached(store, created.record, created.lock_fd)
+    try:
+        return start_detached(store, created.record, created.lock_fd, created.publisher)
+    finally:
+        created.publisher.close()   # this process's copies: the monitor holds its own
 
 
 # -- the truth about a record ------------------------------------------------------------
@@ -376,7 +399,9 @@ def exec_in(store: Store, rec: ContainerRecord, opts: ExecOptions) -> int:
     cwd = opts.workdir or settings["cwd"]
     if opts.tty:
         env.setdefault("TERM", "xterm")
-    spec = exec_spec(rec.pid, opts.argv, env, cwd, user, tty=opts.tty)
+    spec = exec_spec(rec.pid, opts.argv, env, cwd, user,
+                     Security.from_record(settings.get("security")), tty=opts.tty,
+                     compiled=compiled_filter(store, rec))
     if opts.tty:
         master, slave = open_pair(Path(container_ptmx(rec.pid)))
         try:
@@ -442,6 +467,11 @@ _ZERO_TIME = "0001-01-01T00:00:00Z"
 def inspect_document(rec: ContainerRecord) -> dict[str, Any]:
     """``docker inspect``'s main fields for a container."""
     spec = rec.spec
+    security = Security.from_record(spec.get("security"))
+    ports: dict[str, list[dict[str, str]]] = {}
+    for m in published(rec):
+        ports.setdefault(f"{m.container_port}/{m.proto}", []).append(
+            {"HostIp": m.host_ip, "HostPort": str(m.host_port)})
 
     def when(t: float | None) -> str:
         return timestamp(t) if t else _ZERO_TIME
@@ -473,7 +503,25 @@ def inspect_document(rec: ContainerRecord) -> dict[str, Any]:
             "Tmpfs": {p: f"mode={m:o}" + (f",size={s}" if s else "")
                       for p, s, m in spec["tmpfs"]},
             "Binds": [f"{h}:{c}" + (":ro" if ro else "") for h, c, ro in spec["volumes"]],
-            "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0}},
+            "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+            "Privileged": not security.masked,   # only --privileged unmasks
+            "CapAdd": sorted(security.caps - DEFAULT_CAPS) or None,
+            "CapDrop": sorted(DEFAULT_CAPS - security.caps) or None,
+            "PortBindings": ports},
+        # Docker's map, "80/tcp": [{"HostIp": …, "HostPort": …}], of what was bound.
+        "NetworkSettings": {"Ports": ports},
         "LogPath": os.fspath(Path("containers") / rec.id / "ctr.log"),
     }
 
+
+
+def published(rec: ContainerRecord) -> list[PortMapping]:
+    """The container's published ports, as bound."""
+    return [PortMapping(int(c), int(h), str(ip), proto)
+            for c, h, ip, proto in rec.spec.get("ports") or []]
+
+
+def ports_column(rec: ContainerRecord) -> str:
+    """ps's PORTS, Docker's form: ``0.0.0.0:8080->80/tcp``, comma-separated."""
+    return ", ".join(f"{m.host_ip}:{m.host_port}->{m.container_port}/{m.proto}"
+                     for m in published(rec))

@@ -40,8 +40,10 @@ from typing import TYPE_CHECKING, Any
 from lamina.errors import LaminaError
 from lamina.run.ctrlog import LogWriter
 from lamina.run.nsexec import exec_argv, exec_spec
+from lamina.run.portfwd import Publisher
 from lamina.run.pty import foreground, mount_devpts, open_pair, pump, set_size
-from lamina.run.sandbox import ProcessSpec, resolve_user, run_process
+from lamina.run.sandbox import ProcessSpec, resolve_user, run_process, sandbox_network
+from lamina.run.security import Security
 from lamina.run.signals import SignalProxy, find_command
 from lamina.store.containers import ContainerRecord, Containers
 from lamina.store.meta import Metadata
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
 
 LOCK = "monitor.lock"
 LOG = "ctr.log"
+SECCOMP = "seccomp.bpf"   # the container's filter, compiled once, for exec to load
 _FIND_FOR = 10.0   # seconds the monitor waits for a started sandbox's command to exist
 
 
@@ -102,13 +105,23 @@ def container_dir(store: Store, cid: str) -> Path:
     return store.root / "containers" / cid
 
 
+def compiled_filter(store: Store, rec: ContainerRecord) -> bytes | None:
+    """The seccomp filter the monitor compiled for ``rec`` (None: not there)."""
+    try:
+        return (container_dir(store, rec.id) / SECCOMP).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
 def _process_spec(rec: ContainerRecord, root: Path, pts: Path | None) -> ProcessSpec:
     s = rec.spec
     return ProcessSpec(
         rootfs=root, argv=s["argv"], env=s["env"], cwd=s["cwd"], user=s["user"],
         mounts=tuple((Path(h), c, bool(ro)) for h, c, ro in s["volumes"]),
-        network=s["network"], hostname=s["hostname"], read_only=s["read_only"],
-        tmpfs=tuple((p, size, mode) for p, size, mode in s["tmpfs"]), pts=pts, tty=s["tty"])
+        network=sandbox_network(s["network"]), hostname=s["hostname"],
+        read_only=s["read_only"],
+        tmpfs=tuple((p, size, mode) for p, size, mode in s["tmpfs"]), pts=pts, tty=s["tty"],
+        security=Security.from_record(s.get("security")))
 
 
 def _pipes_to_log(sources: dict[int, str], log: LogWriter) -> None:
@@ -143,9 +156,11 @@ class Notify:
 
 
 def serve(store: Store, rec: ContainerRecord, detached: bool, notify: Notify,
-          proxy: SignalProxy | None = None) -> int:
+          proxy: SignalProxy | None = None, publisher: Publisher | None = None) -> int:
     """Run the container's process to its end (see the module docstring); its status.
-    The caller holds the monitor lock."""
+    The caller holds the monitor lock.  ``publisher`` holds the bound host ports of
+    ``-p``: the forwarder starts once the sandbox does, and they are closed when it
+    ends (so ``lamina stop`` frees them)."""
     table = Containers(store.meta)
     spec = rec.spec
     ctr = open_rootfs(store, rec)
@@ -155,6 +170,9 @@ def serve(store: Store, rec: ContainerRecord, detached: bool, notify: Notify,
     started = False
     try:
         ctr.mount()
+        bpf = Security.from_record(spec.get("security")).seccomp_filter()
+        if bpf is not None:
+            (ctr.dir / SECCOMP).write_bytes(bpf)
         pts: Path | None = None
         master = -1
         stdio: tuple[int | None, int | None, int | None] = (None, None, None)
@@ -201,7 +219,9 @@ def serve(store: Store, rec: ContainerRecord, detached: bool, notify: Notify,
 
         try:
             code = run_process(_process_spec(rec, ctr.path, pts), *stdio,
-                               sandbox=spec["sandbox"], proxy=proxy, waiter=waiter)
+                               sandbox=spec["sandbox"], proxy=proxy, waiter=waiter,
+                               on_start=publisher.start if publisher is not None
+                               and publisher.sockets else None)
         except LaminaError as e:
             table.exited(rec.id, 125, str(e))
             notify.send(f"error {e}")
@@ -220,6 +240,8 @@ def serve(store: Store, rec: ContainerRecord, detached: bool, notify: Notify,
         return code
     finally:
         stop_health.set()
+        if publisher is not None:
+            publisher.close()
         for fd in closing:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -243,10 +265,13 @@ def _command_pid(proc: subprocess.Popen[bytes]) -> int | None:
     return None
 
 
-def start_detached(store: Store, rec: ContainerRecord, lock_fd: int) -> int | None:
+def start_detached(store: Store, rec: ContainerRecord, lock_fd: int,
+                   publisher: Publisher | None = None) -> int | None:
     """Start the monitor of ``rec`` (see the module docstring) and return once the
     command runs (None) or ended without running (its status).  ``lock_fd`` holds the
-    monitor lock: the monitor inherits it, and this process closes its copy."""
+    monitor lock: the monitor inherits it, and this process closes its copy.  So with
+    ``publisher``'s bound sockets: they cross the fork (the monitor, which outlives
+    ``lamina run -d``, listens and forwards); the caller closes its copies."""
     read_end, write_end = os.pipe()
     root = store.root
     # A SQLite connection must not cross a fork, not even unused: the child's own
@@ -255,7 +280,7 @@ def start_detached(store: Store, rec: ContainerRecord, lock_fd: int) -> int | No
     store.meta.close()
     child = os.fork()
     if child == 0:   # pragma: no cover - runs in the forked processes
-        _monitor_main(root, rec, read_end, write_end)
+        _monitor_main(root, rec, read_end, write_end, publisher)
     store.meta = Metadata(store.meta.path)
     os.close(write_end)
     os.close(lock_fd)
@@ -270,7 +295,8 @@ def start_detached(store: Store, rec: ContainerRecord, lock_fd: int) -> int | No
                       "the container's monitor died before the command started")
 
 
-def _monitor_main(root: Path, rec: ContainerRecord, read_end: int, write_end: int) -> None:
+def _monitor_main(root: Path, rec: ContainerRecord, read_end: int, write_end: int,
+                  publisher: Publisher | None) -> None:
     """The forked side of ``start_detached``: never returns."""
     code = 0
     try:
@@ -289,7 +315,7 @@ def _monitor_main(root: Path, rec: ContainerRecord, read_end: int, write_end: in
         # does, and its status is still recorded.
         proxy = SignalProxy(int(rec.spec["stop_signal"]), float(rec.spec["stop_timeout"]))
         with Store(root) as store:
-            serve(store, rec, True, Notify(write_end), proxy)
+            serve(store, rec, True, Notify(write_end), proxy, publisher)
     except BaseException as e:  # noqa: BLE001 - nobody is left to tell but the record
         code = 1
         with contextlib.suppress(Exception):
@@ -354,7 +380,8 @@ def _health_loop(store: Store, rec: ContainerRecord, root: Path, pid: int,
         user = resolve_user(root, spec["user"])
     except LaminaError:
         return
-    argv = exec_argv(exec_spec(pid, hc["argv"], spec["env"], spec["cwd"], user))
+    argv = exec_argv(exec_spec(pid, hc["argv"], spec["env"], spec["cwd"], user,
+                               Security.from_record(spec.get("security"))))
     while not stop.wait(hc["interval"]):
         start = timestamp()
         try:

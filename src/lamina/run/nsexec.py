@@ -4,10 +4,10 @@ As ``runc exec`` (its nsexec.c) and ``nsenter`` do: open the namespaces of the
 container's process (``/proc/<pid>/ns/*``) and its root directory, ``setns`` into each
 (the user namespace first, when the container has one: rootless), ``chroot`` into its
 root, fork (a PID namespace applies to children only), and in the child drop what the
-container's process does not have — capabilities outside Docker's default set, root
-when the container's USER is not root — then exec.  The parent stays, passes SIGTERM,
-SIGINT, SIGHUP on and exits with the command's status (127/126 when it cannot be run,
-as docker exec reports).
+container's process does not have — capabilities outside its set, root when the
+container's USER is not root — and loads its seccomp filter, then exec.  The parent
+stays, passes SIGTERM, SIGINT, SIGHUP on and exits with the command's status (127/126
+when it cannot be run, as docker exec reports).
 
 ``lamina exec`` runs ``enter`` in a child it forks (no second interpreter to start); the
 monitor's health checks, which run in a thread, start it as a helper process on the
@@ -29,20 +29,27 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from lamina.run.sandbox import ResolvedUser
+    from lamina.run.security import Security
 
 _PR_CAPBSET_DROP = 24
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def exec_spec(pid: int, argv: Sequence[str], env: dict[str, str], cwd: str,
-              user: ResolvedUser, tty: bool = False) -> dict[str, Any]:
-    """What ``enter`` needs to run ``argv`` in the namespaces of host process ``pid``;
-    with ``tty``, its stdin is made its controlling terminal."""
-    from lamina.run.sandbox import DEFAULT_CAPS
-
+              user: ResolvedUser, security: Security, tty: bool = False,
+              compiled: bytes | None = None) -> dict[str, Any]:
+    """What ``enter`` needs to run ``argv`` in the namespaces of host process ``pid``,
+    confined as the container's own process is (``security``: its capabilities, seccomp
+    filter, no_new_privs — as runc exec applies the container's); with ``tty``, its
+    stdin is made its controlling terminal.  ``compiled``: the filter as the monitor
+    compiled it (saves compiling it again), else it is compiled here."""
+    bpf = compiled if compiled is not None else security.seccomp_filter()
     return {"pid": pid, "argv": list(argv), "env": env, "cwd": cwd, "uid": user.uid,
             "gid": user.gid, "groups": list(user.groups), "tty": tty,
-            "caps": sorted(DEFAULT_CAPS.values())}
+            "caps": security.cap_numbers, "no_new_privs": security.no_new_privileges,
+            "seccomp": None if bpf is None else bpf.hex()}
 
 
 def exec_argv(spec: dict[str, Any]) -> list[str]:
@@ -56,6 +63,27 @@ def exec_argv(spec: dict[str, Any]) -> list[str]:
 def _fail(message: str, code: int = 126) -> NoReturn:
     os.write(2, f"exec: {message}\n".encode())
     os._exit(code)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _load_seccomp(libc: ctypes.CDLL, prog: bytes) -> None:
+    """Load the BPF program ``prog`` while still root with CAP_SYS_ADMIN (no
+    no_new_privs needed; runc loads it there too), before becoming the user."""
+    buf = ctypes.create_string_buffer(prog, len(prog))
+    fprog = _SockFprog(len(prog) // 8, ctypes.addressof(buf))
+    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        _fail("load the seccomp filter: " + os.strerror(ctypes.get_errno()))
+
+
+def _setgroups_denied() -> bool:
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() == "deny"
+    except OSError:
+        return False
 
 
 def enter(spec: dict[str, Any]) -> NoReturn:
@@ -98,7 +126,17 @@ def enter(spec: dict[str, Any]) -> NoReturn:
                 os.setsid()
                 fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             os.chdir(spec["cwd"])
-            os.setgroups(spec["groups"])
+            if spec["no_new_privs"] and libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+                _fail("no_new_privs: " + os.strerror(ctypes.get_errno()))
+            if spec["seccomp"] is not None:
+                _load_seccomp(libc, bytes.fromhex(spec["seccomp"]))
+            try:
+                os.setgroups(spec["groups"])
+            except PermissionError:
+                # A user namespace whose setgroups is "deny" (bwrap's rootless one,
+                # user_namespaces(7)): the groups stay, as runc leaves them there.
+                if not _setgroups_denied():
+                    raise
             os.setgid(spec["gid"])
             os.setuid(spec["uid"])
         except OSError as e:

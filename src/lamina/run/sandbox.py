@@ -2,12 +2,19 @@
 
 What every process gets, whichever way it is started: its own mount, PID, IPC and UTS
 namespaces (and network namespace, with only ``lo`` up, unless ``network="host"``),
-the rootfs as ``/`` (pivot_root: the host's tree is not reachable), a fresh ``/proc``,
-a minimal ``/dev`` (null zero full random urandom tty, pts, shm), the requested bind
-mounts, the hostname, the environment given and nothing else, Docker's default
-capability set (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP,
-NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP), and death when
-lamina dies.  ``/tmp`` is the image's: it belongs to the rootfs and its changes.
+the rootfs as ``/`` (pivot_root: the host's tree is not reachable; nodev), a fresh
+``/proc``, a minimal ``/dev`` (null zero full random urandom tty, pts, shm), the
+requested bind mounts, the hostname, the environment given and nothing else, and death
+when lamina dies.  ``/tmp`` is the image's: it belongs to the rootfs and its changes.
+
+Confinement (``ProcessSpec.security``, lamina.run.security) is Docker's by default:
+its capability set (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP,
+NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP; root only), its
+default seccomp profile (lamina.run.seccomp: ``unshare``, ``mount``, ``keyctl``… return
+EPERM), its masked /proc paths (``/proc/keys``, ``/proc/timer_list``… read empty) and
+read-only ones (``/proc/sys``, ``/proc/sysrq-trigger``…).  ``--privileged`` lifts all
+of it.  The sandbox's PID 1 shows no host path (``bwrap --args N -- CMD`` or
+``lamina-init …``): bwrap's options reach it through a memfd, the init's spec too.
 
 Two ways to start it:
 
@@ -52,19 +59,11 @@ from typing import Literal
 
 from lamina.errors import InvalidInput, LaminaError, NotFound, Unsupported
 from lamina.layer.paths import resolve_links
+from lamina.run.security import MASKED_PATHS, READONLY_PATHS, Security
 from lamina.run.signals import SignalProxy, forwarding
 
 # Docker's PATH when the image sets none (moby oci/defaults.go; also BuildKit's).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-# Docker's default capabilities (moby oci/caps/defaults.go), with their numbers
-# (linux/capability.h) for the init, which drops the rest from the bounding set.
-DEFAULT_CAPS: dict[str, int] = {
-    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4,
-    "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8,
-    "CAP_NET_BIND_SERVICE": 10, "CAP_NET_RAW": 13, "CAP_SYS_CHROOT": 18,
-    "CAP_MKNOD": 27, "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31,
-}
 
 _TMPFS = "tmpfs:"   # the host "path" of a tmpfs mount (_with_tmpfs)
 
@@ -100,6 +99,13 @@ class ProcessSpec:
     read_only: bool = False
     pts: Path | None = None
     tty: bool = False
+    security: Security = Security()
+
+
+def sandbox_network(network: str) -> Network:
+    """The namespace for ``lamina run --network``: "private" is "none"'s, with the
+    ports of ``-p`` forwarded into it (lamina.run.portfwd)."""
+    return "host" if network == "host" else "none"
 
 
 @dataclass(frozen=True)
@@ -275,9 +281,17 @@ class _Stubs:
 _INIT = r"""
 import ctypes, errno, fcntl, json, os, platform, signal, socket, struct, sys
 import warnings  # os.execvpe imports it lazily, after pivot_root hid the stdlib
-spec = json.loads(sys.argv[1])
-status = spec["status_fd"]
+if len(sys.argv) == 2:
+    # What the container sees as /proc/1/cmdline: not the host's python path.  unshare
+    # execs with the path as argv[0]; exec again with a name instead (prctl PR_SET_MM
+    # would need CAP_SYS_RESOURCE, which a root in a container often lacks).
+    code = open("/proc/self/cmdline", "rb").read().split(b"\0")[4]
+    os.execv(sys.executable, [b"lamina-init", b"-I", b"-S", b"-c", code,
+                              sys.argv[1].encode(), b"named"])
 libc = ctypes.CDLL(None, use_errno=True)
+with os.fdopen(int(sys.argv[1]), "rb") as f:   # the spec, kept off the command line
+    spec = json.loads(f.read())
+status = spec["status_fd"]
 def fail(what):
     e = ctypes.get_errno()
     os.write(status, ("%s: %s" % (what, os.strerror(e) if e else "failed")).encode())
@@ -291,6 +305,9 @@ RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC, PRIVATE, SLAVE = (
 root = spec["root"]
 mount(None, "/", None, REC | PRIVATE)
 mount(root, root, None, BIND | REC)
+# nodev, as bwrap's binds are: a device node made inside (CAP_MKNOD, as in Docker) must
+# not open the host's device; Docker's device cgroup refuses it the same way.
+mount(None, root, None, REMOUNT | BIND | NODEV)
 mount("proc", root + "/proc", "proc", NOSUID | NODEV | NOEXEC)
 dev = root + "/dev"
 mount("tmpfs", dev, "tmpfs", NOSUID | NOEXEC, "mode=755,size=65536k")
@@ -319,12 +336,20 @@ for host, ctr, ro in spec["mounts"]:
         else:
             os.close(os.open(root + ctr, os.O_WRONLY | os.O_CREAT, 0o644))
     mount(host, root + ctr, None, BIND | REC)
-    if ro:
-        mount(None, root + ctr, None, REMOUNT | BIND | RDONLY)
+    mount(None, root + ctr, None, REMOUNT | BIND | NODEV | (RDONLY if ro else 0))
 if spec["pts"]:
     mount(spec["pts"], dev + "/pts", None, BIND)
 if spec["read_only"]:
-    mount(None, root, None, REMOUNT | BIND | RDONLY)
+    mount(None, root, None, REMOUNT | BIND | NODEV | RDONLY)
+for path in spec["masked"]:   # Docker's masked paths: a read-only empty tmpfs or /dev/null
+    if os.path.isdir(root + path):
+        mount("tmpfs", root + path, "tmpfs", RDONLY | NOSUID | NODEV | NOEXEC, "size=0")
+    elif os.path.exists(root + path):
+        mount("/dev/null", root + path, None, BIND)
+for path in spec["readonly"]:
+    if os.path.exists(root + path):
+        mount(root + path, root + path, None, BIND | REC)
+        mount(None, root + path, None, REMOUNT | BIND | RDONLY | NOSUID | NODEV | NOEXEC)
 socket.sethostname(spec["hostname"])
 if spec["network"] == "none":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -360,8 +385,21 @@ FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.
            signal.SIGUSR2, signal.SIGWINCH)
 for sig in FORWARD:
     signal.signal(sig, signal.SIG_IGN)  # until the command exists
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 child = os.fork()
 if child == 0:
+    if spec["no_new_privs"] and libc.prctl(38, 1, 0, 0, 0) != 0:   # PR_SET_NO_NEW_PRIVS
+        fail("no_new_privs")
+    if spec["seccomp_fd"] >= 0:
+        # Loaded before dropping to the user, while CAP_SYS_ADMIN allows it without
+        # no_new_privs (runc does the same); the profile allows what follows.
+        prog = os.pread(spec["seccomp_fd"], 1 << 20, 0)
+        os.close(spec["seccomp_fd"])
+        buf = ctypes.create_string_buffer(prog, len(prog))
+        fprog = SockFprog(len(prog) // 8, ctypes.addressof(buf))
+        if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:   # PR_SET_SECCOMP, FILTER
+            fail("load the seccomp filter")
     try:
         os.setgroups(spec["groups"]); os.setgid(spec["gid"]); os.setuid(spec["uid"])
     except OSError as e:
@@ -379,6 +417,8 @@ if child == 0:
         os.write(2, ("exec: %s: %s\n" % (json.dumps(argv[0]), e.strerror)).encode())
         os._exit(code)
 os.close(status)
+if spec["seccomp_fd"] >= 0:
+    os.close(spec["seccomp_fd"])
 def forward(n, _f):
     # The command may be gone already (reaped just before): nothing to pass on.
     try:
@@ -422,20 +462,48 @@ def _choose(kind: SandboxKind, user: ResolvedUser) -> str:
     return "bwrap" if bwrap is not None and user.uid == 0 else "unshare"
 
 
+def _memfd(name: str, data: bytes) -> int:
+    """A file holding ``data``, read from its start by the process it is passed to."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _proc_masks(sec: Security) -> tuple[list[str], list[str]]:
+    """The masked and read-only paths this kernel's /proc has.  Only /proc: the sandbox
+    mounts no /sys, so /sys/firmware and /sys/devices/virtual/powercap are out of reach
+    already."""
+    if not sec.masked:
+        return [], []
+    masked = [p for p in MASKED_PATHS if p.startswith("/proc/") and os.path.lexists(p)]
+    readonly = [p for p in READONLY_PATHS if os.path.lexists(p)]
+    return masked, readonly
+
+
 def _bwrap_argv(spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str, str, bool]],
-                cwd: str, status_fd: int) -> list[str]:
-    bwrap = _which("bwrap")
-    assert bwrap is not None
-    args = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--json-status-fd", str(status_fd)]
+                cwd: str, fds: dict[str, int]) -> list[str]:
+    """bwrap's options: they reach it through ``--args FD``, so the sandbox's PID 1,
+    bwrap's reaper, shows ``bwrap --args N -- COMMAND`` and no host path."""
+    sec = spec.security
+    args = ["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try", "--json-status-fd", str(fds["status"])]
     if spec.network == "none":
         args.append("--unshare-net")
     if os.geteuid() != 0:
         # Rootless: the caller becomes the image's user inside a user namespace.
         args += ["--unshare-user", "--uid", str(user.uid), "--gid", str(user.gid)]
-    else:
-        args += ["--cap-drop", "ALL"]
-        for cap in DEFAULT_CAPS:
+    # Only root gets capabilities, as in Docker (a non-root USER starts with none; bwrap
+    # would keep added ones across its switch to the uid).
+    args += ["--cap-drop", "ALL"]
+    if user.uid == 0:
+        for cap in sorted(sec.caps):
             args += ["--cap-add", cap]
     args += ["--bind", os.fspath(spec.rootfs), "/", "--proc", "/proc", "--dev", "/dev"]
     if spec.pts is not None:
@@ -449,23 +517,47 @@ def _bwrap_argv(spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str, s
         args += ["--ro-bind" if ro else "--bind", host, ctr]
     if spec.read_only:
         args += ["--remount-ro", "/"]
-    args += ["--hostname", spec.hostname, "--chdir", cwd, "--", *spec.argv]
+    # After every other mount, so none can uncover them (runc masks last too).  A
+    # read-only bind's source is the host's /proc: the same kernel files, and those
+    # below /proc/sys answer for the reader's namespaces, not the mount's.
+    masked, readonly = _proc_masks(sec)
+    for path in masked:
+        if os.path.isdir(path):
+            args += ["--tmpfs", path, "--remount-ro", path]
+        else:
+            # --dev-bind: bwrap's other binds are nodev, where /dev/null cannot be opened.
+            args += ["--dev-bind", "/dev/null", path]
+    for path in readonly:
+        args += ["--ro-bind", path, path]
+    if "seccomp" in fds:
+        args += ["--seccomp", str(fds["seccomp"])]
+    # bwrap sets no_new_privs for every sandbox it starts (bubblewrap.c), so
+    # --security-opt no-new-privileges holds whether or not it is asked for.
+    args += ["--hostname", spec.hostname, "--chdir", cwd]
     return args
 
 
-def _unshare_argv(spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str, str, bool]],
-                  cwd: str, env: dict[str, str], status_fd: int) -> list[str]:
-    unshare = _which("unshare")
-    if unshare is None:
-        raise NotFound("unshare (util-linux) is not installed")
-    init = json.dumps({
+def _unshare_init_spec(spec: ProcessSpec, user: ResolvedUser,
+                       mounts: list[tuple[str, str, bool]], cwd: str, env: dict[str, str],
+                       fds: dict[str, int]) -> bytes:
+    masked, readonly = _proc_masks(spec.security)
+    return json.dumps({
         "root": os.fspath(spec.rootfs), "mounts": mounts, "cwd": cwd,
         "hostname": spec.hostname, "network": spec.network, "argv": spec.argv, "env": env,
         "uid": user.uid, "gid": user.gid, "groups": list(user.groups),
-        "caps": sorted(DEFAULT_CAPS.values()), "status_fd": status_fd,
+        "caps": spec.security.cap_numbers, "status_fd": fds["status"],
+        "masked": masked, "readonly": readonly,
+        "no_new_privs": spec.security.no_new_privileges,
+        "seccomp_fd": fds.get("seccomp", -1),
         "read_only": spec.read_only,
         "pts": None if spec.pts is None else os.fspath(spec.pts),
-    })
+    }).encode()
+
+
+def _unshare_argv(spec: ProcessSpec, fds: dict[str, int]) -> list[str]:
+    unshare = _which("unshare")
+    if unshare is None:
+        raise NotFound("unshare (util-linux) is not installed")
     args = []
     setpriv = _which("setpriv")
     if setpriv is not None:
@@ -475,7 +567,7 @@ def _unshare_argv(spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str,
              "--kill-child", "--propagation", "private"]
     if spec.network == "none":
         args.append("--net")
-    args += ["--", sys.executable, "-I", "-S", "-c", _INIT, init]
+    args += ["--", sys.executable, "-I", "-S", "-c", _INIT, str(fds["spec"])]
     return args
 
 
@@ -511,7 +603,8 @@ def _wait(proc: subprocess.Popen[bytes]) -> int:
 
 def run_process(spec: ProcessSpec, stdin: int | None = None, stdout: int | None = None,
                 stderr: int | None = None, sandbox: SandboxKind = "auto",
-                proxy: SignalProxy | None = None, waiter: Waiter | None = None) -> int:
+                proxy: SignalProxy | None = None, waiter: Waiter | None = None,
+                on_start: Callable[[subprocess.Popen[bytes]], None] | None = None) -> int:
     """Run ``spec`` in the foreground and return its exit status (see the module
     docstring).  ``stdin``/``stdout``/``stderr`` are file descriptors (or
     ``subprocess.DEVNULL``/``PIPE``-style constants); None inherits lamina's.  With
@@ -519,7 +612,9 @@ def run_process(spec: ProcessSpec, stdin: int | None = None, stdout: int | None 
     (``lamina.run.signals``); without, the sandbox shares lamina's process group.
     ``waiter`` replaces waiting for the sandbox: called once it started, it returns its
     ``Popen.wait()`` status (a container's monitor records, copies output, checks
-    health meanwhile: run/monitor.py)."""
+    health meanwhile: run/monitor.py).  ``on_start`` is called with the sandbox's
+    process once it started, before ``waiter`` (published ports join its network
+    namespace then: lamina.run.portfwd); if it raises, the sandbox is killed."""
     if not spec.argv:
         raise InvalidInput("no command to run")
     root = Path(spec.rootfs)
@@ -571,7 +666,7 @@ def run_process(spec: ProcessSpec, stdin: int | None = None, stdout: int | None 
                         os.path.dirname(inside)) and not os.path.isdir(inside):
                     mounts.append((name, stubs.ensure(name, False), True))
         return _spawn(kind, spec, user, mounts, cwd, env, (stdin, stdout, stderr), proxy,
-                      waiter)
+                      waiter, on_start)
     finally:
         stubs.remove()
 
@@ -623,7 +718,8 @@ def _stdin_copy(stdin: int | None) -> tuple[int | None, int]:
 
 def _spawn(kind: str, spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[str, str, bool]],
            cwd: str, env: dict[str, str], stdio: tuple[int | None, int | None, int | None],
-           proxy: SignalProxy | None, waiter: Waiter | None = None) -> int:
+           proxy: SignalProxy | None, waiter: Waiter | None = None,
+           on_start: Callable[[subprocess.Popen[bytes]], None] | None = None) -> int:
     stdin, stdout, stderr = stdio
     copy_r = -1
     if proxy is not None:
@@ -631,11 +727,27 @@ def _spawn(kind: str, spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[
         # terminal would stop it (SIGTTIN) for reading, so it reads a copy instead.
         stdin, copy_r = _stdin_copy(stdin)
     status_r, status_w = os.pipe()
+    passed: list[int] = []   # descriptors the sandbox gets (closed here once it started)
     try:
+        fds = {"status": status_w}
+        bpf = spec.security.seccomp_filter()
+        if bpf is not None:
+            fds["seccomp"] = _memfd("lamina-seccomp", bpf)
+            passed.append(fds["seccomp"])
         if kind == "bwrap":
-            argv = _bwrap_argv(spec, user, mounts, cwd, status_w)
+            exe = _which("bwrap")
+            assert exe is not None
+            fds["args"] = _memfd("lamina-bwrap-args", b"".join(
+                os.fsencode(a) + b"\0" for a in _bwrap_argv(spec, user, mounts, cwd, fds)))
+            passed.append(fds["args"])
+            # The command stays on the command line: bwrap takes it only from there.
+            argv = ["bwrap", "--args", str(fds["args"]), "--", *spec.argv]
         else:
-            argv = _unshare_argv(spec, user, mounts, cwd, env, status_w)
+            fds["spec"] = _memfd("lamina-init-spec",
+                                 _unshare_init_spec(spec, user, mounts, cwd, env, fds))
+            passed.append(fds["spec"])
+            argv = _unshare_argv(spec, fds)
+            exe = argv[0]
         ids: dict[str, object] = {}
         if kind == "bwrap" and os.geteuid() == 0:
             # bwrap keeps the groups it is started with (the user is root here): give it
@@ -648,14 +760,25 @@ def _spawn(kind: str, spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[
         with contextlib.ExitStack() as stack:
             attach = None if proxy is None else stack.enter_context(forwarding(proxy))
             try:
-                proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
-                                        env=env, pass_fds=(status_w,), close_fds=True,
+                proc = subprocess.Popen(argv, executable=exe, stdin=stdin, stdout=stdout,
+                                        stderr=stderr, env=env,
+                                        pass_fds=(status_w, *passed), close_fds=True,
                                         process_group=None if proxy is None or spec.tty
                                         else 0,
                                         **ids)  # type: ignore[call-overload]
             except OSError as e:
                 raise LaminaError(f"cannot start the sandbox ({argv[0]}): "
                                   f"{e.strerror or e}") from None
+            for fd in passed:
+                os.close(fd)
+            passed.clear()
+            if on_start is not None:
+                try:
+                    on_start(proc)
+                except BaseException:
+                    proc.kill()
+                    proc.wait()
+                    raise
             os.close(status_w)
             status_w = -1
             if copy_r >= 0:
@@ -670,7 +793,7 @@ def _spawn(kind: str, spec: ProcessSpec, user: ResolvedUser, mounts: list[tuple[
             status_r = -1
             report = f.read().decode(errors="replace")
     finally:
-        for fd in (status_r, status_w, copy_r):
+        for fd in (status_r, status_w, copy_r, *passed):
             if fd >= 0:
                 os.close(fd)
     if kind == "bwrap":
