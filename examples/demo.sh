@@ -87,18 +87,18 @@ if command -v umoci >/dev/null; then
     echo "  umoci: $(cat "$work/bundle/rootfs/var/www/html/index.html")"
 fi
 
-step "lamina run --network host demo/a: busybox httpd (the image's CMD) on 127.0.0.1, and its page"
+step "lamina run -d -p: demo/a's CMD (busybox httpd on 8080) in a container, its port published on 127.0.0.1"
 web=$($PY -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-$LAMINA run --network host demo/a /bin/httpd -f -p 127.0.0.1:$web -h /var/www/html -c /etc/httpd.conf &
-run_pid=$!
-trap 'kill $run_pid $registry_pid 2>/dev/null || true' EXIT
+$LAMINA run -d --rm --name demo-web -p 127.0.0.1:$web:8080 demo/a >/dev/null
+trap '$LAMINA stop -t 1 demo-web >/dev/null 2>&1 || true; kill $registry_pid 2>/dev/null || true' EXIT
 page=""
 for _ in 1 2 3 4 5 6 7 8 9 10; do
     page=$($PY -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$web/', timeout=1).read().decode())" 2>/dev/null) && break
     sleep 0.3
 done
 echo "  GET http://127.0.0.1:$web/ -> $page"
-kill $run_pid; wait $run_pid 2>/dev/null || true
+$LAMINA ps
+$LAMINA stop demo-web >/dev/null
 trap 'kill $registry_pid 2>/dev/null || true' EXIT
 [ -n "$page" ] || { echo "demo: the page did not load" >&2; exit 1; }
 
