@@ -123,7 +123,9 @@ class _BlockWriter:
         self.direct = direct and _set_direct(self.fd, True)
         self._tap = tap     # sees each buffer, in order, on this thread, before its write
         self.error: BaseException | None = None
-        self._maps = [mmap.mmap(-1, DIRECT_CHUNK) for _ in range(2)]
+        # With a tap (span hashing) this thread does CPU work too: more buffers in
+        # flight let the filling thread read on while it hashes.
+        self._maps = [mmap.mmap(-1, DIRECT_CHUNK) for _ in range(2 if tap is None else 6)]
         self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
         self._work: queue.SimpleQueue[tuple[memoryview, int] | None] = queue.SimpleQueue()
         for m in self._maps:
