@@ -425,3 +425,38 @@ def test_delta_pull_writes_no_whole_copy_of_the_blob(
         pull_image(store, Reference.parse(v2))
     assert finished and max(finished) < int(str(layer["size"])), (finished, layer["size"])
     _check_blob(lamina, other, "delta/nocopy:v2", v2)
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_a_cold_pull_cuts_the_layer_as_it_streams(lamina: Lamina, fake: FakeRegistry,
+                                                  tmp_path: Path, ranges: bool,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Into a store with nothing to reuse, a chunked layer's TOC is fetched first (one
+    Range request for the tail) and each chunk hashed as the bytes stream in: nothing
+    is read back.  A registry that ignores Range gets the old way: read back, hashed."""
+    from lamina.store import chunks as chunk_store
+
+    v1, _v2, other = _fake_pair(lamina, fake, tmp_path, "cold/app")
+    layer = _layer(lamina, "cold/app:v1")
+    read_back: list[int] = []
+    real = chunk_store._hash_spans
+
+    def counting(fd: int, spans: list[tuple[int, int]], whole: object
+                 ) -> list[tuple[Digest, int]]:
+        read_back.append(len(spans))
+        return real(fd, spans, whole)
+
+    monkeypatch.setattr(chunk_store, "_hash_spans", counting)
+    fake.ranges = ranges
+    with Store(other.root) as store:
+        pull_image(store, v1)
+        digest = Digest.parse(str(layer["digest"]))
+        assert store.blobs.chunked(digest) is not None        # kept as chunks either way
+        assert len(store.blobs.read_bytes(digest, int(str(layer["size"])))) == layer["size"]
+    gets = [h.get("Range") for _, _, h in fake.requests("GET", f"/blobs/{layer['digest']}")]
+    if ranges:
+        assert len(gets) == 2 and gets[0] is not None and gets[1] is None   # tail, whole
+        assert read_back == []
+    else:
+        assert gets[-1] is None and len(read_back) == 1
+    _assert_fsck_clean(other)      # every chunk re-hashed against its name

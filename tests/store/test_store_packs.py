@@ -147,3 +147,27 @@ def test_loose_chunks_of_an_older_store_are_read_swept_and_checked(store: Store)
     more = data[:3_000] + data_of(2_000, 12)
     chunked_blob(store, more, [(0, 3_000), (3_000, 2_000)])
     assert list(packs(store).values()) == [2_000]
+
+
+def test_span_hasher_names_each_span_as_the_bytes_pass() -> None:
+    """Fed in pieces that cut across spans, it gives each span's sha256; bytes short of
+    or beyond the spans give no answer (the file is then read back instead)."""
+    from lamina.store.chunks import SpanHasher
+
+    rnd = random.Random(13)
+    data = rnd.randbytes(50_000)
+    spans = cut(50_000, 7_001)
+    want = [Digest.from_bytes(data[o:o + n]) for o, n in spans]
+    h = SpanHasher(spans)
+    at = 0
+    while at < len(data):
+        step = rnd.randrange(1, 9_000)
+        h.update(memoryview(data)[at:at + step])
+        at += step
+    assert h.done() == want
+    short = SpanHasher(spans)
+    short.update(data[:-1])
+    assert short.done() is None
+    extra = SpanHasher(spans)
+    extra.update(data + b"x")
+    assert extra.done() is None

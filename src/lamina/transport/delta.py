@@ -85,15 +85,22 @@ class _Plan:
     sources: tuple[tuple[str, object], ...]
 
 
-def delta_pull(store: Store, desc: Descriptor, ranges: BlobRanges,
-               lease: Callable[[Sequence[str]], None],
-               progress: Callable[[int, int | None], None] | None = None) -> DeltaResult | None:
-    """Fetch ``desc`` through ``ranges`` reusing what ``store`` holds (see the module);
-    None when it cannot or should not (then fetch it whole).  ``lease(keys)`` registers
-    chunk digests in the pull's lease."""
+@dataclass(frozen=True)
+class TocFirst:
+    """A layer's TOC fetched before its bytes: where to cut it, and the tail it came
+    from (the whole download must end with these very bytes for the cut to be used)."""
+
+    cmap: ChunkMap
+    tail_start: int
+    tail: bytes
+
+
+def fetch_toc(desc: Descriptor, ranges: BlobRanges) -> tuple[TocFirst, Toc] | None:
+    """The tail (TOC, tar-split, footer) of a zstd:chunked layer by one Range request,
+    its TOC checked against the annotation; None if not chunked or it does not hold."""
     loc = toc_location(desc.annotations)
     checksum = toc_checksum(desc.annotations)
-    if loc is None or checksum is None or not store.meta.has_chunk_contents():
+    if loc is None or checksum is None:
         return None
     tail_start = loc.offset - SKIPPABLE_HEADER
     if not 0 < tail_start < desc.size or desc.size - tail_start > _TAIL_LIMIT:
@@ -102,10 +109,32 @@ def delta_pull(store: Store, desc: Descriptor, ranges: BlobRanges,
         tail = ranges.read(tail_start, desc.size - tail_start)
         toc = parse_toc(tail[SKIPPABLE_HEADER:SKIPPABLE_HEADER + loc.length], checksum,
                         desc.size, loc)
-        cmap = chunk_map(toc, desc.size)
-        made = _header_frames(toc, tail, tail_start)
+        return TocFirst(chunk_map(toc, desc.size), tail_start, tail), toc
     except LaminaError:
         return None   # a TOC that lies, a registry that ignores Range: fetch it whole
+
+
+def delta_pull(store: Store, desc: Descriptor, ranges: BlobRanges,
+               lease: Callable[[Sequence[str]], None],
+               progress: Callable[[int, int | None], None] | None = None,
+               seen: list[TocFirst] | None = None) -> DeltaResult | None:
+    """Fetch ``desc`` through ``ranges`` reusing what ``store`` holds (see the module);
+    None when it cannot or should not (then fetch it whole).  ``lease(keys)`` registers
+    chunk digests in the pull's lease.  ``seen`` gets the TOC it fetched, if it did (a
+    whole fetch then cuts the blob where it says, as the bytes arrive)."""
+    if toc_location(desc.annotations) is None or not store.meta.has_chunk_contents():
+        return None
+    got = fetch_toc(desc, ranges)
+    if got is None:
+        return None
+    first, toc = got
+    if seen is not None:
+        seen.append(first)
+    cmap, tail_start, tail = first.cmap, first.tail_start, first.tail
+    try:
+        made = _header_frames(toc, tail, tail_start)
+    except LaminaError:
+        return None
     for rebuild in (True, False):
         plan = _plan(store, desc, toc, cmap, tail_start, tail, made if rebuild else None,
                      lease)

@@ -24,7 +24,12 @@ if TYPE_CHECKING:
     from lamina.layer.chunkmap import ChunkMap
     from lamina.store.blobs import BlobWriter
     from lamina.store.chunks import ChunkSink
-    from lamina.transport.delta import BlobRanges
+    from lamina.transport.delta import BlobRanges, TocFirst
+
+# A chunked layer at least this big, pulled into a store with nothing to reuse, has its
+# TOC fetched first (one Range request) so it is cut into chunks as it streams in,
+# instead of being read back and hashed again (bench_delta's cold pull).
+TOC_FIRST_FROM = 1 << 20
 
 
 class StoreTransport:
@@ -63,6 +68,7 @@ class StoreTransport:
         self._publishing: list[Future[Digest]] = []
         self._pending: set[str] = set()   # digests written, their publish not yet settled
         self._publisher: ThreadPoolExecutor | None = None
+        self._toc_first: dict[str, TocFirst] = {}   # layer -> its TOC, fetched first
 
     # -- source ----------------------------------------------------------------------
     def images(self) -> list[NamedImage]:
@@ -172,12 +178,16 @@ class StoreTransport:
         # A stream that can start midway (a registry's, by Range) is worth resuming if
         # this pull is cut off: the writer's ingest file is then named for the blob.
         resumable = verified is not None and hasattr(verified.raw, "start_at")
-        # A layer with a chunked TOC is read back to be cut into chunks: keep it cached.
-        reread = spans is None and mt.is_layer(desc.media_type) and any(
+        with self._lease_lock:
+            first = self._toc_first.pop(str(desc.digest), None) if spans is None else None
+        # A layer with a chunked TOC is read back to be cut into chunks (keep it cached),
+        # unless its TOC came first: then each span is hashed as it streams in.
+        reread = first is None and spans is None and mt.is_layer(desc.media_type) and any(
             k.endswith("zstd-chunked.manifest-position") for k in desc.annotations or ())
         w = self.store.blobs.writer(desc.digest.algorithm, verified_by=verified,
                                     resume=desc.digest if resumable else None,
-                                    reread=reread)
+                                    reread=reread,
+                                    spans=first.cmap.spans if first is not None else None)
         try:
             w.fill_from(stream, None if progress is None
                         else (lambda done: progress(done, desc.size)))
@@ -188,7 +198,7 @@ class StoreTransport:
         except BaseException:
             w.abort()   # a failure leaves nothing behind, as ever
             raise
-        self.publish_written(w, desc, spans)
+        self.publish_written(w, desc, spans, first)
 
     def put_blob_delta(self, desc: Descriptor, ranges: BlobRanges,
                        progress: Progress | None = None) -> int | None:
@@ -197,25 +207,40 @@ class StoreTransport:
         whole (not chunked, nothing to reuse, a TOC or a registry that does not hold)."""
         if not mt.is_layer(desc.media_type) or not desc.annotations:
             return None
-        from lamina.transport.delta import delta_pull
+        from lamina.transport.delta import delta_pull, fetch_toc
 
         lease = self._lease()
         self.store.meta.add_lease_resource(lease, str(desc.digest))
+        seen: list[TocFirst] = []
         result = delta_pull(self.store, desc, ranges,
                             lambda keys: self.store.meta.add_lease_resources(lease, keys),
-                            progress)
+                            progress, seen)
         if result is None:
+            if not seen and desc.size >= TOC_FIRST_FROM and \
+                    not self.store.meta.has_chunk_contents():
+                got = fetch_toc(desc, ranges)   # nothing to reuse: the TOC, for the cut
+                seen = [got[0]] if got is not None else []
+            if seen:
+                with self._lease_lock:
+                    self._toc_first[str(desc.digest)] = seen[0]
             return None
         self._publish(result.writer, desc.digest, result.chunks.spans, result.chunks)
         return result.reused
 
     def publish_written(self, w: BlobWriter, desc: Descriptor,
-                        spans: Sequence[tuple[int, int]] | None = None) -> None:
+                        spans: Sequence[tuple[int, int]] | None = None,
+                        first: TocFirst | None = None) -> None:
         """Publish a blob written and verified by ``w`` (``finish`` done).  A layer
         marked zstd:chunked is kept as chunks, cut at the frames its own TOC names
-        (read back from the verified bytes), and its chunks' uncompressed contents are
-        recorded for later delta pulls; a TOC that does not hold keeps it whole."""
+        (read back from the verified bytes, or ``first``: the TOC fetched before the
+        bytes, if the blob ends with the very tail it came in), and its chunks'
+        uncompressed contents are recorded for later delta pulls; a TOC that does not
+        hold keeps it whole."""
         cmap = None
+        if spans is None and first is not None and \
+                w.pread(first.tail_start, len(first.tail)) == first.tail:
+            cmap = first.cmap
+            spans = cmap.spans
         if spans is None and mt.is_layer(desc.media_type) and desc.annotations:
             from lamina.layer.chunkmap import chunk_map, read_toc  # the layer room, lazily
 
