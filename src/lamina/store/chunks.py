@@ -421,19 +421,25 @@ class ChunkStore:
         Under the exclusive lock (gc): no reader resolves a chunk to the old pack once
         its index is gone, and one that did retries (``read_chunk``, ``ChunkedFile``)."""
         src = os.open(self.packs.pack_path(name), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            new = self._copy_pack(src, keep)
+        finally:
+            os.close(src)
+        self.remove_pack(name)
+        return new
+
+    def _copy_pack(self, src: int, spans: Sequence[PackEntry]) -> str:
+        """A new pack of ``spans`` of the file ``src``, committed and known; its name."""
         w = PackWriter(self.ingest_dir)
         try:
-            for e in keep:
+            for e in spans:
                 w.copy(e.digest, src, e.offset, e.length)
-            new = w.commit(self.packs.pack_dir)
+            name = w.commit(self.packs.pack_dir)
         except BaseException:
             w.drop()
             raise
-        finally:
-            os.close(src)
-        self.packs.added(new, w.entries)
-        self.remove_pack(name)
-        return new
+        self.packs.added(name, w.entries)
+        return name
 
     # -- the lock gc and writers share --------------------------------------------------
     @contextlib.contextmanager
@@ -507,15 +513,7 @@ class ChunkStore:
                 self.packs.added(adopt(self.packs.pack_dir, adoptable, new),
                                  new)
                 return
-        w = PackWriter(self.ingest_dir)
-        try:
-            for e in new:
-                w.copy(e.digest, fd, e.offset, e.length)
-            name = w.commit(self.packs.pack_dir)
-        except BaseException:
-            w.drop()
-            raise
-        self.packs.added(name, w.entries)
+        self._copy_pack(fd, new)
 
     def _write_recipe(self, recipe: Recipe) -> None:
         final = self.recipe_path(recipe.blob)
