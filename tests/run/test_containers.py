@@ -204,6 +204,23 @@ def test_rm_keeps_nothing_and_without_it_the_container_stays(lam: Lamina) -> Non
     assert set(lam.run("ps", "-aq").out.split()) == before
 
 
+def test_rm_stop_kill_of_several_go_on_past_a_failure(lam: Lamina) -> None:
+    """As ``docker rm A B C``: an unknown name in the middle is one line on stderr, the
+    others are still handled (each printed), and the exit status is the failure's."""
+    before = set(lam.run("ps", "-aq").out.split())
+    for name in ("one", "two"):
+        lam.run("run", "--name", name, "demo/a", "sh", "-c", "exit 0")
+    lam.run("run", "-d", "--name", "three", "demo/a", "sh", "-c", LOOP)
+    res = lam.run("kill", "three", "nosuch", check=False)
+    assert res.code == 2 and res.out.split() == ["three"]
+    assert res.err.splitlines() == [res.err.strip()] and "nosuch" in res.err
+    until(lambda: _state(lam, "three")["Running"] is False)
+    res = lam.run("rm", "one", "nosuch", "two", "three", check=False)
+    assert res.code == 2 and res.out.split() == ["one", "two", "three"]
+    assert len(res.err.splitlines()) == 1 and "nosuch" in res.err
+    assert set(lam.run("ps", "-aq").out.split()) == before
+
+
 def test_a_name_in_use_is_one_clear_error(lam: Lamina) -> None:
     lam.run("run", "-d", "--name", "dup", "demo/a", "sh", "-c", LOOP)
     count = len(lam.run("ps", "-aq").out.split())

@@ -92,6 +92,26 @@ def _command(rec: ContainerRecord, full: bool) -> str:
     return f'"{text}"' if full or len(text) <= 20 else f'"{text[:19]}…"'
 
 
+def _each(names: tuple[str, ...], act: Callable[[str], object]) -> None:
+    """``act`` on every container named, as ``docker stop/kill/rm A B C`` do: each one
+    done is printed, a failure is one line on stderr and the others go on; then the
+    exit status of the first failure (its kind), if any."""
+    from lamina.cli.format import say
+    from lamina.errors import LaminaError
+
+    first: LaminaError | None = None
+    for name in names:
+        try:
+            act(name)
+        except LaminaError as e:
+            say(f"lamina: {e}", sys.stderr)
+            first = first or e
+            continue
+        say(name)
+    if first is not None:
+        raise click.exceptions.Exit(first.exit_code)
+
+
 def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
     @app.command()
     @flag("-a", "--all", "all_", help="Show every container (default: running ones).")
@@ -160,7 +180,6 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
                  "--stop-timeout, 10).")
     def stop(containers: tuple[str, ...], seconds: int | None) -> None:
         """Stop running containers: the image's STOPSIGNAL (SIGTERM), then SIGKILL."""
-        from lamina.cli.format import say
         from lamina.errors import InvalidInput
         from lamina.run.containers import find
         from lamina.run.containers import stop as stop_container
@@ -168,38 +187,30 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         if seconds is not None and seconds < 0:
             raise InvalidInput(f"--time must not be negative: {seconds}")
         with store_factory() as store:
-            for name in containers:
-                stop_container(store, find(store, name), seconds)
-                say(name)
+            _each(containers, lambda name: stop_container(store, find(store, name), seconds))
 
     @app.command()
     @argument("containers", nargs=-1, required=True)
     @option("-s", "--signal", "sig", default="KILL", help="Signal to send (name or number).")
     def kill(containers: tuple[str, ...], sig: str) -> None:
         """Send a signal (SIGKILL by default) to running containers' processes."""
-        from lamina.cli.format import say
         from lamina.run.containers import find
         from lamina.run.containers import kill as kill_container
         from lamina.run.signals import parse_signal
 
         number = parse_signal(sig)
         with store_factory() as store:
-            for name in containers:
-                kill_container(find(store, name), number)
-                say(name)
+            _each(containers, lambda name: kill_container(find(store, name), number))
 
     @app.command()
     @argument("containers", nargs=-1, required=True)
     @flag("-f", "--force", help="Kill running containers first.")
     def rm(containers: tuple[str, ...], force: bool) -> None:
         """Remove containers (their root filesystem and log); running ones with -f."""
-        from lamina.cli.format import say
         from lamina.run.containers import find, remove
 
         with store_factory() as store:
-            for name in containers:
-                remove(store, find(store, name), force)
-                say(name)
+            _each(containers, lambda name: remove(store, find(store, name), force))
 
     @app.command()
     @argument("containers", nargs=-1, required=True)
