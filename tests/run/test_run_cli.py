@@ -96,6 +96,19 @@ def test_volumes_read_write_and_read_only(seeded: Lamina, tmp_path: Path) -> Non
                      "cat /mnt/ro/in; echo x > /mnt/ro/nope", check=False)
     assert res.code != 0 and res.out == "from the host\n"
     assert not (vol / "nope").exists()
+    # A program that lives in a volume runs (by path, and found through PATH), as in
+    # Docker; one that is nowhere is still exit 127.
+    tool = vol / "bin" / "hello"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\necho hello from the volume\n")
+    tool.chmod(0o755)
+    res = seeded.run("run", "--rm", "-v", f"{vol}:/opt/v:ro", "demo/a", "/opt/v/bin/hello")
+    assert res.out == "hello from the volume\n"
+    res = seeded.run("run", "--rm", "-v", f"{vol}/bin:/usr/local/bin", "demo/a", "hello")
+    assert res.out == "hello from the volume\n"
+    res = seeded.run("run", "--rm", "-v", f"{vol}:/opt/v", "demo/a", "/opt/v/bin/nope",
+                     check=False)
+    assert res.code == 127
     # The mount points made for them are not in a committed layer.
     seeded.run("run", "-v", f"{vol}:/data", "--commit", "cli/vol:1", "demo/a", "sh", "-c", ":")
     assert [m[0] for m in layer_members(_last_layer(seeded, "cli/vol:1"))] == []

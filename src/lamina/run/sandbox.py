@@ -52,7 +52,7 @@ import subprocess
 import sys
 import termios
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -202,9 +202,12 @@ def resolve_user(root: Path, user: str) -> ResolvedUser:
     return ResolvedUser(uid, gid, tuple(sorted({gid, *extra})), home)
 
 
-def find_executable(root: Path, argv0: str, path_env: str, cwd: str) -> tuple[str | None, int]:
+def find_executable(root: Path, argv0: str, path_env: str, cwd: str,
+                    volumes: Sequence[tuple[str, str]] = ()) -> tuple[str | None, int]:
     """Where the process's ``argv[0]`` is in the image: (container path, 0), or
-    (None, 127) when missing, or (path, 126) when not an executable file."""
+    (None, 127) when missing, or (path, 126) when not an executable file.  A path
+    under one of ``volumes`` ((host path, container path) bind mounts) is looked up in
+    the host directory mounted there: a program run from a ``-v`` volume."""
     if "/" in argv0:
         candidates = [argv0 if argv0.startswith("/") else cwd.rstrip("/") + "/" + argv0]
     else:
@@ -213,15 +216,31 @@ def find_executable(root: Path, argv0: str, path_env: str, cwd: str) -> tuple[st
     for cand in candidates:
         if not cand.startswith("/"):
             cand = cwd.rstrip("/") + "/" + cand
-        real = resolve_in_root(root, cand)
+        host = _in_volume(cand, volumes)
+        if host is None:
+            host = _host(root, resolve_in_root(root, cand))
         try:
-            st = os.stat(_host(root, real))
+            st = os.stat(host)
         except OSError:
             continue
         if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
             return cand, 0
         denied = denied or cand
     return (denied, 126) if denied else (None, 127)
+
+
+def _in_volume(ctr_path: str, volumes: Sequence[tuple[str, str]]) -> str | None:
+    """The host path of ``ctr_path`` if it lies in a bind-mounted volume (the deepest
+    one mounted there wins, as it is mounted last)."""
+    best: tuple[str, str] | None = None
+    for host, ctr in volumes:
+        top = ctr.rstrip("/") or "/"
+        if (ctr_path == top or ctr_path.startswith(top.rstrip("/") + "/")) and (
+                best is None or len(top) > len(best[1])):
+            best = (host, top)
+    if best is None:
+        return None
+    return best[0].rstrip("/") + ctr_path[len(best[1].rstrip("/")):]
 
 
 # -- mount points --------------------------------------------------------------------------
@@ -638,7 +657,8 @@ def run_process(spec: ProcessSpec, stdin: int | None = None, stdout: int | None 
             except OSError as e:
                 raise InvalidInput(f"cannot make working directory {spec.cwd}: "
                                    f"{e.strerror or e}") from None
-        exe, code = find_executable(root, spec.argv[0], env["PATH"], cwd)
+        exe, code = find_executable(root, spec.argv[0], env["PATH"], cwd,
+                                    [(os.fspath(h), c) for h, c, _ in spec.mounts])
         if code:
             why = ("executable file not found in $PATH" if "/" not in spec.argv[0]
                    else "no such file or directory") if code == 127 else "permission denied"
