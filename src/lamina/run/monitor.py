@@ -46,6 +46,7 @@ from lamina.run.sandbox import ProcessSpec, resolve_user, run_process, sandbox_n
 from lamina.run.security import Security
 from lamina.run.signals import SignalProxy, find_command
 from lamina.store.containers import ContainerRecord, Containers
+from lamina.store.locks import flock_or_close
 from lamina.store.meta import Metadata
 from lamina.store.store import Store
 
@@ -71,16 +72,8 @@ def process_start(pid: int) -> int | None:
 def take_lock(path: Path, shared: bool = False, wait: bool = True) -> int | None:
     """A descriptor holding the flock of ``path`` (None: held by someone, ``wait`` off)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-                    | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return flock_or_close(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+                          | (0 if wait else fcntl.LOCK_NB))
 
 
 def open_rootfs(store: Store, rec: ContainerRecord) -> ContainerRootfs:

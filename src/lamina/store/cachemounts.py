@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.errors import StoreError
+from lamina.store.locks import flock_or_close
 from lamina.store.rmtree import remove_tree
 
 DIRNAME = "cache-mounts"
@@ -76,17 +77,19 @@ def _lock(path: Path, how: int, create: bool) -> int | None:
         fd = os.open(path, flags, 0o600)
     except FileNotFoundError:
         return None
-    try:
-        fcntl.flock(fd, how)
-        # Renamed away (pruned) between open and flock: not the lock we wanted.
-        if os.fstat(fd).st_ino != os.stat(path, follow_symlinks=False).st_ino:
-            raise FileNotFoundError(path)
-    except (BlockingIOError, FileNotFoundError):
-        os.close(fd)
+    if flock_or_close(fd, how) is None:
         return None
+    try:
+        # Renamed away (pruned) between open and flock: not the lock we wanted.
+        same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
+    except FileNotFoundError:
+        same = False
     except BaseException:
         os.close(fd)
         raise
+    if not same:
+        os.close(fd)
+        return None
     return fd
 
 

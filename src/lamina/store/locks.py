@@ -48,6 +48,21 @@ def release(path: Path, fd: int) -> None:
     os.close(fd)
 
 
+def flock_or_close(fd: int, how: int) -> int | None:
+    """Take ``how`` (``fcntl.LOCK_*``) on ``fd``: the descriptor, or None when ``how``
+    has LOCK_NB and someone else holds it.  Either way the descriptor is the caller's
+    only when returned: on None or an error it is closed."""
+    try:
+        fcntl.flock(fd, how)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def take_if_abandoned(path: Path | str, min_age: float = 0.0) -> int | None:
     """The lock of ``path`` if its owner is gone: a descriptor holding it, which the
     caller closes after removing what the owner left (``release``).  None while an owner
@@ -56,14 +71,11 @@ def take_if_abandoned(path: Path | str, min_age: float = 0.0) -> int | None:
     # Never through a symlink, never blocking on a FIFO: only what is named is judged.
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        if min_age and time.time() - os.fstat(fd).st_mtime < min_age:
-            os.close(fd)
-            return None
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
+        young = bool(min_age) and time.time() - os.fstat(fd).st_mtime < min_age
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    if young:
+        os.close(fd)
+        return None
+    return flock_or_close(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
