@@ -155,24 +155,44 @@ def compare_trees(ours: Path, theirs: Path, label: str) -> bool:
     return False
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def runs_args(doc: str | None) -> argparse.Namespace:
+    """``--runs N`` / ``--quick`` (one run), as every build benchmark takes them."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     ap.add_argument("--runs", type=int, default=3, help="runs of each tool (default 3)")
     ap.add_argument("--quick", action="store_true", help="one run of each (smoke test)")
     args = ap.parse_args()
     if args.quick:
         args.runs = 1
-    lamina = lamina_cli()
-    if shutil.which("buildah") is None:
-        print("buildah is not installed (apt-get install buildah)", file=sys.stderr)
-        return 1
-    print(run(["buildah", "--version"]).strip())
+    return args
 
+
+def have_peers(*tools: str) -> bool:
+    """Whether the peers are installed (else one line saying which to install)."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed (apt-get install {tool})", file=sys.stderr)
+            return False
+    return True
+
+
+def build_context() -> Path:
+    """The cached build context (made once per ``CONTEXT_VERSION``)."""
     context = CACHE / "build-context"
     if not (context / "VERSION").is_file() or (context / "VERSION").read_text() != CONTEXT_VERSION:
         shutil.rmtree(context, ignore_errors=True)
         CACHE.mkdir(parents=True, exist_ok=True)
         make_context(context)
+    return context
+
+
+def main() -> int:
+    args = runs_args(__doc__)
+    lamina = lamina_cli()
+    if not have_peers("buildah"):
+        return 1
+    print(run(["buildah", "--version"]).strip())
+
+    context = build_context()
     n_files = sum(len(f) for _, _, f in os.walk(context / "app"))
     n_bytes = sum(p.stat().st_size for p in (context / "app").rglob("*") if p.is_file())
     print(f"context: {context}  {n_files} files, {n_bytes / 1e6:.1f} MB")

@@ -21,7 +21,6 @@ removed at the end.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -31,7 +30,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_build import CACHE, CONTEXT_VERSION, EPOCH, REPO, make_context, run  # noqa: E402
+from bench_build import (  # noqa: E402 - the sibling's helpers
+    CACHE,
+    EPOCH,
+    REPO,
+    build_context,
+    have_peers,
+    run,
+    runs_args,
+)
 from bench_layer import lamina_cli, ratio_text, timed  # noqa: E402 - the sibling's helpers
 
 WORK = CACHE / "buildsyntax"
@@ -59,22 +66,12 @@ COPY app.conf /etc/app.conf
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=3, help="runs of each tool (default 3)")
-    ap.add_argument("--quick", action="store_true", help="one run of each (smoke test)")
-    args = ap.parse_args()
-    if args.quick:
-        args.runs = 1
+    args = runs_args(__doc__)
     lamina = lamina_cli()
-    if shutil.which("buildah") is None:
-        print("buildah is not installed (apt-get install buildah)", file=sys.stderr)
+    if not have_peers("buildah"):
         return 1
     print(run(["buildah", "--version"]).strip())
-    context = CACHE / "build-context"
-    if not (context / "VERSION").is_file() or (context / "VERSION").read_text() != CONTEXT_VERSION:
-        shutil.rmtree(context, ignore_errors=True)
-        CACHE.mkdir(parents=True, exist_ok=True)
-        make_context(context)
+    context = build_context()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     env = {**os.environ, "SOURCE_DATE_EPOCH": EPOCH}

@@ -29,7 +29,6 @@ mount saves each tool.  ``--quick`` is one run, for smoke testing.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -42,7 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_layer import lamina_cli, ratio_text, timed  # noqa: E402 - the sibling's helpers
+from bench_build import have_peers, runs_args  # noqa: E402 - the siblings' helpers
+from bench_layer import lamina_cli, ratio_text, timed  # noqa: E402
 
 WORK = Path("/var/tmp/lamina-bench/cachemount")
 REPO = Path(__file__).resolve().parent.parent
@@ -104,15 +104,9 @@ def change_source(ctx: Path, n: int) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=3, help="runs of each tool (default 3)")
-    ap.add_argument("--quick", action="store_true", help="one run of each (smoke test)")
-    args = ap.parse_args()
-    if args.quick:
-        args.runs = 1
+    args = runs_args(__doc__)
     lamina = lamina_cli()
-    if shutil.which("buildah") is None:
-        print("buildah is not installed (apt-get install buildah)", file=sys.stderr)
+    if not have_peers("buildah"):
         return 1
     print(run(["buildah", "--version"]).strip())
     shutil.rmtree(WORK, ignore_errors=True)   # left by an interrupted run

@@ -36,7 +36,6 @@ The flattened images are checked to unpack to the same tree.  ``--quick``: one r
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import io
@@ -51,7 +50,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_build import CONTEXT_VERSION, make_context, run, walk  # noqa: E402
+from bench_build import build_context, have_peers, run, runs_args, walk  # noqa: E402
 from bench_layer import lamina_cli, ratio_text, timed  # noqa: E402
 
 CACHE = Path("/var/tmp/lamina-bench")
@@ -146,24 +145,12 @@ def contents(root: Path) -> dict[str, object]:
 
 # -- main --------------------------------------------------------------------------------
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=3, help="runs of each tool (default 3)")
-    ap.add_argument("--quick", action="store_true", help="one run of each (smoke test)")
-    args = ap.parse_args()
-    if args.quick:
-        args.runs = 1
+    args = runs_args(__doc__)
     lamina = lamina_cli()
-    for tool in ("buildah", "umoci"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is not installed (apt-get install {tool})", file=sys.stderr)
-            return 1
+    if not have_peers("buildah", "umoci"):
+        return 1
     print(run(["buildah", "--version"]).strip(), "/", run(["umoci", "--version"]).strip())
-    context = CACHE / "build-context"
-    if not (context / "VERSION").is_file() or (context / "VERSION").read_text() != \
-            CONTEXT_VERSION:
-        shutil.rmtree(context, ignore_errors=True)
-        CACHE.mkdir(parents=True, exist_ok=True)
-        make_context(context)
+    context = build_context()
     fifty = CACHE / "stackops-fifty"
     if not (fifty / "VERSION").is_file() or (fifty / "VERSION").read_text() != FIFTY_VERSION:
         shutil.rmtree(fifty, ignore_errors=True)
