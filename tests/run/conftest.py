@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,13 @@ def probe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = Path(__file__).parent / "data" / "sec_probe.c"
     subprocess.run([gcc, "-static", "-O1", "-o", str(out / "sec_probe"), str(src)], check=True)
     return out
+
+
+@pytest.fixture
+def lam(seeded: Lamina) -> Iterator[Lamina]:
+    """The seeded store for container tests; every container left at the end is
+    removed (killed first)."""
+    yield seeded
+    ids = seeded.run("ps", "-aq", "--no-trunc").out.split()
+    if ids:
+        seeded.run("rm", "-f", *ids)

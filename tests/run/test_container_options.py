@@ -5,7 +5,6 @@ run by a detached container's monitor.  Real sandboxes over the busybox seed ima
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,6 @@ from lamina_testing import Lamina, need_root
 @pytest.fixture(autouse=True)
 def _root() -> None:
     need_root()
-
-
-@pytest.fixture
-def lam(seeded: Lamina) -> Iterator[Lamina]:
-    yield seeded
-    ids = seeded.run("ps", "-aq", "--no-trunc").out.split()
-    if ids:
-        seeded.run("rm", "-f", *ids)
 
 
 def test_entrypoint_replaces_the_images_and_drops_its_cmd(lam: Lamina, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import select
 import struct
 import termios
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -70,14 +69,6 @@ def _answer(term: Terminal, command: str, mark: str) -> list[str]:
     lines = text.split("\r\n")
     start = max(i for i, ln in enumerate(lines) if ln.endswith(f"echo @@{mark}"))
     return lines[start + 1:-2]
-
-
-@pytest.fixture
-def lam(seeded: Lamina) -> Iterator[Lamina]:
-    yield seeded
-    ids = seeded.run("ps", "-aq", "--no-trunc").out.split()
-    if ids:
-        seeded.run("rm", "-f", *ids)
 
 
 def test_run_it_gives_the_container_a_terminal_of_its_own(lam: Lamina) -> None:

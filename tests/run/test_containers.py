@@ -11,7 +11,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,15 +26,6 @@ LOOP = ("trap 'echo got TERM; echo bye >&2; exit 7' TERM; "
 @pytest.fixture(autouse=True)
 def _root() -> None:
     need_root()
-
-
-@pytest.fixture
-def lam(seeded: Lamina) -> Iterator[Lamina]:
-    """The seeded store; every container left at the end is removed (killed first)."""
-    yield seeded
-    ids = seeded.run("ps", "-aq", "--no-trunc").out.split()
-    if ids:
-        seeded.run("rm", "-f", *ids)
 
 
 def until(what: Callable[[], bool], seconds: float = 30.0) -> None:
