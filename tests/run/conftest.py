@@ -7,8 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from run_helpers import assert_no_leftovers
 
-from lamina_testing import Lamina, import_seed_images, need
+from lamina.run.rootfs import open_rootfs
+from lamina.store import Store
+from lamina.transport.local import StoreTransport
+from lamina.transport.resolve import resolve_image
+from lamina_testing import Lamina, import_seed_images, need, need_root
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +51,16 @@ def lam(seeded: Lamina) -> Iterator[Lamina]:
     ids = seeded.run("ps", "-aq", "--no-trunc").out.split()
     if ids:
         seeded.run("rm", "-f", *ids)
+
+
+@pytest.fixture
+def walk_rootfs(seeded: Lamina) -> Iterator[Path]:
+    """demo/a's root filesystem made by the walk snapshotter (root only); nothing left
+    in the store afterwards."""
+    need_root()
+    with Store(seeded.root) as store:
+        source = StoreTransport(store)
+        image = resolve_image(source, source.resolve("demo/a"))
+        with open_rootfs(store, source, image, "walk") as rootfs:
+            yield rootfs.path
+    assert_no_leftovers(seeded.root)

@@ -8,7 +8,6 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from lamina.run.sandbox import (
 from lamina.store.store import Store
 from lamina.transport.local import StoreTransport
 from lamina.transport.resolve import resolve_image
-from lamina_testing import Lamina, need, need_root
+from lamina_testing import need, need_root
 
 DIR, SYM = tarfile.DIRTYPE, tarfile.SYMTYPE
 
@@ -78,17 +77,6 @@ def test_paths_resolve_inside_the_rootfs(tmp_path: Path) -> None:
     assert find_executable(root, "data", "/usr/bin", "/") == ("/usr/bin/data", 126)
     assert find_executable(root, "ghost", "/usr/bin", "/") == (None, 127)
     assert find_executable(root, "./tool", "", "/usr/bin")[1] == 0
-
-
-@pytest.fixture
-def walk_rootfs(seeded: Lamina) -> Iterator[Path]:
-    need_root()
-    with Store(seeded.root) as store:
-        source = StoreTransport(store)
-        image = resolve_image(source, source.resolve("demo/a"))
-        with open_rootfs(store, source, image, "walk") as rootfs:
-            yield rootfs.path
-    assert_no_leftovers(seeded.root)
 
 
 def _run(spec: ProcessSpec, sandbox: str) -> tuple[int, str]:

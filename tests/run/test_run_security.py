@@ -7,14 +7,12 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from run_helpers import assert_no_leftovers
 
 from lamina.errors import InvalidInput
-from lamina.run.rootfs import open_rootfs
 from lamina.run.sandbox import ProcessSpec, run_process
 from lamina.run.seccomp import compile_profile, default_profile
 from lamina.run.security import (
@@ -23,9 +21,6 @@ from lamina.run.security import (
     resolve_caps,
     security_from_options,
 )
-from lamina.store.store import Store
-from lamina.transport.local import StoreTransport
-from lamina.transport.resolve import resolve_image
 from lamina_testing import Lamina, need, need_root
 
 # What the container tries; each line says whether it could.
@@ -44,17 +39,6 @@ busybox tr '\0\n' '  ' < /proc/1/cmdline; echo
 DENIED = ["unshare:denied", "mount:denied", "keys-masked:1", "keys-bytes:0",
           "sysctl:read-only", "add_key: Operation not permitted",
           "keyctl: Operation not permitted", "Seccomp:2"]
-
-
-@pytest.fixture
-def walk_rootfs(seeded: Lamina) -> Iterator[Path]:
-    need_root()
-    with Store(seeded.root) as store:
-        source = StoreTransport(store)
-        image = resolve_image(source, source.resolve("demo/a"))
-        with open_rootfs(store, source, image, "walk") as rootfs:
-            yield rootfs.path
-    assert_no_leftovers(seeded.root)
 
 
 def _probe(root: Path, probe_dir: Path, sandbox: str, user: str = "0:0",
