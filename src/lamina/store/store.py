@@ -3,12 +3,17 @@
 Layout of ``$LAMINA_ROOT`` (default ``$XDG_DATA_HOME/lamina``)::
 
     blobs/sha256/<hex>     content, named by digest
-    chunks/sha256/<hex>    chunks of blobs kept as chunks, each once (chunks.py)
+    packs/<name>.pack|.idx chunks of blobs kept as chunks, each once, and where they
+                           lie (packs.py; chunks/sha256/<hex>: one file each, older
+                           stores)
+    chunks/lock            writers shared, gc's chunk sweep exclusive (chunks.py)
     recipes/sha256/<hex>   such a blob: its chunks in order
-    ingest/                blobs and chunks being written (locked while alive)
+    ingest/                blobs and packs being written (locked while alive)
     leases/<id>.lock       held (flock) by the process whose lease it is (locks.py)
     snapshots/<hex>/       unpacked layer stacks, by chain id
     pool/<2 hex>/<hex>     one inode per identical snapshot file (pool.py)
+    containers/<id>/       a container's rootfs, log and monitor lock (run/containers.py)
+    cache-mounts/          RUN --mount=type=cache directories (cachemounts.py)
     meta.db                SQLite metadata (see meta.py)
     reserve                space held back for a full disk (Store._open_meta)
 """
