@@ -31,6 +31,11 @@ class Digest:
     algorithm: str
     encoded: str
 
+    def __hash__(self) -> int:
+        # The hex string's hash is cached by the str itself; the generated hash built a
+        # tuple each time (sets and dicts of thousands of chunk digests, store/chunks.py).
+        return hash(self.encoded)
+
     @classmethod
     def parse(cls, text: str) -> Digest:
         if not isinstance(text, str) or not _GRAMMAR.fullmatch(text):

@@ -12,14 +12,22 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import zstandard
 
 from lamina.digest import Digest
 from lamina.errors import InvalidInput, NotFound
-from lamina.layer.zstdchunked import Toc, frame_spans, parse_toc, toc_checksum, toc_location
+from lamina.layer.zstdchunked import (
+    Toc,
+    TocLocation,
+    parse_toc,
+    spans_of_frames,
+    toc_checksum,
+    toc_location,
+)
+from lamina.store.chunks import Recipe
 from lamina.store.store import Store
 
 
@@ -33,16 +41,23 @@ class ChunkMap:
 
 
 def chunk_map(toc: Toc, blob_size: int) -> ChunkMap:
-    spans = frame_spans(toc, blob_size)
+    return map_frames([(c.offset, c.end_offset, c.chunk_digest)
+                       for e in toc.entries for c in e.chunks], toc.location, blob_size)
+
+
+def map_frames(frames: Sequence[tuple[int, int, str]], location: TocLocation,
+               blob_size: int) -> ChunkMap:
+    """The chunk map of a blob whose payload frames are ``frames`` (``(offset, end,
+    content digest)``, in order: ``zstdchunked.payload_frames``)."""
+    spans = spans_of_frames(frames, location, blob_size)
     index = {offset: i for i, (offset, _) in enumerate(spans)}
     contents = []
-    for entry in toc.entries:
-        for c in entry.chunks:
-            i = index.get(c.offset)
-            # A frame the spans cut elsewhere (cannot happen with a checked TOC) is
-            # simply not offered for reuse.
-            if i is not None and spans[i][1] == c.end_offset - c.offset:
-                contents.append((i, c.chunk_digest))
+    for start, end, digest in frames:
+        i = index.get(start)
+        # A frame the spans cut elsewhere (cannot happen with a checked TOC) is
+        # simply not offered for reuse.
+        if i is not None and spans[i][1] == end - start:
+            contents.append((i, digest))
     return ChunkMap(tuple(spans), tuple(contents))
 
 
@@ -60,14 +75,17 @@ def read_toc(read_at: Callable[[int, int], bytes], annotations: Mapping[str, str
     return parse_toc(read_at(loc.offset, loc.length), checksum, blob_size, loc)
 
 
-def record_contents(store: Store, blob: Digest, cmap: ChunkMap) -> int:
+def record_contents(store: Store, blob: Digest, cmap: ChunkMap,
+                    recipe: Recipe | None = None) -> int:
     """After ``blob`` was published as chunks cut at ``cmap.spans``: record which stored
-    chunk holds which content.  Returns the rows recorded (0 if the blob is kept whole)."""
-    try:
-        recipe = store.blobs.chunks.read_recipe(blob)
-    except NotFound:
-        return 0
-    if len(recipe.chunks) != len(cmap.spans):
+    chunk holds which content.  ``recipe``: the one just written, if at hand (else it is
+    read).  Returns the rows recorded (0 if the blob is kept whole)."""
+    if recipe is None:
+        try:
+            recipe = store.blobs.chunks.read_recipe(blob)
+        except NotFound:
+            return 0
+    if recipe.blob != blob or len(recipe.chunks) != len(cmap.spans):
         return 0
     rows = [(content, str(recipe.chunks[i][0]), recipe.chunks[i][1])
             for i, content in cmap.contents]

@@ -321,6 +321,7 @@ class _Builder:
         self.entries: list[TocEntry] = []
         self.last_end = 0
         self.names: set[str] = set()
+        self.times: dict[str, int | None] = {}   # modtime text -> seconds (few distinct)
 
     def _frame(self, start: int, end: int, where: str) -> None:
         if not 0 < start < end <= self.payload_end:
@@ -331,8 +332,68 @@ class _Builder:
                        f"(ending at {self.last_end})")
         self.last_end = end
 
-    def add(self, i: int, obj: Any, following: Sequence[Any]) -> int:
-        """Add entry ``i`` and the chunk entries after it; return how many were used."""
+    def add(self, i: int, items: Sequence[Any]) -> int:
+        """Add entry ``i`` of ``items`` and the chunk entries after it; return how many
+        of those were used.  A plain entry (no xattrs, at most one payload frame: nearly
+        all of them) takes the lean path; anything else, or anything the lean path
+        doubts, the checked one, which says exactly what is wrong."""
+        obj = items[i]
+        if type(obj) is dict:
+            nxt = items[i + 1] if i + 1 < len(items) else None
+            entry = self._plain(obj, nxt)
+            if entry is not None:
+                self.names.add(entry.name)
+                self.entries.append(entry)
+                return 0
+        return self._checked(i, obj, items)
+
+    def _plain(self, obj: dict[str, Any], nxt: Any) -> TocEntry | None:
+        """``obj`` as an entry if it is plainly well-formed, else None (never raises).
+        The same checks as ``_checked``, with fewer calls: a cold pull parses the TOC
+        before its download starts, ~2,000 entries per 100 MB layer (bench_delta)."""
+        g = obj.get
+        kind, name = g("type"), g("name")
+        size, mode, uid, gid = g("size", 0), g("mode", 0), g("uid", 0), g("gid", 0)
+        major, minor, offset, end = g("devMajor", 0), g("devMinor", 0), g("offset", 0), \
+            g("endOffset", 0)
+        link, digest, modtime = g("linkName", ""), g("digest", ""), g("modtime", "")
+        if not (type(kind) is str and kind in ENTRY_TYPES and type(name) is str and name
+                and name not in self.names and type(link) is str and type(digest) is str
+                and type(modtime) is str and type(size) is int and type(mode) is int
+                and type(uid) is int and type(gid) is int and type(major) is int
+                and type(minor) is int and type(offset) is int and type(end) is int
+                and size >= 0 and mode >= 0 and uid >= 0 and gid >= 0 and major >= 0
+                and minor >= 0 and not g("xattrs")
+                and (not digest or _DIGEST.fullmatch(digest))
+                and (link or kind not in ("hardlink", "symlink"))):
+            return None
+        mtime = self.times.get(modtime, -1)
+        if mtime == -1:
+            try:
+                mtime = self.times[modtime] = _time(obj, "modtime", "")
+            except InvalidInput:
+                return None
+        chunks: tuple[TocChunk, ...] = ()
+        if kind == "reg" and size > 0:
+            if type(nxt) is dict and nxt.get("type") == _CHUNK:
+                return None   # several chunks: the checked path folds them
+            chunk_size, chunk_digest = g("chunkSize", 0), g("chunkDigest", "")
+            chunk_type = g("chunkType", "")
+            if not (digest and type(chunk_size) is int and chunk_size in (0, size)
+                    and type(chunk_digest) is str
+                    and (not chunk_digest or _DIGEST.fullmatch(chunk_digest))
+                    and type(chunk_type) is str and chunk_type in ("", "data", "zeros")
+                    and 0 < offset < end <= self.payload_end and offset >= self.last_end):
+                return None
+            self.last_end = end
+            chunks = (TocChunk(offset, end, 0, size, chunk_digest or digest,
+                               chunk_type or "data"),)
+        elif offset or end:
+            return None
+        return TocEntry(kind, name, size, mode, uid, gid, mtime, link, major, minor, (),
+                        digest or None, chunks)
+
+    def _checked(self, i: int, obj: Any, items: Sequence[Any]) -> int:
         where = f"TOC entry {i}"
         if not isinstance(obj, dict):
             raise _bad(f"{where} is not an object")
@@ -354,7 +415,7 @@ class _Builder:
         used = 0
         if kind == "reg" and size > 0:
             chunk_objs = [obj]
-            for nxt in following:
+            for nxt in items[i + 1:]:
                 if not (isinstance(nxt, dict) and nxt.get("type") == _CHUNK):
                     break
                 if nxt.get("name") != name:
@@ -414,6 +475,14 @@ def parse_toc(compressed_toc: bytes, expected_checksum: str, blob_size: int,
     only after its sha256 matches.  Entries come back in TOC order, each regular file
     with its payload frames (``chunk`` entries folded in).
     """
+    doc, items, raw = _toc_document(compressed_toc, expected_checksum, blob_size, location)
+    return _entries(doc, items, raw, location)
+
+
+def _toc_document(compressed_toc: bytes, expected_checksum: str, blob_size: int,
+                  location: TocLocation) -> tuple[dict[str, Any], list[Any], bytes]:
+    """The TOC checked against its checksum, inflated and read: the JSON object, its
+    ``entries`` list and the uncompressed bytes."""
     _check_location(location, blob_size)
     if len(compressed_toc) != location.length:
         raise _bad(f"TOC is {len(compressed_toc)} bytes, the position says {location.length}")
@@ -431,14 +500,71 @@ def parse_toc(compressed_toc: bytes, expected_checksum: str, blob_size: int,
     items = doc.get("entries")
     if not isinstance(items, list):
         raise _bad("TOC has no entries list")
+    return doc, items, raw
+
+
+def _entries(doc: dict[str, Any], items: list[Any], raw: bytes, location: TocLocation) -> Toc:
     ts_digest = _digest(doc, "tarSplitDigest", "TOC")
     if ts_digest is not None and not location.tar_split_offset:
         raise _bad("TOC names a tar-split but its position is unknown")
     builder = _Builder(location.offset - SKIPPABLE_HEADER)
     i = 0
     while i < len(items):
-        i += 1 + builder.add(i, items[i], items[i + 1 :])
+        i += 1 + builder.add(i, items)
     return Toc(1, tuple(builder.entries), location, ts_digest, raw)
+
+
+def payload_frames(compressed_toc: bytes, expected_checksum: str, blob_size: int,
+                   location: TocLocation) -> list[tuple[int, int, str]]:
+    """The TOC's payload frames, ``(offset, end offset, chunk digest)`` in blob order:
+    every ``TocChunk`` of ``parse_toc``'s entries, without building the entries.  What
+    a cold pull needs to cut a layer as it streams in, read before its download starts
+    (~3 ms for 2,000 files instead of ~11 ms; bench_delta).  The TOC is checked against
+    its checksum, and what the frames depend on (offsets inside the payload area, in
+    order, well-formed digests) is checked here; a TOC this walk doubts in any way goes
+    through ``parse_toc``, which says exactly what is wrong with it."""
+    doc, items, raw = _toc_document(compressed_toc, expected_checksum, blob_size, location)
+    frames = _lean_frames(items, location.offset - SKIPPABLE_HEADER)
+    if frames is None:
+        toc = _entries(doc, items, raw, location)
+        frames = [(c.offset, c.end_offset, c.chunk_digest)
+                  for e in toc.entries for c in e.chunks]
+    return frames
+
+
+def _lean_frames(items: list[Any], payload_end: int) -> list[tuple[int, int, str]] | None:
+    """``payload_frames`` of well-formed entries, or None at the first doubt."""
+    frames: list[tuple[int, int, str]] = []
+    last = 0
+    count = len(items)
+    i = 0
+    while i < count:
+        obj = items[i]
+        i += 1
+        if type(obj) is not dict:
+            return None
+        kind = obj.get("type")
+        if kind == _CHUNK:
+            return None          # not after its file's entry (those are taken below)
+        size = obj.get("size", 0)
+        if kind != "reg" or not size:
+            continue
+        parts = [obj]
+        while i < count and type(items[i]) is dict and items[i].get("type") == _CHUNK:
+            parts.append(items[i])
+            i += 1
+        starts = [o.get("offset") for o in parts]
+        ends = [*starts[1:], obj.get("endOffset")]
+        for k, o in enumerate(parts):
+            start, end = starts[k], ends[k]
+            digest = o.get("chunkDigest") or (obj.get("digest") if len(parts) == 1 else None)
+            if not (type(start) is int and type(end) is int and last <= start
+                    and 0 < start < end <= payload_end and type(digest) is str
+                    and _DIGEST.fullmatch(digest)):
+                return None
+            frames.append((start, end, digest))
+            last = end
+    return frames
 
 
 def parse_tar_split(compressed: bytes, toc: Toc) -> bytes:
@@ -459,13 +585,18 @@ def frame_spans(toc: Toc, blob_size: int) -> list[tuple[int, int]]:
     ranges (the store's ``spans``, store/chunks.py) covering ``0..blob_size`` once, in
     order: each payload frame on its own, the header frames between them, then the rest
     of the tar, the TOC, the tar-split and the footer frames."""
+    return spans_of_frames([(c.offset, c.end_offset) for e in toc.entries for c in e.chunks],
+                           toc.location, blob_size)
+
+
+def spans_of_frames(frames: Sequence[tuple[int, int]] | Sequence[tuple[int, int, str]],
+                    loc: TocLocation, blob_size: int) -> list[tuple[int, int]]:
+    """``frame_spans`` from the payload frames (``(offset, end, ...)``, in order)."""
     cuts: list[int] = []
     pos = 0
-    for entry in toc.entries:
-        for c in entry.chunks:
-            cuts += [c.offset, c.end_offset]
-            pos = c.end_offset
-    loc = toc.location
+    for frame in frames:
+        cuts += [frame[0], frame[1]]
+        pos = frame[1]
     tail = [loc.offset - SKIPPABLE_HEADER, loc.offset + loc.length]
     if loc.tar_split_offset:
         tail += [loc.tar_split_offset - SKIPPABLE_HEADER,

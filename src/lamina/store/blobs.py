@@ -228,6 +228,7 @@ class BlobWriter:
         self._hash = HashingWriter(self._file, algorithm, hash=verified_by is None)
         self._closed = False
         self._digest: Digest | None = None   # set by finish()
+        self.recipe: Recipe | None = None   # set by publish(spans)
         self.resumed = self._take_over() if self.resumable else 0
         if self.resumed:
             self._spans = None   # bytes taken over went by unseen: hash them at publish
@@ -386,6 +387,15 @@ class BlobWriter:
         self._digest = digest
         return digest
 
+    def planned_recipe(self, spans: Sequence[tuple[int, int]]) -> Recipe | None:
+        """The recipe ``publish(spans)`` will write, if each span was hashed as the bytes
+        streamed in (``SpanHasher``) and after ``finish``; else None."""
+        digests = self._spans.done() if self._spans is not None else None
+        if self._digest is None or digests is None or len(digests) != len(spans):
+            return None
+        return Recipe(self._digest, self.count,
+                      tuple((d, n) for d, (_, n) in zip(digests, spans, strict=True)))
+
     def publish(self, spans: Sequence[tuple[int, int]] | None = None) -> Digest:
         """The durable half of ``commit`` (after ``finish``): fsync the bytes, rename
         them to their name, fsync the directory.  On failure the ingest file is gone.
@@ -401,8 +411,9 @@ class BlobWriter:
                 self._file.flush()
                 # The ingest file is removed just after: it may become the pack itself.
                 hashed = self._spans.done() if self._spans is not None else None
-                self._blobs.chunks.publish(digest, self._file, spans, verified=True,
-                                           adoptable=self.path, digests=hashed)
+                self.recipe = self._blobs.chunks.publish(
+                    digest, self._file, spans, verified=True, adoptable=self.path,
+                    digests=hashed)
             finally:
                 self.abort()
             self._blobs.drop_whole(digest)

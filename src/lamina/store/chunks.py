@@ -580,6 +580,7 @@ class ChunkSink:
         self._seen: set[Digest] = set()
         self._pack: PackWriter | None = None
         self.count = 0
+        self.recipe: Recipe | None = None   # set by finish()
         self._lock: int | None = chunks.lock(exclusive=False)
         chunks.packs.refresh()
         self._loose = chunks._has_loose()
@@ -628,6 +629,7 @@ class ChunkSink:
             recipe = Recipe(self.blob, size, tuple(self._entries))
             if not self._chunks.has_recipe(self.blob):
                 self._chunks._write_recipe(recipe)
+            self.recipe = recipe
         finally:
             self.abort()
         return recipe

@@ -31,8 +31,8 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from lamina.digest import CHUNK, Digest
 from lamina.errors import IntegrityError
@@ -47,8 +47,9 @@ _FRESH = 0.05                   # a directory changed this recently may change a
                                 # within its mtime's granularity: list it regardless
 
 
-@dataclass(frozen=True)
-class PackEntry:
+class PackEntry(NamedTuple):
+    """A chunk in a pack (a tuple: a pack of a 2,000-file layer has ~4,000)."""
+
     digest: Digest
     offset: int
     length: int
@@ -198,8 +199,9 @@ def write_index(pack_dir: Path, name: str, entries: Sequence[PackEntry]) -> None
         raise
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(NamedTuple):
+    """Where a chunk's bytes lie (a tuple: thousands are made per pack read)."""
+
     path: str       # the pack (or loose chunk) file
     offset: int
     length: int

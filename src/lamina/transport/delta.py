@@ -40,14 +40,16 @@ from typing import Protocol
 from lamina.digest import Digest
 from lamina.errors import IntegrityError, InvalidInput, LaminaError
 from lamina.image.manifest import Descriptor
-from lamina.layer.chunkmap import ChunkMap, chunk_map, compress_header, header_frames
+from lamina.layer.chunkmap import ChunkMap, chunk_map, compress_header, header_frames, map_frames
 from lamina.layer.zstdchunked import (
     MAX_TAR_SPLIT_SIZE,
     MAX_TOC_SIZE,
     SKIPPABLE_HEADER,
     Toc,
+    TocLocation,
     parse_tar_split,
     parse_toc,
+    payload_frames,
     toc_checksum,
     toc_location,
 )
@@ -98,7 +100,43 @@ class TocFirst:
 def fetch_toc(desc: Descriptor, ranges: BlobRanges) -> tuple[TocFirst, Toc] | None:
     """The tail (TOC, tar-split, footer) of a zstd:chunked layer by one Range request,
     its TOC checked against the annotation; None if not chunked or it does not hold."""
-    loc = toc_location(desc.annotations)
+    got = _fetch_tail(desc, ranges)
+    if got is None:
+        return None
+    loc, checksum, tail_start, tail = got
+    try:
+        toc = parse_toc(tail[SKIPPABLE_HEADER:SKIPPABLE_HEADER + loc.length], checksum,
+                        desc.size, loc)
+        return TocFirst(chunk_map(toc, desc.size), tail_start, tail), toc
+    except LaminaError:
+        return None   # a TOC that lies: fetch it whole
+
+
+def fetch_cut(desc: Descriptor, ranges: BlobRanges) -> TocFirst | None:
+    """Where to cut a zstd:chunked layer about to be fetched whole (nothing to reuse):
+    ``fetch_toc`` reading only the TOC's payload frames (``payload_frames``), since the
+    download waits for it."""
+    got = _fetch_tail(desc, ranges)
+    if got is None:
+        return None
+    loc, checksum, tail_start, tail = got
+    try:
+        frames = payload_frames(tail[SKIPPABLE_HEADER:SKIPPABLE_HEADER + loc.length],
+                                checksum, desc.size, loc)
+        return TocFirst(map_frames(frames, loc, desc.size), tail_start, tail)
+    except LaminaError:
+        return None
+
+
+def _fetch_tail(desc: Descriptor, ranges: BlobRanges
+                ) -> tuple[TocLocation, str, int, bytes] | None:
+    """The TOC position and checksum of a layer's annotations and the blob's tail from
+    the TOC on (one Range request); None if not chunked, a tail too large, or a source
+    that does not answer the range (a registry that ignores Range: fetch it whole)."""
+    try:
+        loc = toc_location(desc.annotations)
+    except LaminaError:
+        return None
     checksum = toc_checksum(desc.annotations)
     if loc is None or checksum is None:
         return None
@@ -106,12 +144,9 @@ def fetch_toc(desc: Descriptor, ranges: BlobRanges) -> tuple[TocFirst, Toc] | No
     if not 0 < tail_start < desc.size or desc.size - tail_start > _TAIL_LIMIT:
         return None
     try:
-        tail = ranges.read(tail_start, desc.size - tail_start)
-        toc = parse_toc(tail[SKIPPABLE_HEADER:SKIPPABLE_HEADER + loc.length], checksum,
-                        desc.size, loc)
-        return TocFirst(chunk_map(toc, desc.size), tail_start, tail), toc
+        return loc, checksum, tail_start, ranges.read(tail_start, desc.size - tail_start)
     except LaminaError:
-        return None   # a TOC that lies, a registry that ignores Range: fetch it whole
+        return None
 
 
 def delta_pull(store: Store, desc: Descriptor, ranges: BlobRanges,

@@ -15,6 +15,8 @@ from lamina.image import mediatypes as mt
 from lamina.image.config import ImageConfig
 from lamina.image.manifest import Descriptor, Index, Manifest, build_manifest, parse
 from lamina.image.reference import Reference
+from lamina.store.blobs import BlobWriter
+from lamina.store.chunks import Recipe
 from lamina.store.store import Lease, Store
 from lamina.transport.base import NamedImage, Progress
 from lamina.transport.rewrite import PLAIN_LAYERS, gzip_descriptor, is_plain_layer, swap_children
@@ -22,7 +24,6 @@ from lamina.transport.verify import image_config, verify_layers
 
 if TYPE_CHECKING:
     from lamina.layer.chunkmap import ChunkMap
-    from lamina.store.blobs import BlobWriter
     from lamina.store.chunks import ChunkSink
     from lamina.transport.delta import BlobRanges, TocFirst
 
@@ -207,7 +208,7 @@ class StoreTransport:
         whole (not chunked, nothing to reuse, a TOC or a registry that does not hold)."""
         if not mt.is_layer(desc.media_type) or not desc.annotations:
             return None
-        from lamina.transport.delta import delta_pull, fetch_toc
+        from lamina.transport.delta import delta_pull, fetch_cut
 
         lease = self._lease()
         self.store.meta.add_lease_resource(lease, str(desc.digest))
@@ -218,8 +219,8 @@ class StoreTransport:
         if result is None:
             if not seen and desc.size >= TOC_FIRST_FROM and \
                     not self.store.meta.has_chunk_contents():
-                got = fetch_toc(desc, ranges)   # nothing to reuse: the TOC, for the cut
-                seen = [got[0]] if got is not None else []
+                got = fetch_cut(desc, ranges)   # nothing to reuse: the TOC, for the cut
+                seen = [got] if got is not None else []
             if seen:
                 with self._lease_lock:
                     self._toc_first[str(desc.digest)] = seen[0]
@@ -255,12 +256,26 @@ class StoreTransport:
     def _publish(self, w: BlobWriter | ChunkSink, digest: Digest,
                  spans: Sequence[tuple[int, int]] | None = None,
                  cmap: ChunkMap | None = None) -> None:
+        # The chunks' contents are recorded beside the publish when their digests are
+        # in hand (hashed as the bytes came, or the delta's recipe): the rows then cost
+        # no time after the fsyncs (bench_delta's cold pull).  A row may name a chunk
+        # not yet (or, if the publish fails, never) stored: every reader of the rows
+        # asks has_chunk first, and gc drops such rows (meta.find_chunk_for_content).
+        in_hand = w.recipe if w.recipe is not None else (
+            w.planned_recipe(spans) if cmap is not None and spans is not None
+            and isinstance(w, BlobWriter) else None)
+
+        def record(recipe: Recipe | None) -> Digest:
+            from lamina.layer.chunkmap import record_contents
+
+            if cmap is not None:
+                record_contents(self.store, digest, cmap, recipe)
+            return digest
+
         def publish() -> Digest:
             done = w.publish(spans)
-            if cmap is not None:
-                from lamina.layer.chunkmap import record_contents
-
-                record_contents(self.store, digest, cmap)
+            if in_hand is None and cmap is not None:
+                record(w.recipe)
             return done
 
         with self._lease_lock:
@@ -271,6 +286,8 @@ class StoreTransport:
             self._written.append(str(digest))
             self._pending.add(str(digest))
             self._publishing.append(self._publisher.submit(publish))
+            if in_hand is not None and cmap is not None:
+                self._publishing.append(self._publisher.submit(record, in_hand))
 
     def _put_compressed(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
                         progress: Progress | None) -> None:
