@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 import zstandard
+from chunked_helpers import chunked_layer, read_toc
+from test_zstd_chunked_bad import BLOB, TOC_AT, digest, reg
 
 from lamina.errors import InvalidInput
 from lamina.layer import zstdchunked as zc
-from tests.layer.chunked_helpers import chunked_layer, read_toc
-from tests.layer.test_zstd_chunked_bad import BLOB, TOC_AT, digest, reg
 
 GOOD: list[Any] = [
     {"type": "dir", "name": "d/", "mode": 493, "modtime": "2024-05-01T10:00:00Z"},
@@ -68,7 +68,7 @@ def frames_of(toc: zc.Toc) -> list[tuple[int, int, str]]:
 
 def variants() -> Iterator[tuple[str, list[Any]]]:
     """GOOD with one field of one entry set to each bad value (or removed)."""
-    for i, entry in enumerate(GOOD):
+    for i in range(len(GOOD)):
         for field in FIELDS:
             for value in [*BAD_VALUES, "<removed>"]:
                 entries = copy.deepcopy(GOOD)

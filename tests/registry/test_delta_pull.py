@@ -76,33 +76,45 @@ def _assert_fsck_clean(store: Lamina) -> None:
     assert not any(v for k, v in fsck.items() if isinstance(v, list)), fsck
 
 
-def test_pulled_chunked_layer_is_kept_as_chunks(lamina: Lamina, registry: DockerRegistry,
-                                                tmp_path: Path) -> None:
-    lamina.run("import", "--compression", "zstd:chunked", "dp/a:v1", _tree(tmp_path / "t"))
+def test_pulled_chunked_layer_is_cut_when_a_delta_pull_shares_it(
+        lamina: Lamina, registry: DockerRegistry, tmp_path: Path) -> None:
+    """Made locally, a chunked layer is kept as chunks.  Pulled into a store with
+    nothing to share, it is kept whole and listed (``chunk_pending``); the first delta
+    pull that shares its content cuts it into chunks (its file becomes the pack) and
+    records their contents, then reuses them."""
+    v1, v2 = _push_pair(lamina, registry, tmp_path, "delta/keep", changed=True)
     space = lamina.run("df", "--json").json()["storage"]
-    assert space["chunked_blobs"] == 1     # made locally: kept as chunks too
-    dest = Reference.parse(f"{registry.host}/delta/keep:v1")
-    with Store(lamina.root) as store:
-        push_image(store, "dp/a:v1", dest)
+    assert space["chunked_blobs"] == 2     # made locally: kept as chunks
+    layer = _layer(lamina, "delta/keep:v1")
+    digest = Digest.parse(str(layer["digest"]))
     other = Lamina(tmp_path / "other", tmp_path)
     with Store(other.root) as store:
-        pull_image(store, dest)
-    space = other.run("df", "--json").json()["storage"]
-    assert space["chunked_blobs"] == 1 and space["chunks"] > 2000
-    layer = _layer(lamina, "dp/a:v1")
-    digest = Digest.parse(str(layer["digest"]))
+        pull_image(store, Reference.parse(v1))
+        assert store.blobs.chunked(digest) is None and store.blobs.path(digest).is_file()
+        assert [b for b, _ in store.meta.chunk_pending()] == [str(digest)]
+        assert not store.meta.has_chunk_contents()
+        inode = store.blobs.path(digest).stat().st_ino
+    assert other.run("df", "--json").json()["storage"]["chunked_blobs"] == 0
+    _assert_fsck_clean(other)
+    _, out = _pull(other, registry, "delta/keep", v2)
+    assert "Reused" in out
     with Store(other.root) as store:
-        assert store.blobs.read_bytes(digest, int(str(layer["size"])))   # digest checked
+        chunked = store.blobs.chunked(digest)
+        assert chunked is not None and not store.blobs.path(digest).exists()
+        assert store.meta.chunk_pending() == []
+        packs = list((other.root / "packs").glob("*.pack"))
+        assert inode in {p.stat().st_ino for p in packs}    # the whole file, linked
         annotations = layer["annotations"]
         assert isinstance(annotations, dict)
-        chunked = store.blobs.chunked(digest)
-        assert chunked is not None
         toc = read_toc(lambda off, n: chunked.pread(n, off), annotations,
                        int(str(layer["size"])))
         assert toc is not None
         big = next(e for e in toc.entries if e.name == "big3.bin")
         assert store.meta.find_chunk_for_content(big.chunks[0].chunk_digest)
-    other.run("fsck")
+        assert store.blobs.read_bytes(digest, int(str(layer["size"])))   # digest checked
+    assert other.run("df", "--json").json()["storage"]["chunked_blobs"] == 2
+    _check_blob(lamina, other, "delta/keep:v2", v2)
+    _assert_fsck_clean(other)
 
 
 def _push_pair(lamina: Lamina, registry: DockerRegistry, tmp_path: Path, repo: str,
@@ -427,13 +439,12 @@ def test_delta_pull_writes_no_whole_copy_of_the_blob(
     _check_blob(lamina, other, "delta/nocopy:v2", v2)
 
 
-@pytest.mark.parametrize("ranges", [True, False])
-def test_a_cold_pull_cuts_the_layer_as_it_streams(lamina: Lamina, fake: FakeRegistry,
-                                                  tmp_path: Path, ranges: bool,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Into a store with nothing to reuse, a chunked layer's TOC is fetched first (one
-    Range request for the tail) and each chunk hashed as the bytes stream in: nothing
-    is read back.  A registry that ignores Range gets the old way: read back, hashed."""
+def test_a_cold_pull_is_a_plain_pull(lamina: Lamina, fake: FakeRegistry, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Into a store with nothing to reuse, a chunked layer is fetched whole, once (no
+    Range request for its TOC), and nothing is read back or cut: the cold pull costs
+    what a plain zstd pull costs (bench_delta).  A layer it shares nothing with leaves
+    it whole; a gc after its image is gone drops it from the list."""
     from lamina.store import chunks as chunk_store
 
     v1, _v2, other = _fake_pair(lamina, fake, tmp_path, "cold/app")
@@ -447,16 +458,43 @@ def test_a_cold_pull_cuts_the_layer_as_it_streams(lamina: Lamina, fake: FakeRegi
         return real(fd, spans, whole)
 
     monkeypatch.setattr(chunk_store, "_hash_spans", counting)
-    fake.ranges = ranges
     with Store(other.root) as store:
         pull_image(store, v1)
         digest = Digest.parse(str(layer["digest"]))
-        assert store.blobs.chunked(digest) is not None        # kept as chunks either way
+        assert store.blobs.chunked(digest) is None
         assert len(store.blobs.read_bytes(digest, int(str(layer["size"])))) == layer["size"]
     gets = [h.get("Range") for _, _, h in fake.requests("GET", f"/blobs/{layer['digest']}")]
-    if ranges:
-        assert len(gets) == 2 and gets[0] is not None and gets[1] is None   # tail, whole
-        assert read_back == []
-    else:
-        assert gets[-1] is None and len(read_back) == 1
-    _assert_fsck_clean(other)      # every chunk re-hashed against its name
+    assert gets == [None] and read_back == []
+    _assert_fsck_clean(other)
+    other.run("rmi", v1)
+    other.run("gc")
+    with Store(other.root) as store:
+        assert store.meta.chunk_pending() == [] and not store.blobs.has(digest)
+
+
+def test_a_layer_sharing_nothing_is_left_whole(lamina: Lamina, registry: DockerRegistry,
+                                               tmp_path: Path) -> None:
+    """A delta pull cuts only the layers kept whole that share content with it."""
+    import random
+
+    apart = tmp_path / "a"
+    apart.mkdir()
+    for i in range(20):
+        (apart / f"x{i}").write_bytes(random.Random(-i).randbytes(50_000))
+    lamina.run("import", "--compression", "zstd:chunked", "delta/apart:a", apart)
+    a_ref = f"{registry.host}/delta/apart:a"
+    with Store(lamina.root) as store:
+        push_image(store, "delta/apart:a", Reference.parse(a_ref))
+    v1, v2 = _push_pair(lamina, registry, tmp_path, "delta/apart2", changed=True)
+    other = Lamina(tmp_path / "other", tmp_path)
+    with Store(other.root) as store:
+        pull_image(store, Reference.parse(a_ref))
+        pull_image(store, Reference.parse(v1))
+        assert len(store.meta.chunk_pending()) == 2
+    _, out = _pull(other, registry, "delta/apart2", v2)
+    assert "Reused" in out
+    a_layer = str(_layer(lamina, "delta/apart:a")["digest"])
+    with Store(other.root) as store:
+        assert [b for b, _ in store.meta.chunk_pending()] == [a_layer]
+        assert store.blobs.chunked(Digest.parse(a_layer)) is None
+    _assert_fsck_clean(other)

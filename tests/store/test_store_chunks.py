@@ -24,11 +24,9 @@ from store_helpers import ingest_names, put_image
 from lamina.digest import Digest
 from lamina.errors import IntegrityError, InvalidInput
 from lamina.image import mediatypes as mt
-from lamina.image.manifest import Descriptor
 from lamina.store import Store
 from lamina.store.fsck import check
 from lamina.store.gc import collect
-from lamina.transport.local import StoreTransport
 from lamina_testing import Lamina, store_chunked_image
 
 
@@ -269,23 +267,27 @@ def test_put_chunked_is_idempotent_and_converts_a_whole_blob(store: Store) -> No
     assert not store.blobs.path(d).exists() and store.blobs.read_bytes(d) == data
 
 
-def test_store_sink_publishes_as_chunks_when_given_spans(store: Store) -> None:
+def test_a_writer_publishes_as_chunks_when_given_spans(store: Store) -> None:
+    """What ``commit_layer`` does with a chunked layer it wrote (import, build)."""
     data = data_of(64_000, 12)
-    desc = Descriptor(mt.OCI_LAYER, Digest.from_bytes(data), len(data))
-    sink = StoreTransport(store)
-    sink.put_blob(desc, io.BytesIO(data), spans=cut(len(data), 16_000))
-    sink._settle()
-    assert store.blobs.chunks.has_recipe(desc.digest) and not store.blobs.path(desc.digest).exists()
+    digest = Digest.from_bytes(data)
+    with store.blobs.writer() as w:
+        w.write(data)
+        w.finish(digest, len(data))
+        w.publish(cut(len(data), 16_000))
+    assert w.recipe is not None and len(w.recipe.chunks) == 4
+    assert store.blobs.chunks.has_recipe(digest) and not store.blobs.path(digest).exists()
     assert len(chunk_files(store)) == 4 and not ingest_names(store)
     # the verified ingest file itself became the pack: one file, no copy
     assert list(packs(store).values()) == [64_000]
-    assert store.blobs.read_bytes(desc.digest) == data
-    # a stream that lies is refused before any recipe exists
-    bad = Descriptor(mt.OCI_LAYER, Digest.from_bytes(b"x" * 10), 10)
-    with pytest.raises(IntegrityError):
-        sink.put_blob(bad, io.BytesIO(b"y" * 10), spans=[(0, 10)])
-    assert not store.blobs.has(bad.digest) and not ingest_names(store)
-    sink.close()
+    assert store.blobs.read_bytes(digest) == data
+    # bytes that lie are refused before any recipe exists
+    bad = Digest.from_bytes(b"x" * 10)
+    with pytest.raises(IntegrityError), store.blobs.writer() as w:
+        w.write(b"y" * 10)
+        w.finish(bad, 10)
+        w.publish([(0, 10)])
+    assert not store.blobs.has(bad) and not ingest_names(store)
 
 
 def test_chunk_contents_map(store: Store) -> None:

@@ -30,18 +30,23 @@ def data_of(n: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-def test_a_pulled_blob_becomes_its_own_pack(store: Store) -> None:
-    """All chunks new: the verified ingest file is linked in as the pack (no copy), and
-    after the ingest name goes it has one name only."""
+def test_a_whole_blob_cut_later_becomes_its_own_pack(store: Store) -> None:
+    """All chunks new: the stored whole file is linked in as the pack (no copy), and
+    after the whole name goes it has one name only (a pulled chunked layer cut when a
+    delta pull first shares it, layer/chunkmap.cut_pending)."""
     data = data_of(300_000, 1)
     desc = Descriptor(mt.OCI_LAYER, Digest.from_bytes(data), len(data))
     sink = StoreTransport(store)
-    sink.put_blob(desc, io.BytesIO(data), spans=cut(len(data), 10_000))
+    sink.put_blob(desc, io.BytesIO(data))
     sink._settle()
     sink.close()
+    inode = store.blobs.path(desc.digest).stat().st_ino
+    store.blobs.put_chunked(desc.digest, store.blobs.path(desc.digest),
+                            cut(len(data), 10_000), verified=True)
     (name,) = packs(store)
     pack = store.root / "packs" / f"{name}.pack"
     assert pack.read_bytes() == data and pack.stat().st_nlink == 1
+    assert pack.stat().st_ino == inode
     assert (store.root / "packs" / f"{name}.idx").stat().st_size == index_size(30)
     assert not ingest_names(store) and not store.blobs.path(desc.digest).exists()
     assert store.blobs.read_bytes(desc.digest) == data
@@ -147,27 +152,3 @@ def test_loose_chunks_of_an_older_store_are_read_swept_and_checked(store: Store)
     more = data[:3_000] + data_of(2_000, 12)
     chunked_blob(store, more, [(0, 3_000), (3_000, 2_000)])
     assert list(packs(store).values()) == [2_000]
-
-
-def test_span_hasher_names_each_span_as_the_bytes_pass() -> None:
-    """Fed in pieces that cut across spans, it gives each span's sha256; bytes short of
-    or beyond the spans give no answer (the file is then read back instead)."""
-    from lamina.store.chunks import SpanHasher
-
-    rnd = random.Random(13)
-    data = rnd.randbytes(50_000)
-    spans = cut(50_000, 7_001)
-    want = [Digest.from_bytes(data[o:o + n]) for o, n in spans]
-    h = SpanHasher(spans)
-    at = 0
-    while at < len(data):
-        step = rnd.randrange(1, 9_000)
-        h.update(memoryview(data)[at:at + step])
-        at += step
-    assert h.done() == want
-    short = SpanHasher(spans)
-    short.update(data[:-1])
-    assert short.done() is None
-    extra = SpanHasher(spans)
-    extra.update(data + b"x")
-    assert extra.done() is None

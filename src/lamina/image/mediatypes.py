@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -44,6 +46,17 @@ def layer_media_type(compression: str, docker: bool = False) -> str:
     except KeyError:
         flavour = "Docker" if docker else "OCI"
         raise ValueError(f"no {flavour} layer type for {compression}") from None
+
+
+# containers/storage's zstd:chunked annotations (renamed from io.containers.* in 2022);
+# the format itself is read in layer/zstdchunked.py.
+CHUNKED_ANNOTATION_PREFIXES = ("io.github.containers.zstd-chunked.", "io.containers.zstd-chunked.")
+
+
+def is_chunked(annotations: Mapping[str, str] | None) -> bool:
+    """Whether a layer descriptor's annotations mark it zstd:chunked (a TOC position)."""
+    return any(k.startswith(CHUNKED_ANNOTATION_PREFIXES) and k.endswith("manifest-position")
+               for k in annotations or ())
 
 
 def is_layer(media_type: str) -> bool:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import zstandard
 
 from lamina.digest import Digest
-from lamina.errors import InvalidInput, NotFound
+from lamina.errors import InvalidInput, LaminaError, NotFound
 from lamina.layer.zstdchunked import (
     Toc,
     TocLocation,
@@ -91,6 +92,42 @@ def record_contents(store: Store, blob: Digest, cmap: ChunkMap,
             for i, content in cmap.contents]
     store.meta.record_chunk_contents(rows)
     return len(rows)
+
+
+def cut_pending(store: Store, wanted: Collection[str],
+                lease: Callable[[Sequence[str]], None]) -> int:
+    """Cut into chunks the zstd:chunked layers the store keeps whole (``chunk_pending``:
+    pulled or loaded with nothing to share then) that hold any content in ``wanted`` (a
+    delta pull's TOC chunk digests), and record their contents, so the pull's plan
+    finds them.  The cut reads each such layer once (its own TOC says where; the file
+    was verified when stored) and keeps its file as the pack (a link, no copy).  A layer
+    gone, already cut, or whose TOC does not hold leaves the list; one that shares
+    nothing stays on it.  Returns how many were cut."""
+    cut = 0
+    for blob_text, marks in store.meta.chunk_pending():
+        blob = Digest.parse(blob_text)
+        lease([blob_text])      # registered, then looked at: gc keeps it from now on
+        path = store.blobs.path(blob)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                toc = read_toc(lambda offset, n: os.pread(f.fileno(), n, offset),
+                               json.loads(marks), size)
+                cmap = chunk_map(toc, size) if toc is not None else None
+        except FileNotFoundError:
+            cmap = None          # gone, or cut by another pull meanwhile
+        except (LaminaError, ValueError, OSError):
+            cmap = None          # a TOC that does not hold: it can never be cut
+        if cmap is None:
+            store.meta.drop_chunk_pending(blob_text)
+            continue
+        if not any(content in wanted for _, content in cmap.contents):
+            continue
+        recipe = store.blobs.put_chunked(blob, path, cmap.spans, verified=True)
+        record_contents(store, blob, cmap, recipe)
+        store.meta.drop_chunk_pending(blob_text)
+        cut += 1
+    return cut
 
 
 def header_frames(tar_split: bytes) -> list[bytes]:

@@ -33,7 +33,7 @@ from typing import BinaryIO, Protocol
 from lamina.digest import CHUNK, Digest, HashingWriter, VerifyingReader
 from lamina.errors import IntegrityError, NotFound
 from lamina.store import locks
-from lamina.store.chunks import ChunkedFile, ChunkStore, Recipe, SpanHasher
+from lamina.store.chunks import ChunkedFile, ChunkStore, Recipe
 from lamina.store.files import disk_error, fsync_dir
 
 
@@ -113,19 +113,15 @@ class _BlockWriter:
     ``take`` a free buffer, fill it, ``give`` it back with its length (short = the
     last); ``close`` waits for every write and raises the first failure."""
 
-    def __init__(self, fd: int, direct: bool = True,
-                 tap: Callable[[memoryview], None] | None = None) -> None:
+    def __init__(self, fd: int, direct: bool = True) -> None:
         # A descriptor of its own (same open file, so O_DIRECT set on either holds for
         # both): if the filling thread is interrupted and the writer's file is closed
         # while writes are still queued, they cannot land in whatever file reuses the
         # number.  Closed by the thread when it ends.
         self.fd = os.dup(fd)
         self.direct = direct and _set_direct(self.fd, True)
-        self._tap = tap     # sees each buffer, in order, on this thread, before its write
         self.error: BaseException | None = None
-        # With a tap (span hashing) this thread does CPU work too: more buffers in
-        # flight let the filling thread read on while it hashes.
-        self._maps = [mmap.mmap(-1, DIRECT_CHUNK) for _ in range(2 if tap is None else 6)]
+        self._maps = [mmap.mmap(-1, DIRECT_CHUNK) for _ in range(2)]
         self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
         self._work: queue.SimpleQueue[tuple[memoryview, int] | None] = queue.SimpleQueue()
         for m in self._maps:
@@ -144,8 +140,6 @@ class _BlockWriter:
             view, n = item
             if self.error is None:
                 try:
-                    if self._tap is not None:
-                        self._tap(view[:n])
                     if n == DIRECT_CHUNK:
                         self.direct = _write_all(self.fd, view, self.direct)
                     else:
@@ -201,17 +195,8 @@ class BlobWriter:
 
     def __init__(self, blobs: BlobStore, algorithm: str = "sha256",
                  verified_by: VerifyingReader | None = None,
-                 resume: Digest | None = None, reread: bool = False,
-                 spans: Sequence[tuple[int, int]] | None = None) -> None:
+                 resume: Digest | None = None) -> None:
         self._blobs = blobs
-        # ``spans``: where the blob will be cut into chunks, known before its bytes (a
-        # chunked layer's TOC fetched first): each span is hashed as it passes, on the
-        # writing thread, so publish(spans) need not read the file back.
-        self._spans = SpanHasher(spans) if spans else None
-        # ``reread``: the bytes will be read back before publish (a zstd:chunked layer,
-        # hashed span by span into chunks): keep them in the page cache, no O_DIRECT.
-        # Read back from the disk they cost a cold pull more than the hashing did.
-        self._reread = reread
         # A writer fed from a VerifyingReader need not hash the same bytes again: the
         # reader checks them, and commit() requires its verdict (CRAFT: no second pass).
         self._verified_by = verified_by
@@ -230,8 +215,6 @@ class BlobWriter:
         self._digest: Digest | None = None   # set by finish()
         self.recipe: Recipe | None = None   # set by publish(spans)
         self.resumed = self._take_over() if self.resumable else 0
-        if self.resumed:
-            self._spans = None   # bytes taken over went by unseen: hash them at publish
 
     def _take_partial(self, blobs: BlobStore, digest: Digest) -> bool:
         """Open and lock ``partial-<algorithm>-<hex>``; False if a live writer holds it
@@ -286,8 +269,6 @@ class BlobWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
-            if self._spans is not None:
-                self._spans.update(data)
             return self._hash.write(data)
         except OSError as e:
             raise disk_error(e, "a blob") from None
@@ -329,8 +310,7 @@ class BlobWriter:
                     progress(self.count)
             return
         self._file.flush()
-        writer = _BlockWriter(self._file.fileno(), direct=not self._reread,
-                              tap=None if self._spans is None else self._spans.update)
+        writer = _BlockWriter(self._file.fileno())
         ok = False
         try:
             while True:
@@ -387,15 +367,6 @@ class BlobWriter:
         self._digest = digest
         return digest
 
-    def planned_recipe(self, spans: Sequence[tuple[int, int]]) -> Recipe | None:
-        """The recipe ``publish(spans)`` will write, if each span was hashed as the bytes
-        streamed in (``SpanHasher``) and after ``finish``; else None."""
-        digests = self._spans.done() if self._spans is not None else None
-        if self._digest is None or digests is None or len(digests) != len(spans):
-            return None
-        return Recipe(self._digest, self.count,
-                      tuple((d, n) for d, (_, n) in zip(digests, spans, strict=True)))
-
     def publish(self, spans: Sequence[tuple[int, int]] | None = None) -> Digest:
         """The durable half of ``commit`` (after ``finish``): fsync the bytes, rename
         them to their name, fsync the directory.  On failure the ingest file is gone.
@@ -410,10 +381,8 @@ class BlobWriter:
             try:
                 self._file.flush()
                 # The ingest file is removed just after: it may become the pack itself.
-                hashed = self._spans.done() if self._spans is not None else None
                 self.recipe = self._blobs.chunks.publish(
-                    digest, self._file, spans, verified=True, adoptable=self.path,
-                    digests=hashed)
+                    digest, self._file, spans, verified=True, adoptable=self.path)
             finally:
                 self.abort()
             self._blobs.drop_whole(digest)
@@ -561,9 +530,8 @@ class BlobStore:
         return data
 
     def writer(self, algorithm: str = "sha256", verified_by: VerifyingReader | None = None,
-               resume: Digest | None = None, reread: bool = False,
-               spans: Sequence[tuple[int, int]] | None = None) -> BlobWriter:
-        return BlobWriter(self, algorithm, verified_by, resume, reread, spans)
+               resume: Digest | None = None) -> BlobWriter:
+        return BlobWriter(self, algorithm, verified_by, resume)
 
     def put_bytes(self, data: bytes, expected: Digest | None = None) -> Digest:
         if expected is None and self.has(d := Digest.from_bytes(data)):

@@ -124,41 +124,6 @@ def _pread_full(fd: int, n: int, offset: int) -> bytes:
 
 
 
-class SpanHasher:
-    """The sha256 of each span of a blob while its bytes stream past, in order
-    (``update``): a chunked layer whose spans are known before it arrives (its TOC
-    fetched first) is then named chunk by chunk without being read back."""
-
-    def __init__(self, spans: Sequence[tuple[int, int]]) -> None:
-        self._lengths = [int(n) for _, n in spans]
-        self._at = 0
-        self._left = self._lengths[0] if self._lengths else 0
-        self._h = hashlib.sha256()
-        self.digests: list[Digest] = []
-
-    def update(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        while view:
-            if self._at >= len(self._lengths):
-                self._at += 1       # more bytes than the spans: done() says no
-                return
-            take = min(self._left, len(view))
-            self._h.update(view[:take])
-            view = view[take:]
-            self._left -= take
-            if self._left == 0:
-                self.digests.append(Digest("sha256", self._h.hexdigest()))
-                self._at += 1
-                if self._at < len(self._lengths):
-                    self._left = self._lengths[self._at]
-                    self._h = hashlib.sha256()
-
-    def done(self) -> list[Digest] | None:
-        """Every span's digest, or None unless exactly the spans' bytes went by."""
-        return self.digests if self._at == len(self._lengths) and self._left == 0 \
-            else None
-
-
 def _hash_spans(fd: int, spans: list[tuple[int, int]], whole: Any
                 ) -> list[tuple[Digest, int]]:
     """``_hash_run`` over ``spans``; a large blob already verified whole (``whole`` None)
@@ -464,15 +429,12 @@ class ChunkStore:
 
     # -- writing ------------------------------------------------------------------------
     def publish(self, blob: Digest, source: BinaryIO, spans: Sequence[tuple[int, int]],
-                verified: bool, adoptable: Path | None = None,
-                digests: Sequence[Digest] | None = None) -> Recipe:
+                verified: bool, adoptable: Path | None = None) -> Recipe:
         """Store ``source`` (a regular file holding the blob ``blob``) as chunks plus a
         recipe; idempotent.  ``verified``: the caller checked the whole digest already;
         else it is hashed here first and nothing is written on a mismatch.
         ``adoptable``: ``source``'s path, a store file its owner removes afterwards; if
-        every chunk is new it becomes the pack itself (a link, no copy).  ``digests``:
-        each span's sha256, taken as the bytes streamed in (``SpanHasher``; only with
-        ``verified``): then the file is not read again."""
+        every chunk is new it becomes the pack itself (a link, no copy)."""
         fd = source.fileno()
         size = os.fstat(fd).st_size
         cut = check_spans(spans, size)
@@ -480,10 +442,7 @@ class ChunkStore:
             if self.has_recipe(blob):
                 return self.read_recipe(blob)
             whole = None if verified else blob.hasher()
-            if digests is not None and verified and len(digests) == len(cut):
-                entries = [(d, n) for d, (_, n) in zip(digests, cut, strict=True)]
-            else:
-                entries = _hash_spans(fd, cut, whole)
+            entries = _hash_spans(fd, cut, whole)
             if whole is not None and whole.hexdigest() != blob.encoded:
                 raise IntegrityError(f"blob {blob}: content has digest "
                                      f"{blob.algorithm}:{whole.hexdigest()} (corrupt or wrong "

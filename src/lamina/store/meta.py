@@ -22,6 +22,8 @@ What lives here, and why it is not in files:
                    uncompressed chunk digests (gc drops rows of chunks it removes)
   containers       containers that outlive one command (store/containers.py): their
                    spec, state and exit status, and the nodes they keep from gc
+  chunk_pending    zstd:chunked layers kept whole, with the annotations that locate their
+                   TOC: cut into chunks when a delta pull first shares their content
 
 Node keys in ``refs`` and leases are strings: a blob is its digest (``sha256:…``), a
 snapshot is ``snapshot:<chain id>``.  The store knows nothing of manifest formats: the
@@ -51,6 +53,10 @@ _MIGRATIONS: tuple[str, ...] = (
         created REAL NOT NULL, spec TEXT NOT NULL, roots TEXT NOT NULL,
         state TEXT NOT NULL, pid INTEGER, pid_start INTEGER, started REAL, finished REAL,
         exit_code INTEGER, error TEXT NOT NULL DEFAULT '', health TEXT NOT NULL DEFAULT '')""",
+    # 3: zstd:chunked layers stored whole, not yet cut into chunks (issue 11): the blob
+    # and its descriptor's annotations (JSON), which say where its TOC is.
+    """CREATE TABLE IF NOT EXISTS chunk_pending(
+        blob TEXT PRIMARY KEY, annotations TEXT NOT NULL) WITHOUT ROWID""",
 )
 SCHEMA_VERSION = 1 + len(_MIGRATIONS)
 
@@ -497,6 +503,24 @@ class Metadata:
         with self.transaction() as db:
             db.executemany("INSERT OR REPLACE INTO chunk_contents VALUES(?,?,?)",
                            [(c, k, int(n)) for c, k, n in rows])
+
+    def add_chunk_pending(self, blob: str, annotations: str) -> None:
+        """The zstd:chunked layer ``blob`` is kept whole for now (``annotations``: its
+        descriptor's, JSON)."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO chunk_pending VALUES(?,?)", (blob, annotations))
+
+    def chunk_pending(self) -> list[tuple[str, str]]:
+        """``(blob, annotations JSON)`` of every chunked layer kept whole."""
+        rows = self._query("SELECT blob, annotations FROM chunk_pending ORDER BY blob")
+        return [(str(b), str(a)) for b, a in rows]
+
+    def has_chunk_pending(self) -> bool:
+        return bool(self._query("SELECT 1 FROM chunk_pending LIMIT 1"))
+
+    def drop_chunk_pending(self, blob: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM chunk_pending WHERE blob=?", (blob,))
 
     def has_chunk_contents(self) -> bool:
         """Whether any chunk's content is known (else a delta pull has nothing to reuse)."""

@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 
 # What --dest-compress-format takes (skopeo's set: a registry layer is compressed).
 DEST_FORMATS = ("gzip", "zstd", "zstd:chunked")
-_CHUNKED_PREFIXES = ("io.github.containers.zstd-chunked.", "io.containers.zstd-chunked.")
 _CONVERTIBLE = {mt.OCI_LAYER, mt.OCI_LAYER_GZIP, mt.OCI_LAYER_ZSTD,
                 mt.DOCKER_LAYER, mt.DOCKER_LAYER_GZIP}
 _DOCKER = {mt.DOCKER_LAYER, mt.DOCKER_LAYER_GZIP}
@@ -96,7 +95,7 @@ class Conversion:
             return desc.media_type not in (mt.OCI_LAYER_GZIP, mt.DOCKER_LAYER_GZIP)
         if desc.media_type != mt.OCI_LAYER_ZSTD:
             return True
-        return self.compression == "zstd:chunked" and not _chunked(desc.annotations)
+        return self.compression == "zstd:chunked" and not mt.is_chunked(desc.annotations)
 
     def media_type(self, source: Descriptor) -> str:
         """The converted layer's media type: in its manifest's flavour, except that a
@@ -109,13 +108,8 @@ class Conversion:
         """The converted layer's descriptor: the source's annotations but any of an old
         TOC, plus the new TOC's."""
         kept = {k: v for k, v in source.annotations.items() if not k.startswith(
-            _CHUNKED_PREFIXES)}
+            mt.CHUNKED_ANNOTATION_PREFIXES)}
         return Descriptor(self.media_type(source), digest, size, {**kept, **annotations})
-
-
-def _chunked(annotations: Mapping[str, str]) -> bool:
-    return any(k.startswith(_CHUNKED_PREFIXES) and k.endswith("manifest-position")
-               for k in annotations)
 
 
 class ConversionCache(Protocol):

@@ -40,16 +40,20 @@ from typing import Protocol
 from lamina.digest import Digest
 from lamina.errors import IntegrityError, InvalidInput, LaminaError
 from lamina.image.manifest import Descriptor
-from lamina.layer.chunkmap import ChunkMap, chunk_map, compress_header, header_frames, map_frames
+from lamina.layer.chunkmap import (
+    ChunkMap,
+    chunk_map,
+    compress_header,
+    cut_pending,
+    header_frames,
+)
 from lamina.layer.zstdchunked import (
     MAX_TAR_SPLIT_SIZE,
     MAX_TOC_SIZE,
     SKIPPABLE_HEADER,
     Toc,
-    TocLocation,
     parse_tar_split,
     parse_toc,
-    payload_frames,
     toc_checksum,
     toc_location,
 )
@@ -90,7 +94,7 @@ class _Plan:
 @dataclass(frozen=True)
 class TocFirst:
     """A layer's TOC fetched before its bytes: where to cut it, and the tail it came
-    from (the whole download must end with these very bytes for the cut to be used)."""
+    from."""
 
     cmap: ChunkMap
     tail_start: int
@@ -100,43 +104,7 @@ class TocFirst:
 def fetch_toc(desc: Descriptor, ranges: BlobRanges) -> tuple[TocFirst, Toc] | None:
     """The tail (TOC, tar-split, footer) of a zstd:chunked layer by one Range request,
     its TOC checked against the annotation; None if not chunked or it does not hold."""
-    got = _fetch_tail(desc, ranges)
-    if got is None:
-        return None
-    loc, checksum, tail_start, tail = got
-    try:
-        toc = parse_toc(tail[SKIPPABLE_HEADER:SKIPPABLE_HEADER + loc.length], checksum,
-                        desc.size, loc)
-        return TocFirst(chunk_map(toc, desc.size), tail_start, tail), toc
-    except LaminaError:
-        return None   # a TOC that lies: fetch it whole
-
-
-def fetch_cut(desc: Descriptor, ranges: BlobRanges) -> TocFirst | None:
-    """Where to cut a zstd:chunked layer about to be fetched whole (nothing to reuse):
-    ``fetch_toc`` reading only the TOC's payload frames (``payload_frames``), since the
-    download waits for it."""
-    got = _fetch_tail(desc, ranges)
-    if got is None:
-        return None
-    loc, checksum, tail_start, tail = got
-    try:
-        frames = payload_frames(tail[SKIPPABLE_HEADER:SKIPPABLE_HEADER + loc.length],
-                                checksum, desc.size, loc)
-        return TocFirst(map_frames(frames, loc, desc.size), tail_start, tail)
-    except LaminaError:
-        return None
-
-
-def _fetch_tail(desc: Descriptor, ranges: BlobRanges
-                ) -> tuple[TocLocation, str, int, bytes] | None:
-    """The TOC position and checksum of a layer's annotations and the blob's tail from
-    the TOC on (one Range request); None if not chunked, a tail too large, or a source
-    that does not answer the range (a registry that ignores Range: fetch it whole)."""
-    try:
-        loc = toc_location(desc.annotations)
-    except LaminaError:
-        return None
+    loc = toc_location(desc.annotations)
     checksum = toc_checksum(desc.annotations)
     if loc is None or checksum is None:
         return None
@@ -144,27 +112,30 @@ def _fetch_tail(desc: Descriptor, ranges: BlobRanges
     if not 0 < tail_start < desc.size or desc.size - tail_start > _TAIL_LIMIT:
         return None
     try:
-        return loc, checksum, tail_start, ranges.read(tail_start, desc.size - tail_start)
+        tail = ranges.read(tail_start, desc.size - tail_start)
+        toc = parse_toc(tail[SKIPPABLE_HEADER:SKIPPABLE_HEADER + loc.length], checksum,
+                        desc.size, loc)
+        return TocFirst(chunk_map(toc, desc.size), tail_start, tail), toc
     except LaminaError:
-        return None
+        return None   # a TOC that lies, a registry that ignores Range: fetch it whole
 
 
 def delta_pull(store: Store, desc: Descriptor, ranges: BlobRanges,
                lease: Callable[[Sequence[str]], None],
-               progress: Callable[[int, int | None], None] | None = None,
-               seen: list[TocFirst] | None = None) -> DeltaResult | None:
+               progress: Callable[[int, int | None], None] | None = None
+               ) -> DeltaResult | None:
     """Fetch ``desc`` through ``ranges`` reusing what ``store`` holds (see the module);
     None when it cannot or should not (then fetch it whole).  ``lease(keys)`` registers
-    chunk digests in the pull's lease.  ``seen`` gets the TOC it fetched, if it did (a
-    whole fetch then cuts the blob where it says, as the bytes arrive)."""
-    if toc_location(desc.annotations) is None or not store.meta.has_chunk_contents():
+    chunk digests in the pull's lease.  Layers the store keeps whole that share content
+    with this one are cut into chunks first (``chunkmap.cut_pending``)."""
+    if toc_location(desc.annotations) is None or not (
+            store.meta.has_chunk_contents() or store.meta.has_chunk_pending()):
         return None
     got = fetch_toc(desc, ranges)
     if got is None:
         return None
     first, toc = got
-    if seen is not None:
-        seen.append(first)
+    cut_pending(store, {c.chunk_digest for e in toc.entries for c in e.chunks}, lease)
     cmap, tail_start, tail = first.cmap, first.tail_start, first.tail
     try:
         made = _header_frames(toc, tail, tail_start)

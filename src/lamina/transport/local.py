@@ -4,6 +4,7 @@ write.  Names are full references (``docker.io/library/busybox:latest``)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -15,8 +16,6 @@ from lamina.image import mediatypes as mt
 from lamina.image.config import ImageConfig
 from lamina.image.manifest import Descriptor, Index, Manifest, build_manifest, parse
 from lamina.image.reference import Reference
-from lamina.store.blobs import BlobWriter
-from lamina.store.chunks import Recipe
 from lamina.store.store import Lease, Store
 from lamina.transport.base import NamedImage, Progress
 from lamina.transport.rewrite import PLAIN_LAYERS, gzip_descriptor, is_plain_layer, swap_children
@@ -24,13 +23,9 @@ from lamina.transport.verify import image_config, verify_layers
 
 if TYPE_CHECKING:
     from lamina.layer.chunkmap import ChunkMap
+    from lamina.store.blobs import BlobWriter
     from lamina.store.chunks import ChunkSink
-    from lamina.transport.delta import BlobRanges, TocFirst
-
-# A chunked layer at least this big, pulled into a store with nothing to reuse, has its
-# TOC fetched first (one Range request) so it is cut into chunks as it streams in,
-# instead of being read back and hashed again (bench_delta's cold pull).
-TOC_FIRST_FROM = 1 << 20
+    from lamina.transport.delta import BlobRanges
 
 
 class StoreTransport:
@@ -69,7 +64,6 @@ class StoreTransport:
         self._publishing: list[Future[Digest]] = []
         self._pending: set[str] = set()   # digests written, their publish not yet settled
         self._publisher: ThreadPoolExecutor | None = None
-        self._toc_first: dict[str, TocFirst] = {}   # layer -> its TOC, fetched first
 
     # -- source ----------------------------------------------------------------------
     def images(self) -> list[NamedImage]:
@@ -164,11 +158,7 @@ class StoreTransport:
         return self.store.blobs.has(desc.digest)
 
     def put_blob(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
-                 progress: Progress | None = None,
-                 spans: Sequence[tuple[int, int]] | None = None) -> None:
-        """``spans``: the blob's byte ranges at its frame boundaries (a zstd:chunked
-        layer's, from ``layer/``): then it is kept as chunks, each stored once however
-        many blobs hold it (store/chunks.py)."""
+                 progress: Progress | None = None) -> None:
         self.store.meta.add_lease_resource(self._lease(), str(desc.digest))
         if self._compresses(desc):
             self._put_compressed(desc, stream, progress)
@@ -179,16 +169,8 @@ class StoreTransport:
         # A stream that can start midway (a registry's, by Range) is worth resuming if
         # this pull is cut off: the writer's ingest file is then named for the blob.
         resumable = verified is not None and hasattr(verified.raw, "start_at")
-        with self._lease_lock:
-            first = self._toc_first.pop(str(desc.digest), None) if spans is None else None
-        # A layer with a chunked TOC is read back to be cut into chunks (keep it cached),
-        # unless its TOC came first: then each span is hashed as it streams in.
-        reread = first is None and spans is None and mt.is_layer(desc.media_type) and any(
-            k.endswith("zstd-chunked.manifest-position") for k in desc.annotations or ())
         w = self.store.blobs.writer(desc.digest.algorithm, verified_by=verified,
-                                    resume=desc.digest if resumable else None,
-                                    reread=reread,
-                                    spans=first.cmap.spans if first is not None else None)
+                                    resume=desc.digest if resumable else None)
         try:
             w.fill_from(stream, None if progress is None
                         else (lambda done: progress(done, desc.size)))
@@ -199,84 +181,56 @@ class StoreTransport:
         except BaseException:
             w.abort()   # a failure leaves nothing behind, as ever
             raise
-        self.publish_written(w, desc, spans, first)
+        self.publish_written(w, desc)
 
     def put_blob_delta(self, desc: Descriptor, ranges: BlobRanges,
                        progress: Progress | None = None) -> int | None:
         """Store a zstd:chunked layer fetching only the frames the store lacks
         (transport/delta.py); the bytes reused, or None when the caller must fetch it
         whole (not chunked, nothing to reuse, a TOC or a registry that does not hold)."""
-        if not mt.is_layer(desc.media_type) or not desc.annotations:
-            return None
-        from lamina.transport.delta import delta_pull, fetch_cut
+        if not mt.is_layer(desc.media_type) or not mt.is_chunked(desc.annotations) or not (
+                self.store.meta.has_chunk_contents() or self.store.meta.has_chunk_pending()):
+            return None     # nothing to share: fetched whole, as a plain zstd layer is
+        from lamina.transport.delta import delta_pull  # the layer room, when needed
 
         lease = self._lease()
         self.store.meta.add_lease_resource(lease, str(desc.digest))
-        seen: list[TocFirst] = []
         result = delta_pull(self.store, desc, ranges,
                             lambda keys: self.store.meta.add_lease_resources(lease, keys),
-                            progress, seen)
+                            progress)
         if result is None:
-            if not seen and desc.size >= TOC_FIRST_FROM and \
-                    not self.store.meta.has_chunk_contents():
-                got = fetch_cut(desc, ranges)   # nothing to reuse: the TOC, for the cut
-                seen = [got] if got is not None else []
-            if seen:
-                with self._lease_lock:
-                    self._toc_first[str(desc.digest)] = seen[0]
             return None
         self._publish(result.writer, desc.digest, result.chunks.spans, result.chunks)
         return result.reused
 
-    def publish_written(self, w: BlobWriter, desc: Descriptor,
-                        spans: Sequence[tuple[int, int]] | None = None,
-                        first: TocFirst | None = None) -> None:
+    def publish_written(self, w: BlobWriter, desc: Descriptor) -> None:
         """Publish a blob written and verified by ``w`` (``finish`` done).  A layer
-        marked zstd:chunked is kept as chunks, cut at the frames its own TOC names
-        (read back from the verified bytes, or ``first``: the TOC fetched before the
-        bytes, if the blob ends with the very tail it came in), and its chunks'
-        uncompressed contents are recorded for later delta pulls; a TOC that does not
-        hold keeps it whole."""
-        cmap = None
-        if spans is None and first is not None and \
-                w.pread(first.tail_start, len(first.tail)) == first.tail:
-            cmap = first.cmap
-            spans = cmap.spans
-        if spans is None and mt.is_layer(desc.media_type) and desc.annotations:
-            from lamina.layer.chunkmap import chunk_map, read_toc  # the layer room, lazily
-
-            try:
-                toc = read_toc(w.pread, desc.annotations, desc.size)
-                cmap = chunk_map(toc, desc.size) if toc is not None else None
-            except LaminaError:
-                cmap = None   # a lying TOC: the blob is still a verified zstd layer
-            spans = cmap.spans if cmap is not None else None
-        self._publish(w, desc.digest, spans, cmap)
+        marked zstd:chunked is kept whole and listed as such (``chunk_pending``): a
+        delta pull that first shares its content cuts it into chunks
+        (``layer/chunkmap.cut_pending``).  Cut now, it cost a cold pull ~40% over a
+        plain zstd pull (hashing every frame, a pack index, a recipe, a row per frame:
+        bench_delta), for content nothing else may ever share."""
+        pending = mt.is_layer(desc.media_type) and mt.is_chunked(desc.annotations)
+        self._publish(w, desc.digest, pending=desc if pending else None)
 
     def _publish(self, w: BlobWriter | ChunkSink, digest: Digest,
                  spans: Sequence[tuple[int, int]] | None = None,
-                 cmap: ChunkMap | None = None) -> None:
-        # The chunks' contents are recorded beside the publish when their digests are
-        # in hand (hashed as the bytes came, or the delta's recipe): the rows then cost
-        # no time after the fsyncs (bench_delta's cold pull).  A row may name a chunk
-        # not yet (or, if the publish fails, never) stored: every reader of the rows
-        # asks has_chunk first, and gc drops such rows (meta.find_chunk_for_content).
-        in_hand = w.recipe if w.recipe is not None else (
-            w.planned_recipe(spans) if cmap is not None and spans is not None
-            and isinstance(w, BlobWriter) else None)
+                 cmap: ChunkMap | None = None, pending: Descriptor | None = None) -> None:
+        def publish() -> Digest:
+            done = w.publish(spans)
+            if pending is not None:
+                self.store.meta.add_chunk_pending(
+                    str(digest), json.dumps(dict(pending.annotations or {}), sort_keys=True))
+            return done
 
-        def record(recipe: Recipe | None) -> Digest:
+        def record() -> Digest:
+            # The delta's recipe is written (ChunkSink.finish): its chunks' contents are
+            # recorded beside the publish, not after it.
             from lamina.layer.chunkmap import record_contents
 
             if cmap is not None:
-                record_contents(self.store, digest, cmap, recipe)
+                record_contents(self.store, digest, cmap, w.recipe)
             return digest
-
-        def publish() -> Digest:
-            done = w.publish(spans)
-            if in_hand is None and cmap is not None:
-                record(w.recipe)
-            return done
 
         with self._lease_lock:
             if self._publisher is None:
@@ -286,8 +240,8 @@ class StoreTransport:
             self._written.append(str(digest))
             self._pending.add(str(digest))
             self._publishing.append(self._publisher.submit(publish))
-            if in_hand is not None and cmap is not None:
-                self._publishing.append(self._publisher.submit(record, in_hand))
+            if cmap is not None:
+                self._publishing.append(self._publisher.submit(record))
 
     def _put_compressed(self, desc: Descriptor, stream: BinaryIO | VerifyingReader,
                         progress: Progress | None) -> None:
