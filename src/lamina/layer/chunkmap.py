@@ -20,14 +20,7 @@ import zstandard
 
 from lamina.digest import Digest
 from lamina.errors import InvalidInput, LaminaError, NotFound
-from lamina.layer.zstdchunked import (
-    Toc,
-    TocLocation,
-    parse_toc,
-    spans_of_frames,
-    toc_checksum,
-    toc_location,
-)
+from lamina.layer.zstdchunked import Toc, frame_spans, parse_toc, toc_checksum, toc_location
 from lamina.store.chunks import Recipe
 from lamina.store.store import Store
 
@@ -42,23 +35,16 @@ class ChunkMap:
 
 
 def chunk_map(toc: Toc, blob_size: int) -> ChunkMap:
-    return map_frames([(c.offset, c.end_offset, c.chunk_digest)
-                       for e in toc.entries for c in e.chunks], toc.location, blob_size)
-
-
-def map_frames(frames: Sequence[tuple[int, int, str]], location: TocLocation,
-               blob_size: int) -> ChunkMap:
-    """The chunk map of a blob whose payload frames are ``frames`` (``(offset, end,
-    content digest)``, in order: ``zstdchunked.payload_frames``)."""
-    spans = spans_of_frames(frames, location, blob_size)
+    spans = frame_spans(toc, blob_size)
     index = {offset: i for i, (offset, _) in enumerate(spans)}
     contents = []
-    for start, end, digest in frames:
-        i = index.get(start)
-        # A frame the spans cut elsewhere (cannot happen with a checked TOC) is
-        # simply not offered for reuse.
-        if i is not None and spans[i][1] == end - start:
-            contents.append((i, digest))
+    for entry in toc.entries:
+        for c in entry.chunks:
+            i = index.get(c.offset)
+            # A frame the spans cut elsewhere (cannot happen with a checked TOC) is
+            # simply not offered for reuse.
+            if i is not None and spans[i][1] == c.end_offset - c.offset:
+                contents.append((i, c.chunk_digest))
     return ChunkMap(tuple(spans), tuple(contents))
 
 
