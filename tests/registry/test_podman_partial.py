@@ -5,10 +5,8 @@ from a real docker-registry, and stores the tree lamina built; with v1 present i
 only the changed file's chunk.  The evidence is the registry's own access log: every GET
 of the layer blob is a 206 and the bytes are counted there.
 
-Podman runs with a storage of its own in a temporary directory (``--root``,
-``--runroot``, ``--tmpdir``, ``CONTAINERS_STORAGE_CONF``: the pull options are read from
-that file, not from the flags), never the machine's; teardown unmounts what it mounted
-and removes it.  Nothing here runs a container, so no OCI runtime is involved.
+Podman runs with a storage of its own in a temporary directory (``podman_peer.Podman``),
+never the machine's; teardown unmounts what it mounted and removes it.
 """
 
 from __future__ import annotations
@@ -17,9 +15,7 @@ import json
 import os
 import random
 import re
-import shutil
 import stat
-import subprocess
 import tempfile
 import time
 import urllib.request
@@ -40,82 +36,18 @@ from lamina.layer.zstdchunked import (
 )
 from lamina.store.store import Store
 from lamina_testing import Lamina, need, need_root, tree_listing
+from podman_peer import Podman
 
 MTIME = 1_700_000_000
 BIG = 3 << 20        # big.bin: several of lamina's chunks (1 MiB at least each)
-
-
-class Podman:
-    """``podman`` confined to ``work``: graph root, run root, libpod's tmpdir, TMPDIR,
-    storage.conf (overlay, partial pulls on), registries.conf (the test registry is
-    insecure: plain HTTP), an empty auth file and an accept-anything signature policy."""
-
-    def __init__(self, work: Path, registry: str) -> None:
-        self.work = work
-        self.binary = need("podman")
-        root, run, tmp = work / "root", work / "run", work / "tmp"
-        for d in (root, run, tmp):
-            d.mkdir()
-        # containers/storage 1.43 pkg/chunked/storage_linux.go ApplyDiff reads these three
-        # pull options (parseBooleanPullOption, "ostree_repos") from storage.conf.
-        (work / "storage.conf").write_text(
-            f'[storage]\ndriver = "overlay"\ngraphroot = "{root}"\nrunroot = "{run}"\n\n'
-            '[storage.options]\npull_options = {enable_partial_images = "true", '
-            'use_hard_links = "false", ostree_repos = ""}\n')
-        (work / "registries.conf").write_text(
-            f'unqualified-search-registries = []\n\n[[registry]]\nlocation = "{registry}"\n'
-            'insecure = true\n')
-        (work / "policy.json").write_text(
-            json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
-        (work / "containers.conf").write_text("")
-        (work / "auth.json").write_text('{"auths": {}}')
-        self.env = {**os.environ, "CONTAINERS_STORAGE_CONF": str(work / "storage.conf"),
-                    "CONTAINERS_REGISTRIES_CONF": str(work / "registries.conf"),
-                    "CONTAINERS_CONF": str(work / "containers.conf"), "TMPDIR": str(tmp),
-                    "REGISTRY_AUTH_FILE": str(work / "auth.json")}
-        self.env.pop("DOCKER_CONFIG", None)   # podman stats its config.json if it is set
-        self.base = [self.binary, "--root", str(root), "--runroot", str(run), "--tmpdir",
-                     str(tmp), "--storage-driver", "overlay", "--cgroup-manager", "cgroupfs",
-                     "--events-backend", "none"]
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*self.base, *args], capture_output=True, text=True,
-                              env=self.env, timeout=120)
-        if proc.returncode != 0:
-            raise AssertionError(f"podman {' '.join(args)} failed ({proc.returncode}):\n"
-                                 f"{proc.stdout}\n{proc.stderr[-4000:]}")
-        return proc
-
-    def pull(self, ref: str) -> str:
-        """Pull ``ref``; returns podman's debug log (for failure messages)."""
-        return self.run("--log-level=debug", "pull", "--signature-policy",
-                        str(self.work / "policy.json"), ref).stderr
-
-    def mount(self, ref: str) -> Path:
-        return Path(self.run("image", "mount", ref).stdout.strip())
-
-    def close(self) -> None:
-        """Unmount everything under ``work`` (podman's image mounts first, then anything
-        left, deepest first), then remove it."""
-        subprocess.run([*self.base, "image", "unmount", "--all", "--force"],
-                       capture_output=True, env=self.env, timeout=60, check=False)
-        prefix = str(self.work) + "/"
-        for _ in range(3):
-            with open("/proc/self/mountinfo") as f:
-                points = [line.split()[4] for line in f]
-            left = sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
-            if not left:
-                break
-            for point in left:
-                subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-        shutil.rmtree(self.work, ignore_errors=True)
 
 
 @pytest.fixture
 def podman(registry: DockerRegistry) -> Iterator[Podman]:
     need_root()    # overlay storage and image mounts
     # a short path: podman refuses a run root longer than 50 characters
-    p = Podman(Path(tempfile.mkdtemp(prefix="lamina-podman-")), registry.host)
+    p = Podman(Path(tempfile.mkdtemp(prefix="lamina-podman-")), registry.host,
+               need("podman"))
     try:
         yield p
     finally:
