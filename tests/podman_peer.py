@@ -36,7 +36,7 @@ class Podman:
         self.binary = binary
         root, run, tmp = work / "root", work / "run", work / "tmp"
         for d in (root, run, tmp):
-            d.mkdir()
+            d.mkdir(parents=True)
         # containers/storage 1.43 pkg/chunked/storage_linux.go ApplyDiff reads these three
         # pull options (parseBooleanPullOption, "ostree_repos") from storage.conf.
         enable = "true" if partial else "false"
