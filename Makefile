@@ -2,8 +2,8 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-DEBS    := docker-registry skopeo umoci busybox-static bubblewrap pigz zstd chromium openssl git postgresql ceph-mon ceph-osd radosgw ceph-common gcc libc6-dev libseccomp2
-BENCH_DEBS := buildah wrk podman runc
+DEBS    := docker-registry skopeo umoci podman busybox-static bubblewrap pigz zstd chromium openssl git postgresql ceph-mon ceph-osd radosgw ceph-common gcc libc6-dev libseccomp2
+BENCH_DEBS := buildah wrk runc
 STAMP   := $(VENV)/.installed
 
 .PHONY: install debs test test-latest update-constraints demo lint bench clean

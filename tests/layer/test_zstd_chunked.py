@@ -85,7 +85,11 @@ def test_same_tree_same_bytes_whatever_the_threads(tree: Path, tmp_path: Path) -
 def test_annotations_and_footer_agree(layer: tuple[bytes, object]) -> None:
     blob, info = layer
     ann = info.annotations  # type: ignore[attr-defined]
-    assert set(ann) == {zc.CHECKSUM_ANNOTATION, zc.POSITION_ANNOTATION, zc.TAR_SPLIT_ANNOTATION}
+    assert set(ann) == {zc.CHECKSUM_ANNOTATION, zc.POSITION_ANNOTATION, zc.TAR_SPLIT_ANNOTATION,
+                        zc.LEGACY_CHECKSUM_ANNOTATION, zc.LEGACY_POSITION_ANNOTATION}
+    # containers/storage <= v1.43 (podman 4.3) reads the same values under its old names
+    assert ann[zc.LEGACY_CHECKSUM_ANNOTATION] == ann[zc.CHECKSUM_ANNOTATION]
+    assert ann[zc.LEGACY_POSITION_ANNOTATION] == ann[zc.POSITION_ANNOTATION]
     footer = zc.read_footer(blob[-zc.FOOTER_SIZE:])
     assert not footer.legacy and footer.size == zc.FOOTER_SIZE
     assert zc.toc_location(ann) == footer.location
@@ -257,7 +261,8 @@ def test_import_records_the_annotations_and_skopeo_copies_the_layer(
     layer = _manifest(layout)["layers"][0]  # type: ignore[index]
     assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
     assert set(layer["annotations"]) == {zc.CHECKSUM_ANNOTATION, zc.POSITION_ANNOTATION,
-                                         zc.TAR_SPLIT_ANNOTATION}
+                                         zc.TAR_SPLIT_ANNOTATION, zc.LEGACY_CHECKSUM_ANNOTATION,
+                                         zc.LEGACY_POSITION_ANNOTATION}
     blob = (layout / "blobs" / "sha256" / layer["digest"].split(":")[1]).read_bytes()
     check_spans(blob, read_toc(blob, layer["annotations"]))
     # skopeo copies it as it is (same digest) and lamina loads the copy back

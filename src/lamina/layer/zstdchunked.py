@@ -49,6 +49,15 @@ POSITION_ANNOTATION = "io.github.containers.zstd-chunked.manifest-position"
 TAR_SPLIT_ANNOTATION = "io.github.containers.zstd-chunked.tarsplit-position"
 _LEGACY_PREFIX = "io.containers.zstd-chunked."
 _PREFIX = "io.github.containers.zstd-chunked."
+# The same TOC checksum and position under the names containers/storage used up to v1.43
+# (commit f98fa39, November 2022, renamed them; the format did not change): Debian 12's
+# podman 4.3 / buildah 1.28 / skopeo 1.9 look only for these before a partial pull
+# (pkg/chunked/storage_linux.go GetDiffer), and pull the whole blob without them.  They
+# read the TOC where the position says and never the footer, so lamina's current layout
+# (64-byte footer, tar-split) serves them as it is (tests/registry/test_podman_partial.py).
+# Readers from v1.44 on look only at the new names; lamina's reader prefers them too.
+LEGACY_CHECKSUM_ANNOTATION = _LEGACY_PREFIX + "manifest-checksum"
+LEGACY_POSITION_ANNOTATION = _LEGACY_PREFIX + "manifest-position"
 
 # RFC 8878 §3.1.2: magic 0x184D2A50 (any of 0x184D2A5?), then a little-endian u32 size.
 SKIPPABLE_MAGIC = b"\x50\x2a\x4d\x18"
@@ -559,16 +568,20 @@ def spans_at(cuts: Sequence[int], blob_size: int) -> list[tuple[int, int]]:
 
 
 def annotations_for(location: TocLocation, compressed_toc: bytes) -> dict[str, str]:
-    """The descriptor annotations of a chunked layer (what containers/storage writes)."""
-    out = {
-        CHECKSUM_ANNOTATION: "sha256:" + hashlib.sha256(compressed_toc).hexdigest(),
-        POSITION_ANNOTATION: f"{location.offset}:{location.length}:"
-                             f"{location.uncompressed_length}:{MANIFEST_TYPE_CRFS}",
-    }
+    """The descriptor annotations of a chunked layer: what containers/storage writes, and
+    the checksum and position under their pre-v1.44 names as well (see
+    ``LEGACY_CHECKSUM_ANNOTATION``)."""
+    checksum = "sha256:" + hashlib.sha256(compressed_toc).hexdigest()
+    position = (f"{location.offset}:{location.length}:"
+                f"{location.uncompressed_length}:{MANIFEST_TYPE_CRFS}")
+    out = {CHECKSUM_ANNOTATION: checksum, POSITION_ANNOTATION: position,
+           LEGACY_CHECKSUM_ANNOTATION: checksum, LEGACY_POSITION_ANNOTATION: position}
     if location.tar_split_offset:
         out[TAR_SPLIT_ANNOTATION] = (f"{location.tar_split_offset}:{location.tar_split_length}:"
                                      f"{location.tar_split_uncompressed_length}")
-    return out
+    # Sorted, as a recorded conversion gives them back (transport/compressing.py keeps
+    # them as sorted JSON): the manifest is the same bytes whether converted now or before.
+    return dict(sorted(out.items()))
 
 
 def annotations_from_blob(read_at: Callable[[int, int], bytes], blob_size: int) -> dict[str, str]:
