@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from lamina.digest import VerifyingReader
 from lamina.errors import InvalidInput, InvalidManifest, NotFound
@@ -20,6 +20,10 @@ from lamina.image.manifest import MAX_MANIFEST_BYTES, Descriptor, Index, build_i
 from lamina.image.reference import Reference
 from lamina.transport.base import NamedImage, Progress
 from lamina.transport.filetree import DirWriter, FileTree, TarWriter, TreeWriter, open_tree
+
+if TYPE_CHECKING:
+    from lamina.transport.delta import BlobRanges
+    from lamina.transport.layout_delta import LayoutDelta
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -140,6 +144,7 @@ class OciLayoutSink:
         self.entries: list[Descriptor] = list(existing or [])
         # index.json's own annotations (an incremental save marks what it left out)
         self.annotations: dict[str, str] = {}
+        self._delta: LayoutDelta | None = None   # made at the first chunked layer
 
     @classmethod
     def to_dir(cls, path: Path) -> OciLayoutSink:
@@ -165,6 +170,20 @@ class OciLayoutSink:
         self.writer.add(blob_name(desc), desc.size, stream)  # type: ignore[arg-type]
         if isinstance(stream, VerifyingReader):
             stream.verify()
+
+    def put_blob_delta(self, desc: Descriptor, ranges: BlobRanges,
+                       progress: Progress | None = None) -> int | None:
+        """A zstd:chunked layer into a layout directory, fetching only the frames the
+        layout's own chunked blobs lack (transport/layout_delta.py): the bytes not
+        fetched, or None when the caller must fetch it whole.  An archive
+        (``oci-archive:``) is written anew each time: it holds nothing to reuse."""
+        if not isinstance(self.writer, DirWriter) or not desc.annotations:
+            return None
+        from lamina.transport.layout_delta import LayoutDelta
+
+        if self._delta is None:
+            self._delta = LayoutDelta(self.writer)
+        return self._delta.put(desc, ranges, progress)
 
     def put_manifest(self, desc: Descriptor, raw: bytes, names: list[str] | None) -> None:
         if not self.writer.has(blob_name(desc)):
