@@ -41,8 +41,9 @@ def _tags(layout: Path) -> list[str]:
 def test_copy_into_a_layout_fetches_only_the_changed_frames(
         lamina: Lamina, registry: DockerRegistry, tmp_path: Path) -> None:
     v1, v2 = _push_pair(lamina, registry, tmp_path, "ocid/one", changed=True)
+    copier = Lamina(tmp_path / "copier", tmp_path)   # a store without v1's chunks
     layout = tmp_path / "layout"
-    first = lamina.run("copy", "--json", f"docker://{v1}", f"oci:{layout}:v1").json()
+    first = copier.run("copy", "--json", f"docker://{v1}", f"oci:{layout}:v1").json()
     assert [x["status"] for x in first["layers"]] == ["copied"]
     # a blob whose footer lies offers nothing, and is left alone
     junk = b"\x28\xb5\x2f\xfd" + bytes(200) + b"GNUlInUx"
@@ -50,7 +51,7 @@ def test_copy_into_a_layout_fetches_only_the_changed_frames(
     layer = _layer(lamina, "ocid/one:v2")
     config = lamina.run("inspect", "ocid/one:v2").json()[0]["Manifest"]["config"]
     before = wire_bytes(registry, "ocid/one")["blobs"]
-    out = lamina.run("copy", "--json", f"docker://{v2}", f"oci:{layout}:v2").json()
+    out = copier.run("copy", "--json", f"docker://{v2}", f"oci:{layout}:v2").json()
     fetched = wire_bytes(registry, "ocid/one")["blobs"] - before - config["size"]
     changed, tail = _frames_of(lamina, "ocid/one:v2", {"big3.bin"})
     assert fetched <= 1.1 * (changed + tail), (fetched, changed, tail)
@@ -64,8 +65,8 @@ def test_copy_into_a_layout_fetches_only_the_changed_frames(
     assert _tags(layout) == ["v1", "v2"]
     # the text output says it per layer, as pull does
     again = tmp_path / "again"
-    lamina.run("copy", f"docker://{v1}", f"oci:{again}:v1")
-    text = lamina.run("copy", f"docker://{v2}", f"oci:{again}:v2").out
+    copier.run("copy", f"docker://{v1}", f"oci:{again}:v1")
+    text = copier.run("copy", f"docker://{v2}", f"oci:{again}:v2").out
     assert f"{Digest.parse(str(layer['digest'])).short}: Copied (Reused " in text, text
 
     # peers read it: skopeo inspects it and copies it on (checking every digest);
@@ -91,16 +92,16 @@ def test_copy_into_a_layout_falls_back_to_a_verified_whole_blob(
     """A registry that answers a Range with the whole body, a TOC checksum that lies,
     and a v1 blob in the layout whose frame was damaged (its TOC intact): the layer is
     fetched whole, the layout holds the registry's blob, and no temp file is left."""
-    v1, v2, _ = _fake_pair(lamina, fake, tmp_path, "fb/app", lie=fault == "lying-toc")
+    v1, v2, copier = _fake_pair(lamina, fake, tmp_path, "fb/app", lie=fault == "lying-toc")
     layout = tmp_path / "layout"
-    lamina.run("copy", f"docker://{v1}", f"oci:{layout}:v1")
+    copier.run("copy", f"docker://{v1}", f"oci:{layout}:v1")
     if fault == "damaged-v1":
         old = _layout_blob(layout, _layer(lamina, "fb/app:v1")["digest"])
         data = bytearray(old.read_bytes())
         data[len(data) // 3] ^= 0xFF        # inside a payload frame the v2 layer shares
         old.write_bytes(bytes(data))
     fake.ranges = fault != "ignores-range"
-    out = lamina.run("copy", "--json", f"docker://{v2}", f"oci:{layout}:v2").json()
+    out = copier.run("copy", "--json", f"docker://{v2}", f"oci:{layout}:v2").json()
     layer = _layer(lamina, "fb/app:v2")
     gets = [h for _, _, h in fake.requests("GET", f"/blobs/{layer['digest']}")]
     assert gets[-1].get("Range") is None          # the last fetch was the whole blob
@@ -118,13 +119,13 @@ def test_kill_9_during_a_delta_copy_leaves_the_layout_as_it_was(
         lamina: Lamina, fake: FakeRegistry, tmp_path: Path) -> None:
     """SIGKILL while the delta copy fetches its ranges: the layout still names v1 only,
     every blob in it is whole; the same copy then completes and leaves no temp file."""
-    v1, v2, _ = _fake_pair(lamina, fake, tmp_path, "kill/app")
+    v1, v2, copier = _fake_pair(lamina, fake, tmp_path, "kill/app")
     layout = tmp_path / "layout"
-    lamina.run("copy", f"docker://{v1}", f"oci:{layout}:v1")
+    copier.run("copy", f"docker://{v1}", f"oci:{layout}:v1")
     index = (layout / "index.json").read_bytes()
     layer = _layer(lamina, "kill/app:v2")
     kill_during_ranges(fake, str(layer["digest"]),
-                       [LAMINA, "copy", f"docker://{v2}", f"oci:{layout}:v2"], lamina.env)
+                       [LAMINA, "copy", f"docker://{v2}", f"oci:{layout}:v2"], copier.env)
     assert (layout / "index.json").read_bytes() == index
     assert not _layout_blob(layout, layer["digest"]).exists()
     for p in (layout / "blobs" / "sha256").iterdir():
@@ -135,7 +136,7 @@ def test_kill_9_during_a_delta_copy_leaves_the_layout_as_it_was(
     dead = _layout_blob(layout, layer["digest"])
     dead = dead.with_name(f".{dead.name}{TEMP_MARK}0123456789ab")
     dead.write_bytes(b"half a blob")
-    out = lamina.run("copy", "--json", f"docker://{v2}", f"oci:{layout}:v2").json()
+    out = copier.run("copy", "--json", f"docker://{v2}", f"oci:{layout}:v2").json()
     assert [x["status"] for x in out["layers"]] == ["delta"]
     assert _tags(layout) == ["v1", "v2"]
     _assert_layout_clean(layout)
@@ -162,3 +163,23 @@ def test_a_sweep_leaves_a_live_writers_temp_file(tmp_path: Path) -> None:
         holder.wait()
     sweep(tmp_path)
     assert not live.exists() and other.exists()
+
+
+def test_a_fresh_layout_reuses_the_stores_chunks(lamina: Lamina, registry: DockerRegistry,
+                                                 tmp_path: Path) -> None:
+    """v1 pulled into the store, v2 copied into an empty layout: the frames come from
+    the store's chunks (leased meanwhile), only the changed ones from the registry."""
+    v1, v2 = _push_pair(lamina, registry, tmp_path, "ocid/store", changed=True)
+    other = Lamina(tmp_path / "other", tmp_path)
+    other.run("pull", v1)
+    layout = tmp_path / "layout"
+    out = other.run("copy", "--json", f"docker://{v2}", f"oci:{layout}:v2").json()
+    layer = _layer(lamina, "ocid/store:v2")
+    (entry,) = out["layers"]
+    changed, tail = _frames_of(lamina, "ocid/store:v2", {"big3.bin"})
+    assert entry["status"] == "delta"
+    assert int(str(layer["size"])) - entry["reused"] <= 1.1 * (changed + tail), entry
+    _assert_layout_clean(layout)
+    assert _tags(layout) == ["v2"]
+    assert not list((other.root / "leases").iterdir())      # the lease ended with the copy
+    other.assert_consistent()

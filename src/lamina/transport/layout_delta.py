@@ -7,9 +7,11 @@ is, and the TOC names each payload frame by the digest of what it inflates to.  
 layout's frames are found by reading each blob's footer and TOC (``LayoutFrames``, once
 per copy, lazily): ``(content digest, compressed length) -> (blob, offset)``.  A blob
 whose footer or TOC does not hold (not chunked, damaged, a TOC that lies) simply offers
-nothing.  Nothing read from those blobs is trusted on its own: the reassembled blob's
-digest is checked against the manifest's before it gets its name, and any doubt gives
-the whole blob (the planner's fallback).
+nothing.  A frame the layout lacks may still be in the local store (a pull of v1 there,
+a copy of v2 into a fresh layout): the store's chunks are asked next, leased as a pull
+leases them (``DestinationFrames``).  Nothing read from either is trusted on its own: the
+reassembled blob's digest is checked against the manifest's before it gets its name, and
+any doubt gives the whole blob (the planner's fallback).
 
 The blob is assembled in a temporary file beside its place (``LayoutBlob``:
 ``blobs/sha256/.<hex>.delta-<random>``, flocked while written), hashed on the way,
@@ -27,6 +29,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from lamina.digest import Digest
 from lamina.errors import IntegrityError, LaminaError, StoreError
 from lamina.image import mediatypes as mt
 from lamina.image.manifest import Descriptor
@@ -34,10 +37,12 @@ from lamina.layer.chunkmap import ChunkMap, chunk_map, read_toc
 from lamina.layer.zstdchunked import annotations_from_blob, is_chunked
 from lamina.store.files import disk_error
 from lamina.store.locks import take_if_abandoned
-from lamina.transport.delta import BlobRanges, delta_fetch
+from lamina.store.store import Lease, Store
+from lamina.transport.delta import BlobRanges, StoreChunks, delta_fetch
 from lamina.transport.filetree import DirWriter
 
-Frame = tuple[str, int]      # a held frame: the layout blob's path and the frame's offset
+Held = tuple[str, int]       # a frame of the layout: its blob's path, the frame's offset
+Frame = Held | Digest        # ... or a chunk of the store
 TEMP_MARK = ".delta-"        # in the name of a blob being assembled
 _WRITE_BUFFER = 1 << 20
 
@@ -87,9 +92,9 @@ class LayoutFrames:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._index: dict[tuple[str, int], Frame] | None = None
+        self._index: dict[tuple[str, int], Held] | None = None
 
-    def _frames(self) -> dict[tuple[str, int], Frame]:
+    def _frames(self) -> dict[tuple[str, int], Held]:
         if self._index is None:
             self._index = {}
             sweep(self.directory)
@@ -111,17 +116,38 @@ class LayoutFrames:
     def empty(self) -> bool:
         return not self._frames()
 
-    def candidates(self, cmap: ChunkMap) -> dict[int, Frame]:
+    def candidates(self, cmap: ChunkMap) -> dict[int, Held]:
         index = self._frames()
-        out: dict[int, Frame] = {}
+        out: dict[int, Held] = {}
         for i, content in cmap.contents:
             frame = index.get((content, cmap.spans[i][1]))
             if frame is not None:
                 out[i] = frame
         return out
 
-    def present(self, frame: Frame) -> bool:
+    def present(self, frame: Held) -> bool:
         return os.path.isfile(frame[0])
+
+
+class DestinationFrames:
+    """The layout's frames first, then the store's chunks for the rest (``Holdings``)."""
+
+    def __init__(self, layout: LayoutFrames, store: StoreChunks | None) -> None:
+        self.layout = layout
+        self.store = store
+
+    def candidates(self, cmap: ChunkMap) -> dict[int, Frame]:
+        out: dict[int, Frame] = dict(self.layout.candidates(cmap))
+        if self.store is not None:
+            rest = tuple((i, c) for i, c in cmap.contents if i not in out)
+            if rest:
+                out.update(self.store.candidates(ChunkMap(cmap.spans, rest)))
+        return out
+
+    def present(self, frame: Frame) -> bool:
+        if isinstance(frame, Digest):
+            return self.store is not None and self.store.present(frame)
+        return self.layout.present(frame)
 
 
 class LayoutBlob:
@@ -129,9 +155,10 @@ class LayoutBlob:
     (the planner's ``Assembly``): renamed into place by ``finish`` only once its size and
     digest are the descriptor's."""
 
-    def __init__(self, writer: DirWriter, desc: Descriptor) -> None:
+    def __init__(self, writer: DirWriter, desc: Descriptor, store: Store | None) -> None:
         self.writer = writer
         self.desc = desc
+        self.store = store
         self.name = f"blobs/{desc.digest.algorithm}/{desc.digest.encoded}"
         dest = writer.root / self.name
         self._whole = desc.digest.hasher()
@@ -168,8 +195,12 @@ class LayoutBlob:
             self._flush()
 
     def stored(self, frame: Frame, length: int) -> None:
-        """A frame of another blob of the layout: read (its bytes checked only by the
-        whole digest) and written here."""
+        """A frame of another blob of the layout, or a chunk of the store: read (its
+        bytes checked only by the whole digest) and written here."""
+        if isinstance(frame, Digest):
+            assert self.store is not None
+            self.add(self.store.blobs.chunks.read_chunk(frame, length))
+            return
         path, offset = frame
         try:
             fd = self._sources.get(path)
@@ -226,11 +257,28 @@ class LayoutBlob:
 
 
 class LayoutDelta:
-    """The delta path of one layout sink (``OciLayoutSink.put_blob_delta``)."""
+    """The delta path of one layout sink (``OciLayoutSink.put_blob_delta``); ``store``:
+    the local store, whose chunks are offered too, under a lease held until ``close``."""
 
-    def __init__(self, writer: DirWriter) -> None:
+    def __init__(self, writer: DirWriter, store: Store | None = None) -> None:
         self.writer = writer
+        self.store = store
         self._frames: dict[str, LayoutFrames] = {}
+        self._lease: Lease | None = None
+
+    def _store_chunks(self) -> StoreChunks | None:
+        if self.store is None or not self.store.meta.has_chunk_contents():
+            return None
+        if self._lease is None:
+            self._lease = self.store.open_lease()
+        store, lease = self.store, self._lease
+        return StoreChunks(store, lambda keys: store.meta.add_lease_resources(lease.id, keys))
+
+    def close(self) -> None:
+        """End the lease on the store's chunks (idempotent)."""
+        if self._lease is not None:
+            self._lease.close()
+            self._lease = None
 
     def put(self, desc: Descriptor, ranges: BlobRanges,
             progress: Callable[[int, int | None], None] | None) -> int | None:
@@ -240,10 +288,11 @@ class LayoutDelta:
             return None
         directory = self.writer.root / "blobs" / desc.digest.algorithm
         frames = self._frames.setdefault(desc.digest.algorithm, LayoutFrames(directory))
-        if frames.empty():
+        store = self._store_chunks()
+        if frames.empty() and store is None:
             return None
-        result = delta_fetch(desc, ranges, frames, lambda: LayoutBlob(self.writer, desc),
-                             progress)
+        result = delta_fetch(desc, ranges, DestinationFrames(frames, store),
+                             lambda: LayoutBlob(self.writer, desc, self.store), progress)
         if result is None:
             return None
         frames.add(str(directory / desc.digest.encoded), result.chunks)

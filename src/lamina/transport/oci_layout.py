@@ -22,6 +22,7 @@ from lamina.transport.base import NamedImage, Progress
 from lamina.transport.filetree import DirWriter, FileTree, TarWriter, TreeWriter, open_tree
 
 if TYPE_CHECKING:
+    from lamina.store.store import Store
     from lamina.transport.delta import BlobRanges
     from lamina.transport.layout_delta import LayoutDelta
 
@@ -139,15 +140,18 @@ class OciLayoutSink:
 
     accepts_index = True
 
-    def __init__(self, writer: TreeWriter, existing: list[Descriptor] | None = None) -> None:
+    def __init__(self, writer: TreeWriter, existing: list[Descriptor] | None = None,
+                 store: Store | None = None) -> None:
+        """``store``: the local store, whose chunks a delta copy may reuse too."""
         self.writer = writer
+        self.store = store
         self.entries: list[Descriptor] = list(existing or [])
         # index.json's own annotations (an incremental save marks what it left out)
         self.annotations: dict[str, str] = {}
         self._delta: LayoutDelta | None = None   # made at the first chunked layer
 
     @classmethod
-    def to_dir(cls, path: Path) -> OciLayoutSink:
+    def to_dir(cls, path: Path, store: Store | None = None) -> OciLayoutSink:
         existing: list[Descriptor] = []
         if path.exists() and not path.is_dir():
             raise InvalidInput(f"{path} exists and is not a directory")
@@ -156,7 +160,7 @@ class OciLayoutSink:
             if not is_oci_layout(tree):
                 raise InvalidInput(f"{path} is a non-empty directory that is not an OCI layout")
             existing = list(read_index(tree).manifests)
-        return cls(DirWriter(path), existing)
+        return cls(DirWriter(path), existing, store)
 
     @classmethod
     def to_tar(cls, path: Path) -> OciLayoutSink:
@@ -173,16 +177,17 @@ class OciLayoutSink:
 
     def put_blob_delta(self, desc: Descriptor, ranges: BlobRanges,
                        progress: Progress | None = None) -> int | None:
-        """A zstd:chunked layer into a layout directory, fetching only the frames the
-        layout's own chunked blobs lack (transport/layout_delta.py): the bytes not
-        fetched, or None when the caller must fetch it whole.  An archive
-        (``oci-archive:``) is written anew each time: it holds nothing to reuse."""
+        """A zstd:chunked layer into a layout directory, fetching only the frames
+        neither the layout's own chunked blobs nor the store hold
+        (transport/layout_delta.py): the bytes not fetched, or None when the caller must
+        fetch it whole.  An archive (``oci-archive:``) is written anew each time: it
+        holds nothing to reuse."""
         if not isinstance(self.writer, DirWriter) or not desc.annotations:
             return None
         from lamina.transport.layout_delta import LayoutDelta
 
         if self._delta is None:
-            self._delta = LayoutDelta(self.writer)
+            self._delta = LayoutDelta(self.writer, self.store)
         return self._delta.put(desc, ranges, progress)
 
     def put_manifest(self, desc: Descriptor, raw: bytes, names: list[str] | None) -> None:
@@ -225,10 +230,14 @@ class OciLayoutSink:
                                                       REF_NAME: full.familiar})
 
     def close(self) -> None:
+        if self._delta is not None:
+            self._delta.close()
         self.writer.add_bytes(LAYOUT_FILE, json.dumps(LAYOUT_VERSION).encode())
         self.writer.add_bytes("index.json",
                               build_index(self.entries, annotations=self.annotations).raw)
         self.writer.finish()
 
     def abort(self) -> None:
+        if self._delta is not None:
+            self._delta.close()
         self.writer.abort()
