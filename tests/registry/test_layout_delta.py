@@ -90,12 +90,14 @@ def test_copy_into_a_layout_fetches_only_the_changed_frames(
     assert tree_listing(tmp_path / "out") == tree_listing(tmp_path / "v2")
 
 
-@pytest.mark.parametrize("fault", ["ignores-range", "lying-toc", "damaged-v1"])
+@pytest.mark.parametrize("fault", ["ignores-range", "whole-tail-range", "lying-toc",
+                                   "damaged-v1"])
 def test_copy_into_a_layout_falls_back_to_a_verified_whole_blob(
         lamina: Lamina, fake: FakeRegistry, tmp_path: Path, fault: str) -> None:
-    """A registry that answers a Range with the whole body, a TOC checksum that lies,
-    and a v1 blob in the layout whose frame was damaged (its TOC intact): the layer is
-    fetched whole, the layout holds the registry's blob, and no temp file is left."""
+    """A registry that answers a Range with the whole body, one that answers with
+    another range than asked, a TOC checksum that lies, and a v1 blob in the layout
+    whose frame was damaged (its TOC intact): the layer is fetched whole, the layout
+    holds the registry's blob, and no temp file is left."""
     v1, v2, copier = _fake_pair(lamina, fake, tmp_path, "fb/app", lie=fault == "lying-toc")
     layout = tmp_path / "layout"
     copier.run("copy", f"docker://{v1}", f"oci:{layout}:v1")
@@ -105,6 +107,7 @@ def test_copy_into_a_layout_falls_back_to_a_verified_whole_blob(
         data[len(data) // 3] ^= 0xFF        # inside a payload frame the v2 layer shares
         old.write_bytes(bytes(data))
     fake.ranges = fault != "ignores-range"
+    fake.range_ends = fault != "whole-tail-range"
     out = copier.run("copy", "--json", f"docker://{v2}", f"oci:{layout}:v2").json()
     layer = _layer(lamina, "fb/app:v2")
     gets = [h for _, _, h in fake.requests("GET", f"/blobs/{layer['digest']}")]
