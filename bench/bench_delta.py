@@ -122,8 +122,9 @@ def _runs(xs: list[float]) -> str:
     return f"  (runs {' '.join(f'{x:.2f}' for x in xs)})" if len(xs) > 1 else ""
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str) -> argparse.Namespace:
+    """The options of a benchmark of v2 with v1 present (this one, bench_ocidelta)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="one run, a small tree")
     ap.add_argument("--files", type=int, default=2000)
@@ -134,6 +135,29 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.runs, args.files, args.mb = 1, 500, 20
+    return args
+
+
+def print_pairs(args: argparse.Namespace, linked: bool, title: str,
+                times: dict[str, list[float]], wire: dict[str, list[int]]) -> None:
+    """lamina's and skopeo's medians (bytes, seconds) and ratios, loopback and link."""
+    print(f"tree: {args.files} files, ~{args.mb} MB + one 1 MiB file changed; "
+          f"{args.runs} alternating runs, medians")
+    links = [("loopback", "")] + ([(f"{args.rate:g} Mbit/s, {args.rtt:g} ms RTT",
+                                    "@link")] if linked else [])
+    for label, suffix in links:
+        print(f" {title}, {label}:")
+        for tool in ("lamina", "skopeo"):
+            print(f"  {tool:7} {_median(wire[tool + suffix]) / 1e6:8.3f} MB on the wire, "
+                  f"{_median(times[tool + suffix]):6.2f} s{_runs(times[tool + suffix])}")
+        lw, sw = _median(wire["lamina" + suffix]), _median(wire["skopeo" + suffix])
+        print(f"  bytes: skopeo moves {sw / lw:.1f}\u00d7 what lamina moves; time: lamina "
+              + ratio_text(_median(times["skopeo" + suffix]),
+                           _median(times["lamina" + suffix]), "skopeo"))
+
+
+def main() -> int:
+    args = parse_args(__doc__ or "")
     require("skopeo", "docker-registry")
     lamina = lamina_cli()
     work = Path(tempfile.mkdtemp(prefix="lamina-bench-delta-"))
@@ -158,19 +182,7 @@ def main() -> int:
                      if args.rate > 0 else None)
             times, wire, out = _rounds(args.runs, lamina, work, registry, log, proxy)
         print(out.strip())
-        print(f"tree: {args.files} files, ~{args.mb} MB + one 1 MiB file changed; "
-              f"{args.runs} alternating runs, medians")
-        links = [("loopback", "")] + ([(f"{args.rate:g} Mbit/s, {args.rtt:g} ms RTT",
-                                        "@link")] if proxy else [])
-        for label, suffix in links:
-            print(f" v2 with v1 present, {label}:")
-            for tool in ("lamina", "skopeo"):
-                print(f"  {tool:7} {_median(wire[tool + suffix]) / 1e6:8.3f} MB on the wire, "
-                      f"{_median(times[tool + suffix]):6.2f} s{_runs(times[tool + suffix])}")
-            lw, sw = _median(wire["lamina" + suffix]), _median(wire["skopeo" + suffix])
-            print(f"  bytes: skopeo moves {sw / lw:.1f}\u00d7 what lamina moves; time: lamina "
-                  + ratio_text(_median(times["skopeo" + suffix]),
-                               _median(times["lamina" + suffix]), "skopeo"))
+        print_pairs(args, proxy is not None, "v2 with v1 present", times, wire)
         print(" cold pull of v1 into an empty store, loopback (lamina both):")
         for key, label in (("cold-chunked", "zstd:chunked"), ("cold-zstd", "plain zstd")):
             print(f"  {label:13} {_median(wire[key]) / 1e6:8.3f} MB, "

@@ -490,6 +490,34 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _route
 
 
+def kill_during_ranges(fake: FakeRegistry, digest: str, argv: list[str],
+                       env: dict[str, str]) -> None:
+    """Run ``argv`` (a lamina pull or copy of a chunked layer ``digest`` the fake serves)
+    and SIGKILL it while its delta fetch reads ranges: the tail came, the plan is made,
+    the fake dribbles the rest (``slow``, cleared afterwards)."""
+    import signal
+
+    fake.slow[digest] = (4096, 0.05, 0)
+
+    def ranges() -> int:
+        return sum("Range" in h for _, _, h in fake.requests("GET", digest))
+
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while ranges() < 2:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        fake.slow.clear()
+
+
 # -- pull and push through lamina.transport.transfer (what the CLI runs), with the knobs
 # the registry tests turn: an injected httpx client, copy options, mount and blob hooks.
 def pull_image(store: Any, ref: Any, opts: Any = None, copy_opts: Any = None,

@@ -8,13 +8,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from registry_servers import DockerRegistry, FakeRegistry, pull_image, push_image
+from registry_servers import (
+    DockerRegistry,
+    FakeRegistry,
+    kill_during_ranges,
+    pull_image,
+    push_image,
+)
 
 from lamina.digest import Digest
 from lamina.image.reference import Reference
@@ -31,8 +36,6 @@ _LINE = re.compile(r'"GET (/v2/(\S+?)/(blobs|manifests)/\S+) HTTP/[\d.]+" (\d+) 
 
 def wire_bytes(registry: DockerRegistry, repo: str) -> dict[str, int]:
     """Body bytes the registry sent for ``repo`` so far, by kind (blobs, manifests)."""
-    import time
-
     time.sleep(0.05)
     out = {"blobs": 0, "manifests": 0}
     for line in registry.log.read_text(errors="replace").splitlines():
@@ -366,27 +369,8 @@ def test_kill_9_during_a_delta_pull_leaves_a_consistent_store(
     with Store(other.root) as store:
         pull_image(store, v1)
     layer = _layer(lamina, "kill/app:v2")
-    fake.slow[str(layer["digest"])] = (4096, 0.05, 0)
-
-    def ranges() -> int:
-        return sum("Range" in h for _, _, h in fake.requests("GET", str(layer["digest"])))
-
-    proc = subprocess.Popen([LAMINA, "pull", str(v2)], env=other.env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        # the tail (TOC) came, the plan is made, its ranges are being fetched
-        while ranges() < 2:
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_during_ranges(fake, str(layer["digest"]), [LAMINA, "pull", str(v2)], other.env)
     _assert_fsck_clean(other)
-    fake.slow.clear()
     other.run("pull", str(v2))
     assert _layer(other, str(v2))["digest"] == layer["digest"]
     with Store(other.root) as store:

@@ -108,20 +108,24 @@ class Printer:
                 self.layers[str(desc.digest)] = {
                     "digest": str(desc.digest), "size": desc.size,
                     "status": "exists" if event.kind == "exists" else
-                              "delta" if event.reused else "pulled",
+                              "delta" if event.reused else
+                              "copied" if self.mode == "copy" else "pulled",
                     "reused": desc.size if event.kind == "exists" else event.reused}
-            if self.mode == "pull":
-                text = {"exists": "Already exists", "start": "Pulling fs layer",
-                        "done": "Pull complete"}.get(event.kind)
+            if self.mode in ("pull", "copy"):
+                pull = self.mode == "pull"
+                text = {"exists": "Already exists", "start": "Pulling fs layer" if pull
+                        else None, "done": "Pull complete" if pull else "Copied"
+                        }.get(event.kind)
                 if event.kind == "done" and event.reused:
                     from lamina.units import human_size
 
-                    # a delta pull: most of the layer came from the store
-                    text = (f"Pull complete (Reused {human_size(event.reused)} of "
+                    # a delta pull: most of the layer came from the destination
+                    text = (f"{text} (Reused {human_size(event.reused)} of "
                             f"{human_size(desc.size)})")
                 if event.kind == "progress":
                     if self.bar is not None:
-                        self.line(short, "Downloading", event.total, event.done)
+                        self.line(short, "Downloading" if pull else "Copying", event.total,
+                                  event.done)
                     return
             else:
                 push = self.kinds.get(str(desc.digest))
@@ -265,15 +269,21 @@ def register(app: click.Group, store_factory: Callable[[], Any]) -> None:
         from lamina.transport.transfer import TransferOptions, transfer
 
         convert = conversion(dest_format, dest_level)
-        with store_factory() as store:
+        printer = Printer("copy", quiet or json_)
+        with store_factory() as store, printer.running():
             result = transfer(store, source, destination, TransferOptions(
                 registry=_registry_opts(insecure, ca_bundle, jobs),
                 platform=Platform.parse(platform) if platform else None,
-                all_platforms=all_platforms, conversion=convert))
+                all_platforms=all_platforms, conversion=convert,
+                on_event=printer.on_event))
         if json_:
+            layers = list(printer.layers.values())
             print_json({"source": source, "destination": destination,
                         "digest": str(result.descriptor.digest), "copied": result.moved,
-                        "skipped": result.present, "converted": result.converted})
+                        "skipped": result.present, "converted": result.converted,
+                        # per layer: exists / copied / delta (with the bytes reused)
+                        "reused_bytes": sum(x["reused"] for x in layers),
+                        "layers": layers})
         elif not quiet:
             say(f"Copied {source} to {destination}: {result.moved} blobs copied, "
                       f"{result.present} already there")

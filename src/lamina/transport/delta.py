@@ -22,6 +22,11 @@ lacks, with a source that serves byte ranges (``BlobRanges.read``):
    nothing unverified is ever named.  No whole copy is written and read back (that
    cost ~60% of a delta pull's CPU, bench_delta).
 
+Where the reused frames come from and where the blob is assembled are the caller's
+(``delta_fetch``: a ``Holdings`` and an ``Assembly``): the store above, or an OCI layout
+directory whose own chunked blobs hold the frames (transport/layout_delta.py).  The plan
+is the same for both, and made here only.
+
 A digest mismatch with rebuilt header frames retries once fetching them instead; any
 other trouble (no TOC, a TOC that lies, a registry answering a Range with the whole
 body or a wrong ``Content-Range``, a damaged stored chunk, too little to reuse) gives
@@ -35,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from lamina.digest import Digest
 from lamina.errors import IntegrityError, InvalidInput, LaminaError
@@ -73,11 +78,44 @@ class BlobRanges(Protocol):
     def read(self, offset: int, length: int) -> bytes: ...
 
 
+H = TypeVar("H")                   # a held frame, as its Holdings names it
+H_contra = TypeVar("H_contra", contravariant=True)
+
+
+class Holdings(Protocol[H]):
+    """The frames a destination already holds, found by what they inflate to."""
+
+    def candidates(self, cmap: ChunkMap) -> dict[int, H]:
+        """For payload spans of ``cmap`` (``cmap.contents``: span index, content digest),
+        a held frame of that content and of the span's compressed length; kept from
+        removal (leased) before it is returned."""
+        ...
+
+    def present(self, frame: H) -> bool:
+        """Whether ``frame`` is still there (looked at after it was leased)."""
+        ...
+
+
+class Assembly(Protocol[H_contra]):
+    """Where the blob is written span by span, in order, hashed on the way; ``finish``
+    checks its size and digest before anything is named, ``abort`` leaves nothing."""
+
+    count: int
+
+    def add(self, data: bytes | memoryview) -> None: ...
+    def stored(self, frame: H_contra, length: int) -> None: ...
+    def finish(self, size: int) -> object: ...
+    def abort(self) -> None: ...
+
+
+W = TypeVar("W", bound=Assembly[Any])
+
+
 @dataclass(frozen=True)
-class DeltaResult:
-    writer: ChunkSink      # finished: digest and size checked, chunks and recipe stored
+class DeltaResult(Generic[W]):
+    writer: W              # finished: digest and size checked
     chunks: ChunkMap       # record their contents
-    reused: int            # bytes taken from the store (reused chunks, rebuilt frames)
+    reused: int            # bytes not fetched (held frames reused, rebuilt frames)
     fetched: int           # layer bytes fetched (tail included)
 
 
@@ -87,7 +125,7 @@ class _Plan:
     cmap: ChunkMap
     tail_start: int
     tail: bytes
-    # per span: ("chunk", digest), ("made", bytes), ("fetch", None) or ("tail", None)
+    # per span: ("chunk", held frame), ("made", bytes), ("fetch", None) or ("tail", None)
     sources: tuple[tuple[str, object], ...]
 
 
@@ -120,10 +158,36 @@ def fetch_toc(desc: Descriptor, ranges: BlobRanges) -> tuple[TocFirst, Toc] | No
         return None   # a TOC that lies, a registry that ignores Range: fetch it whole
 
 
+class StoreChunks:
+    """The store's chunks as ``Holdings``: found by content in ``chunk_contents``."""
+
+    def __init__(self, store: Store, lease: Callable[[Sequence[str]], None]) -> None:
+        self.store = store
+        self.lease = lease
+
+    def candidates(self, cmap: ChunkMap) -> dict[int, Digest]:
+        # Layers kept whole that share content with this one are cut into chunks first
+        # (a cold pull keeps them whole: chunkmap.cut_pending).
+        cut_pending(self.store, {content for _, content in cmap.contents}, self.lease)
+        candidates: dict[int, str] = {}
+        for i, content in cmap.contents:
+            length = cmap.spans[i][1]
+            for chunk, n in self.store.meta.find_chunk_for_content(content):
+                if n == length:
+                    candidates[i] = chunk
+                    break
+        # Leased first, then looked at: a chunk present now stays until the lease ends.
+        self.lease(sorted(set(candidates.values())))
+        return {i: Digest.parse(c) for i, c in candidates.items()}
+
+    def present(self, frame: Digest) -> bool:
+        return self.store.blobs.chunks.has_chunk(frame)
+
+
 def delta_pull(store: Store, desc: Descriptor, ranges: BlobRanges,
                lease: Callable[[Sequence[str]], None],
                progress: Callable[[int, int | None], None] | None = None
-               ) -> DeltaResult | None:
+               ) -> DeltaResult[ChunkSink] | None:
     """Fetch ``desc`` through ``ranges`` reusing what ``store`` holds (see the module);
     None when it cannot or should not (then fetch it whole).  ``lease(keys)`` registers
     chunk digests in the pull's lease.  Layers the store keeps whole that share content
@@ -131,23 +195,33 @@ def delta_pull(store: Store, desc: Descriptor, ranges: BlobRanges,
     if toc_location(desc.annotations) is None or not (
             store.meta.has_chunk_contents() or store.meta.has_chunk_pending()):
         return None
+    return delta_fetch(desc, ranges, StoreChunks(store, lease),
+                       lambda: ChunkSink(store.blobs.chunks, desc.digest), progress)
+
+
+def delta_fetch(desc: Descriptor, ranges: BlobRanges, held: Holdings[H],
+                assembly: Callable[[], W],
+                progress: Callable[[int, int | None], None] | None = None
+                ) -> DeltaResult[W] | None:
+    """The delta pull of ``desc`` (see the module) reusing the frames ``held`` names,
+    assembled into a fresh ``assembly()``; None when it cannot or should not."""
+    if toc_location(desc.annotations) is None:
+        return None
     got = fetch_toc(desc, ranges)
     if got is None:
         return None
     first, toc = got
-    cut_pending(store, {c.chunk_digest for e in toc.entries for c in e.chunks}, lease)
     cmap, tail_start, tail = first.cmap, first.tail_start, first.tail
     try:
         made = _header_frames(toc, tail, tail_start)
     except LaminaError:
         return None
     for rebuild in (True, False):
-        plan = _plan(store, desc, toc, cmap, tail_start, tail, made if rebuild else None,
-                     lease)
+        plan = _plan(held, desc, toc, cmap, tail_start, tail, made if rebuild else None)
         if plan is None:
             return None
         try:
-            return _assemble(store, desc, plan, ranges, progress)
+            return _assemble(assembly, desc, plan, ranges, progress)
         except IntegrityError:
             if not any(kind == "made" for kind, _ in plan.sources):
                 return None
@@ -166,19 +240,10 @@ def _header_frames(toc: Toc, tail: bytes, tail_start: int) -> list[bytes] | None
         parse_tar_split(tail[at:at + loc.tar_split_length], toc))]
 
 
-def _plan(store: Store, desc: Descriptor, toc: Toc, cmap: ChunkMap, tail_start: int,
-          tail: bytes, made: list[bytes] | None,
-          lease: Callable[[Sequence[str]], None]) -> _Plan | None:
+def _plan(held: Holdings[H], desc: Descriptor, toc: Toc, cmap: ChunkMap, tail_start: int,
+          tail: bytes, made: list[bytes] | None) -> _Plan | None:
     payload = dict(cmap.contents)
-    candidates: dict[int, str] = {}
-    for i, content in payload.items():
-        length = cmap.spans[i][1]
-        for chunk, n in store.meta.find_chunk_for_content(content):
-            if n == length:
-                candidates[i] = chunk
-                break
-    # Leased first, then looked at: a chunk present now stays until the lease ends.
-    lease(sorted(set(candidates.values())))
+    candidates = held.candidates(cmap)
     headers = [i for i, (offset, _) in enumerate(cmap.spans)
                if i not in payload and offset < tail_start]
     rebuilt = made if made is not None and len(made) == len(headers) else None
@@ -190,7 +255,7 @@ def _plan(store: Store, desc: Descriptor, toc: Toc, cmap: ChunkMap, tail_start: 
             sources.append(("tail", None))
             continue
         reuse = candidates.get(i)
-        if reuse is not None and store.blobs.chunks.has_chunk(Digest.parse(reuse)):
+        if reuse is not None and held.present(reuse):
             sources.append(("chunk", reuse))
             continue
         if i not in payload:
@@ -220,13 +285,13 @@ def _runs(plan: _Plan) -> list[tuple[int, int]]:
     return runs
 
 
-def _assemble(store: Store, desc: Descriptor, plan: _Plan, ranges: BlobRanges,
-              progress: Callable[[int, int | None], None] | None) -> DeltaResult:
+def _assemble(assembly: Callable[[], W], desc: Descriptor, plan: _Plan, ranges: BlobRanges,
+              progress: Callable[[int, int | None], None] | None) -> DeltaResult[W]:
     runs = _runs(plan)
     fetched = len(plan.tail) + sum(n for _, n in runs)
     with ThreadPoolExecutor(FETCHERS, thread_name_prefix="lamina-delta") as pool:
         pending = iter(list(pool.map(lambda r: ranges.read(*r), runs)))
-    w = ChunkSink(store.blobs.chunks, desc.digest)
+    w = assembly()
     try:
         _write(w, plan, runs, pending, progress, desc.size)
         w.finish(desc.size)
@@ -236,7 +301,7 @@ def _assemble(store: Store, desc: Descriptor, plan: _Plan, ranges: BlobRanges,
     return DeltaResult(w, plan.cmap, desc.size - fetched, fetched)
 
 
-def _write(w: ChunkSink, plan: _Plan, runs: list[tuple[int, int]],
+def _write(w: Assembly[Any], plan: _Plan, runs: list[tuple[int, int]],
            fetched: Iterator[bytes], progress: Callable[[int, int | None], None] | None,
            size: int) -> None:
     run_index = -1
@@ -249,8 +314,7 @@ def _write(w: ChunkSink, plan: _Plan, runs: list[tuple[int, int]],
             assert isinstance(what, bytes)
             w.add(what)
         elif kind == "chunk":
-            assert isinstance(what, str)
-            w.stored(Digest.parse(what), length)
+            w.stored(what, length)
         else:
             while not run[0] <= offset < run[0] + run[1]:
                 run_index += 1

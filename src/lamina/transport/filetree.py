@@ -20,6 +20,7 @@ from typing import BinaryIO, Protocol
 from lamina.digest import CHUNK, read_full
 from lamina.errors import InvalidInput, NotFound, StoreError, UnsafeArchive
 from lamina.store import scratch
+from lamina.store.files import fsync_dir
 
 
 def clean_name(name: str) -> str:
@@ -271,6 +272,18 @@ class DirWriter:
         import io
 
         self.add(name, len(data), io.BytesIO(data))
+
+    def adopt(self, tmp: Path, name: str) -> None:
+        """A file written and checked beside its place by another writer (a delta
+        copy's blob, transport/layout_delta.py): renamed to ``name`` durably, and
+        removed by ``abort`` like the files this writer added."""
+        dest = self.root / clean_name(name)
+        try:
+            os.replace(tmp, dest)
+            fsync_dir(dest.parent)
+        except OSError as e:
+            raise StoreError(f"cannot write {dest}: {e.strerror or e}") from None
+        self._added.append(dest)
 
     def finish(self) -> None:
         pass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from lamina.digest import VerifyingReader
 from lamina.errors import InvalidInput, InvalidManifest, NotFound
@@ -20,6 +20,11 @@ from lamina.image.manifest import MAX_MANIFEST_BYTES, Descriptor, Index, build_i
 from lamina.image.reference import Reference
 from lamina.transport.base import NamedImage, Progress
 from lamina.transport.filetree import DirWriter, FileTree, TarWriter, TreeWriter, open_tree
+
+if TYPE_CHECKING:
+    from lamina.store.store import Store
+    from lamina.transport.delta import BlobRanges
+    from lamina.transport.layout_delta import LayoutDelta
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -135,14 +140,18 @@ class OciLayoutSink:
 
     accepts_index = True
 
-    def __init__(self, writer: TreeWriter, existing: list[Descriptor] | None = None) -> None:
+    def __init__(self, writer: TreeWriter, existing: list[Descriptor] | None = None,
+                 store: Store | None = None) -> None:
+        """``store``: the local store, whose chunks a delta copy may reuse too."""
         self.writer = writer
+        self.store = store
         self.entries: list[Descriptor] = list(existing or [])
         # index.json's own annotations (an incremental save marks what it left out)
         self.annotations: dict[str, str] = {}
+        self._delta: LayoutDelta | None = None   # made at the first chunked layer
 
     @classmethod
-    def to_dir(cls, path: Path) -> OciLayoutSink:
+    def to_dir(cls, path: Path, store: Store | None = None) -> OciLayoutSink:
         existing: list[Descriptor] = []
         if path.exists() and not path.is_dir():
             raise InvalidInput(f"{path} exists and is not a directory")
@@ -151,7 +160,7 @@ class OciLayoutSink:
             if not is_oci_layout(tree):
                 raise InvalidInput(f"{path} is a non-empty directory that is not an OCI layout")
             existing = list(read_index(tree).manifests)
-        return cls(DirWriter(path), existing)
+        return cls(DirWriter(path), existing, store)
 
     @classmethod
     def to_tar(cls, path: Path) -> OciLayoutSink:
@@ -165,6 +174,21 @@ class OciLayoutSink:
         self.writer.add(blob_name(desc), desc.size, stream)  # type: ignore[arg-type]
         if isinstance(stream, VerifyingReader):
             stream.verify()
+
+    def put_blob_delta(self, desc: Descriptor, ranges: BlobRanges,
+                       progress: Progress | None = None) -> int | None:
+        """A zstd:chunked layer into a layout directory, fetching only the frames
+        neither the layout's own chunked blobs nor the store hold
+        (transport/layout_delta.py): the bytes not fetched, or None when the caller must
+        fetch it whole.  An archive (``oci-archive:``) is written anew each time: it
+        holds nothing to reuse."""
+        if not isinstance(self.writer, DirWriter) or not desc.annotations:
+            return None
+        from lamina.transport.layout_delta import LayoutDelta
+
+        if self._delta is None:
+            self._delta = LayoutDelta(self.writer, self.store)
+        return self._delta.put(desc, ranges, progress)
 
     def put_manifest(self, desc: Descriptor, raw: bytes, names: list[str] | None) -> None:
         if not self.writer.has(blob_name(desc)):
@@ -206,10 +230,14 @@ class OciLayoutSink:
                                                       REF_NAME: full.familiar})
 
     def close(self) -> None:
+        if self._delta is not None:
+            self._delta.close()
         self.writer.add_bytes(LAYOUT_FILE, json.dumps(LAYOUT_VERSION).encode())
         self.writer.add_bytes("index.json",
                               build_index(self.entries, annotations=self.annotations).raw)
         self.writer.finish()
 
     def abort(self) -> None:
+        if self._delta is not None:
+            self._delta.close()
         self.writer.abort()

@@ -139,7 +139,7 @@ def open_sink(place: Place, store: Store, opts: RegistryOptions,
                      str(Reference.parse(f"image:{place.name}"))]
         elif default_name:
             names = [default_name]
-        sink: ImageSink = (OciLayoutSink.to_dir(place.path) if place.kind == "oci"
+        sink: ImageSink = (OciLayoutSink.to_dir(place.path, store) if place.kind == "oci"
                            else OciLayoutSink.to_tar(place.path))
         return sink, names
     if place.name:
