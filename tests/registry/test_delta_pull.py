@@ -23,7 +23,7 @@ from registry_servers import (
 
 from lamina.digest import Digest
 from lamina.image.reference import Reference
-from lamina.layer.chunkmap import read_toc
+from lamina.layer.chunkmap import chunk_map, read_toc
 from lamina.layer.zstdchunked import CHECKSUM_ANNOTATION
 from lamina.store.store import Store
 from lamina.transport.delta import GAP
@@ -454,6 +454,33 @@ def test_a_cold_pull_is_a_plain_pull(lamina: Lamina, fake: FakeRegistry, tmp_pat
     other.run("gc")
     with Store(other.root) as store:
         assert store.meta.chunk_pending() == [] and not store.blobs.has(digest)
+
+
+def test_a_cut_killed_before_its_rows_is_finished_by_the_next_delta_pull(
+        lamina: Lamina, registry: DockerRegistry, tmp_path: Path) -> None:
+    """Killed after cutting v1 into chunks but before recording their contents (and
+    leaving the list), the next delta pull records them and reuses v1's frames."""
+    v1, v2 = _push_pair(lamina, registry, tmp_path, "delta/halfcut", changed=True)
+    other = Lamina(tmp_path / "other", tmp_path)
+    layer = _layer(lamina, "delta/halfcut:v1")
+    digest = Digest.parse(str(layer["digest"]))
+    with Store(other.root) as store:
+        pull_image(store, Reference.parse(v1))
+        annotations = layer["annotations"]
+        assert isinstance(annotations, dict)
+        blob = store.blobs.path(digest)
+        size = blob.stat().st_size
+        with open(blob, "rb") as f:
+            toc = read_toc(lambda off, n: os.pread(f.fileno(), n, off), annotations, size)
+        assert toc is not None
+        store.blobs.put_chunked(digest, blob, chunk_map(toc, size).spans, verified=True)
+        assert store.blobs.chunked(digest) is not None and store.meta.chunk_pending()
+        assert not store.meta.has_chunk_contents()
+    fetched, out = _pull(other, registry, "delta/halfcut", v2)
+    assert "Reused" in out and fetched < int(str(layer["size"])) // 4
+    with Store(other.root) as store:
+        assert store.meta.chunk_pending() == [] and store.meta.has_chunk_contents()
+    _check_blob(lamina, other, "delta/halfcut:v2", v2)
 
 
 def test_a_layer_sharing_nothing_is_left_whole(lamina: Lamina, registry: DockerRegistry,

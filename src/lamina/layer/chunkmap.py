@@ -21,7 +21,7 @@ import zstandard
 from lamina.digest import Digest
 from lamina.errors import InvalidInput, LaminaError, NotFound
 from lamina.layer.zstdchunked import Toc, frame_spans, parse_toc, toc_checksum, toc_location
-from lamina.store.chunks import Recipe
+from lamina.store.chunks import ChunkedFile, Recipe
 from lamina.store.store import Store
 
 
@@ -80,6 +80,10 @@ def record_contents(store: Store, blob: Digest, cmap: ChunkMap,
     return len(rows)
 
 
+def _pread_of(f: ChunkedFile) -> Callable[[int, int], bytes]:
+    return lambda offset, n: f.pread(n, offset)
+
+
 def cut_pending(store: Store, wanted: Collection[str],
                 lease: Callable[[Sequence[str]], None]) -> int:
     """Cut into chunks the zstd:chunked layers the store keeps whole (``chunk_pending``:
@@ -95,13 +99,22 @@ def cut_pending(store: Store, wanted: Collection[str],
         lease([blob_text])      # registered, then looked at: gc keeps it from now on
         path = store.blobs.path(blob)
         try:
+            chunked = store.blobs.chunked(blob)
+            if chunked is not None:
+                # Cut already (by another pull, or one killed before its rows and this
+                # line): record its contents, from its own TOC and recipe.
+                toc = read_toc(_pread_of(chunked), json.loads(marks), chunked.size)
+                if toc is not None:
+                    record_contents(store, blob, chunk_map(toc, chunked.size))
+                store.meta.drop_chunk_pending(blob_text)
+                continue
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 toc = read_toc(lambda offset, n: os.pread(f.fileno(), n, offset),
                                json.loads(marks), size)
                 cmap = chunk_map(toc, size) if toc is not None else None
         except FileNotFoundError:
-            cmap = None          # gone, or cut by another pull meanwhile
+            cmap = None          # gone
         except (LaminaError, ValueError, OSError):
             cmap = None          # a TOC that does not hold: it can never be cut
         if cmap is None:
