@@ -104,8 +104,10 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         if not _confirm(lines, force):
             return
         with _open_to_free() as store:
-            sweep_stale(store)  # as `lamina gc`: container dirs and mounts of killed runs
-            _show(prune_images(store, all_images=all_images, cache=all_images))
+            stale = sweep_stale(store)  # as `lamina gc`: rootfs dirs, mounts of killed runs
+            report = prune_images(store, all_images=all_images, cache=all_images)
+            report.gc.add_temp(*stale)
+            _show(report)
 
     @app.group(cls=Group, no_args_is_help=True)
     def builder() -> None:

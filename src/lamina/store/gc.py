@@ -76,6 +76,12 @@ class GcReport:
     pool_bytes_freed: int = 0
     cache_mounts_removed: list[str] = field(default_factory=list)  # ids (cachemounts.py)
 
+    def add_temp(self, count: int, size: int) -> None:
+        """Count tmp/ entries removed by a higher room (run/rootfs.py's rootfs dirs of
+        killed processes), so the report says every one, dry run or not."""
+        self.temp_removed += count
+        self.bytes_freed += size
+
 
 SNAPSHOT_PREFIX = "snapshot:"
 # meta key: set when a registry keeps this store's blobs but its metadata elsewhere
