@@ -66,6 +66,7 @@ class GcReport:
     bytes_freed: int = 0
     snapshots_removed: list[str] = field(default_factory=list)
     ingest_removed: int = 0
+    ingest_bytes_freed: int = 0   # also in bytes_freed (df shows them as temporary files)
     temp_removed: int = 0     # tmp/ entries of dead processes (store/scratch.py)
     leases_expired: int = 0
     cache_removed: int = 0
@@ -193,10 +194,11 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
                 os.close(fd)
     if not dry_run:
         _sweep_lease_locks(store)
-    report.ingest_removed, ingest_bytes = store.blobs.sweep_ingest(dry_run=dry_run)
+    report.ingest_removed, report.ingest_bytes_freed = \
+        store.blobs.sweep_ingest(dry_run=dry_run)
     report.temp_removed, temp_bytes = scratch.sweep(store.root / "tmp", dry_run=dry_run)
     report.pool_removed, report.pool_bytes_freed = pool.sweep(store.root, dry_run, released)
-    report.bytes_freed += ingest_bytes + temp_bytes + report.pool_bytes_freed
+    report.bytes_freed += report.ingest_bytes_freed + temp_bytes + report.pool_bytes_freed
     if cache:
         _prune_mounts(store, report, dry_run)
     return report
