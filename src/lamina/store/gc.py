@@ -40,6 +40,7 @@ from lamina.errors import InvalidInput, NoSpace
 from lamina.store import locks, pool, scratch
 from lamina.store.cachemounts import CacheMounts
 from lamina.store.containers import container_roots
+from lamina.store.meta import NO_SPACE_HINT
 from lamina.store.packs import index_size
 
 if TYPE_CHECKING:
@@ -396,4 +397,11 @@ def open_to_collect(root: Path | None = None, dry_run: bool = False) -> Store:
         where = Path(root) if root is not None else default_root()
         BlobStore(where).sweep_ingest()
         scratch.sweep(where / "tmp")
-        return Store(root)
+        try:
+            return Store(root)
+        except NoSpace as e:
+            # Not "run `lamina gc`" again: this is gc, and nothing it can judge without
+            # the metadata was left to free.
+            raise NoSpace(e.message.removesuffix(NO_SPACE_HINT) +
+                          "gc found nothing to remove without it: free space on the file "
+                          f"system holding {where}") from None
