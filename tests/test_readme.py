@@ -18,6 +18,17 @@ def test_no_paths_outside_the_repository() -> None:
             assert not hits, f"{doc.relative_to(REPO)}: {hits}"
 
 
+def test_documents_named_are_in_the_repository() -> None:
+    """A document cited by file name (``NAME.md``, outside a URL) must be one a reader of
+    the repository can open: design and craft notes kept elsewhere are not."""
+    here = {p.name for p in REPO.rglob("*.md") if not any(
+        part.startswith(".") for part in p.relative_to(REPO).parts)}
+    for doc in DOCS:
+        for line in doc.read_text().splitlines():
+            for name in re.findall(r"[\w.-]+\.md\b", re.sub(r"\S+://\S+", "", line)):
+                assert name in here, f"{doc.relative_to(REPO)}: {name} in {line.strip()!r}"
+
+
 def test_relative_links_resolve() -> None:
     for doc in DOCS:
         for target in re.findall(r"\]\(([^)#\s]+)\)", doc.read_text()):
