@@ -44,6 +44,9 @@ def test_readme_has_an_install_section_for_pip_users() -> None:
     install = m[1]
     assert "pip install -c constraints.txt ." in install
     assert "python3 -m venv" in install
+    # a fresh account has no ~/.local/bin: the link's directory is made before it
+    for target in re.findall(r"^ln -s \S+ (\S+)/[^/\s]+$", install, re.M):
+        assert re.search(rf"^mkdir -p {re.escape(target)}\b", install, re.M), target
     # what lamina needs at run time, apart from what only the tests need
     assert re.search(r"lamina itself, at run time \| `python3`.*`bubblewrap`", install)
     for peer in ("skopeo", "umoci", "docker-registry", "busybox-static", "chromium"):
