@@ -44,11 +44,13 @@ test-latest: debs
 	test -x .venv-latest/bin/python || $(PY) -m venv .venv-latest
 	.venv-latest/bin/pip install -q --upgrade pip
 	.venv-latest/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
-	@.venv-latest/bin/pip freeze --exclude-editable > .venv-latest/freeze.txt
-	@grep -v '^#' constraints.txt | diff - .venv-latest/freeze.txt >/dev/null \
+	@# Sorted alike on both sides: pip versions order names differently (psycopg-binary).
+	@.venv-latest/bin/pip freeze --exclude-editable | LC_ALL=C sort -f > .venv-latest/freeze.txt
+	@grep -v '^#' constraints.txt | LC_ALL=C sort -f > .venv-latest/pinned.txt
+	@diff .venv-latest/pinned.txt .venv-latest/freeze.txt >/dev/null \
 	  && echo "the newest releases are the pinned ones" \
 	  || { echo "newer than constraints.txt (<: pinned, >: newest):"; \
-	       grep -v '^#' constraints.txt | diff - .venv-latest/freeze.txt | grep '^[<>]'; true; }
+	       diff .venv-latest/pinned.txt .venv-latest/freeze.txt | grep '^[<>]'; true; }
 	.venv-latest/bin/python -m pytest -q -n 2 tests
 
 # Re-pin to the newest releases: a fresh venv without constraints, frozen.  Then `make

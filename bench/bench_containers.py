@@ -4,7 +4,7 @@
 
 The seed image (busybox) is imported into a fresh lamina store and loaded into a private
 Podman storage (``--root``/``--runroot`` in a temporary directory, ``--network none``
-like lamina's default).  Then, alternating lamina, podman, lamina, ... (BENCHMARKING.md),
+like lamina's default).  Then, alternating lamina, podman, lamina, ... (bench/README.md),
 one cycle is timed per tool:
 
     run -d   ``run -d IMAGE sh -c 'while :; do sleep 1; done'`` until the command returns

@@ -4,7 +4,7 @@
 
 Without ``--tree`` a ~200 MB tree of many small files is copied once from /usr into
 /var/tmp/lamina-bench/tree and reused by later runs.  Runs alternate (A B A B ...), as
-BENCHMARKING.md asks; medians and lamina/peer ratios are printed.
+bench/README.md asks; medians and lamina/peer ratios are printed.
 
 * create: ``lamina.layer.write_tree`` (gzip, isal level 1, both sha256s: diff_id inside,
   the compressed digest through a HashingWriter, written to a file) in this process,
@@ -309,7 +309,7 @@ def main() -> int:
             "lamina apply (lamina layer)": lamina_apply_own_layer,
         }
         unpack: dict[str, list[float]] = {name: [] for name in fns}
-        # One untimed extraction first, so that touching reclaimed memory (BENCHMARKING.md)
+        # One untimed extraction first, so that touching reclaimed memory (bench/README.md)
         # is not charged to whichever row happens to come first.
         tar_xzf()
         while timings_cleanup:

@@ -9,7 +9,7 @@ a few up to 1 MB; made once in /var/tmp/lamina-bench) and N variants of it, each
 SOURCE_DATE_EPOCH.  N different layers: Docker, umoci and lamina without the pool unpack
 N full copies; with the pool the files the variants have in common are kept once.
 
-Each run times, alternating (BENCHMARKING.md), into emptied stores / fresh directories:
+Each run times, alternating (bench/README.md), into emptied stores / fresh directories:
 
     pool    Snapshotter(store).ensure() of every variant (what `run`/`build` do)
     plain   Snapshotter(store, share_files=False).ensure() of every variant

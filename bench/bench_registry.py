@@ -13,13 +13,13 @@ pushes from.  The snapshots hardlink the tree's files, so building them copies n
 instead: there the CLI's fixed start-up cost weighs more.
 
 Memory: on these VMs a page the host has reclaimed costs ~3.5 s/GiB to touch again
-(BENCHMARKING.md), and a pull writes ~460 MB of fresh page cache, so one run can take
+(bench/README.md), and a pull writes ~460 MB of fresh page cache, so one run can take
 twice as long as the next for no reason of its own.  Before every timed run, of either
 tool, the harness touches and frees ``--warm`` GiB (default 1.5), so each starts
 from the same warm free memory; the warming is outside the clock.
 
 Debian's ``docker-registry`` serves on a free 127.0.0.1 port with a temporary storage
-directory.  Runs alternate (A B A B ...), as BENCHMARKING.md asks;
+directory.  Runs alternate (A B A B ...), as bench/README.md asks;
 medians and peer/lamina ratios are printed.
 
 * push: ``lamina push --json NAME 127.0.0.1:PORT/lamina-push-N:v1`` (CLI subprocess,

@@ -5,7 +5,7 @@ seccomp filter and with ``-p``, against bubblewrap alone and ``podman run``.
 
 One busybox image (examples/seed's "os" snapshot) is imported into a fresh store, saved
 as a docker archive and loaded into a podman store of its own (vfs; when podman is
-installed).  Then, alternating the cases round after round (BENCHMARKING.md), the
+installed).  Then, alternating the cases round after round (bench/README.md), the
 wall time of one whole ``true`` container is taken:
 
     lamina                  lamina run IMAGE true  (seccomp default profile, masks)

@@ -5,7 +5,7 @@
 
 For each tree size (default 3,000 and 30,000 small files in 100-file directories), an
 image of one layer holding the tree is imported into a fresh store.  Then, alternating
-overlay, walk, overlay, walk, ... (BENCHMARKING.md), one RUN-like cycle is timed:
+overlay, walk, overlay, walk, ... (bench/README.md), one RUN-like cycle is timed:
 
     open    open_rootfs(mode): overlay mounts the (already extracted) snapshots under a
             fresh upper dir; walk applies the layer into ``base`` and copies it to ``work``

@@ -68,16 +68,26 @@ def test_help_page_has_no_glitches(path: tuple[str, ...], capsys: pytest.Capture
     assert len(names) == len(set(names)), f"a section twice: {names}\n{out}"
     # click 8.5's "Positional arguments" beside lamina's "Arguments" lists them twice
     assert not {"Arguments", "Positional arguments"} <= set(names), out
+    # lamina's rows (``--jobs <int>``) on every page, not click's own (``--addr TEXT``,
+    # ``--max-connections INTEGER RANGE ... [x>=1]``) on a page that bypassed them
+    rows = [ln for ln in lines if ln.startswith("  -")]
+    for row in rows:
+        assert not re.match(r"  -\S*(, -\S*)? (TEXT|PATH|INTEGER|FLOAT|BOOLEAN|FILENAME)"
+                            r"( RANGE)?(\s\s|$)", row), row
+    assert not re.search(r"\[x[<>]", out), out
     for i, name in headers:
         body = lines[i + 1] if i + 1 < len(lines) else ""
         assert body.startswith("  ") and body.strip(), f"section {name!r} is empty:\n{out}"
-    # every argument in the usage line is listed once, under Arguments
     cmd: click.Command = app
     for part in path:
         assert isinstance(cmd, click.Group)
         nxt = cmd.get_command(click.Context(cmd), part)
         assert nxt is not None
         cmd = nxt
+    if isinstance(cmd, click.Group):   # a command that may be left out is bracketed
+        pieces = "[COMMAND] [ARGS]..." if cmd.invoke_without_command else "COMMAND [ARGS]..."
+        assert usage[0].endswith(f" {pieces}"), usage[0]
+    # every argument in the usage line is listed once, under Arguments
     for param in cmd.params:
         if isinstance(param, click.Argument):
             name = re.escape(param.human_readable_name.removesuffix("..."))

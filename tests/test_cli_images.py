@@ -191,6 +191,11 @@ def test_image_prune_removes_dangling_only(lamina: Lamina, seed: Path) -> None:
     # no tty, no --force: the prompt reads end of input, nothing is removed
     res = lamina.fail("image", "prune")
     assert "WARNING! This will remove all dangling images." in res.out
+    # one lamina line, the input's exit code (not click's bare "Aborted!", exit 1)
+    assert res.code == 3, res.err
+    assert res.err.endswith("lamina: no answer to the confirmation (no terminal): nothing "
+                            "removed; give -f to prune without asking\n"), res.err
+    assert "Aborted" not in res.err
     assert len(lamina.run("images", "-q").out.split()) == 3
     res = lamina.run("image", "prune", "-f")
     freed = before - _blob_bytes(lamina)

@@ -4,7 +4,10 @@ project and its dev tools need, exactly, and the Makefile installs through it.""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from importlib.metadata import distribution, requires
+from pathlib import Path
 
 from packaging.requirements import Requirement
 
@@ -58,3 +61,37 @@ def test_make_install_uses_the_constraints() -> None:
     assert re.search(r"pip install .*-c constraints\.txt -e '\.\[dev\]'", makefile)
     assert re.search(r"^update-constraints:", makefile, re.M)
     assert re.search(r"^test-latest:", makefile, re.M)
+
+
+def _test_latest_report(tmp_path: Path, freeze: str) -> str:
+    """What `make test-latest` says about the newest releases, with a stand-in venv whose
+    pip freezes ``freeze`` (its installs and the suite are no-ops here)."""
+    tmp_path.mkdir()
+    shutil.copy(REPO / "Makefile", tmp_path)
+    shutil.copy(REPO / "constraints.txt", tmp_path)
+    bin_ = tmp_path / ".venv-latest" / "bin"
+    bin_.mkdir(parents=True)
+    (tmp_path / "freeze.out").write_text(freeze)
+    (bin_ / "pip").write_text('#!/bin/sh\n[ "$1" = freeze ] && cat "$(dirname "$0")/../../'
+                              'freeze.out"\nexit 0\n')
+    (bin_ / "python").write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("pip", "python"):
+        (bin_ / tool).chmod(0o755)
+    # -o debs: the Debian peers are not this test's business.
+    res = subprocess.run(["make", "-s", "-o", "debs", "test-latest"], cwd=tmp_path,
+                         capture_output=True, text=True, check=True)
+    return res.stdout
+
+
+def test_make_test_latest_names_only_real_differences(tmp_path: Path) -> None:
+    """The same pins in another order (pip freeze sorts psycopg-binary before or after
+    psycopg depending on its version) are no difference; a newer release is one."""
+    pins = [ln for ln in (REPO / "constraints.txt").read_text().splitlines()
+            if ln and not ln.startswith("#")]
+    out = _test_latest_report(tmp_path / "same", "\n".join(reversed(pins)) + "\n")
+    assert "the newest releases are the pinned ones" in out, out
+    newer = [re.sub(r"^click==.*", "click==99.0", ln) for ln in pins]
+    out = _test_latest_report(tmp_path / "newer", "\n".join(newer) + "\n")
+    diff = [ln for ln in out.splitlines() if ln[:1] in "<>"]
+    assert sorted(diff) == ["< " + next(p for p in pins if p.startswith("click==")),
+                            "> click==99.0"], out

@@ -127,7 +127,9 @@ def test_full_disk_without_reserve_says_how_to_free_space(
         assert len(res.err.strip().splitlines()) == 1, res.err
         assert res.err.startswith("lamina: no space left on device: "), res.err
         assert res.err.strip().endswith("free space or run `lamina gc`"), res.err
-    assert lamina.fail("gc", "--dry-run").code == 5 and abandoned.exists()
+    res = lamina.fail("gc", "--dry-run")
+    assert res.code == 5 and abandoned.exists()
+    assert res.err.strip().endswith("free space or run `lamina gc`"), res.err
     res = lamina.run("gc", "--json").json()
     assert res["blobs_removed"] == [] and not abandoned.exists()
     assert lamina.run("rmi", "demo/a").code == 0
@@ -142,3 +144,26 @@ def test_unpack_onto_a_full_disk(small_fs: Path, seed: Path, tmp_path: Path) -> 
     assert res.err.startswith("lamina: no space left on device: cannot extract "), res.err
     assert len(res.err.strip().splitlines()) == 1
     assert list(small_fs.iterdir()) == []          # what it made is gone again
+
+
+def test_gc_on_a_full_disk_with_nothing_to_free_does_not_send_the_user_back_to_gc(
+        full_store: tuple[Lamina, Path]) -> None:
+    """#10.9: no reserve, nothing gc could remove without the metadata: gc (and a prune,
+    which opens the store as gc does) says one line that names the file system to free,
+    not "run `lamina gc`", which has just failed."""
+    lamina, mnt = full_store
+    store = mnt / "store"
+    (mnt / "fill").unlink()
+    (store / "reserve").unlink()
+    _fill(mnt)
+    for args in (["gc"], ["image", "prune", "-f"]):
+        res = lamina.fail(*args)
+        assert res.code == 5, res.err
+        assert len(res.err.strip().splitlines()) == 1, res.err
+        assert res.err.startswith("lamina: no space left on device: "), res.err
+        assert "lamina gc" not in res.err, res.err
+        assert res.err.strip().endswith(
+            f"gc found nothing to remove without it: free space on the file system "
+            f"holding {store}"), res.err
+    (mnt / "fill").unlink()
+    assert lamina.run("gc").code == 0

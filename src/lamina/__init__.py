@@ -2,7 +2,7 @@
 
 Rooms of the code, lowest first (a room never imports a higher one):
 ``digest``/``errors`` → ``store`` → ``layer`` → ``image`` → ``transport`` →
-``build``/``run``/``inspect`` → ``cli``/``server``.  See DESIGN.md.
+``build``/``run``/``inspect`` → ``cli``/``server``.  See README.md, "Layout of the code".
 """
 
 __version__ = "0.1.0"

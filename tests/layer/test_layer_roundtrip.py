@@ -192,7 +192,7 @@ def tree_pairs(draw: st.DrawFn) -> tuple[Dir, Dir]:
 @given(pair=tree_pairs(), compression=st.sampled_from(["gzip", "zstd", "none"]))
 def test_apply_of_diff_reproduces_upper(pair: tuple[Dir, Dir], compression: str) -> None:
     a_spec, b_spec = pair
-    # tmpfs: ext4 here creates files slowly after deletions (BENCHMARKING.md).
+    # tmpfs: ext4 here creates files slowly after deletions (bench/README.md).
     with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
         base = Path(tmp)
         a, b, target = base / "a", base / "b", base / "target"

@@ -118,3 +118,45 @@ def test_a_pull_interrupted_midway_through_a_layer_goes_on_from_there(
     assert (lamina.root / "blobs" / "sha256" / digest[7:]).read_bytes() == big
     assert list((lamina.root / "ingest").iterdir()) == []
     lamina.assert_consistent()
+
+
+def test_what_a_killed_pull_left_is_shown_by_df_and_counted_by_gc(
+        fake: FakeRegistry, lamina: Lamina) -> None:
+    """#10.7/#10.8: kill -9 during a pull leaves its partial layer in ingest/: ``df``
+    shows it with the temporary files (reclaimable once gc can tell it abandoned), and
+    gc's dry run and real run count the same files and bytes."""
+    big = tar_bytes([("big", os.urandom(3 << 20))])
+    digest = sha256(big)
+    fake.add_image("demo/killed", "v1", [big])
+    fake.slow[digest] = (4096, 0.1, 2 << 20)    # 2 MiB at once, then a trickle
+    partial = lamina.root / "ingest" / f"partial-sha256-{digest[7:]}"
+    proc = subprocess.Popen([LAMINA, "pull", f"{fake.host}/demo/killed:v1"],
+                            env=lamina.env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.stat().st_size >= 2 << 20):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    size = partial.stat().st_size
+
+    def temp_row() -> dict[str, int]:
+        rows = lamina.run("df", "--json").json()["summary"]
+        return next(r for r in rows if r["type"] == "Temporary files")
+
+    row = temp_row()
+    assert (row["total"], row["size"]) == (1, size)
+    # younger than a minute: gc cannot yet tell it from a file about to be locked
+    assert (row["active"], row["reclaimable"]) == (1, 0)
+    old = time.time() - 3600
+    os.utime(partial, (old, old))
+    row = temp_row()
+    assert (row["total"], row["active"], row["size"], row["reclaimable"]) == (1, 0, size, size)
+    dry = lamina.run("gc", "--dry-run", "--json").json()
+    real = lamina.run("gc", "--json").json()
+    assert dry["ingest_removed"] == real["ingest_removed"] == 1
+    assert dry["bytes_freed"] == real["bytes_freed"] >= size
+    assert list((lamina.root / "ingest").iterdir()) == []

@@ -4,6 +4,7 @@ is the store's gc (``lamina.store.gc.collect``) after the image records go."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,17 @@ def _confirm(lines: list[str], force: bool) -> bool:
         for line in lines:
             click.echo(f"  - {line}")
         click.echo()
-    return click.confirm("Are you sure you want to continue?", default=False)
+    try:
+        return click.confirm("Are you sure you want to continue?", default=False)
+    except click.Abort:
+        if sys.stdin is not None and sys.stdin.isatty():
+            raise   # Ctrl-C at the prompt: click's own "Aborted!"
+        # End of input with no answer (a script, no terminal): one lamina line saying
+        # how to prune without asking, not click's bare "Aborted!" (as login, #10.18).
+        from lamina.errors import InvalidInput
+
+        raise InvalidInput("no answer to the confirmation (no terminal): nothing removed; "
+                           "give -f to prune without asking") from None
 
 
 def _show(report: PruneReport) -> None:
@@ -104,8 +115,10 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
         if not _confirm(lines, force):
             return
         with _open_to_free() as store:
-            sweep_stale(store)  # as `lamina gc`: container dirs and mounts of killed runs
-            _show(prune_images(store, all_images=all_images, cache=all_images))
+            stale = sweep_stale(store)  # as `lamina gc`: rootfs dirs, mounts of killed runs
+            report = prune_images(store, all_images=all_images, cache=all_images)
+            report.gc.add_temp(*stale)
+            _show(report)
 
     @app.group(cls=Group, no_args_is_help=True)
     def builder() -> None:

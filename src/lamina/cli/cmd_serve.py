@@ -56,23 +56,25 @@ def register(app: Any, store_factory: Callable[[], Store]) -> None:
 
 
 def _register_click(app: click.Group, store_factory: Callable[[], Store]) -> None:
-    path = click.Path(path_type=Path)
+    from lamina.cli.format import Group, Opt, flag, option
 
-    @app.group(help=_DOC, invoke_without_command=True)
-    @click.option("--root", type=path, help=_HELP["root"])
-    @click.option("--addr", help=_HELP["addr"])
-    @click.option("--config", type=path, help=_HELP["config"])
-    @click.option("--tls-cert", type=path, help=_HELP["tls_cert"])
-    @click.option("--tls-key", type=path, help=_HELP["tls_key"])
-    @click.option("--log-level", default="info", show_default=True, help=_HELP["log_level"])
-    @click.option("--no-access-log", is_flag=True, default=False,
-                  help=_HELP["no_access_log"])
-    @click.option("--header-timeout", type=click.FloatRange(0, min_open=True),
-                  help=_HELP["header_timeout"])
-    @click.option("--body-timeout", type=click.FloatRange(0, min_open=True),
-                  help=_HELP["body_timeout"])
-    @click.option("--idle-timeout", type=click.IntRange(1), help=_HELP["idle_timeout"])
-    @click.option("--max-connections", type=click.IntRange(1), help=_HELP["max_connections"])
+    def ranged(name: str, kind: click.ParamType[Any], label: str) -> Callable[[Any], Any]:
+        # lamina's option rows (``<float>``), with click's range check of the value
+        return click.option(name, cls=Opt, type=kind, label=label,
+                            help=_HELP[name.removeprefix("--").replace("-", "_")])
+
+    @app.group(cls=Group, help=_DOC, invoke_without_command=True)
+    @option("--root", kind=Path, help=_HELP["root"])
+    @option("--addr", help=_HELP["addr"])
+    @option("--config", kind=Path, help=_HELP["config"])
+    @option("--tls-cert", kind=Path, help=_HELP["tls_cert"])
+    @option("--tls-key", kind=Path, help=_HELP["tls_key"])
+    @option("--log-level", default="info", show_default=True, help=_HELP["log_level"])
+    @flag("--no-access-log", help=_HELP["no_access_log"])
+    @ranged("--header-timeout", click.FloatRange(0, min_open=True), "seconds")
+    @ranged("--body-timeout", click.FloatRange(0, min_open=True), "seconds")
+    @ranged("--idle-timeout", click.IntRange(1), "seconds")
+    @ranged("--max-connections", click.IntRange(1), "int")
     @click.pass_context
     def serve(ctx: click.Context, /, root: Path | None, addr: str | None, config: Path | None,
               tls_cert: Path | None, tls_key: Path | None, log_level: str,
@@ -82,11 +84,10 @@ def _register_click(app: click.Group, store_factory: Callable[[], Store]) -> Non
                    no_access_log, **connections)
 
     @serve.command("gc")
-    @click.option("--root", type=path, help=_HELP["root"])
-    @click.option("--config", type=path, help="The serve TOML file (its [metadata] section).")
-    @click.option("--dry-run", is_flag=True, default=False,
-                  help="Say what would be removed; remove nothing.")
-    @click.option("--json", "json_", is_flag=True, default=False, help="Print JSON.")
+    @option("--root", kind=Path, help=_HELP["root"])
+    @option("--config", kind=Path, help="The serve TOML file (its [metadata] section).")
+    @flag("--dry-run", help="Say what would be removed; remove nothing.")
+    @flag("--json", "json_", help="Print JSON.")
     def serve_gc(root: Path | None, config: Path | None, dry_run: bool, json_: bool) -> None:
         """Remove blobs no manifest of the registry reaches, while it serves (every
         replica keeps taking pushes: what they are about to reference is leased)."""

@@ -324,6 +324,14 @@ class Group(click.Group):
 
     command_class = Command
 
+    def __init__(self, *args: Any, **attrs: Any) -> None:
+        super().__init__(*args, **attrs)
+        if attrs.get("subcommand_metavar") is None:
+            # One usage line on every click: 8.5 brackets a command that may be left out
+            # (``serve [COMMAND]``), 8.1 did not.
+            self.subcommand_metavar = ("[COMMAND] [ARGS]..." if self.invoke_without_command
+                                       else "COMMAND [ARGS]...")
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)
 

@@ -358,14 +358,15 @@ def gc(dry_run: bool, cache: bool, json_: bool) -> None:
     from lamina.store.gc import collect, open_to_collect
 
     with open_to_collect(store_root(), dry_run) as store:
-        if not dry_run:
-            sweep_stale(store)  # container dirs and mounts left by killed processes
+        # rootfs dirs and mounts left by killed processes; a dry run counts them alike
+        stale = sweep_stale(store, dry_run=dry_run)
         from lamina.run.containers import sweep
 
         # Containers whose monitor was killed: recorded as exited (--rm ones removed), as
         # ps would; a dry run too, or it would count their snapshots as kept (issue 12).
         sweep(store)
         report = collect(store, dry_run=dry_run, cache=cache)
+        report.add_temp(*stale)
     if json_:
         print_json({"blobs_removed": report.blobs_removed, "bytes_freed": report.bytes_freed,
                     "snapshots_removed": report.snapshots_removed,

@@ -1,6 +1,6 @@
 """Mutations of an image as pure functions over configs and manifests: rebase and
-squash (DESIGN.md: "image/ holds mutations").  Nothing here reads or writes a blob;
-``lamina.build.rebase`` and ``lamina.build.squash`` move the bytes.
+squash (the image room holds mutations, as ggcr's ``mutate``).  Nothing here reads or
+writes a blob; ``lamina.build.rebase`` and ``lamina.build.squash`` move the bytes.
 
 Rebase (ggcr ``mutate.Rebase``, ``crane rebase``): an image's bottom layers are its old
 base's, compared by diff_id; they are replaced by the new base's layers, the image's own

@@ -31,8 +31,10 @@ Summary rows (TYPE, TOTAL, ACTIVE, SIZE, RECLAIMABLE):
                  one per instance; active = held by a running build; size = their files;
                  reclaimable = the rest (``builder prune`` and ``gc --cache`` free them)
     Temporary files  entries of the store's tmp/ (work areas of builds, runs, snapshot
-                 extraction, imports); active = of a live process; reclaimable = those of
-                 killed processes (``lamina gc`` removes them)
+                 extraction, imports) and ingest/ (blobs being written: a killed pull's,
+                 load's or import's partial files); active = of a live process (and ingest
+                 files younger than a minute: gc cannot tell them from one about to be
+                 locked); reclaimable = those of killed processes (``lamina gc`` removes them)
 
 Reclaimable blobs and snapshots come from ``gc.collect(dry_run=True)``, so ``df`` and
 ``gc`` can never disagree.
@@ -185,6 +187,7 @@ def disk_usage(store: Store) -> Usage:
     mounts = CacheMounts(store.root).instances()
     space = store.blobs.space()
     temp = scratch.usage(store.root / "tmp")
+    ingest = store.blobs.ingest_usage()
     gone_snapshots = set(report.snapshots_removed)
     snapshots = meta.snapshots()
     pooled = pool.usage(store.root)
@@ -223,8 +226,9 @@ def disk_usage(store: Store) -> Usage:
                      if not used)),
         UsageRow("Build cache mounts", len(mounts), sum(1 for m in mounts if m.in_use),
                  sum(m.size for m in mounts), sum(m.size for m in mounts if not m.in_use)),
-        UsageRow("Temporary files", temp.count, temp.count - temp.reclaimable_count,
-                 temp.size, temp.reclaimable_size),
+        UsageRow("Temporary files", temp.count + ingest[0],
+                 temp.count - temp.reclaimable_count + ingest[0] - report.ingest_removed,
+                 temp.size + ingest[1], temp.reclaimable_size + report.ingest_bytes_freed),
     ]
 
     source = StoreTransport(store)

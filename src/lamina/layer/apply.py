@@ -579,6 +579,10 @@ def _extract_error(name: str, target: Path, exc: OSError) -> LaminaError:
         full = "no space left on device" if exc.errno == errno.ENOSPC else \
             "disk quota exceeded"
         return StoreError(f"{full}: {what}")
+    if exc.errno == errno.ENAMETOOLONG:
+        # The layer's name, under this target, is longer than the file system takes
+        # (the reader already refused names no target could hold): the input's kind.
+        return InvalidInput(f"{what}: {exc.strerror}")
     return LaminaError(f"{what}: {exc.strerror or exc}")
 
 

@@ -403,17 +403,19 @@ def copy_tree(src: Path, dst: Path) -> None:
 
 
 # -- cleaning up after processes that died ---------------------------------------------
-def sweep_stale(store: Store) -> int:
-    """Remove rootfs dirs (mounts, files, leases) whose process is gone; returns count.
+def sweep_stale(store: Store, dry_run: bool = False) -> tuple[int, int]:
+    """Remove rootfs dirs (mounts, files, leases) whose process is gone; returns how
+    many, and their bytes (``scratch.tree_size``, as ``df`` counts them), so that gc
+    reports what it freed here too; ``dry_run`` only counts.
 
     A live rootfs holds an flock on its ``.lock`` file; one whose lock can be taken
     was left by a process that died (SIGKILL, power loss) before ``close``."""
     tmp_root = store.root / "tmp"
-    removed = 0
+    removed = freed = 0
     try:
         entries = list(os.scandir(tmp_root))
     except OSError:
-        return 0
+        return 0, 0
     now = time.time()
     for entry in entries:
         if not entry.name.startswith(_PREFIX) or not entry.is_dir(follow_symlinks=False):
@@ -433,21 +435,24 @@ def sweep_stale(store: Store) -> int:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # alive
-            for point in mounts_under(entry.path):
-                unmount(point)
-            with contextlib.suppress(OSError):
-                lease = Path(entry.path, "lease").read_text().strip()
-                if lease:
-                    store.meta.delete_lease(lease)
-                    store.lease_lock(lease).unlink(missing_ok=True)
-            remove_tree(entry.path)
+            size = scratch.tree_size(entry.path)
+            if not dry_run:
+                for point in mounts_under(entry.path):
+                    unmount(point)
+                with contextlib.suppress(OSError):
+                    lease = Path(entry.path, "lease").read_text().strip()
+                    if lease:
+                        store.meta.delete_lease(lease)
+                        store.lease_lock(lease).unlink(missing_ok=True)
+                remove_tree(entry.path)
             removed += 1
+            freed += size
         except OSError:
             continue
         finally:
             if fd >= 0:
                 os.close(fd)
-    return removed
+    return removed, freed
 
 
 def open_rootfs(store: Store, source: ImageSource, image: ResolvedImage | None,

@@ -574,6 +574,18 @@ class BlobStore:
             return gone
         return True
 
+    def ingest_usage(self) -> tuple[int, int]:
+        """How many ingest files there are (being written, or left by a killed writer),
+        and their bytes: ``df`` shows them with the temporary files."""
+        count = size = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.ingest_dir):
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False):
+                        size += entry.stat(follow_symlinks=False).st_size
+                        count += 1
+        return count, size
+
     def sweep_ingest(self, min_age: float = 60.0, dry_run: bool = False) -> tuple[int, int]:
         """Remove ingest files no live writer holds (their lock is free).  Returns how
         many, and their bytes; ``dry_run`` only counts."""

@@ -40,6 +40,7 @@ from lamina.errors import InvalidInput, NoSpace
 from lamina.store import locks, pool, scratch
 from lamina.store.cachemounts import CacheMounts
 from lamina.store.containers import container_roots
+from lamina.store.meta import NO_SPACE_HINT
 from lamina.store.packs import index_size
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class GcReport:
     bytes_freed: int = 0
     snapshots_removed: list[str] = field(default_factory=list)
     ingest_removed: int = 0
+    ingest_bytes_freed: int = 0   # also in bytes_freed (df shows them as temporary files)
     temp_removed: int = 0     # tmp/ entries of dead processes (store/scratch.py)
     leases_expired: int = 0
     cache_removed: int = 0
@@ -75,6 +77,12 @@ class GcReport:
     pool_removed: int = 0     # pool entries no snapshot links any more (store/pool.py)
     pool_bytes_freed: int = 0
     cache_mounts_removed: list[str] = field(default_factory=list)  # ids (cachemounts.py)
+
+    def add_temp(self, count: int, size: int) -> None:
+        """Count tmp/ entries removed by a higher room (run/rootfs.py's rootfs dirs of
+        killed processes), so the report says every one, dry run or not."""
+        self.temp_removed += count
+        self.bytes_freed += size
 
 
 SNAPSHOT_PREFIX = "snapshot:"
@@ -193,10 +201,11 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
                 os.close(fd)
     if not dry_run:
         _sweep_lease_locks(store)
-    report.ingest_removed, ingest_bytes = store.blobs.sweep_ingest(dry_run=dry_run)
+    report.ingest_removed, report.ingest_bytes_freed = \
+        store.blobs.sweep_ingest(dry_run=dry_run)
     report.temp_removed, temp_bytes = scratch.sweep(store.root / "tmp", dry_run=dry_run)
     report.pool_removed, report.pool_bytes_freed = pool.sweep(store.root, dry_run, released)
-    report.bytes_freed += ingest_bytes + temp_bytes + report.pool_bytes_freed
+    report.bytes_freed += report.ingest_bytes_freed + temp_bytes + report.pool_bytes_freed
     if cache:
         _prune_mounts(store, report, dry_run)
     return report
@@ -394,4 +403,11 @@ def open_to_collect(root: Path | None = None, dry_run: bool = False) -> Store:
         where = Path(root) if root is not None else default_root()
         BlobStore(where).sweep_ingest()
         scratch.sweep(where / "tmp")
-        return Store(root)
+        try:
+            return Store(root)
+        except NoSpace as e:
+            # Not "run `lamina gc`" again: this is gc, and nothing it can judge without
+            # the metadata was left to free.
+            raise NoSpace(e.message.removesuffix(NO_SPACE_HINT) +
+                          "gc found nothing to remove without it: free space on the file "
+                          f"system holding {where}") from None

@@ -18,7 +18,7 @@ class Credentials:
 
 @dataclass(frozen=True)
 class RegistryOptions:
-    """How to talk to one registry.  One object instead of many arguments (CRAFT.md)."""
+    """How to talk to one registry.  One object instead of many arguments."""
 
     # plain HTTP or unverified TLS allowed: https is tried without verification first,
     # then http (as Docker treats an "insecure registry").

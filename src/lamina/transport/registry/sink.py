@@ -1,6 +1,6 @@
 """``RegistrySink``: one repository of a registry as an ``ImageSink``.
 
-The push loop follows the distribution-spec (CRAFT.md practice 6): ``has_blob`` is a
+The push loop follows the distribution-spec (as ggcr's ``remote.Write``): ``has_blob`` is a
 HEAD (copy skips what is there); ``put_blob`` first tries a cross-repository mount when
 ``mount_from`` names another repository of the same registry that has the blob
 (``POST ?mount=&from=``: 201 is done, 202 opens an ordinary upload session), else opens
