@@ -6,6 +6,7 @@ access log; the blob it writes is the registry's, and peers read the layout."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,8 @@ from registry_servers import DockerRegistry, FakeRegistry, kill_during_ranges
 from test_delta_pull import _fake_pair, _frames_of, _layer, _push_pair, wire_bytes
 
 from lamina.digest import Digest, digest_file
-from lamina.transport.layout_delta import TEMP_MARK, sweep
+from lamina.transport.filetree import DirWriter, locked_temp, sweep_temps
+from lamina.transport.layout_delta import TEMP_MARK
 from lamina_testing import LAMINA, Lamina, need, tree_listing
 
 
@@ -150,26 +152,51 @@ def test_kill_9_during_a_delta_copy_leaves_the_layout_as_it_was(
 
 
 
+def _hold_lock(path: Path) -> subprocess.Popen[bytes]:
+    """A live writer: another process holding ``path``'s lock until killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print(flush=True); time.sleep(60)", str(path)],
+        stdout=subprocess.PIPE)
+    assert holder.stdout is not None and holder.stdout.readline() == b"\n"
+    return holder
+
+
 def test_a_sweep_leaves_a_live_writers_temp_file(tmp_path: Path) -> None:
     """Only a temp file whose lock is free (its writer died) is removed; one a live
     process holds, and any other file, stay."""
     live, dead = (tmp_path / f".{c * 64}{TEMP_MARK}0123456789ab" for c in "ab")
-    other = tmp_path / f".{'c' * 64}.tmp123"      # DirWriter's: not this sweep's
+    other = tmp_path / f".{'c' * 64}.tmp123"      # not a locked temp file: never judged
     for p in (live, dead, other):
         p.write_bytes(b"x")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
-         "fcntl.flock(f, fcntl.LOCK_EX); print(flush=True); time.sleep(60)", str(live)],
-        stdout=subprocess.PIPE)
+    holder = _hold_lock(live)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"\n"
-        sweep(tmp_path)
+        sweep_temps(tmp_path, (TEMP_MARK,))
         assert live.exists() and other.exists() and not dead.exists()
     finally:
         holder.kill()
         holder.wait()
-    sweep(tmp_path)
+    sweep_temps(tmp_path, (TEMP_MARK,))
     assert not live.exists() and other.exists()
+
+
+def test_a_layout_writer_sweeps_what_a_killed_writer_left(tmp_path: Path) -> None:
+    """A whole blob copied into a layout lands through a locked temp file; one a killed
+    copy left is removed by the next writer of that directory, a live one's stays."""
+    blobs = tmp_path / "layout" / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    dead, fd = locked_temp(blobs / ("d" * 64))
+    os.close(fd)                                  # its writer is gone
+    live, fd = locked_temp(blobs / ("e" * 64))
+    os.close(fd)
+    holder = _hold_lock(live)
+    try:
+        writer = DirWriter(tmp_path / "layout")
+        writer.add_bytes("blobs/sha256/" + "f" * 64, b"blob")
+        assert sorted(p.name for p in blobs.iterdir()) == [live.name, "f" * 64]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_fresh_layout_reuses_the_stores_chunks(lamina: Lamina, registry: DockerRegistry,

@@ -9,6 +9,7 @@ first decompressed into a temporary file so it can be seeked.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import posixpath
 import shutil
@@ -21,6 +22,7 @@ from lamina.digest import CHUNK, read_full
 from lamina.errors import InvalidInput, NotFound, StoreError, UnsafeArchive
 from lamina.store import scratch
 from lamina.store.files import fsync_dir
+from lamina.store.locks import take_if_abandoned
 
 
 def clean_name(name: str) -> str:
@@ -235,15 +237,53 @@ class TreeWriter(Protocol):
     def abort(self) -> None: ...
 
 
+TEMP_MARK = ".tmp-"   # in the name of a file being written beside its place
+
+
+def locked_temp(dest: Path, mark: str = TEMP_MARK) -> tuple[Path, int]:
+    """A fresh file beside ``dest`` (``.<name><mark><random>``), open for writing and
+    locked while its writer lives, so ``sweep_temps`` can tell a live writer's file from
+    a killed one's.  A sweep that took the lock between the create and the flock (a
+    second process writing there) makes this try another name."""
+    for _ in range(100):
+        path = dest.with_name(f".{dest.name}{mark}{os.urandom(6).hex()}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return path, fd
+    raise StoreError(f"cannot make a temporary name beside {dest}")
+
+
+def sweep_temps(directory: Path, marks: tuple[str, ...] = (TEMP_MARK,)) -> None:
+    """Remove the ``locked_temp`` files of killed writers from ``directory`` (those no
+    one holds locked); a live writer's stay."""
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            if not entry.name.startswith(".") or not any(m in entry.name for m in marks):
+                continue
+            with contextlib.suppress(OSError):
+                fd = take_if_abandoned(entry.path)
+                if fd is not None:
+                    try:
+                        os.unlink(entry.path)
+                    finally:
+                        os.close(fd)
+
+
 class DirWriter:
-    """Writes into a directory; each file lands via temp + rename.  ``abort`` removes
-    the files this writer added (and the directory if it created it)."""
+    """Writes into a directory; each file lands via a locked temp file + rename (what a
+    killed writer left is swept by the next writer of that directory).  ``abort``
+    removes the files this writer added (and the directory if it created it)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.where = str(root)
         self._created = not root.exists()
         self._added: list[Path] = []
+        self._swept: set[Path] = set()
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -254,10 +294,16 @@ class DirWriter:
 
     def add(self, name: str, size: int, stream: BinaryIO) -> None:
         dest = self.root / clean_name(name)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
         try:
-            with open(tmp, "wb") as f:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.parent not in self._swept:
+                self._swept.add(dest.parent)
+                sweep_temps(dest.parent)
+            tmp, fd = locked_temp(dest)
+        except OSError as e:
+            raise StoreError(f"cannot write {dest}: {e.strerror or e}") from None
+        try:
+            with open(fd, "wb") as f:
                 shutil.copyfileobj(stream, f, CHUNK)
             os.replace(tmp, dest)
         except OSError as e:

@@ -24,22 +24,21 @@ copy leaves the layout as it was.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from lamina.digest import Digest
-from lamina.errors import IntegrityError, LaminaError, StoreError
+from lamina.errors import IntegrityError, LaminaError
 from lamina.image import mediatypes as mt
 from lamina.image.manifest import Descriptor
 from lamina.layer.chunkmap import ChunkMap, chunk_map, read_toc
 from lamina.layer.zstdchunked import annotations_from_blob, is_chunked
 from lamina.store.files import disk_error
-from lamina.store.locks import take_if_abandoned
 from lamina.store.store import Lease, Store
 from lamina.transport.delta import BlobRanges, StoreChunks, delta_fetch
-from lamina.transport.filetree import DirWriter
+from lamina.transport.filetree import TEMP_MARK as FILE_TEMP_MARK
+from lamina.transport.filetree import DirWriter, locked_temp, sweep_temps
 
 Held = tuple[str, int]       # a frame of the layout: its blob's path, the frame's offset
 Frame = Held | Digest        # ... or a chunk of the store
@@ -70,21 +69,6 @@ def blob_chunks(path: str) -> ChunkMap | None:
         os.close(fd)
 
 
-def sweep(directory: Path) -> None:
-    """Remove the blobs a killed delta copy left half-assembled in ``directory``."""
-    with contextlib.suppress(OSError), os.scandir(directory) as entries:
-        for entry in entries:
-            if not (entry.name.startswith(".") and TEMP_MARK in entry.name):
-                continue
-            with contextlib.suppress(OSError):
-                fd = take_if_abandoned(entry.path)
-                if fd is not None:
-                    try:
-                        os.unlink(entry.path)
-                    finally:
-                        os.close(fd)
-
-
 class LayoutFrames:
     """The frames of the chunked blobs in one ``blobs/<algorithm>`` directory, as the
     planner's ``Holdings``.  Nothing to lease: a layout has no gc, and a frame whose blob
@@ -97,7 +81,7 @@ class LayoutFrames:
     def _frames(self) -> dict[tuple[str, int], Held]:
         if self._index is None:
             self._index = {}
-            sweep(self.directory)
+            sweep_temps(self.directory, (TEMP_MARK, FILE_TEMP_MARK))
             with contextlib.suppress(OSError), os.scandir(self.directory) as entries:
                 for entry in sorted(entries, key=lambda e: e.name):
                     if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
@@ -167,25 +151,10 @@ class LayoutBlob:
         self._buffer = bytearray()
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            self.path, self._fd = self._create(dest)
+            self.path, self._fd = locked_temp(dest, TEMP_MARK)
         except OSError as e:
             raise disk_error(e, str(dest)) from None
         self._renamed = False
-
-    @staticmethod
-    def _create(dest: Path) -> tuple[Path, int]:
-        """A fresh temp file, locked: a sweep that took its lock between the create and
-        the flock (a second process writing the layout) makes this try another name."""
-        for _ in range(100):
-            path = dest.with_name(f".{dest.name}{TEMP_MARK}{os.urandom(6).hex()}")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            return path, fd
-        raise StoreError(f"cannot make a temporary name beside {dest}")
 
     def add(self, data: bytes | memoryview) -> None:
         self._whole.update(data)
