@@ -116,7 +116,7 @@ def _rounds(runs: int, lamina: str, work: Path, registry: str, log: Path
         wire[key].append(log_bytes(log) - before)
 
     # Nothing is deleted before the end: on this ext4, creating files is slow for minutes
-    # after a large rm -rf (BENCHMARKING.md), and Podman and unpack create every file.
+    # after a large rm -rf, and Podman and unpack create every file.
     podmans: list[Podman] = []
     try:
         for n in range(runs):

@@ -23,7 +23,7 @@ from test_server_auth import bearer, token, write_config
 from lamina.errors import InvalidInput
 from lamina.server import load_config, schema
 from lamina.server.app import Registry
-from lamina.server.gc import collect
+from lamina.server.gc_pg import collect
 from lamina.server.meta_pg import LOCK_GC, LOCK_NS, PostgresDb
 from lamina.store import Store
 from lamina.store.gc import collect as store_collect

@@ -38,7 +38,7 @@ from typing import Any
 import anyio.to_thread
 
 from lamina.digest import Digest
-from lamina.errors import LaminaError, StoreBusy
+from lamina.errors import LaminaError, StoreBusy, Unsupported
 from lamina.server import blobs, discovery, manifests, web
 from lamina.server.auth import (
     ANONYMOUS,
@@ -445,7 +445,11 @@ def open_metadata(store: Store, cfg: ServerConfig) -> Db:
         from lamina.server.meta_sqlite import SqliteDb
 
         return SqliteDb(store)
-    from lamina.server.meta_pg import PostgresDb
+    try:
+        from lamina.server.meta_pg import PostgresDb
+    except ImportError as e:   # an optional dependency: pip install 'lamina[postgres]'
+        raise Unsupported(f"[metadata] url names PostgreSQL, which needs {e.name or 'psycopg'}"
+                          ": pip install 'lamina[postgres]'") from None
     from lamina.store.gc import EXTERNAL_METADATA
 
     db = PostgresDb(cfg.metadata.url, cfg.metadata.pool_size, cfg.metadata.pool_wait)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from lamina.digest import Digest
-from lamina.errors import StoreError
+from lamina.errors import StoreError, Unsupported
 
 if TYPE_CHECKING:
     from lamina.server.config import StorageConfig
@@ -136,7 +136,11 @@ def open_storage(cfg: StorageConfig, store: Store, shared: bool = False) -> Blob
     if cfg.driver == "s3":
         from lamina.server.storage.s3 import S3Storage  # boto3 only where S3 is used
 
-        return S3Storage(cfg)
+        try:
+            return S3Storage(cfg)
+        except ImportError as e:   # an optional dependency: pip install 'lamina[s3]'
+            raise Unsupported(f"[storage] driver = \"s3\" needs {e.name or 'boto3'}: "
+                              "pip install 'lamina[s3]'") from None
     from lamina.server.storage.local import LocalStorage
 
     return LocalStorage(store, shared)
