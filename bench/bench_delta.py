@@ -70,6 +70,21 @@ def write_big(root: Path, changed: bool) -> None:
     (root / "big.bin").write_bytes(bytes(big))
 
 
+def push_versions(lamina: str, registry: str, work: Path, repo: str, files: int, mb: int,
+                  versions: list[tuple[str, str]], env: dict[str, str]) -> None:
+    """The tree of ``files`` files (~``mb`` MB) imported and pushed as ``repo:TAG`` for
+    each ``(compression, TAG)``; the 1 MiB file changes before the tag ``v2``."""
+    tree = work / "tree"
+    make_tree(tree, files, mb, changed=False)
+    for compression, tag in versions:
+        if tag == "v2":
+            write_big(tree, changed=True)
+        run([lamina, "import", "--compression", compression, f"{repo}:{tag}", str(tree)],
+            env=env)
+        run([lamina, "push", f"{repo}:{tag}", f"{registry}/{repo}:{tag}"], env=env)
+    shutil.rmtree(tree)
+
+
 def require(*tools: str) -> None:
     for tool in tools:
         if shutil.which(tool) is None:
@@ -164,18 +179,9 @@ def main() -> int:
     proc = None
     try:
         proc, registry, log = start_registry(work)
-        builder = lamina_env(work / "builder")
-        tree = work / "tree"
-        make_tree(tree, args.files, args.mb, changed=False)
-        for compression, name in (("zstd:chunked", "v1"), ("zstd", "v1-zstd"),
-                                  ("zstd:chunked", "v2")):
-            if name == "v2":
-                write_big(tree, changed=True)
-            run([lamina, "import", "--compression", compression, f"bench/delta:{name}",
-                 str(tree)], env=builder)
-            run([lamina, "push", f"bench/delta:{name}", f"{registry}/bench/delta:{name}"],
-                env=builder)
-        shutil.rmtree(tree)
+        push_versions(lamina, registry, work, "bench/delta", args.files, args.mb,
+                      [("zstd:chunked", "v1"), ("zstd", "v1-zstd"), ("zstd:chunked", "v2")],
+                      lamina_env(work / "builder"))
         with contextlib.ExitStack() as stack:
             host, port = registry.split(":")
             proxy = (stack.enter_context(LinkProxy(host, int(port), args.rate, args.rtt))

@@ -28,13 +28,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_delta import (  # noqa: E402
     log_bytes,
-    make_tree,
     parse_args,
     print_pairs,
+    push_versions,
     require,
     start_registry,
     stop,
-    write_big,
 )
 from bench_layer import lamina_cli, run  # noqa: E402
 from bench_registry import lamina_env  # noqa: E402
@@ -51,16 +50,9 @@ def main() -> int:
     proc = None
     try:
         proc, registry, log = start_registry(work)
-        env = lamina_env(work / "store")
-        tree = work / "tree"
-        make_tree(tree, args.files, args.mb, changed=False)
-        for tag in ("v1", "v2"):
-            if tag == "v2":
-                write_big(tree, changed=True)
-            run([lamina, "import", "--compression", "zstd:chunked", f"{REPO}:{tag}",
-                 str(tree)], env=env)
-            run([lamina, "push", f"{REPO}:{tag}", f"{registry}/{REPO}:{tag}"], env=env)
-        shutil.rmtree(tree)
+        push_versions(lamina, registry, work, REPO, args.files, args.mb,
+                      [("zstd:chunked", "v1"), ("zstd:chunked", "v2")],
+                      lamina_env(work / "store"))
         with contextlib.ExitStack() as stack:
             host, port = registry.split(":")
             proxy = (stack.enter_context(LinkProxy(host, int(port), args.rate, args.rtt))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from bench_delta import log_bytes, make_tree, require, start_registry, stop, write_big  # noqa: E402
+from bench_delta import log_bytes, push_versions, require, start_registry, stop  # noqa: E402
 from bench_layer import lamina_cli, ratio_text, run  # noqa: E402
 from bench_registry import lamina_env  # noqa: E402
 
@@ -67,16 +66,9 @@ def main() -> int:
     proc = None
     try:
         proc, registry, log = start_registry(work)
-        builder = lamina_env(work / "builder")
-        tree = work / "tree"
-        make_tree(tree, args.files, args.mb, changed=False)
-        for name in ("v1", "v2"):
-            if name == "v2":
-                write_big(tree, changed=True)
-            ref = f"{registry}/bench/pp:{name}"
-            run([lamina, "import", "--compression", "zstd:chunked", ref, str(tree)], env=builder)
-            run([lamina, "push", ref], env=builder)
-        shutil.rmtree(tree)
+        push_versions(lamina, registry, work, "bench/pp", args.files, args.mb,
+                      [("zstd:chunked", "v1"), ("zstd:chunked", "v2")],
+                      lamina_env(work / "builder"))
         times, wire = _rounds(args.runs, lamina, work, registry, log)
     finally:
         stop(proc, work)
