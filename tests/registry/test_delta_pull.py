@@ -97,7 +97,9 @@ def test_pulled_chunked_layer_is_cut_when_a_delta_pull_shares_it(
         assert [b for b, _ in store.meta.chunk_pending()] == [str(digest)]
         assert not store.meta.has_chunk_contents()
         inode = store.blobs.path(digest).stat().st_ino
-    assert other.run("df", "--json").json()["storage"]["chunked_blobs"] == 0
+    space = other.run("df", "--json").json()["storage"]
+    assert (space["chunked_blobs"], space["chunked_kept_whole"]) == (0, 1)
+    assert "; 1 chunked layer kept whole until a pull shares it" in other.run("df").out
     _assert_fsck_clean(other)
     _, out = _pull(other, registry, "delta/keep", v2)
     assert "Reused" in out
@@ -115,7 +117,8 @@ def test_pulled_chunked_layer_is_cut_when_a_delta_pull_shares_it(
         big = next(e for e in toc.entries if e.name == "big3.bin")
         assert store.meta.find_chunk_for_content(big.chunks[0].chunk_digest)
         assert store.blobs.read_bytes(digest, int(str(layer["size"])))   # digest checked
-    assert other.run("df", "--json").json()["storage"]["chunked_blobs"] == 2
+    space = other.run("df", "--json").json()["storage"]
+    assert (space["chunked_blobs"], space["chunked_kept_whole"]) == (2, 0)
     _check_blob(lamina, other, "delta/keep:v2", v2)
     _assert_fsck_clean(other)
 

@@ -253,6 +253,9 @@ def register(app: click.Group, store_factory: Callable[[], Store]) -> None:
                 pct(r.reclaimable, r.size)] for r in usage.summary])
         space = usage.storage
         chunked = f"; {space.chunked} kept as {space.chunks} chunks" if space.chunked else ""
+        if space.pending:
+            chunked += (f"; {space.pending} chunked layer{'s' * (space.pending > 1)} kept "
+                        "whole until a pull shares it")
         out.print(f"\nBlob bytes: {human_size(space.logical)} logical, "
                   f"{human_size(space.physical)} physical, ratio {space.ratio:.2f}{chunked}")
         snaps = usage.snapshot_space

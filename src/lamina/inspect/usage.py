@@ -46,6 +46,7 @@ files saves n - 1 copies); physical = logical - saved.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,7 +186,7 @@ def disk_usage(store: Store) -> Usage:
 
     report = collect(store, dry_run=True)
     mounts = CacheMounts(store.root).instances()
-    space = store.blobs.space()
+    space = dataclasses.replace(store.blobs.space(), pending=len(meta.chunk_pending()))
     temp = scratch.usage(store.root / "tmp")
     ingest = store.blobs.ingest_usage()
     gone_snapshots = set(report.snapshots_removed)

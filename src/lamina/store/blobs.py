@@ -47,6 +47,7 @@ class BlobSpace:
     chunks: int
     logical: int
     physical: int
+    pending: int = 0  # zstd:chunked layers kept whole until a delta pull shares them
 
     @property
     def ratio(self) -> float:
@@ -55,8 +56,8 @@ class BlobSpace:
 
     def to_json(self) -> dict[str, int | float]:
         return {"blobs": self.blobs, "chunked_blobs": self.chunked, "chunks": self.chunks,
-                "logical": self.logical, "physical": self.physical,
-                "ratio": round(self.ratio, 3)}
+                "chunked_kept_whole": self.pending, "logical": self.logical,
+                "physical": self.physical, "ratio": round(self.ratio, 3)}
 
 
 class BlobProvider(Protocol):
