@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import json
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -89,44 +90,63 @@ def cut_pending(store: Store, wanted: Collection[str],
     """Cut into chunks the zstd:chunked layers the store keeps whole (``chunk_pending``:
     pulled or loaded with nothing to share then) that hold any content in ``wanted`` (a
     delta pull's TOC chunk digests), and record their contents, so the pull's plan
-    finds them.  The cut reads each such layer once (its own TOC says where; the file
-    was verified when stored) and keeps its file as the pack (a link, no copy).  A layer
-    gone, already cut, or whose TOC does not hold leaves the list; one that shares
-    nothing stays on it.  Returns how many were cut."""
+    finds them.  The cut reads each such layer once (its own TOC says where), checks it
+    against its digest as it hashes the frames (a file at rest may have been damaged
+    since it was stored: no frame of it is named unchecked), and keeps its file as the
+    pack (a link, no copy).  A layer gone, cut already (its rows are recorded then),
+    damaged, or whose TOC does not hold leaves the list; one that shares nothing stays
+    on it.  Returns how many were cut."""
     cut = 0
     for blob_text, marks in store.meta.chunk_pending():
         blob = Digest.parse(blob_text)
         lease([blob_text])      # registered, then looked at: gc keeps it from now on
-        path = store.blobs.path(blob)
         try:
-            chunked = store.blobs.chunked(blob)
-            if chunked is not None:
-                # Cut already (by another pull, or one killed before its rows and this
-                # line): record its contents, from its own TOC and recipe.
-                toc = read_toc(_pread_of(chunked), json.loads(marks), chunked.size)
-                if toc is not None:
-                    record_contents(store, blob, chunk_map(toc, chunked.size))
-                store.meta.drop_chunk_pending(blob_text)
-                continue
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                toc = read_toc(lambda offset, n: os.pread(f.fileno(), n, offset),
-                               json.loads(marks), size)
-                cmap = chunk_map(toc, size) if toc is not None else None
-        except FileNotFoundError:
-            cmap = None          # gone
+            done = _cut(store, blob, json.loads(marks), wanted)
         except (LaminaError, ValueError, OSError):
-            cmap = None          # a TOC that does not hold: it can never be cut
-        if cmap is None:
+            done = None     # a TOC that does not hold, a file that is not its digest
+        if done is not False:
             store.meta.drop_chunk_pending(blob_text)
-            continue
-        if not any(content in wanted for _, content in cmap.contents):
-            continue
-        recipe = store.blobs.put_chunked(blob, path, cmap.spans, verified=True)
-        record_contents(store, blob, cmap, recipe)
-        store.meta.drop_chunk_pending(blob_text)
-        cut += 1
+            cut += bool(done)
     return cut
+
+
+def _cut(store: Store, blob: Digest, annotations: Mapping[str, str],
+         wanted: Collection[str]) -> bool | None:
+    """Cut ``blob`` if it shares any of ``wanted``: True if cut now, False if it shares
+    nothing (it stays whole and listed), None if gone or cut before (its rows are
+    recorded now).  Off the list unless False."""
+    try:
+        f = open(store.blobs.path(blob), "rb")
+    except FileNotFoundError:
+        chunked = store.blobs.chunked(blob)
+        if chunked is not None:
+            # Cut already by a pull killed before its rows and this line (the whole
+            # file goes after the recipe): record its contents, from its own TOC.
+            toc = read_toc(_pread_of(chunked), annotations, chunked.size)
+            if toc is not None:
+                record_contents(store, blob, chunk_map(toc, chunked.size))
+        return None
+    with f:
+        # One cutter at a time (another pull, or another layer of this one): else both
+        # link the file in as a pack, and the later one finds the file gone midway.
+        # An flock on the file itself: the kernel lets go when its holder dies.
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        size = os.fstat(f.fileno()).st_size
+        toc = read_toc(lambda offset, n: os.pread(f.fileno(), n, offset), annotations, size)
+        if toc is None:
+            return None
+        cmap = chunk_map(toc, size)
+        if store.blobs.chunks.has_recipe(blob):
+            # Cut by the one this waited for, or by one killed before the whole file
+            # went: the rows (again: a row is a fact), and the file goes.
+            record_contents(store, blob, cmap)
+            store.blobs.drop_whole(blob)
+            return None
+        if not any(content in wanted for _, content in cmap.contents):
+            return False
+        recipe = store.blobs.put_chunked(blob, store.blobs.path(blob), cmap.spans)
+    record_contents(store, blob, cmap, recipe)
+    return True
 
 
 def header_frames(tar_split: bytes) -> list[bytes]:
