@@ -277,3 +277,54 @@ def test_a_cut_layer_shared_by_two_images_survives_rmi_gc_and_leaves_exact(
     with Store(other.root) as store:
         assert not store.blobs.has(digest) and store.meta.chunk_pending() == []
         assert not list(store.blobs.chunks.chunks())
+
+
+def test_gc_while_a_delta_pull_cuts(lamina: Lamina, registry: DockerRegistry,
+                                    tmp_path: Path) -> None:
+    """``lamina gc`` runs again and again while ``lamina pull`` of v2 cuts v1 (whose image
+    was removed: only the pull's lease keeps it): the pull completes with the
+    registry's blob, fsck is clean, and v1's frames v2 uses are all still there."""
+    repo = "cut/gc"
+    v1, v2 = _push_pair(lamina, registry, tmp_path, repo, changed=True)
+    want = _layer(lamina, f"{repo}:v2")["digest"]
+    for round_ in range(3):
+        other = Lamina(tmp_path / f"other{round_}", tmp_path)
+        other.run("pull", v1)
+        if round_:
+            other.run("rmi", v1)
+        pull = subprocess.Popen([LAMINA, "pull", v2], env=other.env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        gcs = 0
+        while pull.poll() is None and gcs < 50:
+            other.run("gc")
+            gcs += 1
+        out, err = pull.communicate(timeout=120)
+        assert pull.returncode == 0, (out, err)
+        assert _layer(other, v2)["digest"] == want
+        _assert_fsck_clean(other)
+        other.run("gc")
+        _assert_fsck_clean(other)
+        with Store(other.root) as store:
+            digest = Digest.parse(str(want))
+            assert Digest.from_bytes(store.blobs.read_bytes(digest)) == digest
+
+
+def test_a_toc_position_past_the_limit_is_refused_before_it_is_read() -> None:
+    """A descriptor (a pending row keeps the registry's) whose TOC position names more
+    than the TOC limit, inside a big blob: ``read_toc`` says so in one line without
+    reading those bytes (the cut of a 4 GB layer must not read 3 GB into memory)."""
+    from lamina.errors import InvalidInput
+    from lamina.layer.zstdchunked import CHECKSUM_ANNOTATION, MAX_TOC_SIZE, POSITION_ANNOTATION
+
+    asked: list[int] = []
+
+    def read_at(offset: int, n: int) -> bytes:
+        asked.append(n)
+        return bytes(min(n, 1 << 20))
+
+    length = 4 * MAX_TOC_SIZE
+    annotations = {CHECKSUM_ANNOTATION: "sha256:" + "0" * 64,
+                   POSITION_ANNOTATION: f"100:{length}:{MAX_TOC_SIZE}:1"}
+    with pytest.raises(InvalidInput, match="larger than the 64 MiB limit"):
+        read_toc(read_at, annotations, 8 * MAX_TOC_SIZE)
+    assert all(n <= MAX_TOC_SIZE for n in asked), asked

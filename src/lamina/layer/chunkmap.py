@@ -21,7 +21,14 @@ import zstandard
 
 from lamina.digest import Digest
 from lamina.errors import InvalidInput, LaminaError, NotFound
-from lamina.layer.zstdchunked import Toc, frame_spans, parse_toc, toc_checksum, toc_location
+from lamina.layer.zstdchunked import (
+    MAX_TOC_SIZE,
+    Toc,
+    frame_spans,
+    parse_toc,
+    toc_checksum,
+    toc_location,
+)
 from lamina.store.chunks import ChunkedFile, Recipe
 from lamina.store.store import Store
 
@@ -58,8 +65,10 @@ def read_toc(read_at: Callable[[int, int], bytes], annotations: Mapping[str, str
     checksum = toc_checksum(annotations)
     if loc is None or checksum is None:
         return None
-    if loc.offset < 0 or loc.offset + loc.length > blob_size:
-        return parse_toc(b"", checksum, blob_size, loc)   # says why, in one line
+    if loc.offset < 0 or loc.offset + loc.length > blob_size or loc.length > MAX_TOC_SIZE:
+        # Said why, in one line, before a byte is read: a position from a registry's
+        # descriptor may name most of a big blob.
+        return parse_toc(b"", checksum, blob_size, loc)
     return parse_toc(read_at(loc.offset, loc.length), checksum, blob_size, loc)
 
 
