@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from registry_servers import DockerRegistry, pull_image
-from test_delta_pull import _assert_fsck_clean, _layer, _pull, _push_pair
+from registry_servers import DockerRegistry, FakeRegistry, pull_image
+from test_delta_pull import _assert_fsck_clean, _fake_pair, _layer, _pull, _push_pair
 
 from lamina.digest import Digest
 from lamina.image.reference import Reference
@@ -328,3 +328,36 @@ def test_a_toc_position_past_the_limit_is_refused_before_it_is_read() -> None:
     with pytest.raises(InvalidInput, match="larger than the 64 MiB limit"):
         read_toc(read_at, annotations, 8 * MAX_TOC_SIZE)
     assert all(n <= MAX_TOC_SIZE for n in asked), asked
+
+
+def test_two_delta_pulls_of_one_layer_leave_its_frames_once_after_gc(
+        lamina: Lamina, fake: FakeRegistry, tmp_path: Path) -> None:
+    """Two ``lamina pull`` of v2 at once (the fake dribbles v2's ranges, so both may fetch
+    the changed frames before either has stored them) may each write them into a pack
+    of their own; a copy of a pack stands for that where they did not.  The next ``gc``
+    keeps one copy of each chunk; the store stays clean and v2 reads back exactly."""
+    import shutil
+
+    v1, v2, other = _fake_pair(lamina, fake, tmp_path, "dup/app")
+    digest = Digest.parse(str(_layer(lamina, "dup/app:v2")["digest"]))
+    other.run("pull", str(v1))
+    fake.slow[str(digest)] = (16 << 10, 0.02, 0)
+    procs = [subprocess.Popen([LAMINA, "pull", str(v2)], env=other.env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, (out, err)
+    fake.slow.clear()
+    small = min((other.root / "packs").glob("*.pack"), key=lambda p: p.stat().st_size)
+    for ext in ("pack", "idx"):
+        shutil.copy(small.with_suffix(f".{ext}"), small.with_name(f"{'0' * 32}.{ext}"))
+    _assert_fsck_clean(other)
+    other.run("gc")
+    _assert_fsck_clean(other)
+    with Store(other.root) as store:
+        held = [str(e.digest) for entries in store.blobs.chunks.packs.packs().values()
+                for e in entries]
+        assert len(held) == len(set(held)), len(held) - len(set(held))
+        assert Digest.from_bytes(store.blobs.read_bytes(digest)) == digest
+    assert len(_packs(other.root)) == 2

@@ -303,8 +303,15 @@ def _sweep_packs(chunks: ChunkStore, keep: Collection[str], report: GcReport,
                     if not dry_run:
                         chunks.remove_pack(name)
                     _count_chunks(report, 0, size)
-    for name, entries in listed.items():
-        live = [e for e in entries if str(e.digest) in keep]
+    # A chunk in two packs (two delta pulls of one layer at once each packed the frames
+    # it fetched) is live in one only, the fullest: its other copies are dead like any.
+    owned: set[str] = set()
+    for name, entries in sorted(listed.items(), key=lambda item: (-len(item[1]), item[0])):
+        live = []
+        for e in entries:
+            if str(e.digest) in keep and str(e.digest) not in owned:
+                owned.add(str(e.digest))
+                live.append(e)
         if len(live) == len(entries):
             continue
         try:
