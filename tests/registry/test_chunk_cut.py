@@ -22,8 +22,21 @@ from lamina.layer.chunkmap import chunk_map, cut_pending, read_toc
 from lamina.store.store import Store
 from lamina_testing import LAMINA, Lamina
 
+REPO = "cut/app"
+Source = tuple[Lamina, str, str]
 
-def _v1_layer(lamina: Lamina, repo: str) -> tuple[Digest, dict[str, str]]:
+
+@pytest.fixture(scope="module")
+def src(registry: DockerRegistry, tmp_path_factory: pytest.TempPathFactory) -> Source:
+    """v1 and v2 (one 1 MiB file changed) of the tree, chunked, pushed once for the
+    module to ``REPO``; the store that made them (its layers are the registry's)."""
+    root = tmp_path_factory.mktemp("cut-src")
+    lamina = Lamina(root / "store", root)
+    v1, v2 = _push_pair(lamina, registry, root, REPO, changed=True)
+    return lamina, v1, v2
+
+
+def _v1_layer(lamina: Lamina, repo: str = REPO) -> tuple[Digest, dict[str, str]]:
     layer = _layer(lamina, f"{repo}:v1")
     annotations = layer["annotations"]
     assert isinstance(annotations, dict)
@@ -48,20 +61,20 @@ def _packs(root: Path) -> list[tuple[int, int]]:
     return sorted((p.stat().st_ino, p.stat().st_size) for p in (root / "packs").glob("*.pack"))
 
 
-def test_two_cutters_of_one_layer_at_once(lamina: Lamina, registry: DockerRegistry,
+def test_two_cutters_of_one_layer_at_once(src: Source, registry: DockerRegistry,
                                          tmp_path: Path) -> None:
     """Two delta pulls (threads here, lined up just before they look at the layer) cut
     the same pending layer at once: neither fails, the layer is cut once (one pack holds
     its frames, one name for its file), its rows hold, fsck is clean."""
-    v1, v2 = _push_pair(lamina, registry, tmp_path, "cut/twice", changed=True)
-    digest, _ = _v1_layer(lamina, "cut/twice")
+    lamina, v1, v2 = src
+    digest, _ = _v1_layer(lamina, REPO)
     other = Lamina(tmp_path / "other", tmp_path)
     other.run("pull", v1)
     toc_contents = set()
     with Store(lamina.root) as store:
         chunked = store.blobs.chunked(digest)
         assert chunked is not None
-        _, annotations = _v1_layer(lamina, "cut/twice")
+        _, annotations = _v1_layer(lamina, REPO)
         toc = read_toc(lambda off, n: chunked.pread(n, off), annotations, chunked.size)
         assert toc is not None
         toc_contents = {c for _, c in chunk_map(toc, chunked.size).contents}
@@ -89,19 +102,18 @@ def test_two_cutters_of_one_layer_at_once(lamina: Lamina, registry: DockerRegist
     assert len(_packs(other.root)) == 1, _packs(other.root)
     assert _rows_hold(other.root) > 0
     _assert_fsck_clean(other)
-    _, out = _pull(other, registry, "cut/twice", v2)
+    _, out = _pull(other, registry, REPO, v2)
     assert "Reused" in out
     _assert_fsck_clean(other)
 
 
-def test_two_pull_processes_cut_one_layer_at_once(lamina: Lamina, registry: DockerRegistry,
+def test_two_pull_processes_cut_one_layer_at_once(src: Source, registry: DockerRegistry,
                                                   tmp_path: Path) -> None:
     """Two ``lamina pull`` of v2 at once into a store holding v1 whole: both complete,
     with the registry's blob, and the store is clean."""
-    _, v2 = _push_pair(lamina, registry, tmp_path, "cut/procs", changed=True)
-    v1 = v2.removesuffix(":v2") + ":v1"
-    want = _layer(lamina, "cut/procs:v2")["digest"]
-    for round_ in range(3):
+    lamina, v1, v2 = src
+    want = _layer(lamina, f"{REPO}:v2")["digest"]
+    for round_ in range(2):
         other = Lamina(tmp_path / f"other{round_}", tmp_path)
         other.run("pull", v1)
         procs = [subprocess.Popen([LAMINA, "pull", v2], env=other.env, text=True,
@@ -137,12 +149,12 @@ def _kill_at(step: str, store: Store, digest: Digest, annotations: dict[str, str
 
 @pytest.mark.parametrize("step", ["before-recipe", "before-drop-whole", "before-rows",
                                   "after-rows"])
-def test_a_cut_killed_at_each_step_then_gc(lamina: Lamina, registry: DockerRegistry,
+def test_a_cut_killed_at_each_step_then_gc(src: Source, registry: DockerRegistry,
                                           tmp_path: Path, step: str) -> None:
     """kill -9 at each step of a cut (left as the step leaves it), then ``lamina gc``: fsck
     is clean, no blob is lost, and the next delta pull completes and reuses v1."""
-    repo = f"cut/kill-{step}"
-    v1, v2 = _push_pair(lamina, registry, tmp_path, repo, changed=True)
+    repo = REPO
+    lamina, v1, v2 = src
     digest, annotations = _v1_layer(lamina, repo)
     other = Lamina(tmp_path / "other", tmp_path)
     with Store(other.root) as store:
@@ -164,15 +176,15 @@ def test_a_cut_killed_at_each_step_then_gc(lamina: Lamina, registry: DockerRegis
 
 
 @pytest.mark.parametrize("damage", ["flipped", "truncated"])
-def test_a_pending_layer_damaged_on_disk_is_not_cut(lamina: Lamina, registry: DockerRegistry,
+def test_a_pending_layer_damaged_on_disk_is_not_cut(src: Source, registry: DockerRegistry,
                                                    tmp_path: Path, damage: str) -> None:
     """v1 kept whole has one byte flipped inside a payload frame (or loses its last
     byte) before a delta pull of v2 would cut it: the cut checks the file against its
     digest first, so nothing of it is cut or recorded (no row names a frame that does
     not inflate to its content); v2 is fetched whole, exactly; fsck names v1 alone, and
     ``fsck --repair`` then a pull of v1 make the store whole again."""
-    repo = f"cut/{damage}"
-    v1, v2 = _push_pair(lamina, registry, tmp_path, repo, changed=True)
+    repo = REPO
+    lamina, v1, v2 = src
     digest, annotations = _v1_layer(lamina, repo)
     other = Lamina(tmp_path / "other", tmp_path)
     other.run("pull", v1)
@@ -206,14 +218,14 @@ def test_a_pending_layer_damaged_on_disk_is_not_cut(lamina: Lamina, registry: Do
 
 
 @pytest.mark.parametrize("fmt", ["oci-archive", "docker-oci-archive", "docker-archive"])
-def test_load_then_delta_pull(lamina: Lamina, registry: DockerRegistry, tmp_path: Path,
+def test_load_then_delta_pull(src: Source, registry: DockerRegistry, tmp_path: Path,
                               fmt: str) -> None:
     """v1 saved and loaded into a fresh store: from an OCI archive (the descriptor's TOC
     annotations come along) it is kept whole and listed, and the delta pull of v2 cuts
     and reuses it; a docker archive has no annotations, so v2 is fetched whole.  Either
     way v2 is the registry's blob and fsck is clean."""
-    repo = f"cut/load-{fmt}"
-    v1, v2 = _push_pair(lamina, registry, tmp_path, repo, changed=True)
+    repo = REPO
+    lamina, v1, v2 = src
     digest, _ = _v1_layer(lamina, repo)
     other = Lamina(tmp_path / "other", tmp_path)
     other.run("pull", v1)
@@ -235,15 +247,15 @@ def test_load_then_delta_pull(lamina: Lamina, registry: DockerRegistry, tmp_path
 
 
 def test_a_cut_layer_shared_by_two_images_survives_rmi_gc_and_leaves_exact(
-        lamina: Lamina, registry: DockerRegistry, tmp_path: Path) -> None:
+        src: Source, registry: DockerRegistry, tmp_path: Path) -> None:
     """v1's layer (kept whole, then cut by the delta pull of v2) is in two images: after
     ``rmi`` of one and of v2 and ``gc``, the other still reads it; ``save`` and ``push``
     hand out the registry's exact bytes (its digest), and after the last ``rmi`` and
     ``gc`` nothing of it is left."""
     from registry_servers import DockerRegistry as Registry
 
-    repo = "cut/shared"
-    v1, v2 = _push_pair(lamina, registry, tmp_path, repo, changed=True)
+    repo = REPO
+    lamina, v1, v2 = src
     digest, _ = _v1_layer(lamina, repo)
     size = int(str(_layer(lamina, f"{repo}:v1")["size"]))
     other = Lamina(tmp_path / "other", tmp_path)
@@ -279,15 +291,15 @@ def test_a_cut_layer_shared_by_two_images_survives_rmi_gc_and_leaves_exact(
         assert not list(store.blobs.chunks.chunks())
 
 
-def test_gc_while_a_delta_pull_cuts(lamina: Lamina, registry: DockerRegistry,
+def test_gc_while_a_delta_pull_cuts(src: Source, registry: DockerRegistry,
                                     tmp_path: Path) -> None:
     """``lamina gc`` runs again and again while ``lamina pull`` of v2 cuts v1 (whose image
     was removed: only the pull's lease keeps it): the pull completes with the
     registry's blob, fsck is clean, and v1's frames v2 uses are all still there."""
-    repo = "cut/gc"
-    v1, v2 = _push_pair(lamina, registry, tmp_path, repo, changed=True)
+    repo = REPO
+    lamina, v1, v2 = src
     want = _layer(lamina, f"{repo}:v2")["digest"]
-    for round_ in range(3):
+    for round_ in range(2):
         other = Lamina(tmp_path / f"other{round_}", tmp_path)
         other.run("pull", v1)
         if round_:
