@@ -85,48 +85,98 @@ def _pread_of(f: ChunkedFile) -> Callable[[int, int], bytes]:
 
 
 def cut_pending(store: Store, wanted: Collection[str],
-                lease: Callable[[Sequence[str]], None]) -> int:
+                lease: Callable[[Sequence[str]], None], besides: Collection[str] = ()) -> int:
     """Cut into chunks the zstd:chunked layers the store keeps whole (``chunk_pending``:
-    pulled or loaded with nothing to share then) that hold any content in ``wanted`` (a
-    delta pull's TOC chunk digests), and record their contents, so the pull's plan
-    finds them.  The cut reads each such layer once (its own TOC says where; the file
-    was verified when stored) and keeps its file as the pack (a link, no copy).  A layer
-    gone, already cut, or whose TOC does not hold leaves the list; one that shares
-    nothing stays on it.  Returns how many were cut."""
+    fetched whole with nothing to share then) that hold any content in ``wanted`` (a
+    delta pull's TOC chunk digests), so the pull's plan finds them; ``besides``: layers
+    not to consider (the ones this very pull kept whole: a cold pull of a many-layer
+    image stays a plain pull).  Each kept-whole layer's TOC is read once, the first
+    time sharing is looked for (``pending_contents``); a layer gone, already cut, or
+    whose TOC does not hold leaves the list.  Returns how many were cut."""
+    _index_pending(store, besides)
+    skip = set(besides)
+    return sum(_cut(store, blob, lease) for blob in
+               sorted(store.meta.pending_sharing(wanted) - skip))
+
+
+def cut_shared(store: Store, blobs: Collection[str],
+               lease: Callable[[Sequence[str]], None]) -> int:
+    """After a copy into the store with no delta path (``load``, an OCI layout): each
+    of the kept-whole layers ``blobs`` it wrote that shares content with another
+    kept-whole layer is cut, with that layer; one whose content stored chunks hold
+    already is cut alone (it then keeps only what is new).  Returns how many were cut."""
+    _index_pending(store)
+    pending = {b for b, _ in store.meta.chunk_pending()}
     cut = 0
-    for blob_text, marks in store.meta.chunk_pending():
-        blob = Digest.parse(blob_text)
-        lease([blob_text])      # registered, then looked at: gc keeps it from now on
-        path = store.blobs.path(blob)
-        try:
-            chunked = store.blobs.chunked(blob)
-            if chunked is not None:
-                # Cut already (by another pull, or one killed before its rows and this
-                # line): record its contents, from its own TOC and recipe.
-                toc = read_toc(_pread_of(chunked), json.loads(marks), chunked.size)
-                if toc is not None:
-                    record_contents(store, blob, chunk_map(toc, chunked.size))
-                store.meta.drop_chunk_pending(blob_text)
-                continue
-            with open(path, "rb") as f:
+    for blob in sorted(set(blobs) & pending):
+        if blob not in {b for b, _ in store.meta.chunk_pending()}:
+            continue        # cut already, as another's partner
+        contents = store.meta.pending_contents_of(blob)
+        partners = store.meta.pending_sharing(contents) - {blob}
+        if partners or store.meta.stored_sharing(contents):
+            cut += sum(_cut(store, b, lease) for b in sorted({blob, *partners}))
+    return cut
+
+
+def _index_pending(store: Store, besides: Collection[str] = ()) -> None:
+    """Record the contents of the kept-whole layers not indexed yet."""
+    for blob, marks in store.meta.chunk_pending(indexed=False):
+        if blob in besides:
+            continue
+        cmap = _kept_map(store, blob, marks)
+        if cmap is not None:
+            store.meta.index_chunk_pending(blob, [c for _, c in cmap.contents])
+
+
+def _kept_map(store: Store, blob_text: str, marks: str) -> ChunkMap | None:
+    """The chunk map of a kept-whole layer, read from its file; None (and off the list)
+    if it is gone, cut already (its contents recorded then), or its TOC does not hold."""
+    blob = Digest.parse(blob_text)
+    cmap = None
+    try:
+        chunked = store.blobs.chunked(blob)
+        if chunked is not None:
+            # Cut already (by another pull, or one killed before its rows and this
+            # line): record its contents, from its own TOC and recipe.
+            toc = read_toc(_pread_of(chunked), json.loads(marks), chunked.size)
+            if toc is not None:
+                record_contents(store, blob, chunk_map(toc, chunked.size))
+        else:
+            with open(store.blobs.path(blob), "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 toc = read_toc(lambda offset, n: os.pread(f.fileno(), n, offset),
                                json.loads(marks), size)
                 cmap = chunk_map(toc, size) if toc is not None else None
-        except FileNotFoundError:
-            cmap = None          # gone
-        except (LaminaError, ValueError, OSError):
-            cmap = None          # a TOC that does not hold: it can never be cut
-        if cmap is None:
-            store.meta.drop_chunk_pending(blob_text)
-            continue
-        if not any(content in wanted for _, content in cmap.contents):
-            continue
-        recipe = store.blobs.put_chunked(blob, path, cmap.spans, verified=True)
-        record_contents(store, blob, cmap, recipe)
+    except FileNotFoundError:
+        pass                # gone
+    except (LaminaError, ValueError, OSError):
+        pass                # a TOC that does not hold: it can never be cut
+    if cmap is None:
         store.meta.drop_chunk_pending(blob_text)
-        cut += 1
-    return cut
+    return cmap
+
+
+def _cut(store: Store, blob_text: str, lease: Callable[[Sequence[str]], None]) -> bool:
+    """Cut one kept-whole layer into chunks: its file becomes the pack (a link, no
+    copy; read once to name the chunks, verified when it was stored), its contents are
+    recorded, and it leaves the list."""
+    lease([blob_text])      # registered, then looked at: gc keeps it from now on
+    marks = dict(store.meta.chunk_pending()).get(blob_text)
+    if marks is None:
+        return False
+    cmap = _kept_map(store, blob_text, marks)
+    if cmap is None:
+        return False
+    blob = Digest.parse(blob_text)
+    try:
+        recipe = store.blobs.put_chunked(blob, store.blobs.path(blob), cmap.spans,
+                                         verified=True)
+    except NotFound:
+        store.meta.drop_chunk_pending(blob_text)     # gone meanwhile
+        return False
+    record_contents(store, blob, cmap, recipe)
+    store.meta.drop_chunk_pending(blob_text)
+    return True
 
 
 def header_frames(tar_split: bytes) -> list[bytes]:

@@ -37,7 +37,7 @@ keeps it, so push, save and serve hand out the very bytes the registry has.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -161,14 +161,17 @@ def fetch_toc(desc: Descriptor, ranges: BlobRanges) -> tuple[TocFirst, Toc] | No
 class StoreChunks:
     """The store's chunks as ``Holdings``: found by content in ``chunk_contents``."""
 
-    def __init__(self, store: Store, lease: Callable[[Sequence[str]], None]) -> None:
+    def __init__(self, store: Store, lease: Callable[[Sequence[str]], None],
+                 besides: Collection[str] = ()) -> None:
         self.store = store
         self.lease = lease
+        self.besides = besides     # kept-whole layers not to cut (cut_pending)
 
     def candidates(self, cmap: ChunkMap) -> dict[int, Digest]:
         # Layers kept whole that share content with this one are cut into chunks first
         # (a cold pull keeps them whole: chunkmap.cut_pending).
-        cut_pending(self.store, {content for _, content in cmap.contents}, self.lease)
+        cut_pending(self.store, {content for _, content in cmap.contents}, self.lease,
+                    self.besides)
         candidates: dict[int, str] = {}
         for i, content in cmap.contents:
             length = cmap.spans[i][1]
@@ -186,16 +189,17 @@ class StoreChunks:
 
 def delta_pull(store: Store, desc: Descriptor, ranges: BlobRanges,
                lease: Callable[[Sequence[str]], None],
-               progress: Callable[[int, int | None], None] | None = None
-               ) -> DeltaResult[ChunkSink] | None:
+               progress: Callable[[int, int | None], None] | None = None,
+               besides: Collection[str] = ()) -> DeltaResult[ChunkSink] | None:
     """Fetch ``desc`` through ``ranges`` reusing what ``store`` holds (see the module);
     None when it cannot or should not (then fetch it whole).  ``lease(keys)`` registers
     chunk digests in the pull's lease.  Layers the store keeps whole that share content
-    with this one are cut into chunks first (``chunkmap.cut_pending``)."""
+    with this one are cut into chunks first (``chunkmap.cut_pending``), but for those
+    ``besides`` (the ones this pull kept whole)."""
     if toc_location(desc.annotations) is None or not (
-            store.meta.has_chunk_contents() or store.meta.has_chunk_pending()):
+            store.meta.has_chunk_contents() or store.meta.has_chunk_pending(besides)):
         return None
-    return delta_fetch(desc, ranges, StoreChunks(store, lease),
+    return delta_fetch(desc, ranges, StoreChunks(store, lease, besides),
                        lambda: ChunkSink(store.blobs.chunks, desc.digest), progress)
 
 
