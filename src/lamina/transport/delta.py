@@ -130,16 +130,16 @@ class _Plan:
 
 
 @dataclass(frozen=True)
-class TocFirst:
-    """A layer's TOC fetched before its bytes: where to cut it, and the tail it came
-    from."""
+class Tail:
+    """A layer's tail as one Range request brought it (TOC, tar-split, footer), and
+    where its TOC says to cut the blob."""
 
     cmap: ChunkMap
     tail_start: int
     tail: bytes
 
 
-def fetch_toc(desc: Descriptor, ranges: BlobRanges) -> tuple[TocFirst, Toc] | None:
+def fetch_toc(desc: Descriptor, ranges: BlobRanges) -> tuple[Tail, Toc] | None:
     """The tail (TOC, tar-split, footer) of a zstd:chunked layer by one Range request,
     its TOC checked against the annotation; None if not chunked or it does not hold."""
     loc = toc_location(desc.annotations)
@@ -153,7 +153,7 @@ def fetch_toc(desc: Descriptor, ranges: BlobRanges) -> tuple[TocFirst, Toc] | No
         tail = ranges.read(tail_start, desc.size - tail_start)
         toc = parse_toc(tail[SKIPPABLE_HEADER:SKIPPABLE_HEADER + loc.length], checksum,
                         desc.size, loc)
-        return TocFirst(chunk_map(toc, desc.size), tail_start, tail), toc
+        return Tail(chunk_map(toc, desc.size), tail_start, tail), toc
     except LaminaError:
         return None   # a TOC that lies, a registry that ignores Range: fetch it whole
 
@@ -214,8 +214,8 @@ def delta_fetch(desc: Descriptor, ranges: BlobRanges, held: Holdings[H],
     got = fetch_toc(desc, ranges)
     if got is None:
         return None
-    first, toc = got
-    cmap, tail_start, tail = first.cmap, first.tail_start, first.tail
+    head, toc = got
+    cmap, tail_start, tail = head.cmap, head.tail_start, head.tail
     try:
         made = _header_frames(toc, tail, tail_start)
     except LaminaError:
