@@ -514,16 +514,11 @@ def test_a_load_of_variants_keeps_shared_content_once(lamina: Lamina, tmp_path: 
     """No delta path from an archive: the layers it brings that share content with one
     another (or with stored chunks) are cut as they are recorded; one sharing nothing
     stays whole."""
-    import random
 
     lamina.run("import", "--compression", "zstd:chunked", "load/app:v1", _tree(tmp_path / "v1"))
     lamina.run("import", "--compression", "zstd:chunked", "load/app:v2",
                _tree(tmp_path / "v2", changed=True))
-    apart = tmp_path / "apart"
-    apart.mkdir()
-    for i in range(10):
-        (apart / f"x{i}").write_bytes(random.Random(-i).randbytes(30_000))
-    lamina.run("import", "--compression", "zstd:chunked", "load/apart:v1", apart)
+    _apart(lamina, tmp_path, "load/apart:v1")
     archive = tmp_path / "all.tar"
     lamina.run("save", "--format", "oci-archive", "-o", archive, "load/app:v1", "load/app:v2",
                "load/apart:v1")
@@ -541,25 +536,31 @@ def test_a_load_of_variants_keeps_shared_content_once(lamina: Lamina, tmp_path: 
     _assert_fsck_clean(other)
 
 
-def test_each_kept_whole_layer_is_read_once_for_sharing(
-        lamina: Lamina, registry: DockerRegistry, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A kept-whole layer that shares nothing is indexed (its TOC read) the first time
-    a pull looks for sharing, never again: later pulls ask the index."""
+def _apart(lamina: Lamina, tmp_path: Path, name: str) -> None:
+    """``name``: a small chunked image sharing no content with ``_tree``'s."""
     import random
-
-    from lamina.layer import chunkmap
 
     apart = tmp_path / "apart"
     apart.mkdir()
     for i in range(10):
         (apart / f"x{i}").write_bytes(random.Random(-i).randbytes(30_000))
-    lamina.run("import", "--compression", "zstd:chunked", "index/apart:a", apart)
-    a_ref = f"{registry.host}/index/apart:a"
+    lamina.run("import", "--compression", "zstd:chunked", name, apart)
+
+
+def test_a_layer_sharing_nothing_is_left_whole_and_read_once(
+        lamina: Lamina, registry: DockerRegistry, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delta pull cuts only the layers kept whole that share content with it.  One
+    that shares nothing has its TOC read the first time a pull looks for sharing, never
+    again: later pulls ask the index (``pending_contents``)."""
+    from lamina.layer import chunkmap
+
+    _apart(lamina, tmp_path, "delta/apart:a")
+    a_ref = f"{registry.host}/delta/apart:a"
     with Store(lamina.root) as store:
-        push_image(store, "index/apart:a", Reference.parse(a_ref))
-    v1, v2 = _push_pair(lamina, registry, tmp_path, "index/pair", changed=True)
-    a_layer = str(_layer(lamina, "index/apart:a")["digest"])
+        push_image(store, "delta/apart:a", Reference.parse(a_ref))
+    v1, v2 = _push_pair(lamina, registry, tmp_path, "delta/apart2", changed=True)
+    a_layer = str(_layer(lamina, "delta/apart:a")["digest"])
     reads: list[str] = []
     real = chunkmap._kept_map
 
@@ -572,35 +573,9 @@ def test_each_kept_whole_layer_is_read_once_for_sharing(
     with Store(other.root) as store:
         pull_image(store, Reference.parse(a_ref))
         pull_image(store, Reference.parse(v1))     # looks for sharing: reads a's TOC
+        assert len(store.meta.chunk_pending()) == 2
         pull_image(store, Reference.parse(v2))     # cuts v1; a is in the index
         assert [b for b, _ in store.meta.chunk_pending()] == [a_layer]
-    assert reads.count(a_layer) == 1, reads
-    _assert_fsck_clean(other)
-
-
-def test_a_layer_sharing_nothing_is_left_whole(lamina: Lamina, registry: DockerRegistry,
-                                               tmp_path: Path) -> None:
-    """A delta pull cuts only the layers kept whole that share content with it."""
-    import random
-
-    apart = tmp_path / "a"
-    apart.mkdir()
-    for i in range(20):
-        (apart / f"x{i}").write_bytes(random.Random(-i).randbytes(50_000))
-    lamina.run("import", "--compression", "zstd:chunked", "delta/apart:a", apart)
-    a_ref = f"{registry.host}/delta/apart:a"
-    with Store(lamina.root) as store:
-        push_image(store, "delta/apart:a", Reference.parse(a_ref))
-    v1, v2 = _push_pair(lamina, registry, tmp_path, "delta/apart2", changed=True)
-    other = Lamina(tmp_path / "other", tmp_path)
-    with Store(other.root) as store:
-        pull_image(store, Reference.parse(a_ref))
-        pull_image(store, Reference.parse(v1))
-        assert len(store.meta.chunk_pending()) == 2
-    _, out = _pull(other, registry, "delta/apart2", v2)
-    assert "Reused" in out
-    a_layer = str(_layer(lamina, "delta/apart:a")["digest"])
-    with Store(other.root) as store:
-        assert [b for b, _ in store.meta.chunk_pending()] == [a_layer]
         assert store.blobs.chunked(Digest.parse(a_layer)) is None
+    assert reads.count(a_layer) == 1, reads
     _assert_fsck_clean(other)
