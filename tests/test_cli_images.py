@@ -87,6 +87,12 @@ def test_images_filters_as_docker(lamina: Lamina, seed: Path) -> None:
     assert q("reference=busybox:1.*") == ["busybox:1.36"]
     assert sorted(q("reference=demo/a", "reference=busybox")) == ["busybox:1.36",
                                                                   "demo/a:latest"]
+    # docker images REPOSITORY[:TAG]: the same as its reference filter
+    assert lamina.run("images", "demo/a", "--format", "{{.Repository}}:{{.Tag}}").out.split() \
+        == ["demo/a:latest"]
+    assert lamina.run("images", "-q", "busybox:1.36").out.split() == \
+        [_ids(lamina)["busybox:1.36"][7:19]]
+    assert lamina.run("images", "-q", "nothing/here").out == ""
     assert q("since=demo/a") == ["demo/b:latest"]
     assert sorted(q("before=demo/b")) == ["<none>:<none>", "busybox:1.36", "demo/a:latest"]
     assert q("since=demo/a", "dangling=true") == []

@@ -486,29 +486,96 @@ def test_a_cut_killed_before_its_rows_is_finished_by_the_next_delta_pull(
     _check_blob(lamina, other, "delta/halfcut:v2", v2)
 
 
-def test_a_layer_sharing_nothing_is_left_whole(lamina: Lamina, registry: DockerRegistry,
-                                               tmp_path: Path) -> None:
-    """A delta pull cuts only the layers kept whole that share content with it."""
+def test_a_cold_pull_of_a_many_layer_image_asks_for_no_range(
+        lamina: Lamina, fake: FakeRegistry, tmp_path: Path) -> None:
+    """Its layers kept whole one after another do not make the next ones delta pulls
+    (no TOC fetched, nothing cut): a cold pull stays a plain pull, whatever the layers."""
     import random
 
-    apart = tmp_path / "a"
+    ctx = tmp_path / "ctx"
+    for name in ("a", "b", "c"):
+        (ctx / name).mkdir(parents=True)
+        for i in range(30):
+            (ctx / name / f"f{i}").write_bytes(random.Random(f"{name}{i}").randbytes(40_000))
+    (ctx / "Containerfile").write_text("FROM scratch\nCOPY a /a\nCOPY b /b\nCOPY c /c\n")
+    lamina.run("build", "--compression", "zstd:chunked", "-t", "many/app:v1", ctx)
+    ref = _serve(fake, lamina, "many/app:v1", "v1")
+    other = Lamina(tmp_path / "other", tmp_path)
+    with Store(other.root) as store:
+        pull_image(store, ref)
+        assert len(store.meta.chunk_pending()) == 3
+        assert not store.meta.has_chunk_contents()
+    ranged = [p for m, p, h in fake.requests("GET", "/blobs/") if h.get("Range")]
+    assert ranged == []
+    _assert_fsck_clean(other)
+
+
+def test_a_load_of_variants_keeps_shared_content_once(lamina: Lamina, tmp_path: Path) -> None:
+    """No delta path from an archive: the layers it brings that share content with one
+    another (or with stored chunks) are cut as they are recorded; one sharing nothing
+    stays whole."""
+
+    lamina.run("import", "--compression", "zstd:chunked", "load/app:v1", _tree(tmp_path / "v1"))
+    lamina.run("import", "--compression", "zstd:chunked", "load/app:v2",
+               _tree(tmp_path / "v2", changed=True))
+    _apart(lamina, tmp_path, "load/apart:v1")
+    archive = tmp_path / "all.tar"
+    lamina.run("save", "--format", "oci-archive", "-o", archive, "load/app:v1", "load/app:v2",
+               "load/apart:v1")
+    other = Lamina(tmp_path / "other", tmp_path)
+    other.run("load", archive)
+    v1, v2, lone = (str(_layer(lamina, n)["digest"])
+                    for n in ("load/app:v1", "load/app:v2", "load/apart:v1"))
+    with Store(other.root) as store:
+        assert [b for b, _ in store.meta.chunk_pending()] == [lone]
+        for d in (v1, v2):
+            assert store.blobs.chunked(Digest.parse(d)) is not None
+        assert store.meta.has_chunk_contents()
+    space = other.run("df", "--json").json()["storage"]
+    assert space["ratio"] > 1.5      # two ~9 MB layers sharing all but a 1 MiB file
+    _assert_fsck_clean(other)
+
+
+def _apart(lamina: Lamina, tmp_path: Path, name: str) -> None:
+    """``name``: a small chunked image sharing no content with ``_tree``'s."""
+    import random
+
+    apart = tmp_path / "apart"
     apart.mkdir()
-    for i in range(20):
-        (apart / f"x{i}").write_bytes(random.Random(-i).randbytes(50_000))
-    lamina.run("import", "--compression", "zstd:chunked", "delta/apart:a", apart)
+    for i in range(10):
+        (apart / f"x{i}").write_bytes(random.Random(-i).randbytes(30_000))
+    lamina.run("import", "--compression", "zstd:chunked", name, apart)
+
+
+def test_a_layer_sharing_nothing_is_left_whole_and_read_once(
+        lamina: Lamina, registry: DockerRegistry, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delta pull cuts only the layers kept whole that share content with it.  One
+    that shares nothing has its TOC read the first time a pull looks for sharing, never
+    again: later pulls ask the index (``pending_contents``)."""
+    from lamina.layer import chunkmap
+
+    _apart(lamina, tmp_path, "delta/apart:a")
     a_ref = f"{registry.host}/delta/apart:a"
     with Store(lamina.root) as store:
         push_image(store, "delta/apart:a", Reference.parse(a_ref))
     v1, v2 = _push_pair(lamina, registry, tmp_path, "delta/apart2", changed=True)
+    a_layer = str(_layer(lamina, "delta/apart:a")["digest"])
+    reads: list[str] = []
+    real = chunkmap._kept_map
+
+    def counting(store: Store, blob: str, marks: str) -> object:
+        reads.append(blob)
+        return real(store, blob, marks)
+
+    monkeypatch.setattr(chunkmap, "_kept_map", counting)
     other = Lamina(tmp_path / "other", tmp_path)
     with Store(other.root) as store:
         pull_image(store, Reference.parse(a_ref))
-        pull_image(store, Reference.parse(v1))
+        pull_image(store, Reference.parse(v1))     # looks for sharing: reads a's TOC
         assert len(store.meta.chunk_pending()) == 2
-    _, out = _pull(other, registry, "delta/apart2", v2)
-    assert "Reused" in out
-    a_layer = str(_layer(lamina, "delta/apart:a")["digest"])
-    with Store(other.root) as store:
+        pull_image(store, Reference.parse(v2))     # cuts v1; a is in the index
         assert [b for b, _ in store.meta.chunk_pending()] == [a_layer]
         assert store.blobs.chunked(Digest.parse(a_layer)) is None
+    assert reads.count(a_layer) == 1, reads
     _assert_fsck_clean(other)

@@ -135,7 +135,10 @@ def test_what_a_killed_pull_left_is_shown_by_df_and_counted_by_gc(
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while not (partial.exists() and partial.stat().st_size >= 2 << 20):
+        # killed once the layer is 2 MiB in and nothing else is on its way (the config,
+        # fetched beside it, done: its ingest file would be a second temporary file)
+        while not (partial.exists() and partial.stat().st_size >= 2 << 20
+                   and [p.name for p in partial.parent.iterdir()] == [partial.name]):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
     finally:

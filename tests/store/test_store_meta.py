@@ -197,7 +197,7 @@ def test_processes_opening_and_closing_one_store_at_once_all_succeed(tmp_path: P
 def test_a_store_of_schema_1_is_migrated_once(tmp_path: Path) -> None:
     """#12: a store written before the containers table existed gets it on open, its data
     kept, the version recorded; the container rows are gc roots.  #11's chunk_pending
-    table (schema 3) comes with it."""
+    and pending_contents tables (schema 3-5) come with it."""
     from lamina.store.containers import ContainerRecord, Containers
     from lamina.store.gc import collect
     from lamina.store.meta import SCHEMA_VERSION
@@ -207,6 +207,7 @@ def test_a_store_of_schema_1_is_migrated_once(tmp_path: Path) -> None:
     db = sqlite3.connect(path)   # as lamina before #12 left it
     db.execute("DROP TABLE containers")
     db.execute("DROP TABLE chunk_pending")
+    db.execute("DROP TABLE pending_contents")
     db.execute("UPDATE meta SET value='1' WHERE key='schema'")
     db.execute("INSERT INTO tags VALUES('docker.io/library/a:latest', ?, ?, 0)",
                (M1, mt.OCI_MANIFEST))
@@ -216,7 +217,7 @@ def test_a_store_of_schema_1_is_migrated_once(tmp_path: Path) -> None:
     try:
         assert meta.query("SELECT value FROM meta WHERE key='schema'") == [
             (str(SCHEMA_VERSION),)]
-        assert SCHEMA_VERSION == 3
+        assert SCHEMA_VERSION == 5
         assert meta.get_tag("docker.io/library/a:latest") is not None
         assert meta.chunk_pending() == []
         Containers(meta).add(ContainerRecord("ab" * 32, "c1", "a", 0.0, {}, [L1]))

@@ -113,18 +113,36 @@ def import_(ref: str, sources: tuple[Path, ...], compression: str, checksum: boo
 
 
 @app.command()
-@argument("path", kind=Path, help="docker save archive or OCI layout (dir or tar).")
+@argument("path", kind=Path, required=False,
+          help="docker save archive or OCI layout (dir or tar); none: the tar on stdin.")
+@option("-i", "--input", "input_", kind=Path, help="The archive (as docker load -i).")
 @option("--name", help="Name for images the archive does not name.")
 @expansion_option
 @json_flag
-def load(path: Path, name: str | None, json_: bool) -> None:
-    """Load images from a docker archive or an OCI layout into the store."""
+def load(path: Path | None, input_: Path | None, name: str | None, json_: bool) -> None:
+    """Load images from a docker archive or an OCI layout into the store (from stdin
+    when none is named, as `docker load`: `lamina save IMAGE | ssh host lamina load`)."""
     from lamina.cli.format import out
     from lamina.cli.progress import blob_progress
+    from lamina.errors import InvalidInput
+    from lamina.store import scratch
     from lamina.transport.archive import load_archive
 
+    if path is not None and input_ is not None and path != input_:
+        raise InvalidInput("name the archive once: PATH or -i, not both")
+    path = path or input_
+    if path is None and sys.stdin.isatty():
+        raise InvalidInput("name an archive (PATH or -i PATH) or pipe one in "
+                           "(lamina save IMAGE | lamina load)")
     with _store() as store, blob_progress("Loading") as on_event:
-        loaded = load_archive(store, path, name, on_event)
+        if path is not None:
+            loaded = load_archive(store, path, name, on_event)
+        else:
+            # A tar is read twice (its index first): spooled to the store's scratch
+            # space, which gc sweeps should this be killed midway.
+            with scratch.make_file(store.root / "tmp", "stdin-") as spool:
+                _copy_stream(sys.stdin.buffer.fileno(), spool.path)
+                loaded = load_archive(store, spool.path, name, on_event)
     if json_:
         print_json([{"reference": x.name, "digest": str(x.descriptor.digest), "id": x.image_id}
                     for x in loaded])
@@ -140,7 +158,8 @@ def load(path: Path, name: str | None, json_: bool) -> None:
 
 @app.command()
 @argument("refs", nargs=-1, required=True, help="Images to save.")
-@option("-o", "--output", kind=Path, required=True, help="Where to write.")
+@option("-o", "--output", kind=Path,
+        help="Where to write; none: stdout (an archive format, not a terminal).")
 @option("--format", "format_",
         help="docker-archive (default), docker-oci-archive, oci-archive (the default "
              "with --exclude) or oci (a directory).")
@@ -150,27 +169,55 @@ def load(path: Path, name: str | None, json_: bool) -> None:
              "there) or an image of this store; repeatable.")
 @dest_format_option
 @dest_level_option
-def save(refs: tuple[str, ...], output: Path, format_: str | None, platform: str | None,
-         exclude: tuple[str, ...], dest_format: str | None, dest_level: int | None) -> None:
-    """Save images to a docker archive, an OCI archive or an OCI layout directory."""
+def save(refs: tuple[str, ...], output: Path | None, format_: str | None,
+         platform: str | None, exclude: tuple[str, ...], dest_format: str | None,
+         dest_level: int | None) -> None:
+    """Save images to a docker archive, an OCI archive or an OCI layout directory
+    (to stdout without -o, as `docker save`)."""
     from lamina.cli.cmd_transfer import conversion
     from lamina.errors import InvalidInput
     from lamina.image.manifest import Platform
+    from lamina.store import scratch
     from lamina.transport.archive import FORMATS, save_images
 
     format_ = format_ or ("oci-archive" if exclude else "docker-archive")
     if format_ not in FORMATS:
         raise InvalidInput(f"unknown format {format_!r}: choose one of {', '.join(FORMATS)}")
+    if output is None and format_ == "oci":
+        raise InvalidInput("an OCI layout is a directory: name it with -o")
+    if output is None and sys.stdout.isatty():
+        # docker save's words: an archive on a terminal helps nobody.
+        raise InvalidInput("cowardly refusing to write an archive to a terminal: use -o "
+                           "or redirect")
     from lamina.cli.progress import blob_progress
 
     with _store() as store, blob_progress("Saving") as on_event:
-        saved = save_images(store, list(refs), output, format_,  # type: ignore[arg-type]
-                            Platform.parse(platform) if platform else None, on_event,
-                            conversion(dest_format, dest_level), exclude)
+        def write(to: Path) -> Any:
+            return save_images(store, list(refs), to, format_,  # type: ignore[arg-type]
+                               Platform.parse(platform) if platform else None, on_event,
+                               conversion(dest_format, dest_level), exclude)
+
+        if output is not None:
+            saved = write(output)
+        else:
+            # The archive is written whole first (its writer renames it into place),
+            # then streamed out; the scratch space is gc's should this be killed.
+            with scratch.make_dir(store.root / "tmp", "stdout-") as spool:
+                saved = write(spool.path / "archive.tar")
+                _copy_stream(spool.path / "archive.tar", sys.stdout.buffer.fileno())
     if exclude:
         n = len(saved.omitted)
         say(f"Left out {n} layer{'' if n == 1 else 's'} the reader has "
             f"({human_size(sum(d.size for d in saved.omitted))})", sys.stderr)
+
+
+def _copy_stream(source: Path | int, dest: Path | int) -> None:
+    """Bytes from a file or descriptor to a file or descriptor, in 1 MiB reads."""
+    import shutil
+
+    with (open(source, "rb", closefd=isinstance(source, Path)) as src,
+          open(dest, "wb", closefd=isinstance(dest, Path)) as dst):
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 # -- unpack / export -------------------------------------------------------------------
@@ -214,6 +261,8 @@ IMAGE_HEADERS = {"Repository": "REPOSITORY", "Tag": "TAG", "ID": "IMAGE ID",
 
 
 @app.command()
+@argument("repository", required=False,
+          help="Only this REPOSITORY[:TAG] (a glob, as --filter reference=).")
 @flag("-q", "--quiet", help="Only image IDs (each once).")
 @option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
         help="dangling=true|false, reference=GLOB, before=IMAGE, since=IMAGE, "
@@ -224,15 +273,16 @@ IMAGE_HEADERS = {"Repository": "REPOSITORY", "Tag": "TAG", "ID": "IMAGE ID",
              "'table ...' for a header and aligned columns; 'json' for one object a line.")
 @flag("--no-trunc", help="Full image IDs.")
 @json_flag
-def images(quiet: bool, filters: tuple[str, ...], format_: str | None, no_trunc: bool,
-           json_: bool) -> None:
+def images(repository: str | None, quiet: bool, filters: tuple[str, ...],
+           format_: str | None, no_trunc: bool, json_: bool) -> None:
     """List images in the store.  SIZE is the layers uncompressed (as Docker's SIZE);
     COMPRESSED is the bytes stored and moved (config and compressed layers)."""
     from lamina.cli.template import Format
     from lamina.inspect.filters import filter_images, parse_filters
     from lamina.inspect.summary import list_images
 
-    wanted = parse_filters(filters)
+    # docker images REPOSITORY[:TAG] is its reference filter
+    wanted = parse_filters([*filters, *([f"reference={repository}"] if repository else [])])
     fmt = Format.parse(format_) if format_ else None  # a bad template fails before work
     with _store() as store:
         rows = filter_images(store, list_images(store), wanted)

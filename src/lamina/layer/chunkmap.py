@@ -14,13 +14,13 @@ import binascii
 import fcntl
 import json
 import os
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import zstandard
 
 from lamina.digest import Digest
-from lamina.errors import InvalidInput, LaminaError, NotFound
+from lamina.errors import IntegrityError, InvalidInput, LaminaError, NotFound
 from lamina.layer.zstdchunked import (
     MAX_TOC_SIZE,
     Toc,
@@ -95,66 +95,115 @@ def _pread_of(f: ChunkedFile) -> Callable[[int, int], bytes]:
 
 
 def cut_pending(store: Store, wanted: Collection[str],
-                lease: Callable[[Sequence[str]], None]) -> int:
+                lease: Callable[[Sequence[str]], None], besides: Collection[str] = ()) -> int:
     """Cut into chunks the zstd:chunked layers the store keeps whole (``chunk_pending``:
-    pulled or loaded with nothing to share then) that hold any content in ``wanted`` (a
-    delta pull's TOC chunk digests), and record their contents, so the pull's plan
-    finds them.  The cut reads each such layer once (its own TOC says where), checks it
-    against its digest as it hashes the frames (a file at rest may have been damaged
-    since it was stored: no frame of it is named unchecked), and keeps its file as the
-    pack (a link, no copy).  A layer gone, cut already (its rows are recorded then),
-    damaged, or whose TOC does not hold leaves the list; one that shares nothing stays
-    on it.  Returns how many were cut."""
+    fetched whole with nothing to share then) that hold any content in ``wanted`` (a
+    delta pull's TOC chunk digests), so the pull's plan finds them; ``besides``: layers
+    not to consider (the ones this very pull kept whole: a cold pull of a many-layer
+    image stays a plain pull).  Each kept-whole layer's TOC is read once, the first
+    time sharing is looked for (``pending_contents``); a layer gone, already cut, or
+    whose TOC does not hold leaves the list.  Returns how many were cut."""
+    _index_pending(store, besides)
+    skip = set(besides)
+    return sum(_cut(store, blob, lease) for blob in
+               sorted(store.meta.pending_sharing(wanted) - skip))
+
+
+def cut_shared(store: Store, blobs: Collection[str],
+               lease: Callable[[Sequence[str]], None]) -> int:
+    """After a copy into the store with no delta path (``load``, an OCI layout): each
+    of the kept-whole layers ``blobs`` it wrote that shares content with another
+    kept-whole layer is cut, with that layer; one whose content stored chunks hold
+    already is cut alone (it then keeps only what is new).  Returns how many were cut."""
+    _index_pending(store)
+    pending = {b for b, _ in store.meta.chunk_pending()}
     cut = 0
-    for blob_text, marks in store.meta.chunk_pending():
-        blob = Digest.parse(blob_text)
-        lease([blob_text])      # registered, then looked at: gc keeps it from now on
-        try:
-            done = _cut(store, blob, json.loads(marks), wanted)
-        except (LaminaError, ValueError, OSError):
-            done = None     # a TOC that does not hold, a file that is not its digest
-        if done is not False:
-            store.meta.drop_chunk_pending(blob_text)
-            cut += bool(done)
+    for blob in sorted(set(blobs) & pending):
+        if blob not in {b for b, _ in store.meta.chunk_pending()}:
+            continue        # cut already, as another's partner
+        contents = store.meta.pending_contents_of(blob)
+        partners = store.meta.pending_sharing(contents) - {blob}
+        if partners or store.meta.stored_sharing(contents):
+            cut += sum(_cut(store, b, lease) for b in sorted({blob, *partners}))
     return cut
 
 
-def _cut(store: Store, blob: Digest, annotations: Mapping[str, str],
-         wanted: Collection[str]) -> bool | None:
-    """Cut ``blob`` if it shares any of ``wanted``: True if cut now, False if it shares
-    nothing (it stays whole and listed), None if gone or cut before (its rows are
-    recorded now).  Off the list unless False."""
+def _index_pending(store: Store, besides: Collection[str] = ()) -> None:
+    """Record the contents of the kept-whole layers not indexed yet."""
+    for blob, marks in store.meta.chunk_pending(indexed=False):
+        if blob in besides:
+            continue
+        cmap = _kept_map(store, blob, marks)
+        if cmap is not None:
+            store.meta.index_chunk_pending(blob, [c for _, c in cmap.contents])
+
+
+def _kept_map(store: Store, blob_text: str, marks: str) -> ChunkMap | None:
+    """The chunk map of a kept-whole layer, read from its file; None (and off the list)
+    if it is gone, cut already (its contents recorded then), or its TOC does not hold."""
+    blob = Digest.parse(blob_text)
+    cmap = None
+    try:
+        chunked = store.blobs.chunked(blob)
+        if chunked is not None:
+            # Cut already (by another pull, or one killed before its rows and this
+            # line): record its contents, from its own TOC and recipe.
+            toc = read_toc(_pread_of(chunked), json.loads(marks), chunked.size)
+            if toc is not None:
+                record_contents(store, blob, chunk_map(toc, chunked.size))
+        else:
+            with open(store.blobs.path(blob), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                toc = read_toc(lambda offset, n: os.pread(f.fileno(), n, offset),
+                               json.loads(marks), size)
+                cmap = chunk_map(toc, size) if toc is not None else None
+    except FileNotFoundError:
+        pass                # gone
+    except (LaminaError, ValueError, OSError):
+        pass                # a TOC that does not hold: it can never be cut
+    if cmap is None:
+        store.meta.drop_chunk_pending(blob_text)
+    return cmap
+
+
+def _cut(store: Store, blob_text: str, lease: Callable[[Sequence[str]], None]) -> bool:
+    """Cut one kept-whole layer into chunks: its file becomes the pack (a link, no
+    copy; read once to name the chunks, and checked against its digest on the way: it
+    has been at rest since it was verified, and no frame of a damaged file may be named
+    for its content), its contents are recorded, and it leaves the list."""
+    lease([blob_text])      # registered, then looked at: gc keeps it from now on
+    marks = dict(store.meta.chunk_pending()).get(blob_text)
+    if marks is None:
+        return False
+    blob = Digest.parse(blob_text)
     try:
         f = open(store.blobs.path(blob), "rb")
     except FileNotFoundError:
-        chunked = store.blobs.chunked(blob)
-        if chunked is not None:
-            # Cut already by a pull killed before its rows and this line (the whole
-            # file goes after the recipe): record its contents, from its own TOC.
-            toc = read_toc(_pread_of(chunked), annotations, chunked.size)
-            if toc is not None:
-                record_contents(store, blob, chunk_map(toc, chunked.size))
-        return None
+        _kept_map(store, blob_text, marks)   # gone, or cut already: off the list
+        return False
     with f:
         # One cutter at a time (another pull, or another layer of this one): else both
-        # link the file in as a pack, and the later one finds the file gone midway.
-        # An flock on the file itself: the kernel lets go when its holder dies.
+        # link the file in as a pack, and the later one finds it gone midway.  An flock
+        # on the file itself: the kernel lets go when its holder dies.  The one that
+        # waited finds the layer cut (``_kept_map`` records its rows).
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        size = os.fstat(f.fileno()).st_size
-        toc = read_toc(lambda offset, n: os.pread(f.fileno(), n, offset), annotations, size)
-        if toc is None:
-            return None
-        cmap = chunk_map(toc, size)
-        if store.blobs.chunks.has_recipe(blob):
-            # Cut by the one this waited for, or by one killed before the whole file
-            # went: the rows (again: a row is a fact), and the file goes.
-            record_contents(store, blob, cmap)
-            store.blobs.drop_whole(blob)
-            return None
-        if not any(content in wanted for _, content in cmap.contents):
+        cmap = _kept_map(store, blob_text, marks)
+        if cmap is None:
             return False
-        recipe = store.blobs.put_chunked(blob, store.blobs.path(blob), cmap.spans)
+        try:
+            if store.blobs.chunks.has_recipe(blob):
+                # Cut by one killed before its whole file went: the rows, and it goes.
+                record_contents(store, blob, cmap)
+                store.blobs.drop_whole(blob)
+                store.meta.drop_chunk_pending(blob_text)
+                return False
+            recipe = store.blobs.put_chunked(blob, store.blobs.path(blob), cmap.spans)
+        except (NotFound, IntegrityError):
+            # Gone meanwhile, or damaged on disk (left whole: fsck names it).
+            store.meta.drop_chunk_pending(blob_text)
+            return False
     record_contents(store, blob, cmap, recipe)
+    store.meta.drop_chunk_pending(blob_text)
     return True
 
 
@@ -162,7 +211,7 @@ def header_frames(tar_split: bytes) -> list[bytes]:
     """The uncompressed bytes of the frames between payloads (tar headers, padding, the
     end of the archive), in order, rebuilt from the tar-split: its raw segments, cut at
     every file entry that has content (vbatts/tar-split: segment, file, segment, ...).
-    Compressed as the chunked writer compresses them (``compress_header``), they are
+    Compressed as the chunked writer compresses them (``compress_headers``), they are
     the blob's own frames if it was written that way; a delta pull uses them instead of
     fetching ~100 bytes per file, and the whole blob's digest decides (never a frame
     alone: these frames have no digest of their own)."""
@@ -186,7 +235,9 @@ def header_frames(tar_split: bytes) -> list[bytes]:
     return frames
 
 
-def compress_header(data: bytes, level: int = 3) -> bytes:
-    """One header frame as ``chunkedwriter`` writes it (its default level, content
-    size in the frame header)."""
-    return zstandard.ZstdCompressor(level=level).compress(data)
+def compress_headers(frames: Iterable[bytes], level: int = 3) -> list[bytes]:
+    """Header frames as ``chunkedwriter`` writes them (its default level, content size
+    in each frame header), through one compressor: a fresh one per frame cost 6x as
+    much for 2,000 frames (~25 ms against ~4 ms here)."""
+    cctx = zstandard.ZstdCompressor(level=level)
+    return [cctx.compress(f) for f in frames]

@@ -163,6 +163,7 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
                     if str(blob) in report.blobs_removed or \
                             not store.blobs.has(Digest.parse(str(blob))):
                         db.execute("DELETE FROM chunk_pending WHERE blob=?", (blob,))
+                        db.execute("DELETE FROM pending_contents WHERE blob=?", (blob,))
             for (chain_id,) in db.execute("SELECT chain_id FROM snapshots").fetchall():
                 key = SNAPSHOT_PREFIX + str(chain_id)
                 if key in live:

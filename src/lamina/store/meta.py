@@ -23,7 +23,9 @@ What lives here, and why it is not in files:
   containers       containers that outlive one command (store/containers.py): their
                    spec, state and exit status, and the nodes they keep from gc
   chunk_pending    zstd:chunked layers kept whole, with the annotations that locate their
-                   TOC: cut into chunks when a delta pull first shares their content
+                   TOC: cut into chunks when something first shares their content
+  pending_contents uncompressed content digest → kept-whole layer holding it (each
+                   layer's TOC read once, when sharing is first looked for)
 
 Node keys in ``refs`` and leases are strings: a blob is its digest (``sha256:…``), a
 snapshot is ``snapshot:<chain id>``.  The store knows nothing of manifest formats: the
@@ -53,10 +55,15 @@ _MIGRATIONS: tuple[str, ...] = (
         created REAL NOT NULL, spec TEXT NOT NULL, roots TEXT NOT NULL,
         state TEXT NOT NULL, pid INTEGER, pid_start INTEGER, started REAL, finished REAL,
         exit_code INTEGER, error TEXT NOT NULL DEFAULT '', health TEXT NOT NULL DEFAULT '')""",
-    # 3: zstd:chunked layers stored whole, not yet cut into chunks (issue 11): the blob
-    # and its descriptor's annotations (JSON), which say where its TOC is.
+    # 3-5: zstd:chunked layers stored whole, not yet cut into chunks (issue 11): the
+    # blob, its descriptor's annotations (JSON: where its TOC is), whether its TOC's
+    # contents are in pending_contents yet (read once, when sharing is first looked for).
     """CREATE TABLE IF NOT EXISTS chunk_pending(
-        blob TEXT PRIMARY KEY, annotations TEXT NOT NULL) WITHOUT ROWID""",
+        blob TEXT PRIMARY KEY, annotations TEXT NOT NULL,
+        indexed INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS pending_contents(
+        content TEXT NOT NULL, blob TEXT NOT NULL, PRIMARY KEY(content, blob)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS pending_contents_blob ON pending_contents(blob)",
 )
 SCHEMA_VERSION = 1 + len(_MIGRATIONS)
 
@@ -508,19 +515,58 @@ class Metadata:
         """The zstd:chunked layer ``blob`` is kept whole for now (``annotations``: its
         descriptor's, JSON)."""
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO chunk_pending VALUES(?,?)", (blob, annotations))
+            db.execute("INSERT OR IGNORE INTO chunk_pending(blob, annotations) VALUES(?,?)",
+                       (blob, annotations))
 
-    def chunk_pending(self) -> list[tuple[str, str]]:
-        """``(blob, annotations JSON)`` of every chunked layer kept whole."""
-        rows = self._query("SELECT blob, annotations FROM chunk_pending ORDER BY blob")
+    def chunk_pending(self, indexed: bool | None = None) -> list[tuple[str, str]]:
+        """``(blob, annotations JSON)`` of the chunked layers kept whole (``indexed``:
+        only those whose contents are, or are not, in ``pending_contents``)."""
+        where = "" if indexed is None else f" WHERE indexed={int(indexed)}"
+        rows = self._query(f"SELECT blob, annotations FROM chunk_pending{where} ORDER BY blob")
         return [(str(b), str(a)) for b, a in rows]
 
-    def has_chunk_pending(self) -> bool:
-        return bool(self._query("SELECT 1 FROM chunk_pending LIMIT 1"))
+    def has_chunk_pending(self, besides: Iterable[str] = ()) -> bool:
+        """Whether a chunked layer other than those ``besides`` is kept whole."""
+        skip = set(besides)
+        rows = self._query("SELECT blob FROM chunk_pending LIMIT ?", (len(skip) + 1,))
+        return any(str(b) not in skip for (b,) in rows)
+
+    def index_chunk_pending(self, blob: str, contents: Iterable[str]) -> None:
+        """The contents a kept-whole layer's TOC names (read once)."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO pending_contents VALUES(?,?)",
+                           [(c, blob) for c in set(contents)])
+            db.execute("UPDATE chunk_pending SET indexed=1 WHERE blob=?", (blob,))
+
+    def pending_sharing(self, contents: Iterable[str]) -> set[str]:
+        """The kept-whole layers (indexed) that hold any of ``contents``."""
+        wanted = sorted(set(contents))
+        found: set[str] = set()
+        for at in range(0, len(wanted), 500):     # SQLite's bound-parameter limit
+            part = wanted[at:at + 500]
+            rows = self._query("SELECT DISTINCT blob FROM pending_contents WHERE content IN "
+                               f"({','.join('?' * len(part))})", tuple(part))
+            found.update(str(b) for (b,) in rows)
+        return found
+
+    def pending_contents_of(self, blob: str) -> list[str]:
+        return [str(c) for (c,) in self._query(
+            "SELECT content FROM pending_contents WHERE blob=?", (blob,))]
+
+    def stored_sharing(self, contents: Iterable[str]) -> bool:
+        """Whether any stored chunk holds one of ``contents`` (``chunk_contents``)."""
+        wanted = sorted(set(contents))
+        for at in range(0, len(wanted), 500):
+            part = wanted[at:at + 500]
+            if self._query("SELECT 1 FROM chunk_contents WHERE content IN "
+                           f"({','.join('?' * len(part))}) LIMIT 1", tuple(part)):
+                return True
+        return False
 
     def drop_chunk_pending(self, blob: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM chunk_pending WHERE blob=?", (blob,))
+            db.execute("DELETE FROM pending_contents WHERE blob=?", (blob,))
 
     def has_chunk_contents(self) -> bool:
         """Whether any chunk's content is known (else a delta pull has nothing to reuse)."""

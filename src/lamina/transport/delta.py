@@ -37,7 +37,7 @@ keeps it, so push, save and serve hand out the very bytes the registry has.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -48,7 +48,7 @@ from lamina.image.manifest import Descriptor
 from lamina.layer.chunkmap import (
     ChunkMap,
     chunk_map,
-    compress_header,
+    compress_headers,
     cut_pending,
     header_frames,
 )
@@ -130,16 +130,16 @@ class _Plan:
 
 
 @dataclass(frozen=True)
-class TocFirst:
-    """A layer's TOC fetched before its bytes: where to cut it, and the tail it came
-    from."""
+class Tail:
+    """A layer's tail as one Range request brought it (TOC, tar-split, footer), and
+    where its TOC says to cut the blob."""
 
     cmap: ChunkMap
     tail_start: int
     tail: bytes
 
 
-def fetch_toc(desc: Descriptor, ranges: BlobRanges) -> tuple[TocFirst, Toc] | None:
+def fetch_toc(desc: Descriptor, ranges: BlobRanges) -> tuple[Tail, Toc] | None:
     """The tail (TOC, tar-split, footer) of a zstd:chunked layer by one Range request,
     its TOC checked against the annotation; None if not chunked or it does not hold."""
     loc = toc_location(desc.annotations)
@@ -153,7 +153,7 @@ def fetch_toc(desc: Descriptor, ranges: BlobRanges) -> tuple[TocFirst, Toc] | No
         tail = ranges.read(tail_start, desc.size - tail_start)
         toc = parse_toc(tail[SKIPPABLE_HEADER:SKIPPABLE_HEADER + loc.length], checksum,
                         desc.size, loc)
-        return TocFirst(chunk_map(toc, desc.size), tail_start, tail), toc
+        return Tail(chunk_map(toc, desc.size), tail_start, tail), toc
     except LaminaError:
         return None   # a TOC that lies, a registry that ignores Range: fetch it whole
 
@@ -161,14 +161,17 @@ def fetch_toc(desc: Descriptor, ranges: BlobRanges) -> tuple[TocFirst, Toc] | No
 class StoreChunks:
     """The store's chunks as ``Holdings``: found by content in ``chunk_contents``."""
 
-    def __init__(self, store: Store, lease: Callable[[Sequence[str]], None]) -> None:
+    def __init__(self, store: Store, lease: Callable[[Sequence[str]], None],
+                 besides: Collection[str] = ()) -> None:
         self.store = store
         self.lease = lease
+        self.besides = besides     # kept-whole layers not to cut (cut_pending)
 
     def candidates(self, cmap: ChunkMap) -> dict[int, Digest]:
         # Layers kept whole that share content with this one are cut into chunks first
         # (a cold pull keeps them whole: chunkmap.cut_pending).
-        cut_pending(self.store, {content for _, content in cmap.contents}, self.lease)
+        cut_pending(self.store, {content for _, content in cmap.contents}, self.lease,
+                    self.besides)
         candidates: dict[int, str] = {}
         for i, content in cmap.contents:
             length = cmap.spans[i][1]
@@ -186,16 +189,17 @@ class StoreChunks:
 
 def delta_pull(store: Store, desc: Descriptor, ranges: BlobRanges,
                lease: Callable[[Sequence[str]], None],
-               progress: Callable[[int, int | None], None] | None = None
-               ) -> DeltaResult[ChunkSink] | None:
+               progress: Callable[[int, int | None], None] | None = None,
+               besides: Collection[str] = ()) -> DeltaResult[ChunkSink] | None:
     """Fetch ``desc`` through ``ranges`` reusing what ``store`` holds (see the module);
     None when it cannot or should not (then fetch it whole).  ``lease(keys)`` registers
     chunk digests in the pull's lease.  Layers the store keeps whole that share content
-    with this one are cut into chunks first (``chunkmap.cut_pending``)."""
+    with this one are cut into chunks first (``chunkmap.cut_pending``), but for those
+    ``besides`` (the ones this pull kept whole)."""
     if toc_location(desc.annotations) is None or not (
-            store.meta.has_chunk_contents() or store.meta.has_chunk_pending()):
+            store.meta.has_chunk_contents() or store.meta.has_chunk_pending(besides)):
         return None
-    return delta_fetch(desc, ranges, StoreChunks(store, lease),
+    return delta_fetch(desc, ranges, StoreChunks(store, lease, besides),
                        lambda: ChunkSink(store.blobs.chunks, desc.digest), progress)
 
 
@@ -210,8 +214,8 @@ def delta_fetch(desc: Descriptor, ranges: BlobRanges, held: Holdings[H],
     got = fetch_toc(desc, ranges)
     if got is None:
         return None
-    first, toc = got
-    cmap, tail_start, tail = first.cmap, first.tail_start, first.tail
+    head, toc = got
+    cmap, tail_start, tail = head.cmap, head.tail_start, head.tail
     try:
         made = _header_frames(toc, tail, tail_start)
     except LaminaError:
@@ -236,8 +240,8 @@ def _header_frames(toc: Toc, tail: bytes, tail_start: int) -> list[bytes] | None
     if not loc.tar_split_offset or toc.tar_split_digest is None:
         return None
     at = loc.tar_split_offset - tail_start
-    return [compress_header(f) for f in header_frames(
-        parse_tar_split(tail[at:at + loc.tar_split_length], toc))]
+    return compress_headers(header_frames(
+        parse_tar_split(tail[at:at + loc.tar_split_length], toc)))
 
 
 def _plan(held: Holdings[H], desc: Descriptor, toc: Toc, cmap: ChunkMap, tail_start: int,

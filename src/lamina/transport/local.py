@@ -64,6 +64,11 @@ class StoreTransport:
         self._publishing: list[Future[Digest]] = []
         self._pending: set[str] = set()   # digests written, their publish not yet settled
         self._publisher: ThreadPoolExecutor | None = None
+        # zstd:chunked layers this sink kept whole (chunk_pending), and those of them a
+        # delta path was offered for (a registry): the others, from a source without
+        # one (load, an OCI layout), are cut at put_manifest if they share content.
+        self._kept: set[str] = set()
+        self._ranged: set[str] = set()
 
     # -- source ----------------------------------------------------------------------
     def images(self) -> list[NamedImage]:
@@ -188,8 +193,14 @@ class StoreTransport:
         """Store a zstd:chunked layer fetching only the frames the store lacks
         (transport/delta.py); the bytes reused, or None when the caller must fetch it
         whole (not chunked, nothing to reuse, a TOC or a registry that does not hold)."""
-        if not mt.is_layer(desc.media_type) or not mt.is_chunked(desc.annotations) or not (
-                self.store.meta.has_chunk_contents() or self.store.meta.has_chunk_pending()):
+        if not mt.is_layer(desc.media_type) or not mt.is_chunked(desc.annotations):
+            return None
+        with self._lease_lock:
+            self._ranged.add(str(desc.digest))
+            kept = set(self._kept)
+        # Layers this pull kept whole are not looked at: a cold pull of a many-layer
+        # image stays a plain pull (its layers rarely share; a later pull cuts them).
+        if not (self.store.meta.has_chunk_contents() or self.store.meta.has_chunk_pending(kept)):
             return None     # nothing to share: fetched whole, as a plain zstd layer is
         from lamina.transport.delta import delta_pull  # the layer room, when needed
 
@@ -197,7 +208,7 @@ class StoreTransport:
         self.store.meta.add_lease_resource(lease, str(desc.digest))
         result = delta_pull(self.store, desc, ranges,
                             lambda keys: self.store.meta.add_lease_resources(lease, keys),
-                            progress)
+                            progress, kept)
         if result is None:
             return None
         self._publish(result.writer, desc.digest, result.chunks.spans, result.chunks)
@@ -221,6 +232,8 @@ class StoreTransport:
             if pending is not None:
                 self.store.meta.add_chunk_pending(
                     str(digest), json.dumps(dict(pending.annotations or {}), sort_keys=True))
+                with self._lease_lock:
+                    self._kept.add(str(digest))
             return done
 
         def record() -> Digest:
@@ -292,6 +305,16 @@ class StoreTransport:
 
     def put_manifest(self, desc: Descriptor, raw: bytes, names: list[str] | None) -> None:
         self._settle()
+        with self._lease_lock:
+            unranged, self._kept = self._kept - self._ranged, self._kept & self._ranged
+        if unranged:
+            # No delta path brought these: cut them now if they share content with
+            # what the store holds, so a load of ten variants keeps each chunk once.
+            from lamina.layer.chunkmap import cut_shared
+
+            lease = self._lease()
+            cut_shared(self.store, unranged,
+                       lambda keys: self.store.meta.add_lease_resources(lease, keys))
         doc = parse(raw, desc.media_type, what=f"manifest {desc.digest}")
         with self._lease_lock:
             replaced = dict(self._replaced)
