@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import json
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -19,8 +20,15 @@ from dataclasses import dataclass
 import zstandard
 
 from lamina.digest import Digest
-from lamina.errors import InvalidInput, LaminaError, NotFound
-from lamina.layer.zstdchunked import Toc, frame_spans, parse_toc, toc_checksum, toc_location
+from lamina.errors import IntegrityError, InvalidInput, LaminaError, NotFound
+from lamina.layer.zstdchunked import (
+    MAX_TOC_SIZE,
+    Toc,
+    frame_spans,
+    parse_toc,
+    toc_checksum,
+    toc_location,
+)
 from lamina.store.chunks import ChunkedFile, Recipe
 from lamina.store.store import Store
 
@@ -57,8 +65,10 @@ def read_toc(read_at: Callable[[int, int], bytes], annotations: Mapping[str, str
     checksum = toc_checksum(annotations)
     if loc is None or checksum is None:
         return None
-    if loc.offset < 0 or loc.offset + loc.length > blob_size:
-        return parse_toc(b"", checksum, blob_size, loc)   # says why, in one line
+    if loc.offset < 0 or loc.offset + loc.length > blob_size or loc.length > MAX_TOC_SIZE:
+        # Said why, in one line, before a byte is read: a position from a registry's
+        # descriptor may name most of a big blob.
+        return parse_toc(b"", checksum, blob_size, loc)
     return parse_toc(read_at(loc.offset, loc.length), checksum, blob_size, loc)
 
 
@@ -158,22 +168,40 @@ def _kept_map(store: Store, blob_text: str, marks: str) -> ChunkMap | None:
 
 def _cut(store: Store, blob_text: str, lease: Callable[[Sequence[str]], None]) -> bool:
     """Cut one kept-whole layer into chunks: its file becomes the pack (a link, no
-    copy; read once to name the chunks, verified when it was stored), its contents are
-    recorded, and it leaves the list."""
+    copy; read once to name the chunks, and checked against its digest on the way: it
+    has been at rest since it was verified, and no frame of a damaged file may be named
+    for its content), its contents are recorded, and it leaves the list."""
     lease([blob_text])      # registered, then looked at: gc keeps it from now on
     marks = dict(store.meta.chunk_pending()).get(blob_text)
     if marks is None:
         return False
-    cmap = _kept_map(store, blob_text, marks)
-    if cmap is None:
-        return False
     blob = Digest.parse(blob_text)
     try:
-        recipe = store.blobs.put_chunked(blob, store.blobs.path(blob), cmap.spans,
-                                         verified=True)
-    except NotFound:
-        store.meta.drop_chunk_pending(blob_text)     # gone meanwhile
+        f = open(store.blobs.path(blob), "rb")
+    except FileNotFoundError:
+        _kept_map(store, blob_text, marks)   # gone, or cut already: off the list
         return False
+    with f:
+        # One cutter at a time (another pull, or another layer of this one): else both
+        # link the file in as a pack, and the later one finds it gone midway.  An flock
+        # on the file itself: the kernel lets go when its holder dies.  The one that
+        # waited finds the layer cut (``_kept_map`` records its rows).
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        cmap = _kept_map(store, blob_text, marks)
+        if cmap is None:
+            return False
+        try:
+            if store.blobs.chunks.has_recipe(blob):
+                # Cut by one killed before its whole file went: the rows, and it goes.
+                record_contents(store, blob, cmap)
+                store.blobs.drop_whole(blob)
+                store.meta.drop_chunk_pending(blob_text)
+                return False
+            recipe = store.blobs.put_chunked(blob, store.blobs.path(blob), cmap.spans)
+        except (NotFound, IntegrityError):
+            # Gone meanwhile, or damaged on disk (left whole: fsck names it).
+            store.meta.drop_chunk_pending(blob_text)
+            return False
     record_contents(store, blob, cmap, recipe)
     store.meta.drop_chunk_pending(blob_text)
     return True

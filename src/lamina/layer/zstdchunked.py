@@ -358,8 +358,9 @@ class _Builder:
 
     def _plain(self, obj: dict[str, Any], nxt: Any) -> TocEntry | None:
         """``obj`` as an entry if it is plainly well-formed, else None (never raises).
-        The same checks as ``_checked``, with fewer calls: a cold pull parses the TOC
-        before its download starts, ~2,000 entries per 100 MB layer (bench_delta)."""
+        The same checks as ``_checked``, with fewer calls: a delta pull parses its
+        layer's TOC and that of each layer it may cut before its plan, ~2,000 entries
+        per 100 MB layer (bench_delta)."""
         g = obj.get
         kind, name = g("type"), g("name")
         size, mode, uid, gid = g("size", 0), g("mode", 0), g("uid", 0), g("gid", 0)

@@ -127,8 +127,8 @@ def _pread_full(fd: int, n: int, offset: int) -> bytes:
 def _hash_spans(fd: int, spans: list[tuple[int, int]], whole: Any
                 ) -> list[tuple[Digest, int]]:
     """``_hash_run`` over ``spans``; a large blob already verified whole (``whole`` None)
-    in two halves on two threads (hashlib lets go of the GIL): the second pass of a cold
-    pull's chunked layer, ~100 ms for 55 MB on one core here."""
+    in two halves on two threads (hashlib lets go of the GIL): a chunked layer lamina has
+    just written (``BlobWriter.publish``), ~100 ms for 55 MB on one core here."""
     if whole is not None or len(spans) < 64 or spans[-1][0] < _PARALLEL_FROM:
         return _hash_run(fd, spans, whole)
     half = len(spans) // 2

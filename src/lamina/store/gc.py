@@ -156,10 +156,12 @@ def collect(store: Store, dry_run: bool = False, cache: bool = False) -> GcRepor
                 report.bytes_freed += size
             _sweep_chunks(store, db, live, set(report.blobs_removed), report, dry_run)
             if not dry_run:
-                # Chunked layers kept whole that are gone now: nothing left to cut.
+                # Chunked layers kept whole that are gone now: nothing left to cut.  One
+                # with a recipe stays listed: a cut killed before its rows (the next
+                # delta pull records them, layer/chunkmap.cut_pending).
                 for (blob,) in db.execute("SELECT blob FROM chunk_pending").fetchall():
                     if str(blob) in report.blobs_removed or \
-                            not store.blobs.path(Digest.parse(str(blob))).is_file():
+                            not store.blobs.has(Digest.parse(str(blob))):
                         db.execute("DELETE FROM chunk_pending WHERE blob=?", (blob,))
                         db.execute("DELETE FROM pending_contents WHERE blob=?", (blob,))
             for (chain_id,) in db.execute("SELECT chain_id FROM snapshots").fetchall():
@@ -302,8 +304,15 @@ def _sweep_packs(chunks: ChunkStore, keep: Collection[str], report: GcReport,
                     if not dry_run:
                         chunks.remove_pack(name)
                     _count_chunks(report, 0, size)
-    for name, entries in listed.items():
-        live = [e for e in entries if str(e.digest) in keep]
+    # A chunk in two packs (two delta pulls of one layer at once each packed the frames
+    # it fetched) is live in one only, the fullest: its other copies are dead like any.
+    owned: set[str] = set()
+    for name, entries in sorted(listed.items(), key=lambda item: (-len(item[1]), item[0])):
+        live = []
+        for e in entries:
+            if str(e.digest) in keep and str(e.digest) not in owned:
+                owned.add(str(e.digest))
+                live.append(e)
         if len(live) == len(entries):
             continue
         try:

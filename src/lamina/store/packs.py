@@ -12,10 +12,11 @@ is a plain file of chunks back to back, with an index beside it::
 
 ``<name>`` is random: a chunk is checked against its own digest wherever it lies, so a
 content name for the pack itself would only cost another hash.  The index is a pack's
-commit point: a pack without one is debris of a crashed writer (gc removes it).  A
-cold pull adopts the verified blob's own file as its pack (a hard link: no copy, no
-second fsync), so keeping a chunked layer as chunks costs about what keeping it whole
-does; a delta pull writes one pack of the frames it fetched.
+commit point: a pack without one is debris of a crashed writer (gc removes it).  An
+import, and the cut of a chunked layer kept whole (``layer/chunkmap.cut_pending``),
+adopt the blob's own file as its pack (a hard link: no copy, no second fsync), so
+keeping a chunked layer as chunks costs about what keeping it whole does; a delta pull
+writes one pack of the frames it fetched.
 
 Index format (big-endian): ``MAGIC``, a u64 count, then per chunk its sha256 (32 raw
 bytes), u64 offset and u64 length, in pack order; then the sha256 of everything before.
