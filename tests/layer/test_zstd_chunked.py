@@ -16,6 +16,7 @@ import pytest
 from chunked_helpers import check_spans, chunked_layer, inflate, read_toc, rebuild_tar, sha
 from layer_helpers import IS_ROOT, apply_bytes, layer_bytes, snapshot
 
+from lamina.image import mediatypes as mt
 from lamina.layer import LayerOptions, diff_trees, write_tree
 from lamina.layer import zstdchunked as zc
 from lamina.layer.chunkedwriter import CHUNK_MAX, CHUNK_MIN
@@ -293,7 +294,7 @@ def skopeo_chunked(lamina: Lamina, src: Path, tmp_path: Path) -> tuple[bytes, di
 def test_reader_reads_a_skopeo_written_layer(lamina: Lamina, tree: Path,
                                              tmp_path: Path) -> None:
     blob, annotations = skopeo_chunked(lamina, tree, tmp_path)
-    assert zc.is_chunked(annotations)
+    assert mt.is_chunked(annotations)
     footer = zc.read_footer(blob[-zc.FOOTER_SIZE:])
     assert footer.location == zc.toc_location(annotations)
     toc = read_toc(blob, annotations)
@@ -321,7 +322,7 @@ def test_build_cache_hit_keeps_the_annotations(lamina: Lamina, tmp_path: Path) -
     layout = tmp_path / "layout"
     lamina.run("save", "--format", "oci", "-o", layout, "ck/b:2")
     layer = _manifest(layout)["layers"][0]  # type: ignore[index]
-    assert zc.is_chunked(layer["annotations"])
+    assert mt.is_chunked(layer["annotations"])
 
 
 @pytest.mark.parametrize("command", [["import", "x:1", "."], ["build", "."],

@@ -213,10 +213,6 @@ def toc_checksum(annotations: Mapping[str, str]) -> str | None:
     return None if found is None else found[1]
 
 
-def is_chunked(annotations: Mapping[str, str]) -> bool:
-    return _annotation(annotations, "manifest-position") is not None
-
-
 # -------------------------------------------------------------------------------- TOC
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")

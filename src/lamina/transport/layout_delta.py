@@ -33,7 +33,7 @@ from lamina.errors import IntegrityError, LaminaError
 from lamina.image import mediatypes as mt
 from lamina.image.manifest import Descriptor
 from lamina.layer.chunkmap import ChunkMap, chunk_map, read_toc
-from lamina.layer.zstdchunked import annotations_from_blob, is_chunked
+from lamina.layer.zstdchunked import annotations_from_blob
 from lamina.store.files import disk_error
 from lamina.store.store import Lease, Store
 from lamina.transport.delta import BlobRanges, StoreChunks, delta_fetch
@@ -254,7 +254,7 @@ class LayoutDelta:
             progress: Callable[[int, int | None], None] | None) -> int | None:
         """Write ``desc`` fetching only the frames the layout lacks; the bytes not
         fetched, or None when the caller must fetch it whole."""
-        if not mt.is_layer(desc.media_type) or not is_chunked(desc.annotations):
+        if not mt.is_layer(desc.media_type) or not mt.is_chunked(desc.annotations):
             return None
         directory = self.writer.root / "blobs" / desc.digest.algorithm
         frames = self._frames.setdefault(desc.digest.algorithm, LayoutFrames(directory))
