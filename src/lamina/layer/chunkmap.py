@@ -116,12 +116,11 @@ def cut_shared(store: Store, blobs: Collection[str],
     kept-whole layer is cut, with that layer; one whose content stored chunks hold
     already is cut alone (it then keeps only what is new).  Returns how many were cut."""
     _index_pending(store)
-    pending = {b for b, _ in store.meta.chunk_pending()}
     cut = 0
-    for blob in sorted(set(blobs) & pending):
-        if blob not in {b for b, _ in store.meta.chunk_pending()}:
-            continue        # cut already, as another's partner
+    for blob in sorted(blobs):
         contents = store.meta.pending_contents_of(blob)
+        if not contents:
+            continue        # not listed (cut already, as another's partner), or no payload
         partners = store.meta.pending_sharing(contents) - {blob}
         if partners or store.meta.stored_sharing(contents):
             cut += sum(_cut(store, b, lease) for b in sorted({blob, *partners}))
@@ -172,7 +171,7 @@ def _cut(store: Store, blob_text: str, lease: Callable[[Sequence[str]], None]) -
     has been at rest since it was verified, and no frame of a damaged file may be named
     for its content), its contents are recorded, and it leaves the list."""
     lease([blob_text])      # registered, then looked at: gc keeps it from now on
-    marks = dict(store.meta.chunk_pending()).get(blob_text)
+    marks = store.meta.pending_marks(blob_text)
     if marks is None:
         return False
     blob = Digest.parse(blob_text)

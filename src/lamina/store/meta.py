@@ -538,16 +538,15 @@ class Metadata:
                            [(c, blob) for c in set(contents)])
             db.execute("UPDATE chunk_pending SET indexed=1 WHERE blob=?", (blob,))
 
+    def pending_marks(self, blob: str) -> str | None:
+        """The annotations JSON of a kept-whole layer; None if it is not listed."""
+        rows = self._query("SELECT annotations FROM chunk_pending WHERE blob=?", (blob,))
+        return str(rows[0][0]) if rows else None
+
     def pending_sharing(self, contents: Iterable[str]) -> set[str]:
         """The kept-whole layers (indexed) that hold any of ``contents``."""
-        wanted = sorted(set(contents))
-        found: set[str] = set()
-        for at in range(0, len(wanted), 500):     # SQLite's bound-parameter limit
-            part = wanted[at:at + 500]
-            rows = self._query("SELECT DISTINCT blob FROM pending_contents WHERE content IN "
-                               f"({','.join('?' * len(part))})", tuple(part))
-            found.update(str(b) for (b,) in rows)
-        return found
+        return {str(b) for (b,) in self._query_in(
+            "SELECT DISTINCT blob FROM pending_contents WHERE content IN ({})", contents)}
 
     def pending_contents_of(self, blob: str) -> list[str]:
         return [str(c) for (c,) in self._query(
@@ -555,13 +554,21 @@ class Metadata:
 
     def stored_sharing(self, contents: Iterable[str]) -> bool:
         """Whether any stored chunk holds one of ``contents`` (``chunk_contents``)."""
-        wanted = sorted(set(contents))
+        return bool(self._query_in(
+            "SELECT 1 FROM chunk_contents WHERE content IN ({}) LIMIT 1", contents, first=True))
+
+    def _query_in(self, sql: str, values: Iterable[str],
+                  first: bool = False) -> list[tuple[object, ...]]:
+        """``sql`` with its ``IN ({})`` over ``values``, in batches under SQLite's limit
+        of bound parameters; ``first``: stop at the first batch that answers."""
+        wanted = sorted(set(values))
+        rows: list[tuple[object, ...]] = []
         for at in range(0, len(wanted), 500):
-            part = wanted[at:at + 500]
-            if self._query("SELECT 1 FROM chunk_contents WHERE content IN "
-                           f"({','.join('?' * len(part))}) LIMIT 1", tuple(part)):
-                return True
-        return False
+            part = tuple(wanted[at:at + 500])
+            rows += self._query(sql.format(",".join("?" * len(part))), part)
+            if first and rows:
+                break
+        return rows
 
     def drop_chunk_pending(self, blob: str) -> None:
         with self.transaction() as db:

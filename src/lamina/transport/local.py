@@ -211,7 +211,7 @@ class StoreTransport:
                             progress, kept)
         if result is None:
             return None
-        self._publish(result.writer, desc.digest, result.chunks.spans, result.chunks)
+        self._publish(result.writer, desc.digest, result.chunks)
         return result.reused
 
     def publish_written(self, w: BlobWriter, desc: Descriptor) -> None:
@@ -225,10 +225,11 @@ class StoreTransport:
         self._publish(w, desc.digest, pending=desc if pending else None)
 
     def _publish(self, w: BlobWriter | ChunkSink, digest: Digest,
-                 spans: Sequence[tuple[int, int]] | None = None,
                  cmap: ChunkMap | None = None, pending: Descriptor | None = None) -> None:
+        """Publish ``w`` on a background thread; ``cmap``: a delta's (its chunks'
+        contents recorded beside it); ``pending``: a chunked layer kept whole, listed."""
         def publish() -> Digest:
-            done = w.publish(spans)
+            done = w.publish()
             if pending is not None:
                 self.store.meta.add_chunk_pending(
                     str(digest), json.dumps(dict(pending.annotations or {}), sort_keys=True))
