@@ -175,6 +175,16 @@ def have_peers(*tools: str) -> bool:
     return True
 
 
+def start(doc: str | None, *peers: str) -> argparse.Namespace | None:
+    """The arguments (``runs_args``), once the peers (buildah first) are found and their
+    versions printed; None (after one line saying which to install) if one is missing."""
+    args = runs_args(doc)
+    if not have_peers("buildah", *peers):
+        return None
+    print(" / ".join(run([tool, "--version"]).strip() for tool in ("buildah", *peers)))
+    return args
+
+
 def build_context() -> Path:
     """The cached build context (made once per ``CONTEXT_VERSION``)."""
     context = CACHE / "build-context"
@@ -186,12 +196,10 @@ def build_context() -> Path:
 
 
 def main() -> int:
-    args = runs_args(__doc__)
-    lamina = lamina_cli()
-    if not have_peers("buildah"):
+    args = start(__doc__)
+    if args is None:
         return 1
-    print(run(["buildah", "--version"]).strip())
-
+    lamina = lamina_cli()
     context = build_context()
     n_files = sum(len(f) for _, _, f in os.walk(context / "app"))
     n_bytes = sum(p.stat().st_size for p in (context / "app").rglob("*") if p.is_file())

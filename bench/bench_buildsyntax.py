@@ -35,9 +35,8 @@ from bench_build import (  # noqa: E402 - the sibling's helpers
     EPOCH,
     REPO,
     build_context,
-    have_peers,
     run,
-    runs_args,
+    start,
 )
 from bench_layer import lamina_cli, ratio_text, timed  # noqa: E402 - the sibling's helpers
 
@@ -66,11 +65,10 @@ COPY app.conf /etc/app.conf
 
 
 def main() -> int:
-    args = runs_args(__doc__)
-    lamina = lamina_cli()
-    if not have_peers("buildah"):
+    args = start(__doc__)
+    if args is None:
         return 1
-    print(run(["buildah", "--version"]).strip())
+    lamina = lamina_cli()
     context = build_context()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)

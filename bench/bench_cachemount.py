@@ -41,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_build import have_peers, runs_args  # noqa: E402 - the siblings' helpers
+from bench_build import start  # noqa: E402 - the siblings' helpers
 from bench_layer import lamina_cli, ratio_text, timed  # noqa: E402
 
 WORK = Path("/var/tmp/lamina-bench/cachemount")
@@ -104,11 +104,10 @@ def change_source(ctx: Path, n: int) -> None:
 
 
 def main() -> int:
-    args = runs_args(__doc__)
-    lamina = lamina_cli()
-    if not have_peers("buildah"):
+    args = start(__doc__)
+    if args is None:
         return 1
-    print(run(["buildah", "--version"]).strip())
+    lamina = lamina_cli()
     shutil.rmtree(WORK, ignore_errors=True)   # left by an interrupted run
     WORK.mkdir(parents=True)
     env = {**os.environ, "SOURCE_DATE_EPOCH": EPOCH}

@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,6 +84,18 @@ def push_versions(lamina: str, registry: str, work: Path, repo: str, files: int,
             env=env)
         run([lamina, "push", f"{repo}:{tag}", f"{registry}/{repo}:{tag}"], env=env)
     shutil.rmtree(tree)
+
+
+@contextlib.contextmanager
+def paced_link(registry: str, args: argparse.Namespace) -> Iterator[LinkProxy | None]:
+    """A proxy to ``registry`` paced to ``--rate`` Mbit/s and ``--rtt`` ms, or None with
+    ``--rate 0`` (loopback rows only)."""
+    if args.rate <= 0:
+        yield None
+        return
+    host, port = registry.split(":")
+    with LinkProxy(host, int(port), args.rate, args.rtt) as proxy:
+        yield proxy
 
 
 def require(*tools: str) -> None:
@@ -182,10 +195,7 @@ def main() -> int:
         push_versions(lamina, registry, work, "bench/delta", args.files, args.mb,
                       [("zstd:chunked", "v1"), ("zstd", "v1-zstd"), ("zstd:chunked", "v2")],
                       lamina_env(work / "builder"))
-        with contextlib.ExitStack() as stack:
-            host, port = registry.split(":")
-            proxy = (stack.enter_context(LinkProxy(host, int(port), args.rate, args.rtt))
-                     if args.rate > 0 else None)
+        with paced_link(registry, args) as proxy:
             times, wire, out = _rounds(args.runs, lamina, work, registry, log, proxy)
         print(out.strip())
         print_pairs(args, proxy is not None, "v2 with v1 present", times, wire)

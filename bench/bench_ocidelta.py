@@ -18,7 +18,6 @@ bytes) on loopback, the proxy's count through the link.  Medians and ratios prin
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_delta import (  # noqa: E402
     log_bytes,
+    paced_link,
     parse_args,
     print_pairs,
     push_versions,
@@ -53,10 +53,7 @@ def main() -> int:
         push_versions(lamina, registry, work, REPO, args.files, args.mb,
                       [("zstd:chunked", "v1"), ("zstd:chunked", "v2")],
                       lamina_env(work / "store"))
-        with contextlib.ExitStack() as stack:
-            host, port = registry.split(":")
-            proxy = (stack.enter_context(LinkProxy(host, int(port), args.rate, args.rtt))
-                     if args.rate > 0 else None)
+        with paced_link(registry, args) as proxy:
             times, wire, out = _rounds(args.runs, lamina, lamina_env(work / "copier"), work,
                                        registry, log, proxy)
         print(out.strip())

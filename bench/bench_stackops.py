@@ -50,7 +50,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_build import build_context, have_peers, run, runs_args, walk  # noqa: E402
+from bench_build import build_context, run, start, walk  # noqa: E402
 from bench_layer import lamina_cli, ratio_text, timed  # noqa: E402
 
 CACHE = Path("/var/tmp/lamina-bench")
@@ -145,11 +145,10 @@ def contents(root: Path) -> dict[str, object]:
 
 # -- main --------------------------------------------------------------------------------
 def main() -> int:
-    args = runs_args(__doc__)
-    lamina = lamina_cli()
-    if not have_peers("buildah", "umoci"):
+    args = start(__doc__, "umoci")
+    if args is None:
         return 1
-    print(run(["buildah", "--version"]).strip(), "/", run(["umoci", "--version"]).strip())
+    lamina = lamina_cli()
     context = build_context()
     fifty = CACHE / "stackops-fifty"
     if not (fifty / "VERSION").is_file() or (fifty / "VERSION").read_text() != FIFTY_VERSION:
