@@ -531,6 +531,11 @@ class Metadata:
         rows = self._query("SELECT blob FROM chunk_pending LIMIT ?", (len(skip) + 1,))
         return any(str(b) not in skip for (b,) in rows)
 
+    def has_shareable(self, besides: Iterable[str] = ()) -> bool:
+        """Whether a delta pull could reuse anything here: stored chunks with known
+        contents, or chunked layers kept whole (but for ``besides``)."""
+        return self.has_chunk_contents() or self.has_chunk_pending(besides)
+
     def index_chunk_pending(self, blob: str, contents: Iterable[str]) -> None:
         """The contents a kept-whole layer's TOC names (read once)."""
         with self.transaction() as db:

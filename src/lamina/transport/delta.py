@@ -196,8 +196,7 @@ def delta_pull(store: Store, desc: Descriptor, ranges: BlobRanges,
     chunk digests in the pull's lease.  Layers the store keeps whole that share content
     with this one are cut into chunks first (``chunkmap.cut_pending``), but for those
     ``besides`` (the ones this pull kept whole)."""
-    if toc_location(desc.annotations) is None or not (
-            store.meta.has_chunk_contents() or store.meta.has_chunk_pending(besides)):
+    if toc_location(desc.annotations) is None or not store.meta.has_shareable(besides):
         return None
     return delta_fetch(desc, ranges, StoreChunks(store, lease, besides),
                        lambda: ChunkSink(store.blobs.chunks, desc.digest), progress)

@@ -236,8 +236,7 @@ class LayoutDelta:
         self._lease: Lease | None = None
 
     def _store_chunks(self) -> StoreChunks | None:
-        if self.store is None or not (self.store.meta.has_chunk_contents()
-                                      or self.store.meta.has_chunk_pending()):
+        if self.store is None or not self.store.meta.has_shareable():
             return None
         if self._lease is None:
             self._lease = self.store.open_lease()

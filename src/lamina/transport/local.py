@@ -200,8 +200,9 @@ class StoreTransport:
             kept = set(self._kept)
         # Layers this pull kept whole are not looked at: a cold pull of a many-layer
         # image stays a plain pull (its layers rarely share; a later pull cuts them).
-        if not (self.store.meta.has_chunk_contents() or self.store.meta.has_chunk_pending(kept)):
-            return None     # nothing to share: fetched whole, as a plain zstd layer is
+        # Asked here, not only in delta_pull: nothing to share, nothing to import.
+        if not self.store.meta.has_shareable(kept):
+            return None     # fetched whole, as a plain zstd layer is
         from lamina.transport.delta import delta_pull  # the layer room, when needed
 
         lease = self._lease()
