@@ -22,7 +22,7 @@ from lamina.digest import CHUNK, read_full
 from lamina.errors import InvalidInput, NotFound, StoreError, UnsafeArchive
 from lamina.store import scratch
 from lamina.store.files import fsync_dir
-from lamina.store.locks import take_if_abandoned
+from lamina.store.locks import flock_or_close, take_if_abandoned
 
 
 def clean_name(name: str) -> str:
@@ -247,13 +247,11 @@ def locked_temp(dest: Path, mark: str = TEMP_MARK) -> tuple[Path, int]:
     second process writing there) makes this try another name."""
     for _ in range(100):
         path = dest.with_name(f".{dest.name}{mark}{os.urandom(6).hex()}")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        return path, fd
+        held = flock_or_close(
+            os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644),
+            fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if held is not None:
+            return path, held
     raise StoreError(f"cannot make a temporary name beside {dest}")
 
 
